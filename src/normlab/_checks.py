@@ -1,0 +1,104 @@
+"""Validation at the boundary.
+
+Every public entry point checks its arguments here before it computes or
+touches state, so a bad call fails with a ValueError/TypeError that names the
+argument and its shape, never with a silent wrong answer or a half-updated
+layer. ValueError rather than assert: asserts vanish under ``python -O``.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+FLOAT_DTYPES = (np.float16, np.float32, np.float64)
+
+
+def as_float_array(value, name: str, *, min_ndim: int = 0) -> np.ndarray:
+    """Return ``value`` as a floating ndarray (no copy for ndarrays) or raise.
+
+    Integer, bool and complex inputs are rejected rather than cast: a silent
+    cast hides a caller's bug (an image batch left as uint8, say).
+    """
+    if isinstance(value, np.ndarray):
+        array = value
+    else:
+        try:
+            array = np.asarray(value)
+        except Exception as exc:  # pragma: no cover - numpy's own message is kept
+            raise TypeError(f"{name} must be array-like, got {type(value).__name__}") from exc
+    if array.dtype.type not in FLOAT_DTYPES:
+        raise TypeError(
+            f"{name} must have a floating dtype (float16, float32 or float64), "
+            f"got dtype {array.dtype} with shape {array.shape}"
+        )
+    if array.ndim < min_ndim:
+        raise ValueError(
+            f"{name} must have at least {min_ndim} dimensions, got shape {array.shape}"
+        )
+    return array
+
+
+def check_eps(eps, *, training: bool) -> float:
+    """eps must be a finite number >= 0, and > 0 whenever batch statistics are used."""
+    if not isinstance(eps, numbers.Real) or isinstance(eps, bool):
+        raise TypeError(f"eps must be a real number, got {type(eps).__name__}")
+    eps = float(eps)
+    if not np.isfinite(eps) or eps < 0:
+        raise ValueError(f"eps must be finite and >= 0, got {eps}")
+    if training and eps == 0:
+        raise ValueError(
+            "eps must be > 0 when statistics come from the batch: a constant "
+            "feature has variance 0 and eps == 0 would divide by zero"
+        )
+    return eps
+
+
+def check_param(value, name: str, shape: tuple[int, ...], what: str) -> np.ndarray | None:
+    """gamma/beta: None, or a float array of exactly ``shape``."""
+    if value is None:
+        return None
+    array = as_float_array(value, name)
+    if array.shape != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)} ({what}), got shape {array.shape}")
+    return array
+
+
+def check_affine_pair(gamma, beta) -> None:
+    if (gamma is None) != (beta is None):
+        raise ValueError("gamma and beta must both be given or both be None")
+
+
+def check_stats(mean, var, name_shape: tuple[int, ...], what: str):
+    """Given inference statistics: both or neither, right shape, var >= 0."""
+    if (mean is None) != (var is None):
+        raise ValueError("mean and var must both be given (inference) or both be None (batch statistics)")
+    if mean is None:
+        return None, None
+    mean = check_param(mean, "mean", name_shape, what)
+    var = check_param(var, "var", name_shape, what)
+    if np.any(var < 0):
+        raise ValueError(f"var must be >= 0, got minimum {float(np.min(var))}")
+    return mean, var
+
+
+def check_dout(dout, out_shape: tuple[int, ...]) -> np.ndarray:
+    dout = as_float_array(dout, "dout")
+    if dout.shape != tuple(out_shape):
+        raise ValueError(f"dout must have the shape of the forward output {tuple(out_shape)}, got shape {dout.shape}")
+    return dout
+
+
+def check_positive_int(value, name: str) -> int:
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def check_momentum(momentum) -> float | None:
+    if momentum is None:
+        return None
+    if not isinstance(momentum, numbers.Real) or isinstance(momentum, bool) or not 0.0 <= float(momentum) <= 1.0:
+        raise ValueError(f"momentum must be a number in [0, 1] or None (cumulative average), got {momentum!r}")
+    return float(momentum)

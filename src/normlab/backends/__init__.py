@@ -1,0 +1,55 @@
+"""Backends: interchangeable implementations of the normalization core.
+
+Every backend is a module with ``NAME`` and two functions over the 4-d view
+``(N, G, K, L)`` described in ``normlab.core``:
+
+``forward(x4, gamma, beta, eps, batch_stats, given=None, out=None)``
+    -> ``(out4, mean, var, invstd, saved)``; gamma/beta are (G*K,) or None;
+    statistics are float64 of shape (G,) if batch_stats else (N, G); ``given``
+    is an optional (mean, var) pair of that shape (inference).
+``backward(dout4, x4, gamma, mean, invstd, batch_stats, stats_given, saved)``
+    -> ``(dx4, dgamma, dbeta)``; dgamma/dbeta are (G*K,) float64 or None.
+
+``"auto"`` picks the fastest backend that imports on this machine.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+# name -> module path; a backend is imported only when first asked for.
+_REGISTRY = {
+    "numpy": "normlab.backends.numpy_backend",
+}
+_AUTO_ORDER = ("numpy",)
+_loaded: dict[str, ModuleType] = {}
+
+
+def available_backends() -> list[str]:
+    """Names of the backends that import on this machine."""
+    names = []
+    for name in _REGISTRY:
+        try:
+            get_backend(name)
+        except ImportError:
+            continue
+        names.append(name)
+    return names
+
+
+def get_backend(name: str = "auto") -> ModuleType:
+    """Return the backend module called ``name`` ("auto" picks the fastest that imports)."""
+    if name == "auto":
+        for candidate in _AUTO_ORDER:
+            try:
+                return get_backend(candidate)
+            except ImportError:
+                continue
+        raise ImportError("no normalization backend imports")  # pragma: no cover - numpy always does
+    if name not in _REGISTRY:
+        known = ", ".join(["auto", *_REGISTRY])
+        raise ValueError(f"unknown backend {name!r}; known backends: {known}")
+    if name not in _loaded:
+        _loaded[name] = importlib.import_module(_REGISTRY[name])
+    return _loaded[name]

@@ -1,0 +1,83 @@
+"""The NumPy reference backend.
+
+Written for clarity and accuracy first: everything is computed in float64
+(float16/float32 inputs are upcast, so statistics are exact to float64
+rounding however far the data sits from zero) and the variance is two-pass,
+the mean of the squared centred values, which cannot cancel catastrophically
+and is never negative. The cache keeps xhat (float64, the size of x); the
+fused Numba backend keeps nothing and recomputes it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+NAME = "numpy"
+
+
+def _stat_axes(batch_stats: bool) -> tuple[int, ...]:
+    return (0, 2, 3) if batch_stats else (2, 3)
+
+
+def _as_4d(stat: np.ndarray, batch_stats: bool) -> np.ndarray:
+    """(G,) -> (1, G, 1, 1); (N, G) -> (N, G, 1, 1), for broadcasting against x4."""
+    return stat.reshape((1, -1, 1, 1) if batch_stats else (*stat.shape, 1, 1))
+
+
+def forward(x4, gamma, beta, eps, batch_stats, given=None, out=None):
+    n, g, k, l = x4.shape
+    axes = _stat_axes(batch_stats)
+    xw = x4.astype(np.float64, copy=False)
+    if given is None:
+        mean = xw.mean(axis=axes, keepdims=True)
+        xhat = xw - mean
+        var = np.mean(np.square(xhat), axis=axes, keepdims=True)
+    else:
+        mean, var = (_as_4d(s, batch_stats) for s in given)
+        xhat = xw - mean
+    invstd = 1.0 / np.sqrt(var + eps)
+    xhat *= invstd  # (x - mean) * invstd, not x*a + b: no cancellation near large means
+    if gamma is None:
+        y = xhat
+    else:
+        y = xhat * gamma.reshape(1, g, k, 1) + beta.reshape(1, g, k, 1)
+    if out is None:
+        out = y.astype(x4.dtype, copy=True)
+    else:
+        np.copyto(out, y, casting="unsafe")
+    shape = (g,) if batch_stats else (n, g)
+    return out, mean.reshape(shape), var.reshape(shape), invstd.reshape(shape), xhat
+
+
+def backward(dout4, x4, gamma, mean, invstd, batch_stats, stats_given, saved):
+    n, g, k, l = x4.shape
+    invstd4 = _as_4d(invstd, batch_stats)
+    xhat = saved if saved is not None else (x4.astype(np.float64) - _as_4d(mean, batch_stats)) * invstd4
+    dout = dout4.astype(np.float64, copy=False)
+    gamma4 = None if gamma is None else gamma.astype(np.float64).reshape(1, g, k, 1)
+
+    # Parameter gradients: sums over everything but the channel (g, k).
+    dbeta = dout.sum(axis=(0, 3))
+    dgamma = (dout * xhat).sum(axis=(0, 3))
+
+    if stats_given:
+        # mean and var are constants: only the direct path xhat = (x - mean)*invstd remains.
+        dx = dout * invstd4 if gamma4 is None else dout * (gamma4 * invstd4)
+    elif batch_stats:
+        # One statistic per channel (K == 1), so the two closed-form sums are
+        # gamma*dbeta and gamma*dgamma: reuse them instead of two more passes.
+        m = n * l
+        dx = dout - (dbeta / m).reshape(1, g, k, 1)
+        dx -= xhat * (dgamma / m).reshape(1, g, k, 1)
+        dx *= invstd4 if gamma4 is None else gamma4 * invstd4
+    else:
+        m = k * l
+        dxhat = dout if gamma4 is None else dout * gamma4
+        sum_dxhat = dxhat.sum(axis=(2, 3), keepdims=True)
+        sum_dxhat_xhat = (dxhat * xhat).sum(axis=(2, 3), keepdims=True)
+        dx = dxhat - sum_dxhat / m
+        dx -= xhat * (sum_dxhat_xhat / m)
+        dx *= invstd4
+    if gamma is None:
+        return dx, None, None
+    return dx, dgamma.reshape(-1), dbeta.reshape(-1)

@@ -1,0 +1,160 @@
+"""The one normalization core.
+
+Batch, spatial batch, layer and group norm are one operation: standardize x
+over some axes, then apply a per-channel affine. Every norm views its input as
+a 4-d array ``(N, G, K, L)``::
+
+    norm                 x            view (N, G, K, L)        statistics per
+    batch norm           (N, D)       (N, D, 1, 1)             G       (reduce N, L)
+    spatial batch norm   (N, C, H, W) (N, C, 1, H*W)           G       (reduce N, L)
+    layer norm           (N, D)       (N, 1, D, 1)             (N, G)  (reduce K, L)
+    group norm           (N, C, H, W) (N, G, C/G, H*W)         (N, G)  (reduce K, L)
+
+and gamma/beta live on the channel index ``c = g*K + k`` (length G*K),
+broadcast over N and L. The view is a reshape, never a transpose, so it costs
+nothing for contiguous inputs. Only one flag varies: ``batch_stats`` (reduce
+over N as well) or not. A backend therefore needs to be good at just this one
+shape family; see ``normlab.backends``.
+
+The backward pass is the closed form derived in docs/derivation.md::
+
+    dx = invstd/m * (m*dxhat - sum(dxhat) - xhat*sum(dxhat*xhat))
+
+with sums over the reduced axes and m their size. It needs only two sums per
+statistic. When the statistics were given (inference), mean and var are
+constants and dx = dxhat*invstd.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from . import _checks
+from .backends import get_backend
+
+
+class Layout(NamedTuple):
+    """How a norm sees its input.
+
+    view: (N, G, K, L), the 4-d reshape of x.
+    batch_stats: True if statistics reduce over N, K, L (one per G; K is 1),
+        False if they reduce over K, L (one per (n, g)).
+    param_shape: shape of gamma/beta as the user passes them.
+    stat_shape: shape of mean/var as the user sees them (cache, inference args).
+    """
+
+    view: tuple[int, int, int, int]
+    batch_stats: bool
+    param_shape: tuple[int, ...]
+    stat_shape: tuple[int, ...]
+
+    @property
+    def count(self) -> int:
+        """m: how many values each statistic reduces over."""
+        n, _, k, l = self.view
+        return n * k * l if self.batch_stats else k * l
+
+    @property
+    def internal_stat_shape(self) -> tuple[int, ...]:
+        """Statistics as backends hold them: (G,) or (N, G)."""
+        n, g, _, _ = self.view
+        return (g,) if self.batch_stats else (n, g)
+
+
+class NormCache(NamedTuple):
+    """What backward needs. Holds a reference to x, never a copy.
+
+    mean, var (biased), invstd: float64 arrays of ``layout.stat_shape``.
+    saved: backend-specific extras (the NumPy backend keeps xhat; the fused
+    backend keeps nothing and recomputes xhat from x, mean and invstd).
+    """
+
+    x: np.ndarray
+    layout: Layout
+    gamma: np.ndarray | None
+    mean: np.ndarray
+    var: np.ndarray
+    invstd: np.ndarray
+    eps: float
+    stats_given: bool
+    backend: str
+    saved: Any = None
+
+
+def normalize_forward(x, gamma, beta, layout: Layout, eps: float, *, mean=None, var=None,
+                      backend: str = "auto", out: np.ndarray | None = None):
+    """Standardize x over the layout's reduced axes and apply gamma/beta.
+
+    x: validated float array with ``x.size == prod(layout.view)``.
+    gamma, beta: arrays of ``layout.param_shape``, or both None (no affine).
+    mean, var: optional given statistics of ``layout.stat_shape`` (inference);
+        backward then treats them as constants.
+    Returns (out, NormCache); out has x's shape and dtype.
+    """
+    _checks.check_affine_pair(gamma, beta)
+    what = f"one per {'channel' if layout.batch_stats else 'statistic'} for input shape {x.shape}"
+    gamma = _checks.check_param(gamma, "gamma", layout.param_shape, f"one per channel for input shape {x.shape}")
+    beta = _checks.check_param(beta, "beta", layout.param_shape, f"one per channel for input shape {x.shape}")
+    mean, var = _checks.check_stats(mean, var, layout.stat_shape, what)
+    stats_given = mean is not None
+    eps = _checks.check_eps(eps, training=not stats_given)
+    if not stats_given and layout.count < 2:
+        raise ValueError(
+            f"expected more than 1 value per statistic to compute batch statistics, got input shape "
+            f"{x.shape} (each statistic reduces over {layout.count} value): normalizing a single value "
+            f"always gives 0; use a larger batch, or given statistics (eval mode)"
+        )
+    if out is not None and (out.shape != x.shape or out.dtype != x.dtype):
+        raise ValueError(f"out must have x's shape {x.shape} and dtype {x.dtype}, got {out.shape} {out.dtype}")
+    if stats_given and var is not None and eps == 0 and np.any(var == 0):
+        raise ValueError("eps == 0 with a given var that is 0 somewhere would divide by zero")
+
+    impl = get_backend(backend)
+    x4 = x.reshape(layout.view)
+    shape_int = layout.internal_stat_shape
+    given = None
+    if stats_given:
+        given = (np.asarray(mean, np.float64).reshape(shape_int), np.asarray(var, np.float64).reshape(shape_int))
+    g = None if gamma is None else gamma.reshape(-1)
+    b = None if beta is None else beta.reshape(-1)
+    out4 = None if out is None else out.reshape(layout.view)
+    out4, stat_mean, stat_var, invstd, saved = impl.forward(
+        x4, g, b, eps, layout.batch_stats, given=given, out=out4)
+    if not stats_given and not (np.all(np.isfinite(stat_mean)) and np.all(np.isfinite(stat_var))):
+        # NaN/inf in x poisons every statistic it touches; checking the O(C)
+        # statistics catches it without another pass over x.
+        bad = int(np.sum(~(np.isfinite(stat_mean) & np.isfinite(stat_var))))
+        raise ValueError(
+            f"x (shape {x.shape}) contains NaN or inf: {bad} of {stat_mean.size} batch statistics are not finite"
+        )
+    cache = NormCache(
+        x=x, layout=layout, gamma=gamma,
+        mean=stat_mean.reshape(layout.stat_shape), var=stat_var.reshape(layout.stat_shape),
+        invstd=invstd.reshape(layout.stat_shape), eps=eps, stats_given=stats_given,
+        backend=impl.NAME, saved=saved,
+    )
+    return out4.reshape(x.shape), cache
+
+
+def normalize_backward(dout, cache: NormCache):
+    """Closed-form backward. Returns (dx, dgamma, dbeta); the last two are None without affine."""
+    if not isinstance(cache, NormCache):
+        raise TypeError(f"cache must be the NormCache returned by a forward, got {type(cache).__name__}")
+    x, layout = cache.x, cache.layout
+    dout = _checks.check_dout(dout, x.shape)
+    impl = get_backend(cache.backend)
+    shape_int = layout.internal_stat_shape
+    g = None if cache.gamma is None else cache.gamma.reshape(-1)
+    dx4, dgamma, dbeta = impl.backward(
+        dout.reshape(layout.view), x.reshape(layout.view), g,
+        cache.mean.reshape(shape_int), cache.invstd.reshape(shape_int),
+        layout.batch_stats, cache.stats_given, cache.saved,
+    )
+    dx = dx4.reshape(x.shape).astype(x.dtype, copy=False)
+    if cache.gamma is None:
+        return dx, None, None
+    pdtype = cache.gamma.dtype
+    return (dx, dgamma.reshape(layout.param_shape).astype(pdtype, copy=False),
+            dbeta.reshape(layout.param_shape).astype(pdtype, copy=False))

@@ -1,0 +1,179 @@
+"""Batch, spatial batch, layer and group norm: thin axis specifications over the core.
+
+Each norm only says how it views x (see ``normlab.core``); the arithmetic,
+forward and closed-form backward alike, is shared. ``batchnorm_backward_graph``
+is the exception on purpose: it walks the staged computational graph node by
+node, the baseline the closed form is derived from and measured against.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import _checks
+from .core import Layout, NormCache, normalize_backward, normalize_forward
+
+
+# ----------------------------------------------------------------------------- layouts
+
+def batch_layout(shape: tuple[int, ...]) -> Layout:
+    """(N, C, *spatial): statistics per channel over N and every spatial position."""
+    n, c = shape[0], shape[1]
+    l = math.prod(shape[2:])
+    return Layout((n, c, 1, l), True, (c,), (c,))
+
+
+def layer_layout(shape: tuple[int, ...], normalized_shape: tuple[int, ...]) -> Layout:
+    """(*leading, *normalized_shape): statistics per leading index, gamma elementwise."""
+    nd = len(normalized_shape)
+    if tuple(shape[len(shape) - nd:]) != tuple(normalized_shape) or len(shape) <= nd:
+        raise ValueError(
+            f"x's trailing dimensions must equal normalized_shape {tuple(normalized_shape)} "
+            f"after at least one leading dimension, got x shape {tuple(shape)}"
+        )
+    lead = tuple(shape[: len(shape) - nd])
+    return Layout((math.prod(lead), 1, math.prod(normalized_shape), 1), False,
+                  tuple(normalized_shape), lead)
+
+
+def group_layout(shape: tuple[int, ...], groups: int) -> Layout:
+    """(N, C, *spatial) in `groups` groups of C/groups channels: statistics per (n, group)."""
+    groups = _checks.check_positive_int(groups, "groups")
+    n, c = shape[0], shape[1]
+    if c % groups:
+        raise ValueError(
+            f"groups ({groups}) must divide the number of channels C = {c} of x with shape "
+            f"{tuple(shape)}: group norm splits the channels into equal groups"
+        )
+    return Layout((n, groups, c // groups, math.prod(shape[2:])), False, (c,), (n, groups))
+
+
+# ----------------------------------------------------------------------------- forwards
+
+def _input(x, name="x", *, ndim=None, min_ndim=2):
+    x = _checks.as_float_array(x, name, min_ndim=min_ndim)
+    if ndim is not None and x.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {x.shape}")
+    if x.size == 0:
+        raise ValueError(f"{name} must not be empty, got shape {x.shape}")
+    return x
+
+
+def batchnorm_forward(x, gamma, beta, eps=1e-5, *, mean=None, var=None, backend="auto", out=None):
+    """Batch norm on x (N, D): statistics per feature over the batch.
+
+    gamma, beta: (D,) or both None. mean, var: optional (D,) statistics for
+    inference (backward then treats them as constants).
+    Returns (out (N, D), cache); cache.mean/var/invstd are (D,).
+    """
+    x = _input(x, ndim=2)
+    return normalize_forward(x, gamma, beta, batch_layout(x.shape), eps, mean=mean, var=var,
+                             backend=backend, out=out)
+
+
+def spatial_batchnorm_forward(x, gamma, beta, eps=1e-5, *, mean=None, var=None, backend="auto", out=None):
+    """Spatial batch norm on x (N, C, H, W): statistics per channel over N, H, W.
+
+    gamma, beta, mean, var: (C,). Returns (out (N, C, H, W), cache).
+    """
+    x = _input(x, ndim=4)
+    return normalize_forward(x, gamma, beta, batch_layout(x.shape), eps, mean=mean, var=var,
+                             backend=backend, out=out)
+
+
+def layernorm_forward(x, gamma, beta, eps=1e-5, *, normalized_shape=None, mean=None, var=None,
+                      backend="auto", out=None):
+    """Layer norm: statistics per sample over the trailing ``normalized_shape``.
+
+    x: (N, D) by default; normalized_shape defaults to gamma's shape, or x's
+    last axis without gamma. gamma, beta: normalized_shape. mean, var: one
+    per leading index, e.g. (N,). Returns (out, cache).
+    """
+    x = _input(x)
+    if normalized_shape is None:
+        normalized_shape = np.shape(gamma) if gamma is not None else x.shape[-1:]
+    elif isinstance(normalized_shape, int):
+        normalized_shape = (normalized_shape,)
+    return normalize_forward(x, gamma, beta, layer_layout(x.shape, tuple(normalized_shape)), eps,
+                             mean=mean, var=var, backend=backend, out=out)
+
+
+def groupnorm_forward(x, gamma, beta, groups, eps=1e-5, *, mean=None, var=None, backend="auto", out=None):
+    """Group norm on x (N, C, H, W): statistics per (sample, group of C/groups channels).
+
+    gamma, beta: (C,). mean, var: optional (N, groups). Returns (out, cache).
+    """
+    x = _input(x)
+    return normalize_forward(x, gamma, beta, group_layout(x.shape, groups), eps, mean=mean, var=var,
+                             backend=backend, out=out)
+
+
+# ----------------------------------------------------------------------------- backwards
+
+def batchnorm_backward(dout, cache: NormCache):
+    """Closed-form backward of any of the four norms: (dout, cache) -> (dx, dgamma, dbeta).
+
+    dout has the forward output's shape; dgamma/dbeta have gamma's shape and
+    are None when the forward had no affine.
+    """
+    return normalize_backward(dout, cache)
+
+
+# One backward serves all four: the cache knows the layout.
+spatial_batchnorm_backward = batchnorm_backward
+layernorm_backward = batchnorm_backward
+groupnorm_backward = batchnorm_backward
+
+
+def batchnorm_backward_graph(dout, cache: NormCache):
+    """Batch-norm backward computed node by node through the staged graph.
+
+    Forward graph (per feature, over the batch axis):
+        mu = mean(x); xmu = x - mu; sq = xmu**2; var = mean(sq);
+        sqrtvar = sqrt(var + eps); ivar = 1/sqrtvar; xhat = xmu*ivar; out = gamma*xhat + beta
+    Each line below is the local derivative of one node. Slower than the
+    closed form (many more passes), kept as the baseline and as a check.
+    Accepts caches of (N, D) batch norm and (N, C, H, W) spatial batch norm.
+    """
+    if not isinstance(cache, NormCache) or not cache.layout.batch_stats:
+        raise TypeError("batchnorm_backward_graph needs the cache of batchnorm_forward or spatial_batchnorm_forward")
+    if cache.stats_given:
+        raise ValueError("batchnorm_backward_graph follows the training graph; the cache used given statistics")
+    x = cache.x
+    dout = _checks.check_dout(dout, x.shape)
+    n, c, _, l = cache.layout.view
+    # Work on the (N*L, C) matrix view: a batch-norm problem with one row per value.
+    x2 = x.reshape(n, c, l).transpose(0, 2, 1).reshape(n * l, c).astype(np.float64, copy=False)
+    dout2 = dout.reshape(n, c, l).transpose(0, 2, 1).reshape(n * l, c).astype(np.float64, copy=False)
+    gamma = np.ones(c) if cache.gamma is None else cache.gamma.astype(np.float64)
+    m = n * l
+
+    # Forward nodes, as a staged forward would have cached them.
+    mu = cache.mean
+    xmu = x2 - mu
+    var = cache.var
+    sqrtvar = np.sqrt(var + cache.eps)
+    ivar = 1.0 / sqrtvar
+    xhat = xmu * ivar
+
+    # Backward, node by node.
+    dbeta = dout2.sum(axis=0)                         # out = gamma*xhat + beta
+    dgamma = (dout2 * xhat).sum(axis=0)
+    dxhat = dout2 * gamma
+    divar = (dxhat * xmu).sum(axis=0)                 # xhat = xmu * ivar
+    dxmu1 = dxhat * ivar
+    dsqrtvar = -divar / sqrtvar**2                    # ivar = 1/sqrtvar
+    dvar = 0.5 * dsqrtvar / sqrtvar                   # sqrtvar = sqrt(var + eps)
+    dsq = np.ones_like(x2) * dvar / m                 # var = mean(sq)
+    dxmu2 = 2.0 * xmu * dsq                           # sq = xmu**2
+    dx1 = dxmu1 + dxmu2                               # xmu = x - mu
+    dmu = -(dxmu1 + dxmu2).sum(axis=0)
+    dx2 = np.ones_like(x2) * dmu / m                  # mu = mean(x)
+    dx = dx1 + dx2
+
+    dx = dx.reshape(n, l, c).transpose(0, 2, 1).reshape(x.shape).astype(x.dtype)
+    if cache.gamma is None:
+        return dx, None, None
+    return dx, dgamma.astype(cache.gamma.dtype), dbeta.astype(cache.gamma.dtype)
