@@ -21,8 +21,10 @@ from types import ModuleType
 # name -> module path; a backend is imported only when first asked for.
 _REGISTRY = {
     "numpy": "normlab.backends.numpy_backend",
+    "numba": "normlab.backends.numba_backend",
 }
-_AUTO_ORDER = ("numpy",)
+# numba when it imports (fused kernels), else the NumPy reference.
+_AUTO_ORDER = ("numba", "numpy")
 _loaded: dict[str, ModuleType] = {}
 
 

@@ -1,0 +1,217 @@
+"""The fused Numba backend: two passes over x forward, two over (x, dout) backward.
+
+Forward: pass 1 reduces x to shifted float64 sums per statistic, pass 2
+writes ``(x - mean) * (invstd*gamma) + beta`` in x's dtype (into ``out`` when
+given, so a training loop can reuse one buffer). Backward: pass 1 reduces
+(x, dout) to the two sums of the closed form (which are also dgamma and
+dbeta), pass 2 writes dx, recomputing xhat from x, mean and invstd.
+
+Memory: the cache holds a reference to x plus the O(C) statistics; ``saved``
+is None (the NumPy backend instead keeps xhat, a float64 array the size of x).
+Scratch is O(C*L + threads*C) float64 per call, never O(x).
+
+Loop shape per layout (see ``_numba_kernels``): statistics along contiguous
+runs of at least ``ROWS_MIN_LENGTH`` values (spatial batch norm, group norm
+with large H*W) use the ``rows`` kernels, parallel over rows; everything else
+(batch norm on (N, C), layer norm, small H*W) uses the ``cols`` kernels,
+parallel over row blocks with per-thread column partials merged afterwards.
+Inputs smaller than ``SERIAL_BELOW`` values run the serial twins.
+Non-contiguous inputs are copied once to C order; float16 computes in
+float32 and returns float16.
+"""
+
+from __future__ import annotations
+
+try:
+    import numba
+
+    from . import _numba_kernels as _k
+except Exception as exc:  # a broken numba (e.g. an unsupported NumPy) must not break normlab
+    raise ImportError(f"the numba backend needs a working numba: {exc}") from exc
+
+import numpy as np
+
+NAME = "numba"
+
+#: Reductions along contiguous runs at least this long use the ``rows`` kernels.
+ROWS_MIN_LENGTH = 32
+#: Inputs with fewer values run serially (the thread pool's start-up costs more).
+SERIAL_BELOW = 1 << 15
+
+
+def _work_dtype(*arrays) -> np.dtype:
+    """float64 if any input is float64, else float32 (float16 computes in float32)."""
+    return np.dtype(np.float64 if any(a.dtype == np.float64 for a in arrays) else np.float32)
+
+
+def _pick(twins, size):
+    return twins[1] if size < SERIAL_BELOW else twins[0]
+
+
+def _blocks(size, rows):
+    """How many per-thread column slabs: one per thread, never more than rows."""
+    if size < SERIAL_BELOW:
+        return 1
+    return max(1, min(numba.get_num_threads(), rows))
+
+
+def _f64(a):
+    return np.ascontiguousarray(a, dtype=np.float64)
+
+
+def _affine(gamma, beta, channels):
+    gam = np.ones(channels) if gamma is None else _f64(gamma)
+    bet = np.zeros(channels) if beta is None else _f64(beta)
+    return gam, bet
+
+
+def _batch_moments(xw, n, c, l):
+    """Mean and biased var per channel of xw (N, C, 1, L), float64 (C,)."""
+    m = n * l
+    pivot = _f64(xw[0, :, 0, 0])  # a sample of each channel: the offset cancels before squaring
+    if l >= ROWS_MIN_LENGTH:
+        s1, s2 = np.empty(n * c), np.empty(n * c)
+        _pick(_k.row_moments, xw.size)(xw.reshape(n * c, l), np.tile(pivot, n), s1, s2)
+        s1, s2 = s1.reshape(n, c).sum(axis=0), s2.reshape(n, c).sum(axis=0)
+    else:
+        blocks = _blocks(xw.size, n)
+        s1, s2 = np.zeros((blocks, c * l)), np.zeros((blocks, c * l))
+        _pick(_k.col_moments, xw.size)(xw.reshape(n, c * l), np.repeat(pivot, l), s1, s2)
+        s1, s2 = s1.sum(axis=0).reshape(c, l).sum(axis=1), s2.sum(axis=0).reshape(c, l).sum(axis=1)
+    shift = s1 / m
+    return pivot + shift, np.maximum(s2 / m - shift * shift, 0.0)
+
+
+def _row_moments(xw, n, g, kl):
+    """Mean and biased var per (n, g) row of length K*L, float64 (N, G)."""
+    rows = xw.reshape(n * g, kl)
+    pivot = _f64(rows[:, 0])
+    s1, s2 = np.empty(n * g), np.empty(n * g)
+    _pick(_k.row_moments, xw.size)(rows, pivot, s1, s2)
+    shift = s1 / kl
+    var = np.maximum(s2 / kl - shift * shift, 0.0)
+    return (pivot + shift).reshape(n, g), var.reshape(n, g)
+
+
+def forward(x4, gamma, beta, eps, batch_stats, given=None, out=None):
+    n, g, k, l = x4.shape
+    dtype = _work_dtype(x4)
+    xw = np.ascontiguousarray(x4, dtype=dtype)
+    direct = out is not None and out.dtype == dtype and out.flags.c_contiguous
+    y = out if direct else np.empty(x4.shape, dtype)
+    gam, bet = _affine(gamma, beta, g * k)
+    size = xw.size
+
+    if given is not None:
+        mean, var = _f64(given[0]), _f64(given[1])
+    elif batch_stats:
+        mean, var = _batch_moments(xw, n, g, l)
+    else:
+        mean, var = _row_moments(xw, n, g, k * l)
+    invstd = 1.0 / np.sqrt(var + eps)
+
+    if batch_stats:
+        scale = invstd * gam
+        if l >= ROWS_MIN_LENGTH:
+            _pick(_k.row_apply, size)(xw.reshape(n * g, l), np.tile(mean, n), np.tile(scale, n),
+                                      np.tile(bet, n), y.reshape(n * g, l))
+        else:
+            ones_r, zeros_r = np.ones((n, 1)), np.zeros((n, 1))
+            _pick(_k.col_apply, size)(xw.reshape(n, 1, g * l), zeros_r, ones_r, np.repeat(mean, l)[None],
+                                      np.repeat(scale, l)[None], np.repeat(bet, l)[None], y.reshape(n, 1, g * l))
+    else:
+        gam2, bet2 = gam.reshape(g, k), bet.reshape(g, k)
+        if l >= ROWS_MIN_LENGTH:
+            _pick(_k.row_apply, size)(xw.reshape(n * g * k, l), np.repeat(mean.reshape(-1), k),
+                                      (invstd[:, :, None] * gam2).reshape(-1), np.tile(bet2.reshape(-1), n),
+                                      y.reshape(n * g * k, l))
+        else:
+            _pick(_k.col_apply, size)(xw.reshape(n, g, k * l), mean, invstd, np.zeros((g, k * l)),
+                                      np.repeat(gam2, l, axis=1), np.repeat(bet2, l, axis=1),
+                                      y.reshape(n, g, k * l))
+
+    if out is not None and not direct:
+        np.copyto(out, y, casting="unsafe")
+        y = out
+    elif y.dtype != x4.dtype:
+        y = y.astype(x4.dtype)
+    return y, mean, var, invstd, None
+
+
+def backward(dout4, x4, gamma, mean, invstd, batch_stats, stats_given, saved):
+    n, g, k, l = x4.shape
+    dtype = _work_dtype(x4, dout4)
+    xw = np.ascontiguousarray(x4, dtype=dtype)
+    dyw = np.ascontiguousarray(dout4, dtype=dtype)
+    gam, _ = _affine(gamma, None, g * k)
+    mean, invstd = _f64(mean), _f64(invstd)
+    size = xw.size
+    dx = np.empty(x4.shape, dtype)
+
+    if batch_stats:
+        m = n * l
+        if l >= ROWS_MIN_LENGTH:
+            rows_x, rows_dy, mu = xw.reshape(n * g, l), dyw.reshape(n * g, l), np.tile(mean, n)
+            t1, t2 = np.empty(n * g), np.empty(n * g)
+            _pick(_k.row_grad_sums, size)(rows_x, rows_dy, mu, t1, t2)
+            dbeta, dxc = t1.reshape(n, g).sum(axis=0), t2.reshape(n, g).sum(axis=0)
+        else:
+            blocks = _blocks(size, n)
+            c1, c2 = np.zeros((blocks, 1, g * l)), np.zeros((blocks, 1, g * l))
+            scratch = np.empty((n, 1))
+            _pick(_k.col_grad_sums, size)(xw.reshape(n, 1, g * l), dyw.reshape(n, 1, g * l), np.zeros((n, 1)),
+                                          np.ones((n, 1)), np.repeat(mean, l)[None], np.ones((1, g * l)),
+                                          scratch, scratch.copy(), c1, c2)
+            dbeta = c1.sum(axis=0).reshape(g, l).sum(axis=1)
+            dxc = c2.sum(axis=0).reshape(g, l).sum(axis=1)
+        dgamma = dxc * invstd  # sum(dout * xhat)
+        k1 = gam * invstd
+        if stats_given:  # mean and var are constants: dx = dout * gamma * invstd
+            k2, k3 = np.zeros(g), np.zeros(g)
+        else:
+            k2, k3 = -k1 * invstd * dgamma / m, -k1 * dbeta / m
+        if l >= ROWS_MIN_LENGTH:
+            _pick(_k.row_grad_apply, size)(rows_x, rows_dy, mu, np.tile(k1, n), np.tile(k2, n), np.tile(k3, n),
+                                           dx.reshape(n * g, l))
+        else:
+            ones_r = np.ones((n, 1))
+            _pick(_k.col_grad_apply, size)(xw.reshape(n, 1, g * l), dyw.reshape(n, 1, g * l), np.zeros((n, 1)),
+                                           np.repeat(mean, l)[None], ones_r, np.repeat(k1, l)[None], ones_r,
+                                           np.repeat(k2, l)[None], np.zeros((n, 1)), np.repeat(k3, l)[None],
+                                           dx.reshape(n, 1, g * l))
+    else:
+        m = k * l
+        gam2 = gam.reshape(g, k)
+        if l >= ROWS_MIN_LENGTH:
+            rows_x, rows_dy = xw.reshape(n * g * k, l), dyw.reshape(n * g * k, l)
+            mu = np.repeat(mean.reshape(-1), k)
+            t1, t2 = np.empty(n * g * k), np.empty(n * g * k)
+            _pick(_k.row_grad_sums, size)(rows_x, rows_dy, mu, t1, t2)
+            t1, t2 = t1.reshape(n, g, k), t2.reshape(n, g, k) * invstd[:, :, None]  # t2: sum(dout*xhat)
+            dbeta, dgamma = t1.sum(axis=0).reshape(-1), t2.sum(axis=0).reshape(-1)
+            sum1, sum2 = (t1 * gam2).sum(axis=2), (t2 * gam2).sum(axis=2)
+        else:
+            blocks = _blocks(size, n)
+            gam_c = np.repeat(gam2, l, axis=1)
+            c1, c2 = np.zeros((blocks, g, k * l)), np.zeros((blocks, g, k * l))
+            sum1, sum2 = np.empty((n, g)), np.empty((n, g))
+            _pick(_k.col_grad_sums, size)(xw.reshape(n, g, k * l), dyw.reshape(n, g, k * l), mean, invstd,
+                                          np.zeros((g, k * l)), gam_c, sum1, sum2, c1, c2)
+            sum2 *= invstd  # sum(dxhat * xhat)
+            dbeta = c1.sum(axis=0).reshape(g, k, l).sum(axis=2).reshape(-1)
+            dgamma = c2.sum(axis=0).reshape(g, k, l).sum(axis=2).reshape(-1)
+        if stats_given:
+            k2_r, k3_r = np.zeros((n, g)), np.zeros((n, g))
+        else:
+            k2_r, k3_r = -invstd * invstd * sum2 / m, -invstd * sum1 / m
+        if l >= ROWS_MIN_LENGTH:
+            _pick(_k.row_grad_apply, size)(rows_x, rows_dy, mu, (invstd[:, :, None] * gam2).reshape(-1),
+                                           np.repeat(k2_r.reshape(-1), k), np.repeat(k3_r.reshape(-1), k),
+                                           dx.reshape(n * g * k, l))
+        else:
+            _pick(_k.col_grad_apply, size)(xw.reshape(n, g, k * l), dyw.reshape(n, g, k * l), mean,
+                                           np.zeros((g, k * l)), invstd, gam_c, k2_r, np.ones((g, k * l)),
+                                           k3_r, np.zeros((g, k * l)), dx.reshape(n, g, k * l))
+    if gamma is None:
+        return dx, None, None
+    return dx, dgamma, dbeta
