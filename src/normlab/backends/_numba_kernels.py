@@ -1,17 +1,21 @@
 """Numba kernels of the fused backend: two loop shapes, four kernels each.
 
-Every normalization is served by one of two loop shapes over a C-contiguous view:
+Every normalization is served by one of three loop shapes over a C-contiguous view:
 
 ``rows`` (R, L)
     Each statistic reduces along contiguous rows of length L (spatial batch
     norm over (n, c) rows, group norm over (n, g, k) rows). Parallel over rows;
     the per-row partial sums are merged over the slow axis afterwards in
     float64 (O(N*C) work, pairwise by NumPy).
-``cols`` (N, G, M)
+``cols`` (N, M)
     The reduction runs along the slow axis N (batch norm on (N, C) with C
-    contiguous, layer norm's parameter gradients). Each thread takes a block of
-    rows and accumulates per-column partial sums in its own (G, M) slab; the
-    slabs are merged afterwards, so the result does not depend on scheduling.
+    contiguous, or short H*W runs). Each thread takes a block of rows and
+    accumulates per-column partial sums in its own slab; the slabs are merged
+    afterwards in a fixed order, so the result does not depend on scheduling.
+``grp`` (N, G, M)
+    Statistics per contiguous (n, g) row, parameters per column (layer norm,
+    group norm over short H*W runs): row sums for the closed form, per-thread
+    column slabs for dgamma and dbeta.
 
 Sums are float64 whatever the input dtype, and shifted by a pivot (a sample
 value of the same statistic) so that a large common offset cancels before it
@@ -88,9 +92,13 @@ def _twins(fn):
 
 
 # ----------------------------------------------------------------------------- rows (R, L)
+# Coefficients are per row. Apply kernels compute in x's dtype (float32 math
+# has twice the SIMD width): the mean comes split as mh + ml (hi and lo parts
+# in x's dtype), so x - mh is exact near the mean and a large offset costs no
+# accuracy; reductions always accumulate in float64.
 
 def _row_moments(x, pivot, s1, s2):
-    """s1[r] = sum(x[r] - pivot[r]), s2[r] = sum((x[r] - pivot[r])**2)."""
+    """s1[r] = sum(x[r] - pivot[r]), s2[r] = sum((x[r] - pivot[r])**2), float64."""
     rows, length = x.shape
     for r in prange(rows):
         p = pivot[r]
@@ -104,19 +112,20 @@ def _row_moments(x, pivot, s1, s2):
         s2[r] = b
 
 
-def _row_apply(x, mu, scale, shift, out):
-    """out[r] = (x[r] - mu[r]) * scale[r] + shift[r]."""
+def _row_apply(x, mh, ml, scale, shift, out):
+    """out[r] = ((x[r] - mh[r]) - ml[r]) * scale[r] + shift[r]."""
     rows, length = x.shape
     for r in prange(rows):
-        m = mu[r]
+        m0 = mh[r]
+        m1 = ml[r]
         a = scale[r]
         b = shift[r]
         for i in range(length):
-            out[r, i] = (np.float64(x[r, i]) - m) * a + b
+            out[r, i] = ((x[r, i] - m0) - m1) * a + b
 
 
 def _row_grad_sums(x, dy, mu, t1, t2):
-    """t1[r] = sum(dy[r]), t2[r] = sum(dy[r] * (x[r] - mu[r]))."""
+    """t1[r] = sum(dy[r]), t2[r] = sum(dy[r] * (x[r] - mu[r])), float64."""
     rows, length = x.shape
     for r in prange(rows):
         m = mu[r]
@@ -130,52 +139,115 @@ def _row_grad_sums(x, dy, mu, t1, t2):
         t2[r] = b
 
 
-def _row_grad_apply(x, dy, mu, k1, k2, k3, dx):
-    """dx[r] = k1[r]*dy[r] + k2[r]*(x[r] - mu[r]) + k3[r]."""
+def _row_grad_apply(x, dy, mh, ml, k1, k2, k3, dx):
+    """dx[r] = k1[r]*dy[r] + k2[r]*(x[r] - mh[r] - ml[r]) + k3[r]."""
     rows, length = x.shape
     for r in prange(rows):
-        m = mu[r]
+        m0 = mh[r]
+        m1 = ml[r]
         a = k1[r]
         b = k2[r]
         c = k3[r]
         for i in range(length):
-            dx[r, i] = a * np.float64(dy[r, i]) + b * (np.float64(x[r, i]) - m) + c
+            dx[r, i] = a * dy[r, i] + b * ((x[r, i] - m0) - m1) + c
 
 
-# ----------------------------------------------------------------------------- cols (N, G, M)
+# ----------------------------------------------------------------------------- cols (N, M)
+# Statistics per column, reduced along the slow axis (batch norm on (N, C)).
+# Each block of rows (one per thread) accumulates into its own slab s[t];
+# four rows per sweep so each slab entry is loaded and stored once per four.
 
 def _col_moments(x, pivot, s1, s2):
-    """Per-thread column partials of shifted sums: x (N, M), pivot (M,), s1/s2 (T, M) zeroed."""
+    """s1[t, j] += x[i, j] - pivot[j], s2[t, j] += (x[i, j] - pivot[j])**2 over block t's rows."""
     n, width = x.shape
     blocks = s1.shape[0]
     for t in prange(blocks):
         lo = t * n // blocks
         hi = (t + 1) * n // blocks
-        for i in range(lo, hi):
+        a1 = s1[t]
+        a2 = s2[t]
+        i = lo
+        while i + 4 <= hi:
             for j in range(width):
-                d = np.float64(x[i, j]) - pivot[j]
-                s1[t, j] += d
-                s2[t, j] += d * d
+                p = pivot[j]
+                d0 = np.float64(x[i, j]) - p
+                d1 = np.float64(x[i + 1, j]) - p
+                d2 = np.float64(x[i + 2, j]) - p
+                d3 = np.float64(x[i + 3, j]) - p
+                a1[j] += (d0 + d1) + (d2 + d3)
+                a2[j] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
+            i += 4
+        for r in range(i, hi):
+            for j in range(width):
+                d = np.float64(x[r, j]) - pivot[j]
+                a1[j] += d
+                a2[j] += d * d
 
 
-def _col_apply(x, mu_r, sc_r, mu_c, sc_c, sh_c, out):
-    """out[n,g,j] = (x - mu_r[n,g] - mu_c[g,j]) * sc_r[n,g]*sc_c[g,j] + sh_c[g,j]; x (N, G, M)."""
+def _col_apply(x, mh, ml, scale, shift, out):
+    """out[i, j] = ((x[i, j] - mh[j]) - ml[j]) * scale[j] + shift[j]."""
+    n, width = x.shape
+    for i in prange(n):
+        for j in range(width):
+            out[i, j] = ((x[i, j] - mh[j]) - ml[j]) * scale[j] + shift[j]
+
+
+def _col_grad_sums(x, dy, mu, c1, c2):
+    """c1[t, j] += dy[i, j], c2[t, j] += dy[i, j] * (x[i, j] - mu[j]) over block t's rows."""
+    n, width = x.shape
+    blocks = c1.shape[0]
+    for t in prange(blocks):
+        lo = t * n // blocks
+        hi = (t + 1) * n // blocks
+        a1 = c1[t]
+        a2 = c2[t]
+        i = lo
+        while i + 4 <= hi:
+            for j in range(width):
+                m = mu[j]
+                d0 = np.float64(dy[i, j])
+                d1 = np.float64(dy[i + 1, j])
+                d2 = np.float64(dy[i + 2, j])
+                d3 = np.float64(dy[i + 3, j])
+                a1[j] += (d0 + d1) + (d2 + d3)
+                a2[j] += ((d0 * (np.float64(x[i, j]) - m) + d1 * (np.float64(x[i + 1, j]) - m))
+                          + (d2 * (np.float64(x[i + 2, j]) - m) + d3 * (np.float64(x[i + 3, j]) - m)))
+            i += 4
+        for r in range(i, hi):
+            for j in range(width):
+                d = np.float64(dy[r, j])
+                a1[j] += d
+                a2[j] += d * (np.float64(x[r, j]) - mu[j])
+
+
+def _col_grad_apply(x, dy, mh, ml, k1, k2, k3, dx):
+    """dx[i, j] = k1[j]*dy[i, j] + k2[j]*(x[i, j] - mh[j] - ml[j]) + k3[j]."""
+    n, width = x.shape
+    for i in prange(n):
+        for j in range(width):
+            dx[i, j] = k1[j] * dy[i, j] + k2[j] * ((x[i, j] - mh[j]) - ml[j]) + k3[j]
+
+
+# ----------------------------------------------------------------------------- grouped (N, G, M)
+# Statistics per (n, g) row, parameters per (g, j) column: layer norm (G = 1)
+# and group norm over short spatial runs. Row sums feed the closed form;
+# column partials per thread block are dgamma and dbeta.
+
+def _grp_apply(x, mh, ml, invstd, gam, bet, out):
+    """out[n, g, j] = ((x - mh[n, g]) - ml[n, g]) * invstd[n, g] * gam[g, j] + bet[g, j]."""
     n, groups, width = x.shape
     for i in prange(n):
         for g in range(groups):
-            m0 = mu_r[i, g]
-            s0 = sc_r[i, g]
+            m0 = mh[i, g]
+            m1 = ml[i, g]
+            s0 = invstd[i, g]
             for j in range(width):
-                out[i, g, j] = (np.float64(x[i, g, j]) - m0 - mu_c[g, j]) * (s0 * sc_c[g, j]) + sh_c[g, j]
+                out[i, g, j] = ((x[i, g, j] - m0) - m1) * s0 * gam[g, j] + bet[g, j]
 
 
-def _col_grad_sums(x, dy, mu_r, is_r, mu_c, gam_c, r1, r2, c1, c2):
-    """One pass over (x, dy) of shape (N, G, M) with xc = x - mu_r[n,g] - mu_c[g,j]:
-
-    row sums r1[n,g] = sum_j gam_c*dy, r2[n,g] = sum_j gam_c*dy*xc (layer norm's
-    closed-form sums), and per-thread column partials c1[t,g,j] += dy,
-    c2[t,g,j] += dy*xc*is_r[n,g] (dbeta, dgamma; batch norm's closed-form sums).
-    """
+def _grp_grad_sums(x, dy, mu, invstd, gam, r1, r2, c1, c2):
+    """One pass over (x, dy) (N, G, M), xc = x - mu[n, g]: row sums r1[n, g] = sum_j gam*dy,
+    r2[n, g] = sum_j gam*dy*xc; column partials c1[t, g, j] += dy, c2[t, g, j] += dy*xc*invstd[n, g]."""
     n, groups, width = x.shape
     blocks = c1.shape[0]
     for t in prange(blocks):
@@ -183,34 +255,34 @@ def _col_grad_sums(x, dy, mu_r, is_r, mu_c, gam_c, r1, r2, c1, c2):
         hi = (t + 1) * n // blocks
         for i in range(lo, hi):
             for g in range(groups):
-                m0 = mu_r[i, g]
-                i0 = is_r[i, g]
+                m0 = mu[i, g]
+                i0 = invstd[i, g]
                 a = 0.0
                 b = 0.0
                 for j in range(width):
                     d = np.float64(dy[i, g, j])
-                    xc = np.float64(x[i, g, j]) - m0 - mu_c[g, j]
+                    xc = np.float64(x[i, g, j]) - m0
+                    dxc = d * xc
                     c1[t, g, j] += d
-                    c2[t, g, j] += d * xc * i0
-                    gd = gam_c[g, j] * d
-                    a += gd
-                    b += gd * xc
+                    c2[t, g, j] += dxc * i0
+                    a += gam[g, j] * d
+                    b += gam[g, j] * dxc
                 r1[i, g] = a
                 r2[i, g] = b
 
 
-def _col_grad_apply(x, dy, mu_r, mu_c, k1_r, k1_c, k2_r, k2_c, k3_r, k3_c, dx):
-    """dx = k1_r*k1_c*dy + k2_r*k2_c*(x - mu_r - mu_c) + k3_r + k3_c, with *_r (N, G), *_c (G, M)."""
+def _grp_grad_apply(x, dy, mh, ml, k1, gam, k2, k3, dx):
+    """dx = k1[n, g]*gam[g, j]*dy + k2[n, g]*(x - mh[n, g] - ml[n, g]) + k3[n, g]."""
     n, groups, width = x.shape
     for i in prange(n):
         for g in range(groups):
-            m0 = mu_r[i, g]
-            a0 = k1_r[i, g]
-            b0 = k2_r[i, g]
-            c0 = k3_r[i, g]
+            m0 = mh[i, g]
+            m1 = ml[i, g]
+            a0 = k1[i, g]
+            b0 = k2[i, g]
+            c0 = k3[i, g]
             for j in range(width):
-                xc = np.float64(x[i, g, j]) - m0 - mu_c[g, j]
-                dx[i, g, j] = (a0 * k1_c[g, j]) * np.float64(dy[i, g, j]) + (b0 * k2_c[g, j]) * xc + (c0 + k3_c[g, j])
+                dx[i, g, j] = (a0 * gam[g, j]) * dy[i, g, j] + b0 * ((x[i, g, j] - m0) - m1) + c0
 
 
 row_moments = _twins(_row_moments)
@@ -221,3 +293,6 @@ col_moments = _twins(_col_moments)
 col_apply = _twins(_col_apply)
 col_grad_sums = _twins(_col_grad_sums)
 col_grad_apply = _twins(_col_grad_apply)
+grp_apply = _twins(_grp_apply)
+grp_grad_sums = _twins(_grp_grad_sums)
+grp_grad_apply = _twins(_grp_grad_apply)

@@ -65,6 +65,16 @@ def _affine(gamma, beta, channels):
     return gam, bet
 
 
+def _split(mu, dtype):
+    """mu (float64) as hi + lo in ``dtype``: x - hi is exact near the mean, lo restores the rest."""
+    hi = np.ascontiguousarray(mu, dtype=dtype)
+    return hi, np.ascontiguousarray(mu - hi, dtype=dtype)
+
+
+def _as(a, dtype):
+    return np.ascontiguousarray(a, dtype=dtype)
+
+
 def _batch_moments(xw, n, c, l):
     """Mean and biased var per channel of xw (N, C, 1, L), float64 (C,)."""
     m = n * l
@@ -95,10 +105,10 @@ def _row_moments(xw, n, g, kl):
 
 def forward(x4, gamma, beta, eps, batch_stats, given=None, out=None):
     n, g, k, l = x4.shape
-    dtype = _work_dtype(x4)
-    xw = np.ascontiguousarray(x4, dtype=dtype)
-    direct = out is not None and out.dtype == dtype and out.flags.c_contiguous
-    y = out if direct else np.empty(x4.shape, dtype)
+    dt = _work_dtype(x4)
+    xw = np.ascontiguousarray(x4, dtype=dt)
+    direct = out is not None and out.dtype == dt and out.flags.c_contiguous
+    y = out if direct else np.empty(x4.shape, dt)
     gam, bet = _affine(gamma, beta, g * k)
     size = xw.size
 
@@ -112,22 +122,25 @@ def forward(x4, gamma, beta, eps, batch_stats, given=None, out=None):
 
     if batch_stats:
         scale = invstd * gam
-        if l >= ROWS_MIN_LENGTH:
-            _pick(_k.row_apply, size)(xw.reshape(n * g, l), np.tile(mean, n), np.tile(scale, n),
-                                      np.tile(bet, n), y.reshape(n * g, l))
-        else:
-            ones_r, zeros_r = np.ones((n, 1)), np.zeros((n, 1))
-            _pick(_k.col_apply, size)(xw.reshape(n, 1, g * l), zeros_r, ones_r, np.repeat(mean, l)[None],
-                                      np.repeat(scale, l)[None], np.repeat(bet, l)[None], y.reshape(n, 1, g * l))
+        if l >= ROWS_MIN_LENGTH:  # rows (n, c) of length L
+            mh, ml = _split(np.tile(mean, n), dt)
+            _pick(_k.row_apply, size)(xw.reshape(n * g, l), mh, ml, _as(np.tile(scale, n), dt),
+                                      _as(np.tile(bet, n), dt), y.reshape(n * g, l))
+        else:  # columns (c, l) of an (N, C*L) matrix
+            mh, ml = _split(np.repeat(mean, l), dt)
+            _pick(_k.col_apply, size)(xw.reshape(n, g * l), mh, ml, _as(np.repeat(scale, l), dt),
+                                      _as(np.repeat(bet, l), dt), y.reshape(n, g * l))
     else:
         gam2, bet2 = gam.reshape(g, k), bet.reshape(g, k)
-        if l >= ROWS_MIN_LENGTH:
-            _pick(_k.row_apply, size)(xw.reshape(n * g * k, l), np.repeat(mean.reshape(-1), k),
-                                      (invstd[:, :, None] * gam2).reshape(-1), np.tile(bet2.reshape(-1), n),
-                                      y.reshape(n * g * k, l))
-        else:
-            _pick(_k.col_apply, size)(xw.reshape(n, g, k * l), mean, invstd, np.zeros((g, k * l)),
-                                      np.repeat(gam2, l, axis=1), np.repeat(bet2, l, axis=1),
+        if l >= ROWS_MIN_LENGTH:  # rows (n, g, k) of length L
+            mh, ml = _split(np.repeat(mean.reshape(-1), k), dt)
+            _pick(_k.row_apply, size)(xw.reshape(n * g * k, l), mh, ml,
+                                      _as((invstd[:, :, None] * gam2).reshape(-1), dt),
+                                      _as(np.tile(bet2.reshape(-1), n), dt), y.reshape(n * g * k, l))
+        else:  # rows (n, g) of length K*L, parameters per column
+            mh, ml = _split(mean, dt)
+            _pick(_k.grp_apply, size)(xw.reshape(n, g, k * l), mh, ml, _as(invstd, dt),
+                                      _as(np.repeat(gam2, l, axis=1), dt), _as(np.repeat(bet2, l, axis=1), dt),
                                       y.reshape(n, g, k * l))
 
     if out is not None and not direct:
@@ -140,78 +153,75 @@ def forward(x4, gamma, beta, eps, batch_stats, given=None, out=None):
 
 def backward(dout4, x4, gamma, mean, invstd, batch_stats, stats_given, saved):
     n, g, k, l = x4.shape
-    dtype = _work_dtype(x4, dout4)
-    xw = np.ascontiguousarray(x4, dtype=dtype)
-    dyw = np.ascontiguousarray(dout4, dtype=dtype)
+    dt = _work_dtype(x4, dout4)
+    xw = np.ascontiguousarray(x4, dtype=dt)
+    dyw = np.ascontiguousarray(dout4, dtype=dt)
     gam, _ = _affine(gamma, None, g * k)
     mean, invstd = _f64(mean), _f64(invstd)
     size = xw.size
-    dx = np.empty(x4.shape, dtype)
+    dx = np.empty(x4.shape, dt)
 
     if batch_stats:
         m = n * l
-        if l >= ROWS_MIN_LENGTH:
-            rows_x, rows_dy, mu = xw.reshape(n * g, l), dyw.reshape(n * g, l), np.tile(mean, n)
+        rows = l >= ROWS_MIN_LENGTH
+        if rows:  # rows (n, c) of length L
+            shape2, mu = (n * g, l), np.tile(mean, n)
             t1, t2 = np.empty(n * g), np.empty(n * g)
-            _pick(_k.row_grad_sums, size)(rows_x, rows_dy, mu, t1, t2)
+            _pick(_k.row_grad_sums, size)(xw.reshape(shape2), dyw.reshape(shape2), mu, t1, t2)
             dbeta, dxc = t1.reshape(n, g).sum(axis=0), t2.reshape(n, g).sum(axis=0)
-        else:
+        else:  # columns (c, l) of an (N, C*L) matrix
+            shape2, mu = (n, g * l), np.repeat(mean, l)
             blocks = _blocks(size, n)
-            c1, c2 = np.zeros((blocks, 1, g * l)), np.zeros((blocks, 1, g * l))
-            scratch = np.empty((n, 1))
-            _pick(_k.col_grad_sums, size)(xw.reshape(n, 1, g * l), dyw.reshape(n, 1, g * l), np.zeros((n, 1)),
-                                          np.ones((n, 1)), np.repeat(mean, l)[None], np.ones((1, g * l)),
-                                          scratch, scratch.copy(), c1, c2)
+            c1, c2 = np.zeros((blocks, g * l)), np.zeros((blocks, g * l))
+            _pick(_k.col_grad_sums, size)(xw.reshape(shape2), dyw.reshape(shape2), mu, c1, c2)
             dbeta = c1.sum(axis=0).reshape(g, l).sum(axis=1)
             dxc = c2.sum(axis=0).reshape(g, l).sum(axis=1)
         dgamma = dxc * invstd  # sum(dout * xhat)
         k1 = gam * invstd
         if stats_given:  # mean and var are constants: dx = dout * gamma * invstd
             k2, k3 = np.zeros(g), np.zeros(g)
-        else:
+        else:  # gamma*invstd*(dout - dbeta/m - xhat*dgamma/m)
             k2, k3 = -k1 * invstd * dgamma / m, -k1 * dbeta / m
-        if l >= ROWS_MIN_LENGTH:
-            _pick(_k.row_grad_apply, size)(rows_x, rows_dy, mu, np.tile(k1, n), np.tile(k2, n), np.tile(k3, n),
-                                           dx.reshape(n * g, l))
-        else:
-            ones_r = np.ones((n, 1))
-            _pick(_k.col_grad_apply, size)(xw.reshape(n, 1, g * l), dyw.reshape(n, 1, g * l), np.zeros((n, 1)),
-                                           np.repeat(mean, l)[None], ones_r, np.repeat(k1, l)[None], ones_r,
-                                           np.repeat(k2, l)[None], np.zeros((n, 1)), np.repeat(k3, l)[None],
-                                           dx.reshape(n, 1, g * l))
+        spread = (lambda a: np.tile(a, n)) if rows else (lambda a: np.repeat(a, l))
+        mh, ml = _split(mu, dt)
+        kernel = _pick(_k.row_grad_apply if rows else _k.col_grad_apply, size)
+        kernel(xw.reshape(shape2), dyw.reshape(shape2), mh, ml, _as(spread(k1), dt), _as(spread(k2), dt),
+               _as(spread(k3), dt), dx.reshape(shape2))
     else:
         m = k * l
         gam2 = gam.reshape(g, k)
-        if l >= ROWS_MIN_LENGTH:
-            rows_x, rows_dy = xw.reshape(n * g * k, l), dyw.reshape(n * g * k, l)
-            mu = np.repeat(mean.reshape(-1), k)
+        if l >= ROWS_MIN_LENGTH:  # rows (n, g, k) of length L
+            shape2, mu = (n * g * k, l), np.repeat(mean.reshape(-1), k)
             t1, t2 = np.empty(n * g * k), np.empty(n * g * k)
-            _pick(_k.row_grad_sums, size)(rows_x, rows_dy, mu, t1, t2)
+            _pick(_k.row_grad_sums, size)(xw.reshape(shape2), dyw.reshape(shape2), mu, t1, t2)
             t1, t2 = t1.reshape(n, g, k), t2.reshape(n, g, k) * invstd[:, :, None]  # t2: sum(dout*xhat)
             dbeta, dgamma = t1.sum(axis=0).reshape(-1), t2.sum(axis=0).reshape(-1)
-            sum1, sum2 = (t1 * gam2).sum(axis=2), (t2 * gam2).sum(axis=2)
-        else:
+            sum1, sum2 = (t1 * gam2).sum(axis=2), (t2 * gam2).sum(axis=2)  # sum(dxhat), sum(dxhat*xhat)
+        else:  # rows (n, g) of length K*L, parameters per column
+            shape3 = (n, g, k * l)
             blocks = _blocks(size, n)
             gam_c = np.repeat(gam2, l, axis=1)
             c1, c2 = np.zeros((blocks, g, k * l)), np.zeros((blocks, g, k * l))
             sum1, sum2 = np.empty((n, g)), np.empty((n, g))
-            _pick(_k.col_grad_sums, size)(xw.reshape(n, g, k * l), dyw.reshape(n, g, k * l), mean, invstd,
-                                          np.zeros((g, k * l)), gam_c, sum1, sum2, c1, c2)
+            _pick(_k.grp_grad_sums, size)(xw.reshape(shape3), dyw.reshape(shape3), mean, invstd, gam_c,
+                                          sum1, sum2, c1, c2)
             sum2 *= invstd  # sum(dxhat * xhat)
             dbeta = c1.sum(axis=0).reshape(g, k, l).sum(axis=2).reshape(-1)
             dgamma = c2.sum(axis=0).reshape(g, k, l).sum(axis=2).reshape(-1)
         if stats_given:
-            k2_r, k3_r = np.zeros((n, g)), np.zeros((n, g))
-        else:
-            k2_r, k3_r = -invstd * invstd * sum2 / m, -invstd * sum1 / m
+            k2, k3 = np.zeros((n, g)), np.zeros((n, g))
+        else:  # invstd/m*(m*dxhat - sum(dxhat) - xhat*sum(dxhat*xhat))
+            k2, k3 = -invstd * invstd * sum2 / m, -invstd * sum1 / m
         if l >= ROWS_MIN_LENGTH:
-            _pick(_k.row_grad_apply, size)(rows_x, rows_dy, mu, (invstd[:, :, None] * gam2).reshape(-1),
-                                           np.repeat(k2_r.reshape(-1), k), np.repeat(k3_r.reshape(-1), k),
-                                           dx.reshape(n * g * k, l))
+            mh, ml = _split(mu, dt)
+            _pick(_k.row_grad_apply, size)(xw.reshape(shape2), dyw.reshape(shape2), mh, ml,
+                                           _as((invstd[:, :, None] * gam2).reshape(-1), dt),
+                                           _as(np.repeat(k2.reshape(-1), k), dt), _as(np.repeat(k3.reshape(-1), k), dt),
+                                           dx.reshape(shape2))
         else:
-            _pick(_k.col_grad_apply, size)(xw.reshape(n, g, k * l), dyw.reshape(n, g, k * l), mean,
-                                           np.zeros((g, k * l)), invstd, gam_c, k2_r, np.ones((g, k * l)),
-                                           k3_r, np.zeros((g, k * l)), dx.reshape(n, g, k * l))
+            mh, ml = _split(mean, dt)
+            _pick(_k.grp_grad_apply, size)(xw.reshape(shape3), dyw.reshape(shape3), mh, ml, _as(invstd, dt),
+                                           _as(gam_c, dt), _as(k2, dt), _as(k3, dt), dx.reshape(shape3))
     if gamma is None:
         return dx, None, None
     return dx, dgamma, dbeta
