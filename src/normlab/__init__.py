@@ -21,6 +21,7 @@ from .norms import (
     spatial_batchnorm_backward,
     spatial_batchnorm_forward,
 )
+from .threads import get_num_threads, set_num_threads
 
 __version__ = "0.1.0"
 
@@ -36,11 +37,13 @@ __all__ = [
     "batchnorm_backward_graph",
     "batchnorm_forward",
     "get_backend",
+    "get_num_threads",
     "gradcheck",
     "groupnorm_backward",
     "groupnorm_forward",
     "layernorm_backward",
     "layernorm_forward",
     "spatial_batchnorm_backward",
+    "set_num_threads",
     "spatial_batchnorm_forward",
 ]

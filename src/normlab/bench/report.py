@@ -1,0 +1,52 @@
+"""The benchmark result as a Markdown report."""
+
+from __future__ import annotations
+
+
+def _fmt(value, spec, empty="–"):
+    return empty if value is None else format(value, spec)
+
+
+def _mib(nbytes):
+    if nbytes is None:
+        return "–"
+    return f"{nbytes / 2**20:.2f} MiB" if nbytes >= 2**20 else f"{nbytes / 2**10:.1f} KiB"
+
+
+def markdown(result: dict, command: str | None = None) -> str:
+    m = result["machine"]
+    lines = ["| case | dtype | impl | fwd ms | bwd ms | fwd+bwd ms | × torch (fwd / bwd / both) "
+             "| GB/s (both) | % of bound (both) | cache | fwd peak |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in result["rows"]:
+        ratios = " / ".join(_fmt(r[f"{p}_vs_torch"], ".2f") for p in ("forward", "backward", "both"))
+        lines.append(
+            f"| {r['case']} | {r['dtype']} | {r['impl']} | {r['forward_ms']:.3f} | {r['backward_ms']:.3f} "
+            f"| {r['both_ms']:.3f} | {ratios} | {r['both_gbps']:.1f} "
+            f"| {_fmt(None if r['both_of_bound'] is None else 100 * r['both_of_bound'], '.0f')} "
+            f"| {_mib(r['cache_bytes'])} | {_mib(r['forward_peak_bytes'])} |")
+    head = [f"Machine: {m['cpu']}, {m['cores']} cores, {m['threads']} thread(s) for Numba and PyTorch "
+            f"(torch reports {m.get('torch_threads', '–')}), last-level cache {_mib(m.get('llc_bytes'))}; "
+            f"numpy {m['numpy']}, numba {m.get('numba')}, torch {m.get('torch')}; "
+            f"load average {m['loadavg_start'][0]:.2f} at start, {m['loadavg_end'][0]:.2f} at end.",
+            "",
+            f"Triad bandwidth bound (same threads, same run): {_fmt(result['bandwidth_gbps'], '.1f')} GB/s. "
+            f"Times are medians of {result['repeat']} runs after warm-up.",
+            ""]
+    if command:
+        head[:0] = [f"Command: `{command}`", ""]
+    s = result["summary"]
+    tail = [""]
+    if "numba_vs_torch_geomean" in s:
+        tail.append(f"- Numba vs PyTorch, forward+backward: geometric-mean speedup "
+                    f"{s['numba_vs_torch_geomean']:.2f}×; faster on every case: "
+                    f"{'yes' if s['numba_faster_everywhere'] else 'no'} "
+                    f"(min {min(s['numba_vs_torch_both'].values()):.2f}×).")
+    if s.get("numba_of_bound_beyond_llc"):
+        parts = ", ".join(f"{k} {100 * v:.0f}%" for k, v in s["numba_of_bound_beyond_llc"].items())
+        tail.append(f"- Numba forward+backward as a share of the bandwidth bound, where x exceeds the LLC: {parts}.")
+    if s.get("numpy_closed_vs_graph_backward"):
+        parts = ", ".join(f"{k} {v:.2f}×" for k, v in s["numpy_closed_vs_graph_backward"].items())
+        tail.append(f"- NumPy closed-form backward vs the graph backward: {parts}.")
+    tail += [f"- {note}" for note in result.get("notes", [])]
+    return "\n".join(head + lines + tail) + "\n"

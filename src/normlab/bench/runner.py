@@ -1,0 +1,219 @@
+"""Run the benchmark: each implementation against PyTorch and the bandwidth bound, in one process.
+
+Per case and dtype, every implementation is timed in its own block (all its
+runs back to back, so PyTorch's OpenMP threads spinning after a call cannot
+slow the next implementation's first runs; OMP_WAIT_POLICY=PASSIVE is also set
+before torch is imported): warm-up, then ``repeat`` runs each of forward,
+backward, and forward+backward; the median is reported (and the minimum).
+
+Bandwidth bound: a triad ``a = b + s*c`` over float64 arrays far beyond the
+last-level cache, on the same threads, measured in the same run. Effective
+GB/s counts the bytes a two-pass implementation must move, as if nothing
+stayed in cache: forward reads x twice and writes y (3 |x| bytes); backward
+reads x and dout twice and writes dx (5 |x|); both, 8 |x|. Shapes whose x fits
+in the last-level cache can exceed 100% of the bound (the second read hits
+the cache); the bound is meaningful for the others.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import os
+import platform
+import statistics
+import subprocess
+import time
+import tracemalloc
+from typing import Callable
+
+import numpy as np
+
+from .cases import QUICK, SUITE, Case, Impl, normlab_impls, parse_case, torch_impl
+
+PASS_BYTES = {"forward": 3, "backward": 5, "both": 8}
+PHASES = ("forward", "backward", "both")
+
+
+def _median_ms(fn: Callable[[], object], repeat: int, warmup: int = 2) -> tuple[float, float]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3, min(times) * 1e3
+
+
+def triad_gbps(repeat: int = 7, n: int = 1 << 24) -> float:
+    """Memory bandwidth of a = b + s*c (float64, 3 x n x 8 bytes per pass) on Numba's threads, GB/s."""
+    import numba
+
+    @numba.njit(parallel=True, cache=False)
+    def triad(a, b, c, s):
+        for i in numba.prange(a.shape[0]):
+            a[i] = b[i] + s * c[i]
+
+    a, b, c = np.zeros(n), np.ones(n), np.full(n, 2.0)
+    median_ms, _ = _median_ms(lambda: triad(a, b, c, 3.0), repeat)
+    return 3 * 8 * n / (median_ms * 1e-3) / 1e9
+
+
+def llc_bytes() -> int | None:
+    """Size of the last-level cache, from sysfs (None if unknown)."""
+    base = "/sys/devices/system/cpu/cpu0/cache"
+    best = None
+    try:
+        for entry in sorted(os.listdir(base)):
+            with open(os.path.join(base, entry, "size")) as fh:
+                text = fh.read().strip()
+            value = int(text.rstrip("KMG")) * {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1], 1)
+            best = max(best or 0, value)
+    except (OSError, ValueError):
+        return best
+    return best
+
+
+def machine_info(threads: int) -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                cpu = line.split(":", 1)[1].strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    info = {"cpu": cpu, "cores": os.cpu_count(), "threads": threads, "llc_bytes": llc_bytes(),
+            "python": platform.python_version(), "numpy": np.__version__,
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
+    try:
+        import numba
+        info["numba"] = numba.__version__
+        info["numba_threading_layer"] = numba.config.THREADING_LAYER
+    except ImportError:
+        info["numba"] = None
+    try:
+        import torch
+        info["torch"] = torch.__version__
+        info["torch_threads"] = torch.get_num_threads()
+    except ImportError:
+        info["torch"] = None
+    return info
+
+
+def _forward_peak(impl: Impl) -> int | None:
+    """Peak bytes allocated during one forward (tracemalloc; NumPy allocations only)."""
+    if not impl.traced:
+        return None
+    gc.collect()
+    tracemalloc.start()
+    try:
+        state = impl.forward()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    del state
+    return int(peak)
+
+
+def _time_impl(impl: Impl, repeat: int) -> dict:
+    state = impl.forward()
+    impl.backward(state)
+    result = {}
+    result["forward"] = _median_ms(impl.forward, repeat)
+    result["backward"] = _median_ms(lambda: impl.backward(state), repeat)
+    result["both"] = _median_ms(lambda: impl.backward(impl.forward()), repeat)
+    return result
+
+
+def set_threads(threads: int) -> None:
+    """The same thread count for Numba's kernels (and the triad) and PyTorch's."""
+    from ..threads import set_num_threads
+    set_num_threads(threads)
+    try:
+        import torch
+        torch.set_num_threads(threads)
+    except ImportError:
+        pass
+
+
+def run(cases=None, dtypes=("float32", "float64"), repeat: int = 7, threads: int | None = None,
+        quick: bool = False, log: Callable[[str], None] = print) -> dict:
+    """Run the suite; returns a JSON-ready dict (machine, bandwidth, rows, notes)."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts its OpenMP pool
+    if repeat < 7:
+        raise ValueError(f"repeat must be >= 7 (a median of at least 7 runs), got {repeat}")
+    from ..backends import available_backends
+    from ..threads import get_num_threads, max_threads
+
+    threads = threads or max_threads()
+    set_threads(threads)
+    threads = get_num_threads()
+    case_list = [parse_case(c) if isinstance(c, str) else c for c in (cases or (QUICK if quick else SUITE))]
+    available = available_backends()
+    notes = []
+    has_torch = torch_impl(parse_case("bn:4x2"), np.float64) is not None
+    if not has_torch:
+        notes.append("PyTorch not installed: the torch rows and ratios are skipped (pip install 'normlab[torch]').")
+    if "numba" not in available:
+        notes.append("Numba did not import: the numba rows and the bandwidth bound are skipped.")
+
+    info = machine_info(threads)
+    info["loadavg_start"] = os.getloadavg()
+    bandwidth = triad_gbps() if "numba" in available else None
+    if bandwidth:
+        log(f"triad bandwidth on {threads} thread(s): {bandwidth:.1f} GB/s")
+    rows = []
+    for case in case_list:
+        for dtype in dtypes:
+            impls = normlab_impls(case, dtype, available)
+            t_impl = torch_impl(case, dtype)
+            if t_impl is not None:
+                impls.append(t_impl)
+            nbytes = math.prod(case.shape) * np.dtype(dtype).itemsize
+            timed = {impl.name: _time_impl(impl, repeat) for impl in impls}
+            torch_ms = timed.get("torch")
+            for impl in impls:
+                row = {"case": case.id, "kind": case.kind, "shape": list(case.shape), "dtype": dtype,
+                       "impl": impl.name, "x_bytes": nbytes, "cache_bytes": impl.cache_bytes,
+                       "forward_peak_bytes": _forward_peak(impl), "loadavg": os.getloadavg()[0]}
+                for phase in PHASES:
+                    median_ms, min_ms = timed[impl.name][phase]
+                    row[f"{phase}_ms"] = median_ms
+                    row[f"{phase}_min_ms"] = min_ms
+                    row[f"{phase}_vs_torch"] = torch_ms[phase][0] / median_ms if torch_ms else None
+                    gbps = PASS_BYTES[phase] * nbytes / (median_ms * 1e-3) / 1e9
+                    row[f"{phase}_gbps"] = gbps
+                    row[f"{phase}_of_bound"] = gbps / bandwidth if bandwidth else None
+                rows.append(row)
+                log(f"{case.id:>18} {dtype:>8} {impl.name:>12}: fwd {row['forward_ms']:8.3f} ms  "
+                    f"bwd {row['backward_ms']:8.3f} ms  both {row['both_ms']:8.3f} ms"
+                    + (f"  x{row['both_vs_torch']:.2f} vs torch" if row["both_vs_torch"] else ""))
+            del impls, timed
+            gc.collect()
+    info["loadavg_end"] = os.getloadavg()
+    return {"machine": info, "bandwidth_gbps": bandwidth, "repeat": repeat, "rows": rows,
+            "summary": summarize(rows, info.get("llc_bytes")), "notes": notes}
+
+
+def summarize(rows: list[dict], llc: int | None) -> dict:
+    """The targets: numba vs torch on every case, geometric mean, bandwidth, closed vs graph."""
+    def pick(impl):
+        return {(r["case"], r["dtype"]): r for r in rows if r["impl"] == impl}
+
+    numba, torch, numpy, graph = pick("numba"), pick("torch"), pick("numpy"), pick("numpy-graph")
+    out = {}
+    speedups = {f"{k[0]} {k[1]}": torch[k]["both_ms"] / r["both_ms"] for k, r in numba.items() if k in torch}
+    if speedups:
+        out["numba_vs_torch_both"] = speedups
+        out["numba_vs_torch_geomean"] = math.exp(sum(map(math.log, speedups.values())) / len(speedups))
+        out["numba_faster_everywhere"] = all(v > 1 for v in speedups.values())
+    if llc:
+        big = {f"{k[0]} {k[1]}": r["both_of_bound"] for k, r in numba.items()
+               if r["x_bytes"] > llc and r["both_of_bound"] is not None}
+        out["numba_of_bound_beyond_llc"] = big
+    closed = {f"{k[0]} {k[1]}": graph[k]["backward_ms"] / r["backward_ms"] for k, r in numpy.items() if k in graph}
+    if closed:
+        out["numpy_closed_vs_graph_backward"] = closed
+    return out
