@@ -1,0 +1,345 @@
+"""The fused Numba backend: agreement with the NumPy reference on every loop shape,
+out= buffers, non-contiguous inputs, threads, the auto fallback and read-only installs."""
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import normlab
+
+pytest.importorskip("numba")
+from normlab.backends import numba_backend  # noqa: E402
+
+SRC = Path(normlab.__file__).resolve().parent.parent
+
+
+def _run_python(code, env=None, timeout=240, **kwargs):
+    full_env = {**os.environ, "PYTHONPATH": str(SRC), **(env or {})}
+    for key in [k for k, v in full_env.items() if v is None]:
+        del full_env[key]
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                          timeout=timeout, env=full_env, **kwargs)
+
+
+# ----------------------------------------------------------------------------- agreement
+
+def _norms():
+    """(id, forward(x, g, b, **kw), x shape, parameter shape)."""
+    return [
+        ("bn", normlab.batchnorm_forward, (37, 11), (11,)),
+        ("bn-tiny", normlab.batchnorm_forward, (2, 3), (3,)),
+        ("sbn-short", normlab.spatial_batchnorm_forward, (5, 3, 3, 5), (3,)),
+        ("sbn-long", normlab.spatial_batchnorm_forward, (3, 4, 7, 9), (4,)),
+        ("sbn-tinyN", normlab.spatial_batchnorm_forward, (1, 2, 1, 2), (2,)),
+        ("ln", normlab.layernorm_forward, (9, 13), (13,)),
+        ("ln-3d", lambda x, g, b, **kw: normlab.layernorm_forward(x, g, b, normalized_shape=(5, 7), **kw),
+         (3, 5, 7), (5, 7)),
+        ("gn-short", lambda x, g, b, **kw: normlab.groupnorm_forward(x, g, b, 3, **kw), (7, 6, 2, 3), (6,)),
+        ("gn-long", lambda x, g, b, **kw: normlab.groupnorm_forward(x, g, b, 2, **kw), (3, 4, 5, 9), (4,)),
+    ]
+
+
+@pytest.fixture(params=["serial", "parallel-rows", "parallel-cols"])
+def loop_shape(request, monkeypatch):
+    """Force each loop shape and thread mode on small inputs."""
+    if request.param != "serial":
+        monkeypatch.setattr(numba_backend, "SERIAL_BELOW", 0)
+    if request.param == "parallel-rows":
+        monkeypatch.setattr(numba_backend, "ROWS_MIN_LENGTH", 1)
+    if request.param == "parallel-cols":
+        monkeypatch.setattr(numba_backend, "ROWS_MIN_LENGTH", 10**9)
+    return request.param
+
+
+@pytest.mark.parametrize("name,forward,shape,pshape", _norms(), ids=[c[0] for c in _norms()])
+def test_numba_matches_numpy_float64(name, forward, shape, pshape, loop_shape):
+    rng = np.random.default_rng(7)
+    x = rng.normal(3.0, 2.0, shape)
+    gamma, beta = rng.normal(size=pshape), rng.normal(size=pshape)
+    dout = rng.standard_normal(shape)
+    for g, b in ((gamma, beta), (None, None)):
+        out_np, cache_np = forward(x, g, b, backend="numpy")
+        out_nb, cache_nb = forward(x, g, b, backend="numba")
+        np.testing.assert_allclose(out_nb, out_np, rtol=0, atol=1e-12)
+        for a, b_ in zip((cache_nb.mean, cache_nb.var), (cache_np.mean, cache_np.var)):
+            np.testing.assert_allclose(a, b_, rtol=1e-12, atol=1e-12)
+        for mine, ref in zip(normlab.batchnorm_backward(dout, cache_nb), normlab.batchnorm_backward(dout, cache_np)):
+            if ref is None:
+                assert mine is None
+            else:
+                np.testing.assert_allclose(mine, ref, rtol=0, atol=1e-11 * max(1.0, np.abs(ref).max()))
+        assert cache_nb.saved is None and cache_nb.backend == "numba"
+    # Given statistics (inference): constants in backward.
+    mean, var = cache_np.mean + 0.1, cache_np.var + 0.5
+    ref = forward(x, gamma, beta, mean=mean, var=var, backend="numpy")
+    got = forward(x, gamma, beta, mean=mean, var=var, backend="numba")
+    np.testing.assert_allclose(got[0], ref[0], rtol=0, atol=1e-12)
+    for mine, theirs in zip(normlab.batchnorm_backward(dout, got[1]), normlab.batchnorm_backward(dout, ref[1])):
+        np.testing.assert_allclose(mine, theirs, rtol=0, atol=1e-11 * max(1.0, np.abs(theirs).max()))
+
+
+@pytest.mark.parametrize("shape,forward", [
+    ((4096, 16), normlab.batchnorm_forward),
+    ((16, 8, 16, 16), normlab.spatial_batchnorm_forward),
+    ((4096, 16), normlab.layernorm_forward),
+    ((16, 8, 16, 16), lambda x, g, b, **kw: normlab.groupnorm_forward(x, g, b, 4, **kw)),
+], ids=["bn", "sbn", "ln", "gn"])
+def test_float32_large_offset_on_every_loop_shape(shape, forward, loop_shape):
+    """float32 x = 1e6 + N(0, 1): within 0.05 of float64 on the same values."""
+    x32 = (1e6 + np.random.default_rng(3).standard_normal(shape)).astype(np.float32)
+    c = shape[1]
+    g, b = np.linspace(0.5, 2, c), np.linspace(-1, 1, c)
+    out32, _ = forward(x32, g.astype(np.float32), b.astype(np.float32), backend="numba")
+    out64, _ = forward(x32.astype(np.float64), g, b, backend="numpy")
+    assert out32.dtype == np.float32
+    assert np.max(np.abs(out32 - out64)) <= 0.05
+
+
+# ----------------------------------------------------------------------------- buffers and layouts
+
+def test_out_buffer_is_filled_and_returned():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((40, 6)).astype(np.float32)
+    g, b = np.ones(6, np.float32), np.zeros(6, np.float32)
+    out = np.full_like(x, np.nan)
+    y, _ = normlab.batchnorm_forward(x, g, b, backend="numba", out=out)
+    assert np.shares_memory(y, out)
+    np.testing.assert_allclose(out, normlab.batchnorm_forward(x, g, b, backend="numpy")[0], atol=1e-6)
+    # A non-contiguous buffer is filled too (through a contiguous temporary).
+    big = np.full((40, 12), np.nan, np.float32)
+    y2, _ = normlab.batchnorm_forward(x, g, b, backend="numba", out=big[:, ::2])
+    np.testing.assert_array_equal(big[:, ::2], out)
+    assert np.isnan(big[:, 1::2]).all()
+
+
+def test_float16_computes_in_float32_and_returns_float16():
+    x = (np.random.default_rng(1).standard_normal((64, 5)) * 3 + 50).astype(np.float16)
+    y, cache = normlab.batchnorm_forward(x, None, None, backend="numba")
+    ref, _ = normlab.batchnorm_forward(x.astype(np.float64), None, None, backend="numpy")
+    assert y.dtype == np.float16
+    assert np.max(np.abs(y.astype(np.float64) - ref)) < 1e-2
+    dx, _, _ = normlab.batchnorm_backward(np.ones_like(x) * np.arange(5, dtype=np.float16), cache)
+    assert dx.dtype == np.float16
+
+
+@pytest.mark.parametrize("make", [
+    lambda a: a[:, ::2],                                   # strided columns
+    lambda a: np.asfortranarray(a),                        # column-major
+    lambda a: a.T.copy().T,                                # a transposed view
+], ids=["strided", "fortran", "transposed"])
+def test_non_contiguous_inputs(make):
+    rng = np.random.default_rng(2)
+    base = rng.normal(1.0, 2.0, (30, 16))
+    x = make(base)
+    c = x.shape[1]
+    g, b = rng.normal(size=c), rng.normal(size=c)
+    dout = make(rng.standard_normal(base.shape))
+    for fw in (normlab.batchnorm_forward, normlab.layernorm_forward):
+        ref_out, ref_cache = fw(np.ascontiguousarray(x), g, b, backend="numpy")
+        out, cache = fw(x, g, b, backend="numba")
+        np.testing.assert_allclose(out, ref_out, atol=1e-12)
+        for mine, ref in zip(normlab.batchnorm_backward(dout, cache),
+                             normlab.batchnorm_backward(np.ascontiguousarray(dout), ref_cache)):
+            np.testing.assert_allclose(mine, ref, atol=1e-11)
+    # NHWC memory seen as NCHW.
+    nhwc = rng.standard_normal((4, 5, 6, 3))
+    x4 = nhwc.transpose(0, 3, 1, 2)
+    out, _ = normlab.spatial_batchnorm_forward(x4, None, None, backend="numba")
+    np.testing.assert_allclose(out, normlab.spatial_batchnorm_forward(x4.copy(), None, None, backend="numpy")[0],
+                               atol=1e-12)
+
+
+def test_nan_in_x_reaches_the_statistics():
+    x = np.random.default_rng(3).standard_normal((50, 4))
+    x[7, 2] = np.nan
+    with pytest.raises(ValueError, match="NaN or inf"):
+        normlab.batchnorm_forward(x, None, None, backend="numba")
+
+
+def test_cache_holds_only_statistics():
+    x = np.random.default_rng(4).standard_normal((256, 32))
+    _, cache = normlab.batchnorm_forward(x, np.ones(32), np.zeros(32), backend="numba")
+    assert cache.saved is None and cache.x is x
+    assert sum(a.nbytes for a in (cache.mean, cache.var, cache.invstd)) == 3 * 32 * 8
+
+
+# ----------------------------------------------------------------------------- threads
+
+def test_set_num_threads_round_trip_and_same_result(monkeypatch):
+    monkeypatch.setattr(numba_backend, "SERIAL_BELOW", 0)
+    rng = np.random.default_rng(5)
+    x, dout = rng.standard_normal((203, 9)), rng.standard_normal((203, 9))
+    before = normlab.get_num_threads()
+    results = []
+    try:
+        for n in sorted({1, normlab.threads.max_threads()}):
+            normlab.set_num_threads(n)
+            assert normlab.get_num_threads() == n
+            out, cache = normlab.batchnorm_forward(x, np.ones(9), np.zeros(9), backend="numba")
+            results.append((out, *normlab.batchnorm_backward(dout, cache)))
+    finally:
+        normlab.set_num_threads(before)
+    for a, b in zip(results[0], results[-1]):
+        np.testing.assert_allclose(a, b, atol=1e-12)
+    for bad in (0, normlab.threads.max_threads() + 1, 1.5, True):
+        with pytest.raises(ValueError, match="NUMBA_NUM_THREADS"):
+            normlab.set_num_threads(bad)
+
+
+def test_numba_num_threads_is_honoured():
+    proc = _run_python("""
+        import normlab, pytest
+        assert normlab.threads.max_threads() == 1 and normlab.get_num_threads() == 1
+        try:
+            normlab.set_num_threads(2)
+        except ValueError:
+            print("refused")
+    """, env={"NUMBA_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr
+    assert "refused" in proc.stdout
+
+
+# ----------------------------------------------------------------------------- auto and fallback
+
+def test_auto_picks_numba():
+    assert normlab.get_backend("auto").NAME == "numba"
+    _, cache = normlab.batchnorm_forward(np.random.default_rng(0).standard_normal((8, 3)), None, None)
+    assert cache.backend == "numba"
+
+
+@pytest.mark.parametrize("failure", ["ImportError", "RuntimeError"])
+def test_auto_falls_back_to_numpy_without_numba(failure):
+    """numba missing (ImportError) or broken at import (any other error): auto -> numpy, silently."""
+    proc = _run_python(f"""
+        import sys, warnings
+        class Blocker:
+            def find_spec(self, name, path=None, target=None):
+                if name == "numba" or name.startswith("numba."):
+                    raise {failure}("numba is unusable here")
+        sys.meta_path.insert(0, Blocker())
+        warnings.simplefilter("error")
+        import numpy as np, normlab
+        assert normlab.available_backends() == ["numpy"], normlab.available_backends()
+        assert normlab.get_backend().NAME == "numpy"
+        out, cache = normlab.batchnorm_forward(np.random.default_rng(0).standard_normal((6, 2)), None, None)
+        assert cache.backend == "numpy"
+        assert normlab.get_num_threads() == 1
+        try:
+            normlab.get_backend("numba")
+        except ImportError as exc:
+            print("numba refused:", exc)
+    """)
+    assert proc.returncode == 0, proc.stderr
+    assert "numba refused" in proc.stdout and proc.stderr == ""
+
+
+# ----------------------------------------------------------------------------- read-only installs
+
+def _readonly_copy(tmp_path):
+    """The package copied into a read-only tree, readable by everyone."""
+    site = tmp_path / "site"
+    shutil.copytree(SRC / "normlab", site / "normlab", ignore=shutil.ignore_patterns("__pycache__"))
+    for root, dirs, files in os.walk(site):
+        for d in dirs:
+            os.chmod(os.path.join(root, d), 0o555)
+        for f in files:
+            os.chmod(os.path.join(root, f), 0o444)
+    os.chmod(site, 0o555)
+    os.chmod(tmp_path, 0o755)
+    return site
+
+
+def _without_root_override():
+    """preexec_fn for root: drop the capabilities that let root ignore file modes.
+
+    Dropped from the bounding set, so they stay dropped across exec; the
+    process keeps uid 0 (and so its access to the interpreter under /root)
+    but a mode-0555 directory is now read-only to it. None when not root.
+    """
+    if os.geteuid() != 0:
+        return None
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_capbset_drop = 24
+    dac_override, dac_read_search, fowner = 1, 2, 3
+
+    def drop():
+        for cap in (dac_override, dac_read_search, fowner):
+            if libc.prctl(pr_capbset_drop, cap, 0, 0, 0) != 0:
+                raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) failed")
+    return drop
+
+
+@pytest.mark.parametrize("tmp_writable", [True, False], ids=["temp-cache", "no-cache"])
+def test_read_only_install_imports_and_runs(tmp_path, tmp_writable):
+    site = _readonly_copy(tmp_path)
+    home = tmp_path / "home"
+    home.mkdir(mode=0o555)
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    os.chmod(tmpdir, 0o777 if tmp_writable else 0o555)
+    # tempfile.gettempdir() would fall back from an unwritable TMPDIR to /tmp:
+    # pin it to simulate a machine where no temp dir is writable either.
+    pin = "" if tmp_writable else f"import tempfile; tempfile.gettempdir = lambda: {str(tmpdir)!r}\n"
+    code = pin + textwrap.dedent("""
+        import json, os, numpy as np, normlab
+        from normlab.backends import _numba_kernels
+        x = np.random.default_rng(0).normal(5.0, 2.0, (40, 3))
+        out, cache = normlab.batchnorm_forward(x, None, None)
+        dx, _, _ = normlab.batchnorm_backward(np.random.default_rng(1).standard_normal(x.shape), cache)
+        print(json.dumps({"backend": cache.backend, "cache": _numba_kernels.CACHE,
+                          "cache_dir": os.environ.get("NUMBA_CACHE_DIR"), "file": normlab.__file__,
+                          "mean_ok": bool(abs(out.mean()) < 1e-12)}))
+    """)
+    env = {"PYTHONPATH": str(site), "HOME": str(home), "TMPDIR": str(tmpdir), "NUMBA_CACHE_DIR": None,
+           "XDG_CACHE_HOME": None}
+    drop = _without_root_override()
+    # Prove the tree really is read-only for this process, else the test would prove nothing.
+    probe = _run_python(f"open({str(site / 'normlab' / 'probe')!r}, 'w')", env=env, preexec_fn=drop)
+    assert probe.returncode != 0 and "PermissionError" in probe.stderr, probe.stderr
+    proc = _run_python(code, env=env, preexec_fn=drop)
+    assert proc.returncode == 0, proc.stderr
+    assert "cannot cache" not in proc.stderr
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["backend"] == "numba" and report["mean_ok"]
+    assert report["file"].startswith(str(site))
+    if tmp_writable:
+        assert report["cache"] is True and report["cache_dir"].startswith(str(tmpdir))
+        assert any(Path(report["cache_dir"]).rglob("*.nbi")), "nothing was cached"
+    else:
+        assert report["cache"] is False
+
+
+# ----------------------------------------------------------------------------- bench smoke
+
+def test_bench_quick_smoke(tmp_path):
+    from click.testing import CliRunner
+
+    from normlab.cli import main
+
+    path = tmp_path / "bench.json"
+    md = tmp_path / "bench.md"
+    result = CliRunner().invoke(main, ["bench", "--cases", "bn:64x8,gn2:2x4x3x3", "--dtype", "float64",
+                                       "--json", str(path), "--markdown", str(md)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(path.read_text())
+    impls = {r["impl"] for r in data["rows"]}
+    assert {"numpy", "numba"} <= impls and "numpy-graph" in impls
+    assert data["bandwidth_gbps"] > 0
+    assert all(r["both_ms"] > 0 and r["forward_ms"] > 0 for r in data["rows"])
+    if "torch" in impls:
+        torch_rows = [r for r in data["rows"] if r["impl"] == "torch"]
+        assert all(r["both_vs_torch"] == 1.0 for r in torch_rows)
+        assert data["summary"]["numba_vs_torch_geomean"] > 0
+    assert "| bn:64x8 | float64 | numba |" in md.read_text()
+    bad = CliRunner().invoke(main, ["bench", "--cases", "bn:64", "--repeat", "7"])
+    assert bad.exit_code != 0 and "bn:4096x1024" in bad.output
