@@ -56,17 +56,21 @@ def check(backend, seed):
               help="Comma-separated case ids, e.g. bn:4096x1024,sbn:32x64x56x56,ln:4096x1024,gn8:32x64x56x56.")
 @click.option("--dtype", type=click.Choice(["float32", "float64", "both"]), default="both", show_default=True)
 @click.option("--repeat", default=7, show_default=True, help="Timed runs per measurement (median; >= 7).")
+@click.option("--rounds", default=3, show_default=True,
+              help="Blocks per implementation, taken in turn (spreads load from elsewhere over all of them).")
 @click.option("--threads", type=int, default=None, help="Threads for Numba and PyTorch alike [all cores].")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the result as JSON.")
 @click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False), default=None,
               help="Write the Markdown report.")
-def bench(quick, cases, dtype, repeat, threads, json_path, markdown_path):
+def bench(quick, cases, dtype, repeat, rounds, threads, json_path, markdown_path):
     """Time numpy, numba and PyTorch's native kernels; report ratios and the bandwidth bound."""
     from . import bench as bench_mod
 
     try:
         case_list = [bench_mod.parse_case(c) for c in cases.split(",")] if cases else None
         dtypes = ("float32", "float64") if dtype == "both" else (dtype,)
+        if rounds < 1:
+            raise ValueError(f"--rounds must be >= 1, got {rounds}")
         if repeat < 7:
             raise ValueError(f"--repeat must be >= 7 (a median of at least 7 runs), got {repeat}")
         if threads is not None:
@@ -75,7 +79,7 @@ def bench(quick, cases, dtype, repeat, threads, json_path, markdown_path):
                 raise ValueError(f"--threads must be in [1, {max_threads()}] (NUMBA_NUM_THREADS), got {threads}")
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
-    bench_mod.main(cases=case_list, dtypes=dtypes, repeat=repeat, threads=threads, quick=quick,
+    bench_mod.main(cases=case_list, dtypes=dtypes, repeat=repeat, threads=threads, quick=quick, rounds=rounds,
                    json_path=json_path, markdown_path=markdown_path)
 
 

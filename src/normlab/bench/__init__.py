@@ -14,10 +14,10 @@ from .runner import run
 __all__ = ["QUICK", "SUITE", "main", "markdown", "parse_case", "run"]
 
 
-def main(cases=None, dtypes=("float32", "float64"), repeat=7, threads=None, quick=False,
+def main(cases=None, dtypes=("float32", "float64"), repeat=7, threads=None, quick=False, rounds=3,
          json_path=None, markdown_path=None, command=None) -> dict:
     """Run, print the Markdown table, write JSON/Markdown files when asked; returns the result."""
-    result = run(cases=cases, dtypes=dtypes, repeat=repeat, threads=threads, quick=quick,
+    result = run(cases=cases, dtypes=dtypes, repeat=repeat, threads=threads, quick=quick, rounds=rounds,
                  log=lambda line: print(line, file=sys.stderr, flush=True))
     command = command or " ".join(shlex.quote(a) for a in sys.argv)
     result["command"] = command

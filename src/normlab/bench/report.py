@@ -31,7 +31,7 @@ def markdown(result: dict, command: str | None = None) -> str:
             f"load average {m['loadavg_start'][0]:.2f} at start, {m['loadavg_end'][0]:.2f} at end.",
             "",
             f"Triad bandwidth bound (same threads, same run): {_fmt(result['bandwidth_gbps'], '.1f')} GB/s. "
-            f"Times are medians of {result['repeat']} runs after warm-up.",
+            f"Times are medians of {result.get('rounds', 1)} rounds × {result['repeat']} runs after warm-up.",
             ""]
     if command:
         head[:0] = [f"Command: `{command}`", ""]

@@ -4,7 +4,9 @@ Per case and dtype, every implementation is timed in its own block (all its
 runs back to back, so PyTorch's OpenMP threads spinning after a call cannot
 slow the next implementation's first runs; OMP_WAIT_POLICY=PASSIVE is also set
 before torch is imported): warm-up, then ``repeat`` runs each of forward,
-backward, and forward+backward; the median is reported (and the minimum).
+backward, and forward+backward. The blocks go round ``rounds`` times, each
+implementation in turn, so a burst of load from elsewhere on the machine
+hits all of them alike; the median over all runs is reported (and the minimum).
 
 Bandwidth bound: a triad ``a = b + s*c`` over float64 arrays far beyond the
 last-level cache, on the same threads, measured in the same run. Effective
@@ -35,7 +37,8 @@ PASS_BYTES = {"forward": 3, "backward": 5, "both": 8}
 PHASES = ("forward", "backward", "both")
 
 
-def _median_ms(fn: Callable[[], object], repeat: int, warmup: int = 2) -> tuple[float, float]:
+def _times(fn: Callable[[], object], repeat: int, warmup: int = 2) -> list[float]:
+    """Seconds of ``repeat`` calls after ``warmup`` untimed ones."""
     for _ in range(warmup):
         fn()
     times = []
@@ -43,6 +46,11 @@ def _median_ms(fn: Callable[[], object], repeat: int, warmup: int = 2) -> tuple[
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
+    return times
+
+
+def _median_ms(fn: Callable[[], object], repeat: int, warmup: int = 2) -> tuple[float, float]:
+    times = _times(fn, repeat, warmup)
     return statistics.median(times) * 1e3, min(times) * 1e3
 
 
@@ -117,14 +125,22 @@ def _forward_peak(impl: Impl) -> int | None:
     return int(peak)
 
 
-def _time_impl(impl: Impl, repeat: int) -> dict:
+def _time_block(impl: Impl, repeat: int, samples: dict) -> None:
+    """One block: forward, backward and both, ``repeat`` timed runs each, appended to samples."""
     state = impl.forward()
-    impl.backward(state)
-    result = {}
-    result["forward"] = _median_ms(impl.forward, repeat)
-    result["backward"] = _median_ms(lambda: impl.backward(state), repeat)
-    result["both"] = _median_ms(lambda: impl.backward(impl.forward()), repeat)
-    return result
+    samples["forward"] += _times(impl.forward, repeat)
+    samples["backward"] += _times(lambda: impl.backward(state), repeat)
+    samples["both"] += _times(lambda: impl.backward(impl.forward()), repeat)
+
+
+def _time_impls(impls: list[Impl], repeat: int, rounds: int) -> dict:
+    """{impl name: {phase: (median ms, min ms)}} over rounds x repeat runs per phase."""
+    samples = {impl.name: {phase: [] for phase in PHASES} for impl in impls}
+    for _ in range(rounds):
+        for impl in impls:
+            _time_block(impl, repeat, samples[impl.name])
+    return {name: {phase: (statistics.median(t) * 1e3, min(t) * 1e3) for phase, t in by_phase.items()}
+            for name, by_phase in samples.items()}
 
 
 def set_threads(threads: int) -> None:
@@ -139,7 +155,7 @@ def set_threads(threads: int) -> None:
 
 
 def run(cases=None, dtypes=("float32", "float64"), repeat: int = 7, threads: int | None = None,
-        quick: bool = False, log: Callable[[str], None] = print) -> dict:
+        quick: bool = False, rounds: int = 3, log: Callable[[str], None] = print) -> dict:
     """Run the suite; returns a JSON-ready dict (machine, bandwidth, rows, notes)."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts its OpenMP pool
     if repeat < 7:
@@ -172,7 +188,7 @@ def run(cases=None, dtypes=("float32", "float64"), repeat: int = 7, threads: int
             if t_impl is not None:
                 impls.append(t_impl)
             nbytes = math.prod(case.shape) * np.dtype(dtype).itemsize
-            timed = {impl.name: _time_impl(impl, repeat) for impl in impls}
+            timed = _time_impls(impls, repeat, rounds)
             torch_ms = timed.get("torch")
             for impl in impls:
                 row = {"case": case.id, "kind": case.kind, "shape": list(case.shape), "dtype": dtype,
@@ -193,7 +209,7 @@ def run(cases=None, dtypes=("float32", "float64"), repeat: int = 7, threads: int
             del impls, timed
             gc.collect()
     info["loadavg_end"] = os.getloadavg()
-    return {"machine": info, "bandwidth_gbps": bandwidth, "repeat": repeat, "rows": rows,
+    return {"machine": info, "bandwidth_gbps": bandwidth, "repeat": repeat, "rounds": rounds, "rows": rows,
             "summary": summarize(rows, info.get("llc_bytes")), "notes": notes}
 
 
