@@ -92,17 +92,6 @@ def _batch_moments(xw, n, c, l):
     return pivot + shift, np.maximum(s2 / m - shift * shift, 0.0)
 
 
-def _row_moments(xw, n, g, kl):
-    """Mean and biased var per (n, g) row of length K*L, float64 (N, G)."""
-    rows = xw.reshape(n * g, kl)
-    pivot = _f64(rows[:, 0])
-    s1, s2 = np.empty(n * g), np.empty(n * g)
-    _pick(_k.row_moments, xw.size)(rows, pivot, s1, s2)
-    shift = s1 / kl
-    var = np.maximum(s2 / kl - shift * shift, 0.0)
-    return (pivot + shift).reshape(n, g), var.reshape(n, g)
-
-
 def forward(x4, gamma, beta, eps, batch_stats, given=None, out=None):
     n, g, k, l = x4.shape
     dt = _work_dtype(x4)
@@ -112,45 +101,52 @@ def forward(x4, gamma, beta, eps, batch_stats, given=None, out=None):
     gam, bet = _affine(gamma, beta, g * k)
     size = xw.size
 
+    if not batch_stats:
+        mean, var, invstd = _fused_rows_forward(xw, gam, bet, eps, given, y, n, g, k, l)
+        return _finish(y, out, direct, x4), mean, var, invstd, None
+
     if given is not None:
         mean, var = _f64(given[0]), _f64(given[1])
-    elif batch_stats:
+    else:
         mean, var = _batch_moments(xw, n, g, l)
-    else:
-        mean, var = _row_moments(xw, n, g, k * l)
     invstd = 1.0 / np.sqrt(var + eps)
+    scale = invstd * gam
+    if l >= ROWS_MIN_LENGTH:  # rows (n, c) of length L
+        mh, ml = _split(np.tile(mean, n), dt)
+        _pick(_k.row_apply, size)(xw.reshape(n * g, l), mh, ml, _as(np.tile(scale, n), dt),
+                                  _as(np.tile(bet, n), dt), y.reshape(n * g, l))
+    else:  # columns (c, l) of an (N, C*L) matrix
+        mh, ml = _split(np.repeat(mean, l), dt)
+        _pick(_k.col_apply, size)(xw.reshape(n, g * l), mh, ml, _as(np.repeat(scale, l), dt),
+                                  _as(np.repeat(bet, l), dt), y.reshape(n, g * l))
+    return _finish(y, out, direct, x4), mean, var, invstd, None
 
-    if batch_stats:
-        scale = invstd * gam
-        if l >= ROWS_MIN_LENGTH:  # rows (n, c) of length L
-            mh, ml = _split(np.tile(mean, n), dt)
-            _pick(_k.row_apply, size)(xw.reshape(n * g, l), mh, ml, _as(np.tile(scale, n), dt),
-                                      _as(np.tile(bet, n), dt), y.reshape(n * g, l))
-        else:  # columns (c, l) of an (N, C*L) matrix
-            mh, ml = _split(np.repeat(mean, l), dt)
-            _pick(_k.col_apply, size)(xw.reshape(n, g * l), mh, ml, _as(np.repeat(scale, l), dt),
-                                      _as(np.repeat(bet, l), dt), y.reshape(n, g * l))
-    else:
-        gam2, bet2 = gam.reshape(g, k), bet.reshape(g, k)
-        if l >= ROWS_MIN_LENGTH:  # rows (n, g, k) of length L
-            mh, ml = _split(np.repeat(mean.reshape(-1), k), dt)
-            _pick(_k.row_apply, size)(xw.reshape(n * g * k, l), mh, ml,
-                                      _as((invstd[:, :, None] * gam2).reshape(-1), dt),
-                                      _as(np.tile(bet2.reshape(-1), n), dt), y.reshape(n * g * k, l))
-        else:  # rows (n, g) of length K*L, parameters per column
-            mh, ml = _split(mean, dt)
-            _pick(_k.grp_apply, size)(xw.reshape(n, g, k * l), mh, ml, _as(invstd, dt),
-                                      _as(np.repeat(gam2, l, axis=1), dt), _as(np.repeat(bet2, l, axis=1), dt),
-                                      y.reshape(n, g, k * l))
 
+def _finish(y, out, direct, x4):
+    """The result in x's dtype, in ``out`` when one was given."""
     if out is not None and not direct:
         np.copyto(out, y, casting="unsafe")
-        y = out
-    elif y.dtype != x4.dtype:
-        y = y.astype(x4.dtype)
-    return y, mean, var, invstd, None
+        return out
+    return y if y.dtype == x4.dtype else y.astype(x4.dtype)
 
 
+def _param_runs(param, g, k, l):
+    """(G*K,) parameters as (G, P) runs along a row of K*L: per element when runs are short."""
+    p2 = param.reshape(g, k)
+    return p2 if l >= ROWS_MIN_LENGTH else np.repeat(p2, l, axis=1)
+
+
+def _fused_rows_forward(xw, gam, bet, eps, given, y, n, g, k, l):
+    """Layer/group norm forward: one (n, g) row per statistic; returns float64 (N, G) stats."""
+    dt, rows = xw.dtype, n * g
+    mean, var = (np.empty(rows), np.empty(rows)) if given is None else (_f64(given[0]).reshape(-1).copy(),
+                                                                         _f64(given[1]).reshape(-1).copy())
+    invstd = np.empty(rows)
+    _pick(_k.fused_rows_forward, xw.size)(
+        xw.reshape(rows, k * l), _as(_param_runs(gam, g, k, l), dt), _as(_param_runs(bet, g, k, l), dt),
+        float(eps), given is not None, mean, var, invstd, np.empty(rows, dt), np.empty(rows, dt),
+        np.empty(rows, dt), y.reshape(rows, k * l))
+    return mean.reshape(n, g), var.reshape(n, g), invstd.reshape(n, g)
 def backward(dout4, x4, gamma, mean, invstd, batch_stats, stats_given, saved):
     n, g, k, l = x4.shape
     dt = _work_dtype(x4, dout4)
@@ -188,40 +184,17 @@ def backward(dout4, x4, gamma, mean, invstd, batch_stats, stats_given, saved):
         kernel(xw.reshape(shape2), dyw.reshape(shape2), mh, ml, _as(spread(k1), dt), _as(spread(k2), dt),
                _as(spread(k3), dt), dx.reshape(shape2))
     else:
-        m = k * l
-        gam2 = gam.reshape(g, k)
-        if l >= ROWS_MIN_LENGTH:  # rows (n, g, k) of length L
-            shape2, mu = (n * g * k, l), np.repeat(mean.reshape(-1), k)
-            t1, t2 = np.empty(n * g * k), np.empty(n * g * k)
-            _pick(_k.row_grad_sums, size)(xw.reshape(shape2), dyw.reshape(shape2), mu, t1, t2)
-            t1, t2 = t1.reshape(n, g, k), t2.reshape(n, g, k) * invstd[:, :, None]  # t2: sum(dout*xhat)
-            dbeta, dgamma = t1.sum(axis=0).reshape(-1), t2.sum(axis=0).reshape(-1)
-            sum1, sum2 = (t1 * gam2).sum(axis=2), (t2 * gam2).sum(axis=2)  # sum(dxhat), sum(dxhat*xhat)
-        else:  # rows (n, g) of length K*L, parameters per column
-            shape3 = (n, g, k * l)
-            blocks = _blocks(size, n)
-            gam_c = np.repeat(gam2, l, axis=1)
-            c1, c2 = np.zeros((blocks, g, k * l)), np.zeros((blocks, g, k * l))
-            sum1, sum2 = np.empty((n, g)), np.empty((n, g))
-            _pick(_k.grp_grad_sums, size)(xw.reshape(shape3), dyw.reshape(shape3), mean, invstd, gam_c,
-                                          sum1, sum2, c1, c2)
-            sum2 *= invstd  # sum(dxhat * xhat)
-            dbeta = c1.sum(axis=0).reshape(g, k, l).sum(axis=2).reshape(-1)
-            dgamma = c2.sum(axis=0).reshape(g, k, l).sum(axis=2).reshape(-1)
-        if stats_given:
-            k2, k3 = np.zeros((n, g)), np.zeros((n, g))
-        else:  # invstd/m*(m*dxhat - sum(dxhat) - xhat*sum(dxhat*xhat))
-            k2, k3 = -invstd * invstd * sum2 / m, -invstd * sum1 / m
-        if l >= ROWS_MIN_LENGTH:
-            mh, ml = _split(mu, dt)
-            _pick(_k.row_grad_apply, size)(xw.reshape(shape2), dyw.reshape(shape2), mh, ml,
-                                           _as((invstd[:, :, None] * gam2).reshape(-1), dt),
-                                           _as(np.repeat(k2.reshape(-1), k), dt), _as(np.repeat(k3.reshape(-1), k), dt),
-                                           dx.reshape(shape2))
-        else:
-            mh, ml = _split(mean, dt)
-            _pick(_k.grp_grad_apply, size)(xw.reshape(shape3), dyw.reshape(shape3), mh, ml, _as(invstd, dt),
-                                           _as(gam_c, dt), _as(k2, dt), _as(k3, dt), dx.reshape(shape3))
+        rows = n * g
+        gam_runs = _param_runs(gam, g, k, l)
+        blocks = _blocks(size, rows)
+        dgp, dbp = np.zeros((blocks, *gam_runs.shape)), np.zeros((blocks, *gam_runs.shape))
+        _pick(_k.fused_rows_backward, size)(
+            xw.reshape(rows, k * l), dyw.reshape(rows, k * l), gam_runs, _as(gam_runs, dt), mean.reshape(-1),
+            invstd.reshape(-1), bool(stats_given), dgp, dbp, np.empty(rows, dt), np.empty(rows, dt),
+            np.empty((3, rows), dt), dx.reshape(rows, k * l))
+        runs = gam_runs.shape[1] // k  # 1, or L when the parameters were repeated per element
+        dgamma = dgp.sum(axis=0).reshape(g, k, runs).sum(axis=2).reshape(-1)
+        dbeta = dbp.sum(axis=0).reshape(g, k, runs).sum(axis=2).reshape(-1)
     if gamma is None:
         return dx, None, None
     return dx, dgamma, dbeta
