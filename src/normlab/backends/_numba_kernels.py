@@ -265,18 +265,39 @@ def _fused_rows_forward(x, gam, bet, eps, given, mean, var, invstd, mh, ml, sx, 
         m1 = ml[r]
         s0 = sx[r]
         if length == 1:
+            w = gam[g]
+            c = bet[g]
             for j in range(width):
-                out[r, j] = ((x[r, j] - m0) - m1) * (s0 * gam[g, j]) + bet[g, j]
+                out[r, j] = ((x[r, j] - m0) - m1) * (s0 * w[j]) + c[j]
         else:
             for q in range(runs):
                 sq = s0 * gam[g, q]
                 bq = bet[g, q]
-                for i in range(q * length, (q + 1) * length):
-                    out[r, i] = ((x[r, i] - m0) - m1) * sq + bq
+                xq = x[r, q * length:(q + 1) * length]  # a view: indices from 0 keep the loop vectorized
+                oq = out[r, q * length:(q + 1) * length]
+                for i in range(length):
+                    oq[i] = ((xq[i] - m0) - m1) * sq + bq
+
+
+def _row_coefficients(r, s, a, b, width, given, mh, ml, kx, mu):
+    """Store row r's split mean and dx coefficients in x's dtype (see _fused_rows_backward)."""
+    mh[r] = mu
+    ml[r] = mu - mh[r]
+    kx[0, r] = s
+    if given:
+        kx[1, r] = 0.0
+        kx[2, r] = 0.0
+    else:
+        kx[1, r] = -s * s * s * b / width  # -invstd**2 * sum(dxhat*xhat)/m, and sum(dxhat*xhat) = s*b
+        kx[2, r] = -s * a / width          # -invstd * sum(dxhat)/m
+
+
+_row_coefficients = numba.njit(cache=CACHE, inline="always")(_row_coefficients)
 
 
 def _fused_rows_backward(x, dy, gam64, gamx, mean, invstd, given, dgp, dbp, mh, ml, kx, dx):
-    """Row r: the closed form's two sums, then dx, with dbeta/dgamma partials per thread block.
+    """Rows with parameters per run of length L > 1 (group norm): per row r, the closed
+    form's two sums, then dx while the row is in cache; dbeta/dgamma partials per thread block.
 
     gam64/gamx: gamma (G, P) in float64 (sums) and x's dtype (dx); dgp/dbp
     (T, G, P) float64 zeroed slabs; mh, ml (R,) and kx (3, R) scratch in x's dtype.
@@ -295,49 +316,98 @@ def _fused_rows_backward(x, dy, gam64, gamx, mean, invstd, given, dgp, dbp, mh, 
             s = invstd[r]
             a = 0.0
             b = 0.0
-            if length == 1:
+            for q in range(runs):
+                aq = 0.0
+                bq = 0.0
+                xq = x[r, q * length:(q + 1) * length]  # views: indices from 0 keep loops vectorized
+                dq = dy[r, q * length:(q + 1) * length]
+                for i in range(length):
+                    d = np.float64(dq[i])
+                    aq += d
+                    bq += d * (np.float64(xq[i]) - mu)
+                a += gam64[g, q] * aq
+                b += gam64[g, q] * bq
+                dbp[t, g, q] += aq
+                dgp[t, g, q] += bq * s
+            _row_coefficients(r, s, a, b, width, given, mh, ml, kx, mu)
+            m0, m1, s0, k2, k3 = mh[r], ml[r], kx[0, r], kx[1, r], kx[2, r]
+            for q in range(runs):
+                aq = s0 * gamx[g, q]
+                xq = x[r, q * length:(q + 1) * length]
+                dq = dy[r, q * length:(q + 1) * length]
+                oq = dx[r, q * length:(q + 1) * length]
+                for i in range(length):
+                    oq[i] = aq * dq[i] + k2 * ((xq[i] - m0) - m1) + k3
+
+
+def _fused_rows_backward_elementwise(x, dy, gam64, gamx, mean, invstd, given, dgp, dbp, mh, ml, kx, dx):
+    """As _fused_rows_backward with parameters per element (layer norm; P = M): four rows
+    per sweep so the dgamma/dbeta slab entries are loaded and stored once per four rows."""
+    rows, width = x.shape
+    groups = gam64.shape[0]
+    blocks = dgp.shape[0]
+    for t in prange(blocks):
+        lo = t * rows // blocks
+        hi = (t + 1) * rows // blocks
+        r = lo
+        while r < hi:
+            step = 4 if r + 4 <= hi and groups == 1 else 1
+            if step == 4:
+                m0, m1, m2, m3 = mean[r], mean[r + 1], mean[r + 2], mean[r + 3]
+                s0, s1, s2, s3 = invstd[r], invstd[r + 1], invstd[r + 2], invstd[r + 3]
+                a0 = a1 = a2 = a3 = 0.0
+                b0 = b1 = b2 = b3 = 0.0
+                pb = dbp[t, 0]
+                pg = dgp[t, 0]
+                w = gam64[0]
+                for j in range(width):
+                    d0 = np.float64(dy[r, j])
+                    d1 = np.float64(dy[r + 1, j])
+                    d2 = np.float64(dy[r + 2, j])
+                    d3 = np.float64(dy[r + 3, j])
+                    e0 = d0 * (np.float64(x[r, j]) - m0)
+                    e1 = d1 * (np.float64(x[r + 1, j]) - m1)
+                    e2 = d2 * (np.float64(x[r + 2, j]) - m2)
+                    e3 = d3 * (np.float64(x[r + 3, j]) - m3)
+                    pb[j] += (d0 + d1) + (d2 + d3)
+                    pg[j] += (e0 * s0 + e1 * s1) + (e2 * s2 + e3 * s3)
+                    wj = w[j]
+                    a0 += wj * d0
+                    a1 += wj * d1
+                    a2 += wj * d2
+                    a3 += wj * d3
+                    b0 += wj * e0
+                    b1 += wj * e1
+                    b2 += wj * e2
+                    b3 += wj * e3
+                _row_coefficients(r, s0, a0, b0, width, given, mh, ml, kx, m0)
+                _row_coefficients(r + 1, s1, a1, b1, width, given, mh, ml, kx, m1)
+                _row_coefficients(r + 2, s2, a2, b2, width, given, mh, ml, kx, m2)
+                _row_coefficients(r + 3, s3, a3, b3, width, given, mh, ml, kx, m3)
+            else:
+                g = r % groups
+                mu = mean[r]
+                s = invstd[r]
+                a = 0.0
+                b = 0.0
+                pb = dbp[t, g]
+                pg = dgp[t, g]
+                w = gam64[g]
                 for j in range(width):
                     d = np.float64(dy[r, j])
                     e = d * (np.float64(x[r, j]) - mu)
-                    w = gam64[g, j]
-                    a += w * d
-                    b += w * e
-                    dbp[t, g, j] += d
-                    dgp[t, g, j] += e * s
-            else:
-                for q in range(runs):
-                    aq = 0.0
-                    bq = 0.0
-                    for i in range(q * length, (q + 1) * length):
-                        d = np.float64(dy[r, i])
-                        aq += d
-                        bq += d * (np.float64(x[r, i]) - mu)
-                    a += gam64[g, q] * aq
-                    b += gam64[g, q] * bq
-                    dbp[t, g, q] += aq
-                    dgp[t, g, q] += bq * s
-            mh[r] = mu
-            ml[r] = mu - mh[r]
-            kx[0, r] = s
-            if given:
-                kx[1, r] = 0.0
-                kx[2, r] = 0.0
-            else:
-                kx[1, r] = -s * s * s * b / width   # -invstd**2 * sum(dxhat*xhat)/m, sum(dxhat*xhat) = s*b
-                kx[2, r] = -s * a / width
-            m0 = mh[r]
-            m1 = ml[r]
-            s0 = kx[0, r]
-            k2 = kx[1, r]
-            k3 = kx[2, r]
-            if length == 1:
+                    a += w[j] * d
+                    b += w[j] * e
+                    pb[j] += d
+                    pg[j] += e * s
+                _row_coefficients(r, s, a, b, width, given, mh, ml, kx, mu)
+            for rr in range(r, r + step):  # dx while the rows are still in L1/L2
+                g = rr % groups
+                c0, c1, k1, k2, k3 = mh[rr], ml[rr], kx[0, rr], kx[1, rr], kx[2, rr]
+                wx = gamx[g]
                 for j in range(width):
-                    dx[r, j] = (s0 * gamx[g, j]) * dy[r, j] + k2 * ((x[r, j] - m0) - m1) + k3
-            else:
-                for q in range(runs):
-                    aq = s0 * gamx[g, q]
-                    for i in range(q * length, (q + 1) * length):
-                        dx[r, i] = aq * dy[r, i] + k2 * ((x[r, i] - m0) - m1) + k3
+                    dx[rr, j] = (k1 * wx[j]) * dy[rr, j] + k2 * ((x[rr, j] - c0) - c1) + k3
+            r += step
 
 
 row_moments = _twins(_row_moments)
@@ -350,3 +420,4 @@ col_grad_sums = _twins(_col_grad_sums)
 col_grad_apply = _twins(_col_grad_apply)
 fused_rows_forward = _twins(_fused_rows_forward)
 fused_rows_backward = _twins(_fused_rows_backward)
+fused_rows_backward_elementwise = _twins(_fused_rows_backward_elementwise)

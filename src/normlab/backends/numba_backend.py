@@ -188,7 +188,8 @@ def backward(dout4, x4, gamma, mean, invstd, batch_stats, stats_given, saved):
         gam_runs = _param_runs(gam, g, k, l)
         blocks = _blocks(size, rows)
         dgp, dbp = np.zeros((blocks, *gam_runs.shape)), np.zeros((blocks, *gam_runs.shape))
-        _pick(_k.fused_rows_backward, size)(
+        kernels = _k.fused_rows_backward if l >= ROWS_MIN_LENGTH else _k.fused_rows_backward_elementwise
+        _pick(kernels, size)(
             xw.reshape(rows, k * l), dyw.reshape(rows, k * l), gam_runs, _as(gam_runs, dt), mean.reshape(-1),
             invstd.reshape(-1), bool(stats_given), dgp, dbp, np.empty(rows, dt), np.empty(rows, dt),
             np.empty((3, rows), dt), dx.reshape(rows, k * l))
