@@ -28,15 +28,17 @@ def forward(x4, gamma, beta, eps, batch_stats, given=None, out=None):
     n, g, k, l = x4.shape
     axes = _stat_axes(batch_stats)
     xw = x4.astype(np.float64, copy=False)
-    if given is None:
-        mean = xw.mean(axis=axes, keepdims=True)
-        xhat = xw - mean
-        var = np.mean(np.square(xhat), axis=axes, keepdims=True)
-    else:
-        mean, var = (_as_4d(s, batch_stats) for s in given)
-        xhat = xw - mean
-    invstd = 1.0 / np.sqrt(var + eps)
-    xhat *= invstd  # (x - mean) * invstd, not x*a + b: no cancellation near large means
+    # inf - inf warnings are silenced: the core rejects non-finite batch statistics.
+    with np.errstate(invalid="ignore"):
+        if given is None:
+            mean = xw.mean(axis=axes, keepdims=True)
+            xhat = xw - mean
+            var = np.mean(np.square(xhat), axis=axes, keepdims=True)
+        else:
+            mean, var = (_as_4d(s, batch_stats) for s in given)
+            xhat = xw - mean
+        invstd = 1.0 / np.sqrt(var + eps)
+        xhat *= invstd  # (x - mean) * invstd, not x*a + b: no cancellation near large means
     if gamma is None:
         y = xhat
     else:
