@@ -93,6 +93,12 @@ def _batch_moments(xw, n, c, l):
 
 
 def forward(x4, gamma, beta, eps, batch_stats, given=None, out=None):
+    # NaN/inf in x must reach the statistics (the core reports them), quietly.
+    with np.errstate(invalid="ignore", over="ignore"):
+        return _forward(x4, gamma, beta, eps, batch_stats, given, out)
+
+
+def _forward(x4, gamma, beta, eps, batch_stats, given, out):
     n, g, k, l = x4.shape
     dt = _work_dtype(x4)
     xw = np.ascontiguousarray(x4, dtype=dt)
