@@ -2,22 +2,30 @@
 
 Forward: pass 1 reduces x to shifted float64 sums per statistic, pass 2
 writes ``(x - mean) * (invstd*gamma) + beta`` in x's dtype (into ``out`` when
-given, so a training loop can reuse one buffer). Backward: pass 1 reduces
-(x, dout) to the two sums of the closed form (which are also dgamma and
-dbeta), pass 2 writes dx, recomputing xhat from x, mean and invstd.
+given, so a training loop can reuse one buffer instead of paying page faults
+on a fresh allocation). Backward: pass 1 reduces (x, dout) to the two sums
+of the closed form (which are also dgamma and dbeta), pass 2 writes dx,
+recomputing xhat from x, mean and invstd.
 
-Memory: the cache holds a reference to x plus the O(C) statistics; ``saved``
-is None (the NumPy backend instead keeps xhat, a float64 array the size of x).
-Scratch is O(C*L + threads*C) float64 per call, never O(x).
+Memory: the cache holds a reference to x plus the O(C) float64 statistics
+(mean, var, invstd); ``saved`` is None. (The NumPy backend keeps xhat too, a
+float64 array the size of x: 8 bytes per element whatever x's dtype.)
+Scratch per call is O(C*L + threads*C) float64, never O(x); the outputs y
+and dx are the only x-sized allocations.
 
-Loop shape per layout (see ``_numba_kernels``): statistics along contiguous
-runs of at least ``ROWS_MIN_LENGTH`` values (spatial batch norm, group norm
-with large H*W) use the ``rows`` kernels, parallel over rows; everything else
-(batch norm on (N, C), layer norm, small H*W) uses the ``cols`` kernels,
-parallel over row blocks with per-thread column partials merged afterwards.
-Inputs smaller than ``SERIAL_BELOW`` values run the serial twins.
-Non-contiguous inputs are copied once to C order; float16 computes in
-float32 and returns float16.
+Loop shape per layout (see ``_numba_kernels``):
+
+* batch statistics over contiguous runs of at least ``ROWS_MIN_LENGTH``
+  values (spatial batch norm): ``rows`` kernels, parallel over (n, c) rows,
+  per-row partial sums merged over N afterwards;
+* batch statistics otherwise (batch norm on (N, C), small H*W): ``cols``
+  kernels, parallel over row blocks with per-thread column slabs;
+* per-sample statistics (layer and group norm): ``fused rows`` kernels, each
+  row reduced and then written while it is still in cache.
+
+Inputs smaller than ``SERIAL_BELOW`` values run the serial twins (the thread
+pool's start-up costs more than the work). Non-contiguous inputs are copied
+once to C order; float16 computes in float32 and returns float16.
 """
 
 from __future__ import annotations

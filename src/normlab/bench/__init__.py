@@ -19,7 +19,10 @@ def main(cases=None, dtypes=("float32", "float64"), repeat=7, threads=None, quic
     """Run, print the Markdown table, write JSON/Markdown files when asked; returns the result."""
     result = run(cases=cases, dtypes=dtypes, repeat=repeat, threads=threads, quick=quick, rounds=rounds,
                  log=lambda line: print(line, file=sys.stderr, flush=True))
-    command = command or " ".join(shlex.quote(a) for a in sys.argv)
+    if command is None:
+        prog = sys.argv[0]
+        prog = "normlab" if prog.endswith(("__main__.py", "normlab")) else f"python {prog}"
+        command = " ".join([prog, *(shlex.quote(a) for a in sys.argv[1:])])
     result["command"] = command
     text = markdown(result, command)
     print(text)
