@@ -30,7 +30,10 @@ def markdown(result: dict, command: str | None = None) -> str:
             f"numpy {m['numpy']}, numba {m.get('numba')}, torch {m.get('torch')}; "
             f"load average {m['loadavg_start'][0]:.2f} at start, {m['loadavg_end'][0]:.2f} at end.",
             "",
-            f"Triad bandwidth bound (same threads, same run): {_fmt(result['bandwidth_gbps'], '.1f')} GB/s. "
+            f"Triad bandwidth bound (same threads, same run, best of "
+            f"{len(result.get('triad_gbps_all', [])) or 1} measurements: "
+            f"{', '.join(f'{v:.1f}' for v in result.get('triad_gbps_all', []))}): "
+            f"{_fmt(result['bandwidth_gbps'], '.1f')} GB/s. "
             f"Times are medians of {result.get('rounds', 1)} rounds × {result['repeat']} runs after warm-up.",
             ""]
     if command:
