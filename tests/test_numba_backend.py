@@ -120,6 +120,27 @@ def test_out_buffer_is_filled_and_returned():
     assert np.isnan(big[:, 1::2]).all()
 
 
+def test_out_buffers_forward_and_backward_on_both_backends(backend):
+    """out= for y and dx: filled in place, also through a non-contiguous buffer; bad buffers rejected."""
+    rng = np.random.default_rng(6)
+    x = rng.normal(2.0, 1.5, (6, 4, 5, 7))
+    dout = rng.standard_normal(x.shape)
+    g, b = rng.normal(size=4), rng.normal(size=4)
+    y_ref, cache = normlab.spatial_batchnorm_forward(x, g, b, backend=backend)
+    dx_ref, dg_ref, db_ref = normlab.batchnorm_backward(dout, cache)
+    for make in (np.empty_like, lambda a: np.empty(a.shape[::-1]).T):  # contiguous, and not
+        y_buf, dx_buf = make(x), make(x)
+        y, cache = normlab.spatial_batchnorm_forward(x, g, b, backend=backend, out=y_buf)
+        dx, dg, db = normlab.batchnorm_backward(dout, cache, out=dx_buf)
+        assert np.shares_memory(y, y_buf) and np.shares_memory(dx, dx_buf)
+        np.testing.assert_allclose(y_buf, y_ref, atol=1e-12)
+        np.testing.assert_allclose(dx_buf, dx_ref, atol=1e-12)
+        np.testing.assert_allclose(dg, dg_ref, atol=1e-12)
+    for bad in (np.empty((6, 4, 5, 6)), np.empty(x.shape, np.float32), [0.0]):
+        with pytest.raises(ValueError, match="out must"):
+            normlab.batchnorm_backward(dout, cache, out=bad)
+
+
 def test_float16_computes_in_float32_and_returns_float16():
     x = (np.random.default_rng(1).standard_normal((64, 5)) * 3 + 50).astype(np.float16)
     y, cache = normlab.batchnorm_forward(x, None, None, backend="numba")

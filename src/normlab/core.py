@@ -135,15 +135,27 @@ def normalize_forward(x, gamma, beta, layout: Layout, eps: float, *, mean=None, 
         invstd=invstd.reshape(layout.stat_shape), eps=eps, stats_given=stats_given,
         backend=impl.NAME, saved=saved,
     )
-    return out4.reshape(x.shape), cache
+    y = out4.reshape(x.shape)
+    if out is not None and not np.may_share_memory(y, out):
+        # reshape copied a non-contiguous out: fill the caller's buffer.
+        np.copyto(out, y)
+        y = out
+    return y, cache
 
 
-def normalize_backward(dout, cache: NormCache):
-    """Closed-form backward. Returns (dx, dgamma, dbeta); the last two are None without affine."""
+def normalize_backward(dout, cache: NormCache, *, out: np.ndarray | None = None):
+    """Closed-form backward. Returns (dx, dgamma, dbeta); the last two are None without affine.
+
+    out: optional buffer of x's shape and dtype that receives dx (a training
+    loop can reuse it instead of faulting in a fresh array every step).
+    """
     if not isinstance(cache, NormCache):
         raise TypeError(f"cache must be the NormCache returned by a forward, got {type(cache).__name__}")
     x, layout = cache.x, cache.layout
     dout = _checks.check_dout(dout, x.shape)
+    if out is not None and (not isinstance(out, np.ndarray) or out.shape != x.shape or out.dtype != x.dtype):
+        raise ValueError(f"out must be an array with x's shape {x.shape} and dtype {x.dtype}, got "
+                         f"{getattr(out, 'shape', type(out).__name__)} {getattr(out, 'dtype', '')}")
     impl = get_backend(cache.backend)
     shape_int = layout.internal_stat_shape
     g = None if cache.gamma is None else cache.gamma.reshape(-1)
@@ -151,8 +163,14 @@ def normalize_backward(dout, cache: NormCache):
         dout.reshape(layout.view), x.reshape(layout.view), g,
         cache.mean.reshape(shape_int), cache.invstd.reshape(shape_int),
         layout.batch_stats, cache.stats_given, cache.saved,
+        # only when asked: a backend written before dx buffers existed still works
+        **({} if out is None else {"out": out.reshape(layout.view)}),
     )
     dx = dx4.reshape(x.shape).astype(x.dtype, copy=False)
+    if out is not None and not np.may_share_memory(dx, out):
+        # reshape copied a non-contiguous out: fill the caller's buffer.
+        np.copyto(out, dx)
+        dx = out
     if cache.gamma is None:
         return dx, None, None
     pdtype = cache.gamma.dtype

@@ -112,13 +112,14 @@ def groupnorm_forward(x, gamma, beta, groups, eps=1e-5, *, mean=None, var=None, 
 
 # ----------------------------------------------------------------------------- backwards
 
-def batchnorm_backward(dout, cache: NormCache):
+def batchnorm_backward(dout, cache: NormCache, *, out=None):
     """Closed-form backward of any of the four norms: (dout, cache) -> (dx, dgamma, dbeta).
 
     dout has the forward output's shape; dgamma/dbeta have gamma's shape and
-    are None when the forward had no affine.
+    are None when the forward had no affine. out: optional buffer for dx
+    (x's shape and dtype), filled and returned as dx.
     """
-    return normalize_backward(dout, cache)
+    return normalize_backward(dout, cache, out=out)
 
 
 # One backward serves all four: the cache knows the layout.

@@ -7,8 +7,9 @@ Every backend is a module with ``NAME`` and two functions over the 4-d view
     -> ``(out4, mean, var, invstd, saved)``; gamma/beta are (G*K,) or None;
     statistics are float64 of shape (G,) if batch_stats else (N, G); ``given``
     is an optional (mean, var) pair of that shape (inference).
-``backward(dout4, x4, gamma, mean, invstd, batch_stats, stats_given, saved)``
-    -> ``(dx4, dgamma, dbeta)``; dgamma/dbeta are (G*K,) float64 or None.
+``backward(dout4, x4, gamma, mean, invstd, batch_stats, stats_given, saved, out=None)``
+    -> ``(dx4, dgamma, dbeta)``; dgamma/dbeta are (G*K,) float64 or None;
+    ``out`` is an optional (N, G, K, L) buffer of x's dtype for dx.
 
 ``"auto"`` picks the fastest backend that imports on this machine.
 """

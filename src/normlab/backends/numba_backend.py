@@ -161,7 +161,7 @@ def _fused_rows_forward(xw, gam, bet, eps, given, y, n, g, k, l):
         float(eps), given is not None, mean, var, invstd, np.empty(rows, dt), np.empty(rows, dt),
         np.empty(rows, dt), y.reshape(rows, k * l))
     return mean.reshape(n, g), var.reshape(n, g), invstd.reshape(n, g)
-def backward(dout4, x4, gamma, mean, invstd, batch_stats, stats_given, saved):
+def backward(dout4, x4, gamma, mean, invstd, batch_stats, stats_given, saved, out=None):
     n, g, k, l = x4.shape
     dt = _work_dtype(x4, dout4)
     xw = np.ascontiguousarray(x4, dtype=dt)
@@ -169,7 +169,8 @@ def backward(dout4, x4, gamma, mean, invstd, batch_stats, stats_given, saved):
     gam, _ = _affine(gamma, None, g * k)
     mean, invstd = _f64(mean), _f64(invstd)
     size = xw.size
-    dx = np.empty(x4.shape, dt)
+    direct = out is not None and out.dtype == dt and out.flags.c_contiguous
+    dx = out if direct else np.empty(x4.shape, dt)
 
     if batch_stats:
         m = n * l
@@ -210,6 +211,9 @@ def backward(dout4, x4, gamma, mean, invstd, batch_stats, stats_given, saved):
         runs = gam_runs.shape[1] // k  # 1, or L when the parameters were repeated per element
         dgamma = dgp.sum(axis=0).reshape(g, k, runs).sum(axis=2).reshape(-1)
         dbeta = dbp.sum(axis=0).reshape(g, k, runs).sum(axis=2).reshape(-1)
+    if out is not None and not direct:
+        np.copyto(out, dx, casting="unsafe")
+        dx = out
     if gamma is None:
         return dx, None, None
     return dx, dgamma, dbeta

@@ -51,7 +51,7 @@ def forward(x4, gamma, beta, eps, batch_stats, given=None, out=None):
     return out, mean.reshape(shape), var.reshape(shape), invstd.reshape(shape), xhat
 
 
-def backward(dout4, x4, gamma, mean, invstd, batch_stats, stats_given, saved):
+def backward(dout4, x4, gamma, mean, invstd, batch_stats, stats_given, saved, out=None):
     n, g, k, l = x4.shape
     invstd4 = _as_4d(invstd, batch_stats)
     xhat = saved if saved is not None else (x4.astype(np.float64) - _as_4d(mean, batch_stats)) * invstd4
@@ -80,6 +80,9 @@ def backward(dout4, x4, gamma, mean, invstd, batch_stats, stats_given, saved):
         dx = dxhat - sum_dxhat / m
         dx -= xhat * (sum_dxhat_xhat / m)
         dx *= invstd4
+    if out is not None:
+        np.copyto(out, dx, casting="unsafe")
+        dx = out
     if gamma is None:
         return dx, None, None
     return dx, dgamma.reshape(-1), dbeta.reshape(-1)

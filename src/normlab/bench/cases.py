@@ -95,17 +95,20 @@ def _cache_bytes(cache) -> int:
 
 
 def normlab_impls(case: Case, dtype, available: list[str]) -> list[Impl]:
-    """numpy-graph (batch norms), numpy closed form, numba, numba with an out= buffer."""
+    """numpy-graph (batch norms), numpy closed form, numba, numba with out= buffers for y and dx."""
     x, gamma, beta, dout = _inputs(case, dtype)
     fw = _normlab_forward(case)
     impls = []
 
-    def make(name, backend, backward, out=None):
+    def make(name, backend, backward, out=None, dx_out=None):
         def forward():
             return fw(x, gamma, beta, backend=backend, out=out)[1]
 
+        def run_backward(cache):
+            return backward(dout, cache) if dx_out is None else backward(dout, cache, out=dx_out)
+
         cache = forward()
-        impls.append(Impl(name, forward, lambda c: backward(dout, c), _cache_bytes(cache), True))
+        impls.append(Impl(name, forward, run_backward, _cache_bytes(cache), True))
 
     if "numpy" in available:
         if case.kind in ("bn", "sbn"):
@@ -113,7 +116,8 @@ def normlab_impls(case: Case, dtype, available: list[str]) -> list[Impl]:
         make("numpy", "numpy", norms.batchnorm_backward)
     if "numba" in available:
         make("numba", "numba", norms.batchnorm_backward)
-        make("numba+out", "numba", norms.batchnorm_backward, out=np.empty_like(x))
+        # Reused output buffers for y and dx, as a training loop would keep them.
+        make("numba+out", "numba", norms.batchnorm_backward, out=np.empty_like(x), dx_out=np.empty_like(x))
     return impls
 
 
