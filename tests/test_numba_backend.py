@@ -36,6 +36,7 @@ def _norms():
     return [
         ("bn", normlab.batchnorm_forward, (37, 11), (11,)),
         ("bn-tiny", normlab.batchnorm_forward, (2, 3), (3,)),
+        ("bn-folded", normlab.batchnorm_forward, (48, 5), (5,)),   # narrow: 16 rows folded into one
         ("sbn-short", normlab.spatial_batchnorm_forward, (5, 3, 3, 5), (3,)),
         ("sbn-long", normlab.spatial_batchnorm_forward, (3, 4, 7, 9), (4,)),
         ("sbn-tinyN", normlab.spatial_batchnorm_forward, (1, 2, 1, 2), (2,)),
