@@ -182,6 +182,8 @@ def run(cases=None, dtypes=("float32", "float64"), repeat: int = 7, threads: int
     info["loadavg_start"] = os.getloadavg()
     triads = [triad_gbps()] if "numba" in available else []
     if triads:
+        import numba
+        info["numba_threading_layer"] = numba.threading_layer()  # known once a parallel kernel ran
         log(f"triad bandwidth on {threads} thread(s): {triads[0]:.1f} GB/s")
     rows = []
     for case in case_list:
