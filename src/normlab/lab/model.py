@@ -8,8 +8,9 @@ Three kinds of state are kept apart, as Flax keeps its collections apart:
 
 ``params``
     the learnable arrays an optimizer updates: ``W1, b1, gamma1, beta1, ...,
-    W{L+1}, b{L+1}`` (gamma/beta only with a normalization; the output
-    layer has none). ``grads`` from :meth:`FullyConnectedNet.loss` use the
+    W{L+1}, b{L+1}`` (gamma/beta only with a normalization, the output
+    layer has none; with batch norm the hidden layers have no ``b``, see
+    :class:`Normalization`). ``grads`` from :meth:`FullyConnectedNet.loss` use the
     same keys.
 ``batch_stats``
     running statistics, one :class:`normlab.RunningStats` per hidden layer
@@ -38,16 +39,22 @@ class Normalization(NamedTuple):
         or None for no normalization.
     running_stats: keep running statistics in training and use them at test
         time (batch norm); otherwise the forward is the same in both modes.
+    affine_bias: whether the affine layer before the norm has a bias. Batch
+        norm subtracts each feature's batch mean, so a bias there cancels
+        exactly (its gradient is identically zero) and beta takes its role;
+        layer norm subtracts a per-sample mean, which a per-feature bias does
+        not cancel.
     """
 
     forward: Callable | None
     running_stats: bool
+    affine_bias: bool
 
 
 NORMALIZATIONS: dict[str, Normalization] = {
-    "none": Normalization(None, False),
-    "batchnorm": Normalization(batchnorm_forward, True),
-    "layernorm": Normalization(layernorm_forward, False),
+    "none": Normalization(None, running_stats=False, affine_bias=True),
+    "batchnorm": Normalization(batchnorm_forward, running_stats=True, affine_bias=False),
+    "layernorm": Normalization(layernorm_forward, running_stats=False, affine_bias=True),
 }
 
 
@@ -118,8 +125,10 @@ class FullyConnectedNet:
         for i in range(1, self.num_layers + 1):
             fan_in, fan_out = dims[i - 1], dims[i]
             self.params[f"W{i}"] = (weight_scale * init_rng.standard_normal((fan_in, fan_out))).astype(dtype)
-            self.params[f"b{i}"] = np.zeros(fan_out, dtype=dtype)
-            if self.norm.forward is not None and i < self.num_layers:
+            hidden_norm = self.norm.forward is not None and i < self.num_layers
+            if self.norm.affine_bias or not hidden_norm:
+                self.params[f"b{i}"] = np.zeros(fan_out, dtype=dtype)
+            if hidden_norm:
                 self.params[f"gamma{i}"] = np.ones(fan_out, dtype=dtype)
                 self.params[f"beta{i}"] = np.zeros(fan_out, dtype=dtype)
         self.batch_stats: dict[str, RunningStats] = {}
@@ -169,7 +178,7 @@ class FullyConnectedNet:
                 stats = self.batch_stats.get(f"layer{i}")
                 given = {} if training or stats is None else {"mean": stats.mean, "var": stats.var}
                 h, cache = ops.affine_norm_relu_forward(
-                    h, p[f"W{i}"], p[f"b{i}"], p[f"gamma{i}"], p[f"beta{i}"], self.norm.forward,
+                    h, p[f"W{i}"], p.get(f"b{i}"), p[f"gamma{i}"], p[f"beta{i}"], self.norm.forward,
                     self.eps, backend=self.backend, **given)
                 if training and stats is not None:
                     stats.update(cache.norm.mean, cache.norm.var, cache.norm.layout.count)
@@ -195,7 +204,7 @@ class FullyConnectedNet:
         if self.reg:
             for i in range(1, L + 1):
                 grads[f"W{i}"] = grads[f"W{i}"] + self.reg * p[f"W{i}"]
-        return data_loss + reg_loss, {k: grads[k] for k in p}
+        return data_loss + reg_loss, {k: grads[k] for k in p}  # drops db of bias-free layers
 
     def predict(self, X, batch_size: int = 1000) -> np.ndarray:
         """Class predictions (N,) in test mode, in chunks of ``batch_size`` rows."""

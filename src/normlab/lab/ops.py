@@ -39,24 +39,27 @@ class SandwichCache(NamedTuple):
 
 # ----------------------------------------------------------------------------- affine
 
-def affine_forward(x, w, b):
+def affine_forward(x, w, b=None):
     """out = x @ w + b.
 
-    x: (N, D) (extra trailing axes are flattened into D); w: (D, M); b: (M,).
+    x: (N, D) (extra trailing axes are flattened into D); w: (D, M); b: (M,) or None (no bias).
     Returns (out (N, M), AffineCache).
     """
     x = _checks.as_float_array(x, "x", min_ndim=2)
     x2 = x.reshape(x.shape[0], -1)
-    if w.ndim != 2 or w.shape[0] != x2.shape[1] or b.shape != (w.shape[1],):
+    if w.ndim != 2 or w.shape[0] != x2.shape[1] or (b is not None and b.shape != (w.shape[1],)):
         raise ValueError(
             f"affine needs x (N, D), w (D, M), b (M,); got x {x.shape} (D = {x2.shape[1]}), "
-            f"w {w.shape}, b {b.shape}"
+            f"w {w.shape}, b {None if b is None else b.shape}"
         )
-    return x2 @ w + b, AffineCache(x, w)
+    out = x2 @ w
+    if b is not None:
+        out += b  # in place on the fresh product: one allocation fewer per layer
+    return out, AffineCache(x, w)
 
 
 def affine_backward(dout, cache: AffineCache):
-    """dout (N, M) -> (dx with x's shape, dw (D, M), db (M,))."""
+    """dout (N, M) -> (dx with x's shape, dw (D, M), db (M,)); db is computed even without a bias."""
     x, w = cache
     x2 = x.reshape(x.shape[0], -1)
     dx = (dout @ w.T).reshape(x.shape)
@@ -143,7 +146,8 @@ def affine_norm_relu_forward(x, w, b, gamma, beta, norm_forward: Callable, eps: 
 
     norm_forward: a core forward such as ``normlab.batchnorm_forward`` or
     ``normlab.layernorm_forward``. mean/var: optional given statistics
-    (inference). gamma, beta: (M,). Returns (out (N, M), SandwichCache);
+    (inference). gamma, beta: (M,). b may be None: batch norm subtracts the
+    per-feature mean, so a bias before it has no effect (beta takes its role). Returns (out (N, M), SandwichCache);
     ``cache.norm.mean`` / ``.var`` are the statistics used (for running averages).
     """
     h, affine_cache = affine_forward(x, w, b)
