@@ -76,7 +76,8 @@ def save(directory, arrays: dict[str, np.ndarray], meta: dict) -> Path:
     _write_atomic(directory / META_NAME, json.dumps(record, indent=1, sort_keys=True).encode())
     _fsync_dir(directory)
 
-    for stale in directory.glob("state-*.npz"):
+    # Only now is the old arrays file unreferenced; also sweep temp files a killed save left behind.
+    for stale in [*directory.glob("state-*.npz"), *directory.glob(".*.tmp")]:
         if stale.name != arrays_name:
             stale.unlink(missing_ok=True)
     return directory / META_NAME
