@@ -1,0 +1,123 @@
+"""``weight-scale``: how sensitive is a deep net to its weight initialization, with and without batch norm?
+
+For each of ~20 weight-initialization scales on a log grid, a deep net is
+trained once without and once with batch norm; the figure shows the best
+validation accuracy and the final training loss against the scale. Without
+normalization the signal shrinks or explodes through the layers unless the
+scale is just right; batch norm undoes the scale layer by layer, so a much
+wider range of scales trains well.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import common, plots
+
+NAME = "weight-scale"
+DESCRIPTION = ("Best validation accuracy and final training loss against the weight-initialization scale "
+               "(log grid), baseline vs batch norm, in a deep fully-connected net.")
+VARIANTS = {"baseline": None, "batchnorm": "batchnorm"}
+
+
+@dataclass(frozen=True)
+class Config(common.BaseConfig):
+    """points scales from scale_min to scale_max, evenly spaced in log10.
+
+    good_fraction: a scale counts as "good" when its best val accuracy is at
+    least this fraction of the best accuracy of the whole sweep.
+    """
+
+    epochs: int = 10
+    hidden_dims: tuple = (50, 50, 50, 50, 50, 50, 50, 50)
+    scale_min: float = 1e-4
+    scale_max: float = 1.0
+    points: int = 20
+    update_rule: str = "adam"
+    learning_rate: float = 1e-3
+    batch_size: int = 50
+    good_fraction: float = 0.9
+
+    def __post_init__(self):
+        super().__post_init__()
+        object.__setattr__(self, "hidden_dims", common.check_positive_ints(self.hidden_dims, "hidden_dims"))
+        common.check_positive_int(self.points, "points")
+        common.check_positive_int(self.batch_size, "batch_size")
+        if not 0 < self.scale_min <= self.scale_max:
+            raise ValueError(f"need 0 < scale_min <= scale_max, got {self.scale_min!r} and {self.scale_max!r}")
+
+    def scales(self) -> list:
+        return [float(s) for s in np.logspace(np.log10(self.scale_min), np.log10(self.scale_max), self.points)]
+
+
+def run(config: Config, log: common.Log = print) -> dict:
+    """Train both variants at every scale; results hold one list per metric and variant, indexed like ``scales``."""
+    started = time.perf_counter()
+    data = common.load_data(config)
+    scales = config.scales()
+    metrics = ("best_val_acc", "final_train_loss", "test_acc", "val_acc")
+    runs = {label: {m: [] for m in metrics} for label in VARIANTS}
+    for i, scale in enumerate(scales, start=1):
+        for label, normalization in VARIANTS.items():
+            r = common.train_run(
+                data, hidden_dims=config.hidden_dims, normalization=normalization, weight_scale=scale,
+                learning_rate=config.learning_rate, batch_size=config.batch_size, epochs=config.epochs,
+                seed=config.seed, update_rule=config.update_rule,
+                label=f"scale {i}/{len(scales)} = {scale:.2e} {label}", log=log)
+            for m in metrics:
+                runs[label][m].append(r[m])
+    best = max(max(r["best_val_acc"]) for r in runs.values())
+    threshold = config.good_fraction * best
+    for label, r in runs.items():
+        good = [s for s, acc in zip(scales, r["best_val_acc"]) if acc >= threshold]
+        r["good_scales"] = {"count": len(good), "min": min(good) if good else None, "max": max(good) if good else None}
+    return {
+        "experiment": NAME,
+        "description": DESCRIPTION,
+        "config": asdict(config),
+        "data": common.data_summary(data),
+        "scales": scales,
+        "good_threshold": threshold,
+        "variants": runs,
+        "finding": finding(runs, threshold, len(scales)),
+        "timing": {"seconds": time.perf_counter() - started},
+    }
+
+
+def finding(runs, threshold, points) -> str:
+    base, bn = runs["baseline"]["good_scales"], runs["batchnorm"]["good_scales"]
+    wider = "wider" if bn["count"] > base["count"] else ("as wide" if bn["count"] == base["count"] else "narrower")
+    return (f"Scales reaching a validation accuracy of at least {threshold:.3f} (90% of the sweep's best): "
+            f"batch norm {bn['count']} of {points} ({_span(bn)}), baseline {base['count']} of {points} "
+            f"({_span(base)}): batch norm's good range is {wider}.")
+
+
+def _span(good):
+    return "none" if not good["count"] else f"{good['min']:.2g} to {good['max']:.2g}"
+
+
+def plot(results: dict, out_dir) -> list:
+    cfg = results["config"]
+    title = (f"{len(cfg['hidden_dims'])} hidden layers of {cfg['hidden_dims'][0]} on {cfg['dataset']}, "
+             f"{cfg['epochs']} epochs of {cfg['update_rule']} (lr {cfg['learning_rate']:g}, batch {cfg['batch_size']})")
+    runs = {label: {k: np.asarray(r[k], dtype=float) for k in ("best_val_acc", "final_train_loss")}
+            for label, r in results["variants"].items()}
+    chance = 1.0 / results["data"]["classes"]
+    return [plots.plot_weight_scale(results["scales"], runs, Path(out_dir) / "weight_scale.png", title, chance)]
+
+
+def table(results: dict):
+    headers = ("variant", "good scales", "good range", "best val acc (best scale)", "best val acc at 1e-2 scale nearest")
+    rows = []
+    scales = np.asarray(results["scales"])
+    near = int(np.argmin(np.abs(np.log10(scales) + 2)))
+    for label, r in results["variants"].items():
+        accs = r["best_val_acc"]
+        top = int(np.argmax(accs))
+        rows.append((label, f"{r['good_scales']['count']} of {len(scales)}", _span(r["good_scales"]),
+                     f"{accs[top]:.3f} ({scales[top]:.2g})", f"{accs[near]:.3f} ({scales[near]:.2g})"))
+    return headers, rows
