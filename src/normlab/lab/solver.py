@@ -53,6 +53,9 @@ class Solver:
         every ``checkpoint_every`` epochs and after the last one.
     resume: load the checkpoint in ``checkpoint_dir`` first and continue from
         it; training then reproduces the uninterrupted run bit for bit.
+    blas_threads: BLAS threads during train() (None leaves BLAS alone). The
+        lab's matrices are small, and multi-threaded OpenBLAS on them was
+        measured up to 8x slower than one thread on a busy 2-core machine.
 
     After :meth:`train`: ``loss_history`` (one float per iteration),
     ``train_acc_history`` and ``val_acc_history`` (one per epoch),
@@ -65,7 +68,8 @@ class Solver:
                  lr_decay: float = 1.0, batch_size: int = 100, num_epochs: int = 10, seed: int | None = None,
                  *, num_train_samples: int | None = 1000, num_val_samples: int | None = None,
                  verbose: bool = True, progress: str = "auto", print_every: int = 100,
-                 checkpoint_dir=None, checkpoint_every: int = 1, resume: bool = False, stream=None):
+                 checkpoint_dir=None, checkpoint_every: int = 1, resume: bool = False, stream=None,
+                 blas_threads: int | None = 1):
         missing = [k for k in DATA_KEYS if k not in data]
         if missing:
             raise ValueError(f"data is missing {missing}; it needs {list(DATA_KEYS)}")
@@ -104,6 +108,7 @@ class Solver:
         self.checkpoint_dir = checkpoint_dir
         self.checkpoint_every = int(checkpoint_every)
         self.stream = stream
+        self.blas_threads = blas_threads
         self.iterations_per_epoch = max(num_train // self.batch_size, 1)
 
         self.rng = np.random.default_rng(seed)
@@ -144,6 +149,14 @@ class Solver:
 
     def train(self):
         """Train until ``num_epochs`` epochs are done (continuing a resumed run); returns self."""
+        if self.blas_threads is None:
+            return self._train()
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(limits=self.blas_threads, user_api="blas"):
+            return self._train()
+
+    def _train(self):
         reporter = _make_reporter(self)
         started = time.perf_counter()
         total = self.num_epochs * self.iterations_per_epoch
