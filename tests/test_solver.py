@@ -105,9 +105,10 @@ class FakeTerminal(io.StringIO):
 
 def test_rich_bar_on_a_terminal_and_silence_when_not_verbose():
     term = FakeTerminal()
-    Solver(small_net(), blobs(), batch_size=20, num_epochs=2, seed=0, stream=term).train()
-    text = term.getvalue()
-    assert "epoch 2/2" in text and "18/18" in text and "(Iteration" not in text
+    solver = Solver(small_net(), blobs(), batch_size=20, num_epochs=2, seed=0, stream=term).train()
+    final_line = term.getvalue().split("\r")[-1]
+    assert "epoch 2/2" in final_line and "18/18" in final_line and "(Iteration" not in term.getvalue()
+    assert f"val acc {solver.val_acc_history[-1]:.3f}" in final_line   # the last epoch's, not the one before
     quiet = io.StringIO()
     Solver(small_net(), blobs(), batch_size=20, num_epochs=1, seed=0, stream=quiet, verbose=False).train()
     assert quiet.getvalue() == ""

@@ -376,14 +376,15 @@ class _RichBar(_Silent):
     def start(self, total, done):
         self.progress.start()
         self.task = self.progress.add_task("training", total=total, completed=done, status="")
-        self.accs = ""
+        self.loss = self.accs = ""
 
     def iteration(self, it, total, loss):
-        self.progress.update(self.task, completed=it, status=f"loss {loss:.4f}{self.accs}")
+        self.loss = f"loss {loss:.4f}"
+        self.progress.update(self.task, completed=it, status=self.loss + self.accs)
 
     def epoch(self, epoch, num_epochs, train_acc, val_acc):
         self.accs = f"  train acc {train_acc:.3f}  val acc {val_acc:.3f}"
-        self.progress.update(self.task, description=f"epoch {epoch}/{num_epochs}")
+        self.progress.update(self.task, description=f"epoch {epoch}/{num_epochs}", status=self.loss + self.accs)
 
     def close(self):
         self.progress.stop()
