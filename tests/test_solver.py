@@ -126,5 +126,7 @@ def test_bad_arguments_are_rejected():
         Solver(small_net(), {"X_train": data["X_train"], "y_train": data["y_train"]})
     with pytest.raises(ValueError, match="y_train"):
         Solver(small_net(), {**data, "y_train": data["y_train"][:-1]})
+    with pytest.raises(ValueError, match="num_train_samples"):
+        Solver(small_net(), data, num_train_samples=0)
     with pytest.raises(ValueError, match="checkpoint_dir"):
         Solver(small_net(), data, resume=True)

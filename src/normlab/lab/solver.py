@@ -17,6 +17,7 @@ Example::
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import sys
 import time
@@ -41,7 +42,8 @@ class Solver:
     lr_decay: the learning rate is multiplied by this after every epoch.
     batch_size, num_epochs: each epoch visits ``N // batch_size`` minibatches
         drawn without replacement from a fresh permutation (the remainder
-        ``N % batch_size`` samples sit out that epoch).
+        ``N % batch_size`` samples sit out that epoch, so batch norm never
+        sees a tiny last batch). batch_size is clamped to N.
     seed: seeds the minibatch order and the train-accuracy subsample.
     num_train_samples: train accuracy is measured on a random subsample of
         this many training samples (None: all); num_val_samples likewise.
@@ -52,7 +54,8 @@ class Solver:
     checkpoint_dir: if given, a checkpoint is written there (atomically)
         every ``checkpoint_every`` epochs and after the last one.
     resume: load the checkpoint in ``checkpoint_dir`` first and continue from
-        it; training then reproduces the uninterrupted run bit for bit.
+        it; training then reproduces the uninterrupted run bit for bit (on
+        the same machine and BLAS thread count, which fix the float rounding).
     blas_threads: BLAS threads during train() (None leaves BLAS alone). The
         lab's matrices are small, and multi-threaded OpenBLAS on them was
         measured up to 8x slower than one thread on a busy 2-core machine.
@@ -89,6 +92,10 @@ class Solver:
                             ("print_every", print_every), ("checkpoint_every", checkpoint_every)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        for name, value in (("num_train_samples", num_train_samples), ("num_val_samples", num_val_samples)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer))
+                                      or value < 1):
+                raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
         if progress not in ("auto", "rich", "plain", "none"):
             raise ValueError(f"progress must be 'auto', 'rich', 'plain' or 'none', got {progress!r}")
         if resume and checkpoint_dir is None:
@@ -308,7 +315,6 @@ class Solver:
 
 def json_roundtrip(value):
     """value as it reads back from JSON (tuples become lists, and so on)."""
-    import json
     return json.loads(json.dumps(value))
 
 
