@@ -64,6 +64,23 @@ def test_resume_reproduces_the_uninterrupted_run_bit_for_bit(tmp_path):
     assert_same_run(full, resumed)
 
 
+def test_resume_float32_layernorm_momentum_bit_for_bit(tmp_path):
+    model = {**MODEL, "normalization": "layernorm", "dtype": np.float32}
+    solver = {**SOLVER, "update_rule": "sgd_momentum", "optim_config": {"learning_rate": 0.05}}
+
+    def make(num_epochs, **kw):
+        return Solver(FullyConnectedNet(**model), blobs(), num_epochs=num_epochs, **{**solver, **kw})
+
+    full = make(4).train()
+    make(3, checkpoint_dir=tmp_path).train()
+    resumed = make(4, checkpoint_dir=tmp_path, resume=True).train()
+    assert resumed.loss_history == full.loss_history
+    for k, v in full.model.params.items():
+        assert resumed.model.params[k].dtype == np.float32
+        np.testing.assert_array_equal(resumed.model.params[k], v)
+        np.testing.assert_array_equal(resumed.optim_states[k]["velocity"], full.optim_states[k]["velocity"])
+
+
 def test_checkpoint_files_are_npz_without_pickle_and_json(tmp_path):
     make_solver(2, checkpoint_dir=tmp_path).train()
     meta = json.loads((tmp_path / "checkpoint.json").read_text())

@@ -61,6 +61,8 @@ def test_resume_with_other_settings_or_damage_fails_clearly(tmp_path):
     assert damaged.exit_code == 1 and "corrupt checkpoint" in damaged.output and "not valid JSON" in damaged.output
     missing = run("--epochs", "2", "--checkpoint-dir", str(tmp_path / "none"), "--resume")
     assert missing.exit_code == 1 and "no checkpoint found" in missing.output
+    nowhere = run("--epochs", "2", "--resume")
+    assert nowhere.exit_code == 1 and "needs a checkpoint_dir" in nowhere.output
 
 
 @pytest.mark.parametrize("args,message", [

@@ -59,8 +59,9 @@ def train(config: TrainConfig, *, verbose: bool = True, progress: str = "auto", 
             f"{Path(config.checkpoint_dir) / ckpt.META_NAME} already exists; resume it with --resume "
             f"or choose another --checkpoint-dir")
     data = load_dataset(config.dataset, seed=config.seed, data_dir=config.data_dir, num_train=config.num_train)
+    num_classes = 1 + max(int(data[k].max()) for k in ("y_train", "y_val", "y_test"))
     model = FullyConnectedNet(
-        list(config.hidden_dims), data["X_train"].shape[1], int(data["y_train"].max()) + 1,
+        list(config.hidden_dims), data["X_train"].shape[1], num_classes,
         normalization=config.normalization, dropout=config.dropout, reg=config.reg,
         weight_scale=config.weight_scale, dtype=np.dtype(config.dtype), seed=config.seed)
     solver = Solver(model, data, update_rule=config.update_rule,
