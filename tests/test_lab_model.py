@@ -144,6 +144,9 @@ def test_registry_and_bad_arguments():
         FullyConnectedNet(H, D, C, weight_scale=0)
     with pytest.raises(ValueError, match="hidden_dims"):
         FullyConnectedNet([10, 0], D, C)
+    with pytest.raises(ValueError, match="seed"):
+        FullyConnectedNet(H, D, C, seed=-1)
+    assert FullyConnectedNet(H, D, C, seed=np.int64(3)).config()["seed"] == 3  # JSON-able for checkpoints
     model = FullyConnectedNet(H, D, C, seed=0)
     with pytest.raises(ValueError, match=r"7 features per sample, got shape \(8, 5\)"):
         model.loss(np.zeros((8, 5)))

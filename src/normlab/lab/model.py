@@ -66,6 +66,15 @@ def get_normalization(name: str | None) -> Normalization:
     return NORMALIZATIONS[key]
 
 
+def check_seed(seed) -> int | None:
+    """A seed is None or an integer >= 0 (kept as a plain int so configs stay JSON-able)."""
+    if seed is None:
+        return None
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise ValueError(f"seed must be None or an integer >= 0, got {seed!r}")
+    return int(seed)
+
+
 class FullyConnectedNet:
     """Fully-connected classifier with optional normalization, dropout and L2 regularization.
 
@@ -100,6 +109,7 @@ class FullyConnectedNet:
             raise ValueError(f"dtype must be float32 or float64, got {dtype}")
         _checks.check_momentum(momentum)
         _checks.check_eps(eps, training=True)
+        seed = check_seed(seed)
 
         self.hidden_dims = hidden_dims
         self.input_dim = input_dim

@@ -27,6 +27,7 @@ import numpy as np
 from ..layers import RunningStats
 from . import checkpoint as ckpt
 from . import optim
+from .model import check_seed
 
 DATA_KEYS = ("X_train", "y_train", "X_val", "y_val")
 
@@ -106,7 +107,7 @@ class Solver:
         num_train = self.X_train.shape[0]
         self.batch_size = int(min(batch_size, num_train))
         self.num_epochs = int(num_epochs)
-        self.seed = seed
+        self.seed = check_seed(seed)
         self.num_train_samples = num_train_samples
         self.num_val_samples = num_val_samples
         self.verbose = bool(verbose)
@@ -118,7 +119,7 @@ class Solver:
         self.blas_threads = blas_threads
         self.iterations_per_epoch = max(num_train // self.batch_size, 1)
 
-        self.rng = np.random.default_rng(seed)
+        self.rng = np.random.default_rng(self.seed)
         self.epoch = 0
         self.loss_history: list[float] = []
         self.train_acc_history: list[float] = []
