@@ -114,6 +114,17 @@ def test_a_crash_between_arrays_and_metadata_leaves_the_last_good_checkpoint(tmp
     assert make_solver(3, checkpoint_dir=tmp_path, resume=True).epoch == 1
 
 
+def test_leftovers_of_a_killed_save_are_ignored_then_swept(tmp_path):
+    solver = make_solver(1, checkpoint_dir=tmp_path).train()
+    (tmp_path / ".state-deadbeef.npz.1234abcd.tmp").write_bytes(b"half a zip")   # killed mid-write
+    (tmp_path / "state-0123456789ab.npz").write_bytes(b"renamed, metadata never written")
+    assert ckpt.load(tmp_path)[1]["epoch"] == 1
+    solver.num_epochs = 2
+    solver.train()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["checkpoint.json", json.loads((tmp_path / "checkpoint.json").read_text())["arrays_file"]])
+
+
 def test_damaged_checkpoints_give_clear_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match=str(tmp_path / "nothing")):
         make_solver(1, checkpoint_dir=tmp_path / "nothing", resume=True)
