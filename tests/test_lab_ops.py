@@ -2,6 +2,8 @@
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import normlab
 from normlab.gradcheck import check_forward_backward, numerical_gradient, rel_error
@@ -127,3 +129,17 @@ def test_affine_relu_gradients(rng):
     x, w, b = rng.standard_normal((4, 3)), rng.standard_normal((3, 5)), rng.standard_normal(5)
     _assert_checks(check_forward_backward(ops.affine_relu_forward,
                                           lambda d, c: ops.sandwich_backward(d, c)[:3], [x, w, b], ["x", "w", "b"]))
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 6), c=st.integers(2, 6), seed=st.integers(0, 2**32 - 1),
+       shift=st.floats(-1e3, 1e3, allow_nan=False))
+def test_softmax_loss_invariants(n, c, seed, shift):
+    # Softmax ignores a per-row constant; each row of dscores sums to 0 (probabilities minus a one-hot).
+    rng = np.random.default_rng(seed)
+    scores, y = 5 * rng.standard_normal((n, c)), rng.integers(0, c, size=n)
+    loss, dscores = ops.softmax_loss(scores, y)
+    shifted_loss, shifted_d = ops.softmax_loss(scores + shift * rng.standard_normal((n, 1)), y)
+    assert loss >= 0 and shifted_loss == pytest.approx(loss, rel=1e-9, abs=1e-9)
+    np.testing.assert_allclose(shifted_d, dscores, atol=1e-12)
+    np.testing.assert_allclose(dscores.sum(axis=1), 0, atol=1e-15)
