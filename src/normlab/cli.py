@@ -92,5 +92,31 @@ def train(quiet, hidden_dims, normalization, **options):
         click.echo(line)
 
 
+@main.command()
+@click.argument("name", default="batchnorm")
+@click.option("--out", default="results", show_default=True, help="Writes OUT/NAME/results.json, plots, report.md.")
+@click.option("--epochs", default=None, type=click.IntRange(min=1),
+              help="Epochs per training run (default: per experiment).")
+@click.option("--seed", default=None, type=click.IntRange(min=0),
+              help="Seeds the split, init and batch order [default: 0].")
+@click.option("--dataset", default=None, type=click.Choice(["digits", "mnist1d", "cifar10"]), help="[default: digits]")
+@click.option("--data-dir", default=None, help="CIFAR-10: the cifar-10-batches-py directory (default: $NORMLAB_DATA).")
+@click.option("--num-train", default=None, type=click.IntRange(min=1), help="Use at most this many training examples.")
+def experiment(name, out, **overrides):
+    """Run experiment NAME (batchnorm, weight-scale, batch-size, layernorm, or all) and write its report."""
+    from .experiments import EXPERIMENTS, run_experiment
+
+    names = list(EXPERIMENTS) if name == "all" else [name]
+    if name != "all" and name not in EXPERIMENTS:
+        raise click.BadParameter(f"unknown experiment {name!r}; choose from {', '.join(EXPERIMENTS)} or all",
+                                 param_hint="NAME")
+    for each in names:
+        try:
+            paths = run_experiment(each, out, log=lambda line: click.echo(line), **overrides)
+        except (ValueError, OSError, RuntimeError) as exc:  # bad settings or a missing/corrupt dataset
+            raise click.ClickException(str(exc)) from exc
+        click.echo(f"report: {paths['report']}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

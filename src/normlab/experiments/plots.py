@@ -83,7 +83,7 @@ def plot_weight_scale(scales, runs: dict, path, title: str, chance: float | None
         ax.set_xscale("log")
         ax.grid(True, which="both", alpha=0.3)
     ax_loss.set_yscale("log")
-    ax_acc.legend(loc="lower center", fontsize="small")
+    ax_acc.legend(loc="center left", bbox_to_anchor=(0.0, 0.35), fontsize="small")
     ax_loss.legend(loc="upper left", fontsize="small")
     fig.suptitle(title)
     return _save(fig, path)

@@ -73,8 +73,7 @@ def run(config: Config, log: common.Log = print) -> dict:
     best = max(max(r["best_val_acc"]) for r in runs.values())
     threshold = config.good_fraction * best
     for label, r in runs.items():
-        good = [s for s, acc in zip(scales, r["best_val_acc"]) if acc >= threshold]
-        r["good_scales"] = {"count": len(good), "min": min(good) if good else None, "max": max(good) if good else None}
+        r["good_scales"] = good_range(scales, r["best_val_acc"], threshold)
     return {
         "experiment": NAME,
         "description": DESCRIPTION,
@@ -88,16 +87,35 @@ def run(config: Config, log: common.Log = print) -> dict:
     }
 
 
+def good_range(scales, accuracies, threshold) -> dict:
+    """How many scales reach ``threshold``, and the widest run of consecutive such scales (min, max)."""
+    good = [acc >= threshold for acc in accuracies]
+    best_run, start = (0, -1), None
+    for i, ok in enumerate(good + [False]):
+        if ok and start is None:
+            start = i
+        elif not ok and start is not None:
+            if i - start > best_run[1] - best_run[0] + 1:
+                best_run = (start, i - 1)
+            start = None
+    lo, hi = best_run
+    found = hi >= lo
+    return {"count": int(sum(good)), "run": hi - lo + 1 if found else 0,
+            "min": scales[lo] if found else None, "max": scales[hi] if found else None}
+
+
 def finding(runs, threshold, points) -> str:
     base, bn = runs["baseline"]["good_scales"], runs["batchnorm"]["good_scales"]
-    wider = "wider" if bn["count"] > base["count"] else ("as wide" if bn["count"] == base["count"] else "narrower")
+    wider = "wider" if bn["run"] > base["run"] else ("as wide" if bn["run"] == base["run"] else "narrower")
     return (f"Scales reaching a validation accuracy of at least {threshold:.3f} (90% of the sweep's best): "
-            f"batch norm {bn['count']} of {points} ({_span(bn)}), baseline {base['count']} of {points} "
-            f"({_span(base)}): batch norm's good range is {wider}.")
+            f"batch norm {bn['count']} of {points} (widest unbroken range {_span(bn)}), baseline {base['count']} "
+            f"of {points} ({_span(base)}): batch norm's good range is {wider}.")
 
 
 def _span(good):
-    return "none" if not good["count"] else f"{good['min']:.2g} to {good['max']:.2g}"
+    if not good["run"]:
+        return "none"
+    return f"{good['min']:.2g} to {good['max']:.2g}, {good['run']} consecutive points"
 
 
 def plot(results: dict, out_dir) -> list:
@@ -111,7 +129,8 @@ def plot(results: dict, out_dir) -> list:
 
 
 def table(results: dict):
-    headers = ("variant", "good scales", "good range", "best val acc (best scale)", "best val acc at 1e-2 scale nearest")
+    headers = ("variant", "good scales", "widest unbroken good range", "best val acc (at scale)",
+               "best val acc at the scale nearest 1e-2")
     rows = []
     scales = np.asarray(results["scales"])
     near = int(np.argmin(np.abs(np.log10(scales) + 2)))
