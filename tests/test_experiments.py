@@ -21,7 +21,8 @@ def tiny_config(name, **extra):
     """Each experiment shrunk to seconds, still exercising every variant and loop."""
     shrink = {
         "batchnorm": {"hidden_dims": (20, 20, 20)},
-        "weight-scale": {"hidden_dims": (20, 20, 20), "points": 3, "scale_min": 1e-3, "scale_max": 1e-1},
+        "weight-scale": {"hidden_dims": (20, 20, 20), "points": 3, "scale_min": 1e-3, "scale_max": 1e-1,
+                         "repeats": 2},
         "batch-size": {"hidden_dims": (20, 20), "batch_sizes": (20, 50), "reference_batch_size": 50},
         "layernorm": {"hidden_dims": (20, 20), "batch_sizes": (10, 40)},
     }[name]
@@ -114,6 +115,12 @@ def test_weight_scale_sweep(tmp_path):
     np.testing.assert_allclose(results["scales"], [1e-3, 1e-2, 1e-1])
     for run in results["variants"].values():
         assert len(run["best_val_acc"]) == len(run["final_train_loss"]) == 3
+        for metric in ("best_val_acc", "final_train_loss", "test_acc"):
+            per_seed = run["per_seed"][metric]
+            assert [len(v) for v in per_seed] == [2, 2, 2]
+            np.testing.assert_allclose(run[metric], np.mean(per_seed, axis=1), rtol=1e-12)
+        assert any(a != b for a, b in run["per_seed"]["best_val_acc"]) or \
+            any(a != b for a, b in run["per_seed"]["final_train_loss"])  # the repeats use different seeds
         good = run["good_scales"]
         assert 0 <= good["run"] <= good["count"] <= 3
     assert math.isclose(results["good_threshold"],

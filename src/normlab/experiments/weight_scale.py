@@ -28,8 +28,11 @@ VARIANTS = {"baseline": None, "batchnorm": "batchnorm"}
 class Config(common.BaseConfig):
     """points scales from scale_min to scale_max, evenly spaced in log10.
 
-    good_fraction: a scale counts as "good" when its best val accuracy is at
-    least this fraction of the best accuracy of the whole sweep.
+    repeats: every (scale, variant) is trained with this many seeds (seed,
+    seed + 1, ...; the data split stays that of ``seed``) and the metrics are
+    averaged, so one lucky or unlucky initialization does not make the curve.
+    good_fraction: a scale counts as "good" when its mean best val accuracy is
+    at least this fraction of the best mean accuracy of the whole sweep.
     """
 
     epochs: int = 10
@@ -40,12 +43,14 @@ class Config(common.BaseConfig):
     update_rule: str = "adam"
     learning_rate: float = 1e-3
     batch_size: int = 50
+    repeats: int = 3
     good_fraction: float = 0.9
 
     def __post_init__(self):
         super().__post_init__()
         object.__setattr__(self, "hidden_dims", common.check_positive_ints(self.hidden_dims, "hidden_dims"))
         common.check_positive_int(self.points, "points")
+        common.check_positive_int(self.repeats, "repeats")
         common.check_positive_int(self.batch_size, "batch_size")
         if not 0 < self.scale_min <= self.scale_max:
             raise ValueError(f"need 0 < scale_min <= scale_max, got {self.scale_min!r} and {self.scale_max!r}")
@@ -55,21 +60,30 @@ class Config(common.BaseConfig):
 
 
 def run(config: Config, log: common.Log = print) -> dict:
-    """Train both variants at every scale; results hold one list per metric and variant, indexed like ``scales``."""
+    """Train both variants at every scale, ``repeats`` times each.
+
+    ``variants[label][metric]`` is a list indexed like ``scales`` holding the
+    mean over the repeats of best_val_acc, final_train_loss and test_acc;
+    ``variants[label]["per_seed"][metric]`` holds the individual values
+    (one list of ``repeats`` values per scale).
+    """
     started = time.perf_counter()
     data = common.load_data(config)
     scales = config.scales()
-    metrics = ("best_val_acc", "final_train_loss", "test_acc", "val_acc")
-    runs = {label: {m: [] for m in metrics} for label in VARIANTS}
+    metrics = ("best_val_acc", "final_train_loss", "test_acc")
+    runs = {label: {**{m: [] for m in metrics}, "per_seed": {m: [] for m in metrics}} for label in VARIANTS}
     for i, scale in enumerate(scales, start=1):
         for label, normalization in VARIANTS.items():
-            r = common.train_run(
+            seeds = [common.train_run(
                 data, hidden_dims=config.hidden_dims, normalization=normalization, weight_scale=scale,
                 learning_rate=config.learning_rate, batch_size=config.batch_size, epochs=config.epochs,
-                seed=config.seed, update_rule=config.update_rule,
-                label=f"scale {i}/{len(scales)} = {scale:.2e} {label}", log=log)
+                seed=config.seed + k, update_rule=config.update_rule,
+                label=f"scale {i}/{len(scales)} = {scale:.2e} {label}, seed {config.seed + k}", log=log)
+                for k in range(config.repeats)]
             for m in metrics:
-                runs[label][m].append(r[m])
+                values = [r[m] for r in seeds]
+                runs[label]["per_seed"][m].append(values)
+                runs[label][m].append(None if None in values else float(np.mean(values)))
     best = max(max(r["best_val_acc"]) for r in runs.values())
     threshold = config.good_fraction * best
     for label, r in runs.items():
@@ -107,7 +121,7 @@ def good_range(scales, accuracies, threshold) -> dict:
 def finding(runs, threshold, points) -> str:
     base, bn = runs["baseline"]["good_scales"], runs["batchnorm"]["good_scales"]
     wider = "wider" if bn["run"] > base["run"] else ("as wide" if bn["run"] == base["run"] else "narrower")
-    return (f"Scales reaching a validation accuracy of at least {threshold:.3f} (90% of the sweep's best): "
+    return (f"Scales reaching a mean validation accuracy of at least {threshold:.3f} (90% of the sweep's best): "
             f"batch norm {bn['count']} of {points} (widest unbroken range {_span(bn)}), baseline {base['count']} "
             f"of {points} ({_span(base)}): batch norm's good range is {wider}.")
 
@@ -121,7 +135,8 @@ def _span(good):
 def plot(results: dict, out_dir) -> list:
     cfg = results["config"]
     title = (f"{len(cfg['hidden_dims'])} hidden layers of {cfg['hidden_dims'][0]} on {cfg['dataset']}, "
-             f"{cfg['epochs']} epochs of {cfg['update_rule']} (lr {cfg['learning_rate']:g}, batch {cfg['batch_size']})")
+             f"{cfg['epochs']} epochs of {cfg['update_rule']} (lr {cfg['learning_rate']:g}, "
+             f"batch {cfg['batch_size']}), mean of {cfg['repeats']} seed(s)")
     runs = {label: {k: np.asarray(r[k], dtype=float) for k in ("best_val_acc", "final_train_loss")}
             for label, r in results["variants"].items()}
     chance = 1.0 / results["data"]["classes"]
@@ -130,7 +145,7 @@ def plot(results: dict, out_dir) -> list:
 
 def table(results: dict):
     headers = ("variant", "good scales", "widest unbroken good range", "best val acc (at scale)",
-               "best val acc at the scale nearest 1e-2")
+               "best val acc at the scale nearest 1e-2")  # accuracies: means over the repeats
     rows = []
     scales = np.asarray(results["scales"])
     near = int(np.argmin(np.abs(np.log10(scales) + 2)))
