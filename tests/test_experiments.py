@@ -218,3 +218,14 @@ def test_cli_runs_on_a_local_cifar_copy(tmp_path):
     assert result.exit_code == 0, result.output
     results = read(tmp_path / "out" / "layernorm" / "results.json")
     assert results["data"]["features"] == 3072 and results["config"]["dataset"] == "cifar10"
+
+
+def test_cli_all_runs_every_experiment(tmp_path):
+    result = CliRunner().invoke(main, ["experiment", "all", "--epochs", "1", "--num-train", "100", "--seed", "3",
+                                       "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    for name in EXPERIMENTS:
+        results = read(tmp_path / name / "results.json")
+        assert results["experiment"] == name and results["config"]["seed"] == 3
+        assert (tmp_path / name / "report.md").is_file()
+    assert result.output.count("report: ") == 4
