@@ -61,7 +61,8 @@ def test_unknown_dataset_lists_known_names(bad):
         load_dataset(bad)
 
 
-@pytest.mark.parametrize("kwargs", [{"val_fraction": 0.0}, {"val_fraction": 1.0}, {"num_train": 0}])
+@pytest.mark.parametrize("kwargs", [{"val_fraction": 0.0}, {"val_fraction": 1.0}, {"val_fraction": "0.2"},
+                                    {"num_train": 0}, {"num_train": True}, {"num_train": 2.5}])
 def test_bad_split_arguments(kwargs):
     with pytest.raises(ValueError, match=next(iter(kwargs))):
         load_dataset("digits", **kwargs)

@@ -13,6 +13,7 @@ user points to.
 
 from __future__ import annotations
 
+import numbers
 import os
 import pickle
 import random
@@ -56,9 +57,10 @@ def load_dataset(name="digits", *, seed=0, data_dir=None, val_fraction=None,
         raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
     if val_fraction is None:
         val_fraction = DEFAULT_VAL_FRACTION[name]
-    if not 0.0 < float(val_fraction) < 1.0:
-        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
-    if num_train is not None and (not isinstance(num_train, (int, np.integer)) or num_train < 1):
+    if isinstance(val_fraction, bool) or not isinstance(val_fraction, numbers.Real) or not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction must be a number in (0, 1), got {val_fraction!r}")
+    if num_train is not None and (isinstance(num_train, bool) or not isinstance(num_train, numbers.Integral)
+                                  or num_train < 1):
         raise ValueError(f"num_train must be a positive integer or None, got {num_train!r}")
 
     X_pool, y_pool, X_test, y_test = _LOADERS[name](data_dir=data_dir, cache_dir=cache_dir)
