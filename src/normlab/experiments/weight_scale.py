@@ -129,6 +129,8 @@ def finding(runs, threshold, points) -> str:
 def _span(good):
     if not good["run"]:
         return "none"
+    if good["run"] == 1:
+        return f"{good['min']:.2g} only"
     return f"{good['min']:.2g} to {good['max']:.2g}, {good['run']} consecutive points"
 
 
