@@ -10,6 +10,7 @@ from . import gradcheck
 from .backends import available_backends, get_backend
 from .core import Layout, NormCache
 from .layers import BatchNorm, GroupNorm, LayerNorm, RunningStats
+from .lab import FullyConnectedNet, Solver
 from .norms import (
     batchnorm_backward,
     batchnorm_backward_graph,
@@ -26,11 +27,13 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BatchNorm",
+    "FullyConnectedNet",
     "GroupNorm",
     "LayerNorm",
     "Layout",
     "NormCache",
     "RunningStats",
+    "Solver",
     "available_backends",
     "batchnorm_backward",
     "batchnorm_backward_graph",
