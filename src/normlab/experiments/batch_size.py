@@ -9,8 +9,8 @@ smaller batches take more steps).
 
 from __future__ import annotations
 
-import time
-from dataclasses import asdict, dataclass
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import common, plots
@@ -44,24 +44,7 @@ class Config(common.BaseConfig):
 
 def run(config: Config, log: common.Log = print) -> dict:
     """Train both variants at every batch size; ``variants[label][str(batch_size)]`` is one run."""
-    started = time.perf_counter()
-    data = common.load_data(config)
-    runs = {label: {} for label in VARIANTS}
-    for bs in config.batch_sizes:
-        for label, normalization in VARIANTS.items():
-            runs[label][str(bs)] = common.train_run(
-                data, hidden_dims=config.hidden_dims, normalization=normalization, weight_scale=config.weight_scale,
-                learning_rate=config.learning_rate, batch_size=bs, epochs=config.epochs, seed=config.seed,
-                update_rule=config.update_rule, label=f"{label}, batch {bs}", log=log)
-    return {
-        "experiment": NAME,
-        "description": DESCRIPTION,
-        "config": asdict(config),
-        "data": common.data_summary(data),
-        "variants": runs,
-        "finding": finding(runs, config.batch_sizes),
-        "timing": {"seconds": time.perf_counter() - started},
-    }
+    return common.sweep_batch_sizes(sys.modules[__name__], config, log)
 
 
 def finding(runs, batch_sizes) -> str:

@@ -119,6 +119,34 @@ def train_run(data: dict, *, hidden_dims, normalization, weight_scale, learning_
     return result
 
 
+def sweep_batch_sizes(module, config, log: Log = _quiet) -> dict:
+    """Train each of ``module.VARIANTS`` at every ``config.batch_sizes``: the batch-size sweeps.
+
+    Returns the results dict of experiment ``module`` (its NAME, DESCRIPTION and
+    ``finding(runs, batch_sizes)``), with ``variants[label][str(batch_size)]`` one run.
+    """
+    from dataclasses import asdict
+
+    started = time.perf_counter()
+    data = load_data(config)
+    runs = {label: {} for label in module.VARIANTS}
+    for bs in config.batch_sizes:
+        for label, normalization in module.VARIANTS.items():
+            runs[label][str(bs)] = train_run(
+                data, hidden_dims=config.hidden_dims, normalization=normalization, weight_scale=config.weight_scale,
+                learning_rate=config.learning_rate, batch_size=bs, epochs=config.epochs, seed=config.seed,
+                update_rule=config.update_rule, label=f"{label}, batch {bs}", log=log)
+    return {
+        "experiment": module.NAME,
+        "description": module.DESCRIPTION,
+        "config": asdict(config),
+        "data": data_summary(data),
+        "variants": runs,
+        "finding": module.finding(runs, config.batch_sizes),
+        "timing": {"seconds": time.perf_counter() - started},
+    }
+
+
 def _fmt(value):
     return "n/a" if value is None else f"{value:.3f}"
 
