@@ -28,8 +28,8 @@ DOUBLE_BACKWARD_MESSAGE = (
 )
 
 
-def as_numpy(tensor: torch.Tensor, name: str) -> np.ndarray:
-    """A NumPy view of a CPU float tensor (zero-copy when contiguous)."""
+def check_tensor(tensor: torch.Tensor, name: str) -> None:
+    """TypeError/ValueError unless ``tensor`` is a float16/32/64 CPU tensor."""
     if not isinstance(tensor, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
     if tensor.device.type != "cpu":
@@ -38,6 +38,11 @@ def as_numpy(tensor: torch.Tensor, name: str) -> np.ndarray:
     if tensor.dtype not in _FLOAT_DTYPES:
         raise TypeError(f"{name} must be float16, float32 or float64, got {tensor.dtype} "
                         f"with shape {tuple(tensor.shape)}")
+
+
+def as_numpy(tensor: torch.Tensor, name: str) -> np.ndarray:
+    """A NumPy view of a CPU float tensor (zero-copy when contiguous)."""
+    check_tensor(tensor, name)
     return tensor.detach().contiguous().numpy()
 
 
@@ -102,8 +107,7 @@ def update_running_stats(running_mean, running_var, batch_mean, batch_var, count
 
 
 def _input_dims(x, name, min_ndim=2):
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    check_tensor(x, name)
     if x.dim() < min_ndim:
         raise ValueError(f"{name} must have at least {min_ndim} dimensions, got shape {tuple(x.shape)}")
 
@@ -150,4 +154,4 @@ def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5, *, backend="
     return _apply(input, weight, bias, layout, eps, backend=backend, name="group_norm")[0]
 
 
-__all__ = ["NormFunction", "as_numpy", "batch_norm", "group_norm", "layer_norm", "update_running_stats"]
+__all__ = ["NormFunction", "as_numpy", "check_tensor", "batch_norm", "group_norm", "layer_norm", "update_running_stats"]

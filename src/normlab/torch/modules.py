@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .functions import batch_norm, group_norm, layer_norm
+from .functions import batch_norm, check_tensor, group_norm, layer_norm
 
 
 class BatchNorm(_BatchNorm):
@@ -30,32 +30,38 @@ class BatchNorm(_BatchNorm):
         self.backend = backend
 
     def _check_input_dim(self, input):
+        check_tensor(input, "input")
         if input.dim() not in (2, 3, 4):
             raise ValueError(f"expected a 2-, 3- or 4-d input (N, C), (N, C, L) or (N, C, H, W), "
                              f"got shape {tuple(input.shape)}")
+        self._check_channels(input)
+
+    def _check_channels(self, input):
         if input.shape[1] != self.num_features:
             raise ValueError(f"{type(self).__name__}(num_features={self.num_features}) expects "
                              f"{self.num_features} channels on axis 1, got input shape {tuple(input.shape)}")
 
-    def _step_running_stats(self) -> tuple[bool, float]:
-        """torch.nn.BatchNorm's bookkeeping: (use batch statistics?, running-stat update factor).
+    def _counts_batch(self) -> bool:
+        """Does this forward count a batch in num_batches_tracked (and update the running stats)?"""
+        return self.training and self.track_running_stats and self.num_batches_tracked is not None
 
-        Counts the batch in num_batches_tracked when training with tracked stats.
-        """
-        factor = 0.0 if self.momentum is None else self.momentum
-        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
-            self.num_batches_tracked.add_(1)
-            if self.momentum is None:
-                factor = 1.0 / float(self.num_batches_tracked)
-        use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
-        return use_batch_stats, factor
+    def _update_factor(self) -> float:
+        """torch.nn.BatchNorm's running-stat factor: momentum, or 1/num_batches for momentum None."""
+        if self.momentum is not None:
+            return self.momentum
+        return 1.0 / float(self.num_batches_tracked + 1) if self._counts_batch() else 0.0
 
     def forward(self, input):
         self._check_input_dim(input)
-        use_batch_stats, factor = self._step_running_stats()
+        use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
         tracked = not self.training or self.track_running_stats
-        return batch_norm(input, self.running_mean if tracked else None, self.running_var if tracked else None,
-                          self.weight, self.bias, use_batch_stats, factor, self.eps, backend=self.backend)
+        out = batch_norm(input, self.running_mean if tracked else None, self.running_var if tracked else None,
+                         self.weight, self.bias, use_batch_stats, self._update_factor(), self.eps,
+                         backend=self.backend)
+        # Counted after a successful forward, so a rejected input changes no state.
+        if self._counts_batch():
+            self.num_batches_tracked.add_(1)
+        return out
 
 
 class LayerNorm(torch.nn.LayerNorm):

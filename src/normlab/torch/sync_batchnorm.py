@@ -14,7 +14,7 @@ import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .. import distributed
-from .functions import as_numpy, check_once_differentiable, update_running_stats
+from .functions import as_numpy, check_once_differentiable, check_tensor, update_running_stats
 from .modules import BatchNorm
 
 
@@ -69,23 +69,22 @@ class SyncBatchNorm(BatchNorm):
         self.process_group = process_group
 
     def _check_input_dim(self, input):
+        check_tensor(input, "input")
         if input.dim() < 2:
             raise ValueError(f"expected at least a 2-d input (N, C, *), got shape {tuple(input.shape)}")
-        if input.shape[1] != self.num_features:
-            raise ValueError(f"SyncBatchNorm(num_features={self.num_features}) expects {self.num_features} "
-                             f"channels on axis 1, got input shape {tuple(input.shape)}")
+        self._check_channels(input)
 
     def forward(self, input):
-        # torch.nn.SyncBatchNorm's rule: synchronize only when training with batch statistics.
-        sync = self.training and distributed.world_size(self.process_group) > 1
-        if not sync:
+        # torch.nn.SyncBatchNorm's rule: synchronize only when training (with batch statistics).
+        if not (self.training and distributed.world_size(self.process_group) > 1):
             return super().forward(input)
         self._check_input_dim(input)
-        _, factor = self._step_running_stats()
         out, mean, var, count = SyncBatchNormFunction.apply(input, self.weight, self.bias, self.eps,
                                                             self.process_group, self.backend)
-        if self.track_running_stats:
-            update_running_stats(self.running_mean, self.running_var, mean, var, int(count), factor)
+        if self._counts_batch():
+            update_running_stats(self.running_mean, self.running_var, mean, var, int(count),
+                                 self._update_factor())
+            self.num_batches_tracked.add_(1)
         return out
 
 
