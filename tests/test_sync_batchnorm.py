@@ -9,6 +9,7 @@ collectives counted. Processes run on 127.0.0.1 with bounded timeouts.
 
 import multiprocessing
 import socket
+import time
 from contextlib import contextmanager
 from datetime import timedelta
 
@@ -134,11 +135,12 @@ def test_sync_batchnorm_matches_single_process_batchnorm(shards):
 # ----------------------------------------------------------------------------- faults
 
 FAULT_MESSAGE = "rank 1 gives up before the collective"
+FAULT_TIMEOUT_S = 5
 
 
-def _fault_worker(rank, world_size, port, results):
+def _fault_worker(rank, world_size, port, results, faulty_rank_stays):
     try:
-        _init(rank, world_size, port, 10)
+        _init(rank, world_size, port, FAULT_TIMEOUT_S)
         bn = nt.SyncBatchNorm(3).double()
         if rank == 1:
             raise ValueError(FAULT_MESSAGE)
@@ -146,14 +148,19 @@ def _fault_worker(rank, world_size, port, results):
         results.put((rank, "no error", tuple(out.shape)))
     except Exception as exc:  # report what each rank saw to the test
         results.put((rank, type(exc).__name__, str(exc)))
+        if rank == 1 and faulty_rank_stays:
+            # Alive but never joining the collective: only the timeout can end the peers' wait.
+            time.sleep(2 * FAULT_TIMEOUT_S)
 
 
-def test_a_rank_that_raises_makes_the_others_fail_clearly_without_hanging():
+@pytest.mark.parametrize("faulty_rank_stays", [False, True], ids=["faulty-rank-exits", "faulty-rank-stays"])
+def test_a_rank_that_raises_makes_the_others_fail_clearly_without_hanging(faulty_rank_stays):
     ctx = multiprocessing.get_context("spawn")
     results = ctx.Queue()
     world_size = 3
     port = _free_port()
-    procs = [ctx.Process(target=_fault_worker, args=(r, world_size, port, results)) for r in range(world_size)]
+    procs = [ctx.Process(target=_fault_worker, args=(r, world_size, port, results, faulty_rank_stays))
+             for r in range(world_size)]
     for p in procs:
         p.start()
     reports = {}
@@ -163,7 +170,7 @@ def test_a_rank_that_raises_makes_the_others_fail_clearly_without_hanging():
             reports[rank] = (kind, message)
     finally:
         for p in procs:
-            p.join(timeout=10)
+            p.join(timeout=30)
             if p.is_alive():
                 p.kill()
     assert reports[1] == ("ValueError", FAULT_MESSAGE)
