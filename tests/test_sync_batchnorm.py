@@ -234,3 +234,32 @@ def test_merge_moments_equals_moments_of_the_concatenation():
     assert rel_error(merged.var, whole.var(axis=(0, 2))) < 1e-10
     empty = distributed.merge_moments(np.zeros((2, 3)), np.zeros((2, 3)), np.zeros((2, 3)))
     assert np.all(empty.count == 0) and np.all(empty.mean == 0) and np.all(empty.var == 0)
+
+
+def test_sync_function_gradcheck_in_one_process():
+    # The synchronized closed form (global sums, given global statistics) against
+    # numerical gradients; with one rank the sums are local.
+    from normlab.torch.sync_batchnorm import SyncBatchNormFunction
+
+    g = torch.Generator().manual_seed(9)
+    x = (torch.randn(4, 3, 2, 3, dtype=torch.float64, generator=g) * 2 + 5).requires_grad_()
+    w = (torch.rand(3, dtype=torch.float64, generator=g) + 0.5).requires_grad_()
+    b = torch.randn(3, dtype=torch.float64, generator=g).requires_grad_()
+    assert torch.autograd.gradcheck(lambda x, w, b: SyncBatchNormFunction.apply(x, w, b, 1e-5, None, "auto")[0],
+                                    (x, w, b))
+    assert torch.autograd.gradcheck(lambda x: SyncBatchNormFunction.apply(x, None, None, 1e-5, None, "auto")[0],
+                                    (x,))
+
+
+def test_world_size_one_communicates_nothing():
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1,
+                            timeout=timedelta(seconds=30))
+    try:
+        bn = nt.SyncBatchNorm(3).double()
+        x = torch.randn(4, 3, 5, dtype=torch.float64, requires_grad=True)
+        with _count_collectives() as counts:
+            out = bn(x)
+            torch.autograd.grad(out, x, torch.randn_like(out))
+        assert counts == {"all_gather": 0, "all_reduce": 0}
+    finally:
+        dist.destroy_process_group()
