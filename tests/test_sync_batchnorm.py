@@ -263,3 +263,22 @@ def test_world_size_one_communicates_nothing():
         assert counts == {"all_gather": 0, "all_reduce": 0}
     finally:
         dist.destroy_process_group()
+
+
+def test_example_script_trains_the_same_on_one_and_two_processes():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "examples" / "sync_batchnorm_cpu.py"
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "TORCHELASTIC_RUN_ID")}
+
+    def losses(nproc):
+        result = subprocess.run([sys.executable, str(script), "--nproc", str(nproc), "--steps", "3"],
+                                capture_output=True, text=True, timeout=120, env=env)
+        assert result.returncode == 0, result.stderr
+        return [line for line in result.stdout.splitlines() if line.startswith("step")]
+
+    one, two = losses(1), losses(2)
+    assert len(one) == 3 and one == two
