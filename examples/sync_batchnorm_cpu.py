@@ -19,6 +19,7 @@ rounding): compare --nproc 1, 2 and 3.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import socket
 from datetime import timedelta
@@ -79,14 +80,22 @@ def train(steps: int) -> None:
         print(f"{world} ranks; first batch norm's running mean: {bn.running_mean[:4].tolist()}", flush=True)
 
 
+def run(steps: int) -> None:
+    """Train, then shut down in step: gloo can abort a process whose peers leave while DDP's
+    work objects are still alive, so free them (gc) and wait for every rank before leaving."""
+    try:
+        train(steps)
+        gc.collect()
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
 def _spawned(rank: int, world: int, port: int, steps: int) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
                             timeout=timedelta(seconds=30))
-    try:
-        train(steps)
-    finally:
-        dist.destroy_process_group()
+    run(steps)
 
 
 def _free_port() -> int:
@@ -102,10 +111,7 @@ def main() -> None:
     args = parser.parse_args()
     if "TORCHELASTIC_RUN_ID" in os.environ or "RANK" in os.environ:  # launched by torchrun
         dist.init_process_group("gloo", timeout=timedelta(seconds=60))
-        try:
-            train(args.steps)
-        finally:
-            dist.destroy_process_group()
+        run(args.steps)
     else:
         mp.spawn(_spawned, args=(args.nproc, _free_port(), args.steps), nprocs=args.nproc, join=True)
 
