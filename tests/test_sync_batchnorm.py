@@ -123,6 +123,12 @@ def _equivalence_worker(rank, world_size, port, shards):
     try:
         for i, (reference_cls, sample_shape, kwargs) in enumerate(CASES):
             _check_case(rank, shards, reference_cls, sample_shape, kwargs, seed=100 + i)
+        # The collectives take NumPy arrays and tensors alike, and return float64 NumPy arrays.
+        mine = torch.tensor([rank, 1.0], dtype=torch.float32, requires_grad=True)
+        assert np.array_equal(distributed.all_reduce_sum(mine), [sum(range(world_size)), world_size])
+        assert mine.tolist() == [rank, 1.0]  # not reduced in place
+        rows = distributed.all_gather_rows(np.array([rank, 2 * rank]))
+        assert rows.dtype == np.float64 and np.array_equal(rows, [[r, 2 * r] for r in range(world_size)])
     finally:
         dist.destroy_process_group()
 

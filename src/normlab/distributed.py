@@ -121,12 +121,23 @@ def _collective_failed(what: str, group, exc: Exception) -> RuntimeError:
     )
 
 
-def all_gather_rows(array: np.ndarray, group=None) -> np.ndarray:
-    """All-gather a float64 array from every rank: (*shape) -> (R, *shape). ONE collective."""
+def _float64_tensor(array, *, copy: bool):
+    """A contiguous float64 CPU tensor holding a NumPy array's or a tensor's values."""
+    import torch
+
+    if isinstance(array, torch.Tensor):
+        out = array.detach().to(device="cpu", dtype=torch.float64).contiguous()
+        return out.clone() if copy and out.data_ptr() == array.data_ptr() else out
+    array = np.array(array, dtype=np.float64, order="C") if copy else np.ascontiguousarray(array, np.float64)
+    return torch.from_numpy(array)
+
+
+def all_gather_rows(array, group=None) -> np.ndarray:
+    """All-gather a NumPy array or tensor from every rank: (*shape) -> float64 (R, *shape). ONE collective."""
     import torch
     import torch.distributed as dist
 
-    local = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float64))
+    local = _float64_tensor(array, copy=False)
     parts = [torch.empty_like(local) for _ in range(dist.get_world_size(group))]
     try:
         dist.all_gather(parts, local, group=group)
@@ -135,12 +146,11 @@ def all_gather_rows(array: np.ndarray, group=None) -> np.ndarray:
     return torch.stack(parts).numpy()
 
 
-def all_reduce_sum(array: np.ndarray, group=None) -> np.ndarray:
-    """Sum a float64 array over all ranks. ONE collective; returns a new array."""
-    import torch
+def all_reduce_sum(array, group=None) -> np.ndarray:
+    """Sum a NumPy array or tensor over all ranks, in float64. ONE collective; returns a new array."""
     import torch.distributed as dist
 
-    buffer = torch.from_numpy(np.array(array, dtype=np.float64, copy=True))
+    buffer = _float64_tensor(array, copy=True)
     try:
         dist.all_reduce(buffer, op=dist.ReduceOp.SUM, group=group)
     except RuntimeError as exc:
