@@ -116,7 +116,7 @@ def _collective_failed(what: str, group, exc: Exception) -> RuntimeError:
     import torch.distributed as dist
 
     return RuntimeError(
-        f"synchronized batch norm: {what} failed on rank {dist.get_rank()} of {dist.get_world_size(group)} "
+        f"{what} failed on rank {dist.get_rank()} of {dist.get_world_size(group)} "
         f"(a peer rank may have crashed, raised before reaching this layer, or timed out): {exc}"
     )
 
@@ -132,8 +132,12 @@ def _float64_tensor(array, *, copy: bool):
     return torch.from_numpy(array)
 
 
-def all_gather_rows(array, group=None) -> np.ndarray:
-    """All-gather a NumPy array or tensor from every rank: (*shape) -> float64 (R, *shape). ONE collective."""
+def all_gather_rows(array, group=None, *,
+                    what="synchronized batch norm: all_gather of per-rank batch statistics") -> np.ndarray:
+    """All-gather a NumPy array or tensor from every rank: (*shape) -> float64 (R, *shape). ONE collective.
+
+    A failed collective raises a RuntimeError that starts with ``what`` and names this rank.
+    """
     import torch
     import torch.distributed as dist
 
@@ -142,11 +146,12 @@ def all_gather_rows(array, group=None) -> np.ndarray:
     try:
         dist.all_gather(parts, local, group=group)
     except RuntimeError as exc:
-        raise _collective_failed("all_gather of per-rank batch statistics", group, exc) from exc
+        raise _collective_failed(what, group, exc) from exc
     return torch.stack(parts).numpy()
 
 
-def all_reduce_sum(array, group=None) -> np.ndarray:
+def all_reduce_sum(array, group=None, *,
+                   what="synchronized batch norm: all_reduce of per-channel gradient sums") -> np.ndarray:
     """Sum a NumPy array or tensor over all ranks, in float64. ONE collective; returns a new array."""
     import torch.distributed as dist
 
@@ -154,7 +159,7 @@ def all_reduce_sum(array, group=None) -> np.ndarray:
     try:
         dist.all_reduce(buffer, op=dist.ReduceOp.SUM, group=group)
     except RuntimeError as exc:
-        raise _collective_failed("all_reduce of per-channel gradient sums", group, exc) from exc
+        raise _collective_failed(what, group, exc) from exc
     return buffer.numpy()
 
 
