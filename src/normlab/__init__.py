@@ -9,6 +9,7 @@ Layers with state: ``BatchNorm``, ``LayerNorm``, ``GroupNorm``.
 from . import gradcheck
 from .backends import available_backends, get_backend
 from .core import Layout, NormCache
+from .fold import fold_batchnorm
 from .layers import BatchNorm, GroupNorm, LayerNorm, RunningStats
 from .lab import FullyConnectedNet, Solver
 from .norms import (
@@ -38,6 +39,7 @@ __all__ = [
     "batchnorm_backward",
     "batchnorm_backward_graph",
     "batchnorm_forward",
+    "fold_batchnorm",
     "get_backend",
     "gradcheck",
     "groupnorm_backward",
