@@ -65,6 +65,11 @@ def _dp_worker(rank, world_size, port, out_dir):
                      loss=solver.loss_history, val=solver.val_acc_history, train=solver.train_acc_history,
                      **{f"best/{k}": v for k, v in solver.best_params.items()})
             dist.barrier()  # rank 0's last checkpoint is complete before anyone reads it
+        data = load_dataset("digits", seed=0, num_train=300)
+        try:
+            Solver(FullyConnectedNet([8], 64, 10), data, batch_size=1, data_parallel=True)
+        except ValueError as exc:
+            Path(out_dir, f"batch-size-error-rank{rank}.txt").write_text(str(exc))
     finally:
         dist.destroy_process_group()
 
@@ -111,6 +116,24 @@ def test_two_ranks_train_like_one_process(two_rank_runs, tmp_path, name):
             assert rel_error(dp_arrays[key], value) < TOL, key
     for key in ("epoch", "rng", "dropout_rng", "num_batches_tracked", "optim_state", "solver", "model"):
         assert dp_meta[key] == one_meta[key], key
+
+
+def test_a_batch_smaller_than_the_world_is_refused_on_every_rank(two_rank_runs):
+    for rank in range(2):
+        message = (two_rank_runs / f"batch-size-error-rank{rank}.txt").read_text()
+        assert "batch_size 1 is smaller than the 2 data-parallel processes" in message
+
+
+def test_data_parallel_needs_a_process_group_and_sane_settings():
+    from normlab.lab.train import TrainConfig, train
+
+    data = load_dataset("digits", seed=0, num_train=100)
+    with pytest.raises(ValueError, match="needs an initialized torch.distributed process group"):
+        Solver(FullyConnectedNet([8], 64, 10), data, data_parallel=True)
+    with pytest.raises(ValueError, match="nproc must be an integer >= 1, got 0"):
+        train(TrainConfig(nproc=0))
+    with pytest.raises(ValueError, match="timeout must be a number of seconds > 0"):
+        train(TrainConfig(nproc=2, timeout=-1))
 
 
 # ----------------------------------------------------------------------------- model level, one process

@@ -112,6 +112,15 @@ def world_size(group=None) -> int:
     return dist.get_world_size(group)
 
 
+def is_initialized() -> bool:
+    """Whether a torch.distributed default process group exists (False without torch)."""
+    try:
+        import torch.distributed as dist
+    except ImportError:
+        return False
+    return dist.is_available() and dist.is_initialized()
+
+
 def rank(group=None) -> int:
     """This process's rank in ``group`` (the default group for None); 0 when torch.distributed is not initialized."""
     if world_size(group) == 1:

@@ -129,6 +129,9 @@ class Solver:
         self.stream = stream
         self.blas_threads = blas_threads
         self.iterations_per_epoch = max(num_train // self.batch_size, 1)
+        if data_parallel and not distributed.is_initialized():
+            raise ValueError("data_parallel=True needs an initialized torch.distributed process group "
+                             "(torch.distributed.init_process_group), e.g. as started by normlab.lab.parallel")
         self.process_group = process_group
         self.world_size = distributed.world_size(process_group) if data_parallel else 1
         self.rank = distributed.rank(process_group) if data_parallel else 0

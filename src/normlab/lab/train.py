@@ -60,6 +60,10 @@ def train(config: TrainConfig, *, verbose: bool = True, progress: str = "auto", 
     """
     from . import parallel
 
+    if isinstance(config.nproc, bool) or not isinstance(config.nproc, int) or config.nproc < 1:
+        raise ValueError(f"nproc must be an integer >= 1, got {config.nproc!r}")
+    if isinstance(config.timeout, bool) or not isinstance(config.timeout, (int, float)) or not config.timeout > 0:
+        raise ValueError(f"timeout must be a number of seconds > 0, got {config.timeout!r}")
     if config.nproc > 1 or parallel.launched_by_torchrun():
         return parallel.train_data_parallel(config, verbose=verbose, progress=progress)
     return run(config, verbose=verbose, progress=progress, stream=stream)
