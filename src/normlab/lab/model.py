@@ -25,8 +25,8 @@ whole global batch, identical on every rank (see ``normlab.lab.parallel``).
 
 from __future__ import annotations
 
-import numbers
 import functools
+import numbers
 from typing import Callable, NamedTuple
 
 import numpy as np
