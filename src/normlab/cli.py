@@ -73,6 +73,10 @@ def check(backend, seed):
 @click.option("--checkpoint-every", default=1, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue the run checkpointed in --checkpoint-dir.")
 @click.option("--print-every", default=100, show_default=True, help="Iterations between log lines (no terminal).")
+@click.option("--nproc", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Data-parallel processes on this machine (gloo over 127.0.0.1; needs PyTorch).")
+@click.option("--timeout", default=120.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Data-parallel: seconds a process waits for its peers before failing.")
 @click.option("--quiet", is_flag=True, help="No progress output, only the summary.")
 def train(quiet, hidden_dims, normalization, **options):
     """Train one fully-connected net, checkpoint it, and print a summary."""
@@ -89,6 +93,8 @@ def train(quiet, hidden_dims, normalization, **options):
         summary = lab_train.train(config, verbose=not quiet)
     except (ValueError, TypeError, OSError, RuntimeError) as exc:  # bad settings, data or checkpoint
         raise click.ClickException(str(exc)) from exc
+    if summary is None:  # a rank other than 0 under torchrun: rank 0 prints the summary
+        return
     for line in lab_train.format_summary(summary):
         click.echo(line)
 

@@ -112,6 +112,36 @@ def world_size(group=None) -> int:
     return dist.get_world_size(group)
 
 
+def is_initialized() -> bool:
+    """Whether a torch.distributed default process group exists (False without torch)."""
+    try:
+        import torch.distributed as dist
+    except ImportError:
+        return False
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank(group=None) -> int:
+    """This process's rank in ``group`` (the default group for None); 0 when torch.distributed is not initialized."""
+    if world_size(group) == 1:
+        return 0
+    import torch.distributed as dist
+
+    return dist.get_rank(group)
+
+
+def shard_bounds(n: int, rank: int, world_size: int) -> tuple[int, int]:
+    """(start, stop) of rank's contiguous share of n rows, as ``np.array_split(range(n), world_size)[rank]``.
+
+    The first ``n % world_size`` ranks get one row more; shards may be empty when n < world_size.
+    """
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
+    base, extra = divmod(n, world_size)
+    start = rank * base + min(rank, extra)
+    return start, start + base + (rank < extra)
+
+
 def _collective_failed(what: str, group, exc: Exception) -> RuntimeError:
     import torch.distributed as dist
 
@@ -161,6 +191,23 @@ def all_reduce_sum(array, group=None, *,
     except RuntimeError as exc:
         raise _collective_failed(what, group, exc) from exc
     return buffer.numpy()
+
+
+def all_reduce_arrays(arrays, group=None, *,
+                      what="data-parallel training: all_reduce of the packed gradients") -> list[np.ndarray]:
+    """Sum each of several arrays over all ranks with ONE all_reduce of one flat float64 buffer.
+
+    arrays: a sequence of arrays of any shapes (the same on every rank).
+    Returns float64 arrays of the same shapes, new ones (no collective for one rank).
+    """
+    arrays = [np.asarray(a) for a in arrays]
+    flat = np.concatenate([a.ravel() for a in arrays]).astype(np.float64) if arrays else np.zeros(0)
+    total = flat if world_size(group) == 1 else all_reduce_sum(flat, group, what=what)
+    out, start = [], 0
+    for a in arrays:
+        out.append(total[start:start + a.size].reshape(a.shape))
+        start += a.size
+    return out
 
 
 def global_moments(x, group=None) -> Moments:

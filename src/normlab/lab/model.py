@@ -17,16 +17,21 @@ Three kinds of state are kept apart, as Flax keeps its collections apart:
     (``"layer1"``, ...), only for batch norm; an optimizer never sees them.
 ``dropout_rng``
     the model's own ``np.random.Generator`` for dropout masks.
+
+Data parallelism: :meth:`FullyConnectedNet.loss` with a :class:`Shard` takes
+one rank's rows of a global batch and returns the loss and gradients of the
+whole global batch, identical on every rank (see ``normlab.lab.parallel``).
 """
 
 from __future__ import annotations
 
+import functools
 import numbers
 from typing import Callable, NamedTuple
 
 import numpy as np
 
-from .. import _checks
+from .. import _checks, distributed
 from ..layers import RunningStats
 from ..norms import batchnorm_forward, layernorm_forward
 from . import ops
@@ -56,6 +61,19 @@ NORMALIZATIONS: dict[str, Normalization] = {
     "batchnorm": Normalization(batchnorm_forward, running_stats=True, affine_bias=False),
     "layernorm": Normalization(layernorm_forward, running_stats=False, affine_bias=True),
 }
+
+
+class Shard(NamedTuple):
+    """Where one rank's rows sit in a global batch that is split over the ranks of a process group.
+
+    start: index of this rank's first row in the global batch; total: rows of
+    the global batch (B); group: the torch.distributed process group (None:
+    the default group).
+    """
+
+    start: int
+    total: int
+    group: object = None
 
 
 def get_normalization(name: str | None) -> Normalization:
@@ -159,7 +177,7 @@ class FullyConnectedNet:
         args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
         return f"FullyConnectedNet({args})"
 
-    def loss(self, X, y=None, *, training: bool | None = None):
+    def loss(self, X, y=None, *, training: bool | None = None, shard: Shard | None = None):
         """Forward (and backward when y is given).
 
         X: (N, D) (or (N, ...) with D features). y: (N,) int labels, or None.
@@ -168,6 +186,14 @@ class FullyConnectedNet:
             ones (batch norm) and applies dropout; test mode uses the running
             statistics and no dropout. Pass ``training=False`` with y for a
             validation loss that leaves all state alone.
+        shard: data parallelism: X, y are rows ``start:start+N`` of a global
+            batch of ``total`` rows split over the ranks of ``group``, and
+            every rank calls this together. Batch statistics are those of the
+            global batch (synchronized in forward and backward, running
+            statistics from the global count), dropout masks are this shard's
+            rows of the global batch's masks, the data loss is weighted
+            N/total, and ONE all_reduce sums loss and gradients: every rank
+            gets the loss and grads of the global batch.
         Returns scores (N, C) when y is None, else (loss, grads) with grads
         keyed like ``params``.
         """
@@ -177,7 +203,13 @@ class FullyConnectedNet:
         if X.shape[1] != self.input_dim:
             raise ValueError(f"X must have {self.input_dim} features per sample, got shape {X.shape}")
         X = X.astype(self.dtype, copy=False)
+        if shard is not None:
+            _check_shard(shard, X.shape[0], y)
         p = self.params
+        # Statistics over the batch must be those of the global batch; per-sample ones (layer norm) need no sync.
+        norm_forward = self.norm.forward
+        if shard is not None and training and self.norm.running_stats:
+            norm_forward = functools.partial(_sync_batchnorm_forward, group=shard.group)
 
         caches = []
         h = X
@@ -188,11 +220,14 @@ class FullyConnectedNet:
                 stats = self.batch_stats.get(f"layer{i}")
                 given = {} if training or stats is None else {"mean": stats.mean, "var": stats.var}
                 h, cache = ops.affine_norm_relu_forward(
-                    h, p[f"W{i}"], p.get(f"b{i}"), p[f"gamma{i}"], p[f"beta{i}"], self.norm.forward,
+                    h, p[f"W{i}"], p.get(f"b{i}"), p[f"gamma{i}"], p[f"beta{i}"], norm_forward,
                     self.eps, backend=self.backend, **given)
                 if training and stats is not None:
-                    stats.update(cache.norm.mean, cache.norm.var, cache.norm.layout.count)
-            h, drop_cache = ops.dropout_forward(h, self.dropout, self.dropout_rng, training)
+                    stats.update(*_batch_moments(cache.norm))
+            if shard is not None and training and self.dropout:
+                h, drop_cache = _shard_dropout(h, self.dropout, self.dropout_rng, shard)
+            else:
+                h, drop_cache = ops.dropout_forward(h, self.dropout, self.dropout_rng, training)
             caches.append((cache, drop_cache))
         L = self.num_layers
         scores, out_cache = ops.affine_forward(h, p[f"W{L}"], p[f"b{L}"])
@@ -200,6 +235,10 @@ class FullyConnectedNet:
             return scores
 
         data_loss, dscores = ops.softmax_loss(scores, y)
+        if shard is not None:
+            # This shard's share of the global mean: the summed shares are the global batch's loss.
+            weight = X.shape[0] / shard.total
+            data_loss, dscores = data_loss * weight, dscores * weight
         weights = [p[f"W{i}"] for i in range(1, L + 1)]
         reg_loss = 0.5 * self.reg * sum(float(np.sum(w * w)) for w in weights)
 
@@ -208,10 +247,16 @@ class FullyConnectedNet:
         for i in range(L - 1, 0, -1):
             cache, drop_cache = caches[i - 1]
             dh = ops.dropout_backward(dh, drop_cache)
-            dh, grads[f"W{i}"], grads[f"b{i}"], dgamma, dbeta = ops.sandwich_backward(dh, cache)
+            dh, grads[f"W{i}"], grads[f"b{i}"], dgamma, dbeta = _sandwich_backward(dh, cache)
             if dgamma is not None:
                 grads[f"gamma{i}"], grads[f"beta{i}"] = dgamma, dbeta
-        if self.reg:
+        if shard is not None:
+            # One collective per step: every gradient and the loss packed into one float64 buffer.
+            keys = list(p)
+            summed = distributed.all_reduce_arrays([grads[k] for k in keys] + [np.array([data_loss])], shard.group)
+            grads = {k: g.astype(self.dtype, copy=False) for k, g in zip(keys, summed)}
+            data_loss = float(summed[-1][0])
+        if self.reg:  # added after the sum, once
             for i in range(1, L + 1):
                 grads[f"W{i}"] = grads[f"W{i}"] + self.reg * p[f"W{i}"]
         return data_loss + reg_loss, {k: grads[k] for k in p}  # drops db of bias-free layers
@@ -221,3 +266,54 @@ class FullyConnectedNet:
         X = np.asarray(X)
         preds = [np.argmax(self.loss(X[i:i + batch_size]), axis=1) for i in range(0, X.shape[0], batch_size)]
         return np.concatenate(preds) if preds else np.zeros(0, dtype=np.int64)
+
+
+# ----------------------------------------------------------------------------- data parallelism
+
+def _check_shard(shard, n: int, y) -> None:
+    if not isinstance(shard, Shard):
+        raise TypeError(f"shard must be a normlab.lab.model.Shard, got {type(shard).__name__}")
+    if y is None:
+        raise ValueError("shard needs labels y: a sharded call returns the global batch's loss and gradients")
+    if not (isinstance(shard.start, numbers.Integral) and isinstance(shard.total, numbers.Integral)
+            and 0 <= shard.start and shard.start + n <= shard.total and n > 0):
+        raise ValueError(f"shard must place this rank's {n} rows (at least 1) inside the global batch, "
+                         f"got start {shard.start!r}, total {shard.total!r}")
+
+
+def _sync_batchnorm_forward(x, gamma, beta, eps, *, group, mean=None, var=None, backend="auto"):
+    """A core-style norm forward ``(out, cache)`` with the statistics of the batch over all ranks.
+
+    Used in training only, so mean/var are never given (accepted for the core's signature).
+    """
+    out, _, cache = distributed.sync_batchnorm_forward(x, gamma, beta, eps, group=group, backend=backend)
+    return out, cache
+
+
+def _batch_moments(cache) -> tuple[np.ndarray, np.ndarray, int]:
+    """(mean, biased var, count) a norm normalized with, global ones for a synchronized norm."""
+    if isinstance(cache, distributed.SyncCache):
+        return cache.norm.mean, cache.norm.var, cache.count
+    return cache.mean, cache.var, cache.layout.count
+
+
+def _sandwich_backward(dout, cache: ops.SandwichCache):
+    """``ops.sandwich_backward``, with the synchronized norm backward (one all_reduce) when the norm was synchronized."""
+    if not isinstance(cache.norm, distributed.SyncCache):
+        return ops.sandwich_backward(dout, cache)
+    dh = ops.relu_backward(dout, cache.relu)
+    dh, dgamma, dbeta = distributed.sync_batchnorm_backward(dh, cache.norm)
+    dx, dw, db = ops.affine_backward(dh, cache.affine)
+    return dx, dw, db, dgamma, dbeta
+
+
+def _shard_dropout(h, p: float, rng: np.random.Generator, shard: Shard):
+    """Dropout on this shard's rows with the masks a single process would draw for the global batch.
+
+    Every rank draws the whole global batch's mask from its generator (all
+    ranks' generators start equal and stay in step) and keeps its own rows,
+    so the masks, and the training, equal a single-process run's.
+    """
+    _, full = ops.dropout_forward(np.ones((shard.total, h.shape[1]), h.dtype), p, rng, True)
+    mask = full.mask[shard.start:shard.start + h.shape[0]]
+    return h * mask, ops.DropoutCache(mask)

@@ -24,10 +24,11 @@ import time
 
 import numpy as np
 
+from .. import distributed
 from ..layers import RunningStats
 from . import checkpoint as ckpt
 from . import optim
-from .model import check_seed
+from .model import Shard, check_seed
 
 DATA_KEYS = ("X_train", "y_train", "X_val", "y_val")
 
@@ -60,6 +61,16 @@ class Solver:
     blas_threads: BLAS threads during train() (None leaves BLAS alone). The
         lab's matrices are small, and multi-threaded OpenBLAS on them was
         measured up to 8x slower than one thread on a busy 2-core machine.
+    data_parallel: train over the ranks of ``process_group`` (None: the
+        default torch.distributed group; it must be initialized). Every rank
+        runs this Solver with the same arguments: it draws the same global
+        minibatches, passes its contiguous shard (``np.array_split`` sizes)
+        to ``model.loss(X, y, shard=Shard(...))``, which returns the global
+        batch's loss and gradients, so every rank makes the same updates as
+        a single process on the whole batch. Accuracies are evaluated alike
+        on every rank (identical histories); only rank 0 writes checkpoints,
+        every rank reads them to resume. batch_size must be at least the
+        number of ranks.
 
     After :meth:`train`: ``loss_history`` (one float per iteration),
     ``train_acc_history`` and ``val_acc_history`` (one per epoch),
@@ -73,7 +84,7 @@ class Solver:
                  *, num_train_samples: int | None = 1000, num_val_samples: int | None = None,
                  verbose: bool = True, progress: str = "auto", print_every: int = 100,
                  checkpoint_dir=None, checkpoint_every: int = 1, resume: bool = False, stream=None,
-                 blas_threads: int | None = 1):
+                 blas_threads: int | None = 1, data_parallel: bool = False, process_group=None):
         missing = [k for k in DATA_KEYS if k not in data]
         if missing:
             raise ValueError(f"data is missing {missing}; it needs {list(DATA_KEYS)}")
@@ -118,6 +129,15 @@ class Solver:
         self.stream = stream
         self.blas_threads = blas_threads
         self.iterations_per_epoch = max(num_train // self.batch_size, 1)
+        if data_parallel and not distributed.is_initialized():
+            raise ValueError("data_parallel=True needs an initialized torch.distributed process group "
+                             "(torch.distributed.init_process_group), e.g. as started by normlab.lab.parallel")
+        self.process_group = process_group
+        self.world_size = distributed.world_size(process_group) if data_parallel else 1
+        self.rank = distributed.rank(process_group) if data_parallel else 0
+        if self.batch_size < self.world_size:
+            raise ValueError(f"batch_size {self.batch_size} is smaller than the {self.world_size} data-parallel "
+                             f"processes: every process needs at least one sample per batch")
 
         self.rng = np.random.default_rng(self.seed)
         self.epoch = 0
@@ -135,7 +155,13 @@ class Solver:
     # ------------------------------------------------------------------ training
 
     def _step(self, batch):
-        loss, grads = self.model.loss(self.X_train[batch], self.y_train[batch])
+        if self.world_size == 1:
+            loss, grads = self.model.loss(self.X_train[batch], self.y_train[batch])
+        else:
+            start, stop = distributed.shard_bounds(len(batch), self.rank, self.world_size)
+            mine = batch[start:stop]
+            loss, grads = self.model.loss(self.X_train[mine], self.y_train[mine],
+                                          shard=Shard(start, len(batch), self.process_group))
         self.loss_history.append(float(loss))
         params = self.model.params
         for key, w in params.items():
@@ -187,7 +213,7 @@ class Solver:
                     self.best_params = {k: v.copy() for k, v in self.model.params.items()}
                     self.best_batch_stats = _copy_stats(getattr(self.model, "batch_stats", {}))
                 reporter.epoch(self.epoch, self.num_epochs, train_acc, val_acc)
-                if self.checkpoint_dir is not None and (
+                if self.checkpoint_dir is not None and self.rank == 0 and (
                         self.epoch % self.checkpoint_every == 0 or self.epoch == self.num_epochs):
                     self.save_checkpoint()
         finally:

@@ -41,16 +41,37 @@ class TrainConfig:
     checkpoint_every: int = 1
     resume: bool = False
     print_every: int = 100
+    nproc: int = 1
+    timeout: float = 120.0
 
 
-def train(config: TrainConfig, *, verbose: bool = True, progress: str = "auto", stream=None) -> dict:
+def train(config: TrainConfig, *, verbose: bool = True, progress: str = "auto", stream=None) -> dict | None:
     """Load the data, build the net and Solver, train (resuming if asked) and evaluate.
 
     Returns a summary: best/final accuracies, test accuracy of the best
     parameters, epochs, iterations, seconds, where the checkpoint is.
     Raises FileExistsError when ``checkpoint_dir`` already holds a checkpoint
     and ``resume`` is False (a new run would overwrite it).
+
+    ``config.nproc > 1`` trains data-parallel in that many local processes,
+    and a process started by torchrun joins its group
+    (``normlab.lab.parallel``); then the processes print to stdout (not
+    ``stream``), and under torchrun ranks other than 0 return None.
     """
+    from . import parallel
+
+    if isinstance(config.nproc, bool) or not isinstance(config.nproc, int) or config.nproc < 1:
+        raise ValueError(f"nproc must be an integer >= 1, got {config.nproc!r}")
+    if isinstance(config.timeout, bool) or not isinstance(config.timeout, (int, float)) or not config.timeout > 0:
+        raise ValueError(f"timeout must be a number of seconds > 0, got {config.timeout!r}")
+    if config.nproc > 1 or parallel.launched_by_torchrun():
+        return parallel.train_data_parallel(config, verbose=verbose, progress=progress)
+    return run(config, verbose=verbose, progress=progress, stream=stream)
+
+
+def run(config: TrainConfig, *, verbose: bool = True, progress: str = "auto", stream=None,
+        data_parallel: bool = False) -> dict:
+    """:func:`train` in this process; ``data_parallel``: as one rank of the initialized default process group."""
     from .data import load_dataset
 
     started = time.perf_counter()
@@ -69,7 +90,7 @@ def train(config: TrainConfig, *, verbose: bool = True, progress: str = "auto", 
                     batch_size=config.batch_size, num_epochs=config.epochs, seed=config.seed,
                     verbose=verbose, progress=progress, print_every=config.print_every, stream=stream,
                     checkpoint_dir=config.checkpoint_dir, checkpoint_every=config.checkpoint_every,
-                    resume=config.resume)
+                    resume=config.resume, data_parallel=data_parallel)
     resumed_from = solver.epoch if config.resume else None
     solver.train()  # ends with the best epoch's parameters in the model
     return {
@@ -86,6 +107,7 @@ def train(config: TrainConfig, *, verbose: bool = True, progress: str = "auto", 
         "test_acc": float(np.mean(model.predict(data["X_test"]) == data["y_test"])),
         "train_seconds": solver.train_time,
         "total_seconds": time.perf_counter() - started,
+        "processes": solver.world_size,
         "checkpoint": None if config.checkpoint_dir is None else str(Path(config.checkpoint_dir) / ckpt.META_NAME),
     }
 
@@ -108,6 +130,8 @@ def format_summary(summary: dict) -> list[str]:
         ("test acc (best)", pct(summary["test_acc"])),
         ("training time", f"{summary['train_seconds']:.1f} s (total {summary['total_seconds']:.1f} s)"),
     ]
+    if summary.get("processes", 1) > 1:
+        rows.append(("processes", f"{summary['processes']} (data-parallel)"))
     if summary["checkpoint"]:
         rows.append(("checkpoint", summary["checkpoint"]))
     width = max(len(label) for label, _ in rows)
