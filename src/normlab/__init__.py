@@ -9,7 +9,9 @@ Layers with state: ``BatchNorm``, ``LayerNorm``, ``GroupNorm``.
 from . import gradcheck
 from .backends import available_backends, get_backend
 from .core import Layout, NormCache
+from .fold import fold_batchnorm
 from .layers import BatchNorm, GroupNorm, LayerNorm, RunningStats
+from .lab import FullyConnectedNet, Solver
 from .norms import (
     batchnorm_backward,
     batchnorm_backward_graph,
@@ -27,15 +29,18 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BatchNorm",
+    "FullyConnectedNet",
     "GroupNorm",
     "LayerNorm",
     "Layout",
     "NormCache",
     "RunningStats",
+    "Solver",
     "available_backends",
     "batchnorm_backward",
     "batchnorm_backward_graph",
     "batchnorm_forward",
+    "fold_batchnorm",
     "get_backend",
     "get_num_threads",
     "gradcheck",

@@ -49,6 +49,14 @@ class RunningStats:
         self.num_batches_tracked = 0
 
 
+def _channels_first_input(x, layer: str, channels: int) -> np.ndarray:
+    """x (N, C, *) with C == channels, or a ValueError naming the layer and x's shape."""
+    x = _checks.as_float_array(x, "x", min_ndim=2)
+    if x.shape[1] != channels:
+        raise ValueError(f"{layer}={channels}) expects x with {channels} channels on axis 1, got x shape {x.shape}")
+    return x
+
+
 class _NormLayer:
     """forward/backward/train/eval shared by the three layers."""
 
@@ -154,12 +162,7 @@ class BatchNorm(_NormLayer):
 
     def forward(self, x):
         """x (N, C, *) -> out of the same shape."""
-        x = _checks.as_float_array(x, "x", min_ndim=2)
-        if x.shape[1] != self.num_features:
-            raise ValueError(
-                f"BatchNorm(num_features={self.num_features}) expects x with {self.num_features} channels "
-                f"on axis 1, got x shape {x.shape}"
-            )
+        x = _channels_first_input(x, "BatchNorm(num_features", self.num_features)
         layout = batch_layout(x.shape)
         if self.training or self._running is None:
             out, cache = self._forward(x, layout)
@@ -221,12 +224,7 @@ class GroupNorm(_NormLayer):
 
     def forward(self, x):
         """x (N, C, *) -> out of the same shape."""
-        x = _checks.as_float_array(x, "x", min_ndim=2)
-        if x.shape[1] != self.num_channels:
-            raise ValueError(
-                f"GroupNorm(num_channels={self.num_channels}) expects x with {self.num_channels} channels "
-                f"on axis 1, got x shape {x.shape}"
-            )
+        x = _channels_first_input(x, "GroupNorm(num_channels", self.num_channels)
         out, _ = self._forward(x, group_layout(x.shape, self.num_groups))
         return out
 

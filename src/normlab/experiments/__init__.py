@@ -1,0 +1,97 @@
+"""The lab's experiments: each a config dataclass and a function from it to a results dict.
+
+``EXPERIMENTS`` maps a name to an :class:`Experiment`; :func:`run_experiment`
+runs one and writes ``OUT/NAME/results.json``, its PNG figures and
+``OUT/NAME/report.md``::
+
+    from normlab.experiments import run_experiment
+    paths = run_experiment("batchnorm", "results", epochs=5)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Callable, NamedTuple
+
+from . import batch_size, batchnorm, layernorm, weight_scale
+from .common import strip_timing
+
+
+class Experiment(NamedTuple):
+    """config: the config dataclass (defaults are the documented run); run(config, log) -> results;
+    plot(results, out_dir) -> figure paths; table(results) -> (headers, rows) of key numbers."""
+
+    config: type
+    run: Callable
+    plot: Callable
+    table: Callable
+    description: str
+
+
+EXPERIMENTS: dict[str, Experiment] = {
+    module.NAME: Experiment(module.Config, module.run, module.plot, module.table, module.DESCRIPTION)
+    for module in (batchnorm, weight_scale, batch_size, layernorm)
+}
+DEFAULT_EXPERIMENT = "batchnorm"
+
+
+def get_experiment(name: str) -> Experiment:
+    """Look an experiment up by name; unknown names list the known ones."""
+    if name not in EXPERIMENTS:
+        raise ValueError(f"unknown experiment {name!r}; known experiments: {', '.join(EXPERIMENTS)}")
+    return EXPERIMENTS[name]
+
+
+def make_config(name: str, **overrides):
+    """The experiment's default config with ``overrides`` applied (None values are ignored)."""
+    cls = get_experiment(name).config
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ValueError(f"experiment {name!r} has no setting {', '.join(unknown)}; it has {', '.join(sorted(fields))}")
+    return cls(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def run_experiment(name: str, out, *, config=None, log: Callable[[str], None] = print, command: str | None = None,
+                   **overrides) -> dict:
+    """Run experiment ``name`` and write its results.json, figures and report.md under ``out/name``.
+
+    config: a ready config (else the defaults with ``overrides``, e.g. epochs=5, seed=1, dataset="mnist1d").
+    log: called with one line per training run (progress), and one at the end.
+    Returns the paths written: ``{"dir", "results", "figures", "report"}``.
+    """
+    from . import report
+
+    experiment = get_experiment(name)
+    if config is None:
+        config = make_config(name, **overrides)
+    elif overrides:
+        raise ValueError("pass either config or overrides, not both")
+    out_dir = Path(out) / name
+    log(f"[{name}] {experiment.description}")
+    results = experiment.run(config, log=lambda line: log(f"[{name}] {line}"))
+    results_path = report.write_json(results, out_dir / "results.json")
+    figures = experiment.plot(results, out_dir)
+    headers, rows = experiment.table(results)
+    report_path = report.write_report(out_dir, name=name, results=results, figures=figures, headers=headers,
+                                      rows=rows, command=command or _command(name, config, out))
+    log(f"[{name}] wrote {results_path}, {report_path} and {len(figures)} figure(s) "
+        f"in {results['timing']['seconds']:.1f} s")
+    return {"dir": out_dir, "results": results_path, "figures": figures, "report": report_path}
+
+
+def _command(name, config, out) -> str:
+    """The CLI line that reproduces ``config`` (its CLI-settable fields that differ from the defaults)."""
+    default = get_experiment(name).config()
+    parts = ["normlab experiment", name, "--out", str(out)]
+    for field, flag in (("dataset", "--dataset"), ("epochs", "--epochs"), ("seed", "--seed"),
+                        ("num_train", "--num-train"), ("data_dir", "--data-dir")):
+        value = getattr(config, field)
+        if value != getattr(default, field):
+            parts += [flag, str(value)]
+    return " ".join(parts)
+
+
+__all__ = ["DEFAULT_EXPERIMENT", "EXPERIMENTS", "Experiment", "get_experiment", "make_config", "run_experiment",
+           "strip_timing"]

@@ -1,0 +1,172 @@
+"""What every experiment shares: the common config fields, the data, and one training run."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+#: A progress callback: one line per run. ``print`` in the CLI, a no-op or a list's append in tests.
+Log = Callable[[str], None]
+
+
+def _quiet(_line: str) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class BaseConfig:
+    """Fields every experiment has; the CLI's --dataset/--epochs/--seed/--data-dir override them.
+
+    num_train: keep at most this many training examples (None: all); handy on CIFAR-10.
+    """
+
+    dataset: str = "digits"
+    epochs: int = 10
+    seed: int = 0
+    data_dir: str | None = None
+    num_train: int | None = None
+
+    def __post_init__(self):
+        from ..lab.data import DATASETS
+
+        if self.dataset not in DATASETS:
+            raise ValueError(f"unknown dataset {self.dataset!r}; known datasets: {', '.join(DATASETS)}")
+        check_positive_int(self.epochs, "epochs")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
+        if self.num_train is not None:
+            check_positive_int(self.num_train, "num_train")
+
+
+def check_positive_int(value, name):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def check_positive_ints(values, name):
+    """A non-empty sequence of positive integers, as a tuple."""
+    values = tuple(values)
+    if not values:
+        raise ValueError(f"{name} must not be empty")
+    for v in values:
+        check_positive_int(v, f"{name} entries")
+    return values
+
+
+def epochs_to_reach(accuracies, threshold):
+    """The first epoch (1-based) whose accuracy is >= threshold, or None if none is."""
+    for epoch, acc in enumerate(accuracies, start=1):
+        if acc >= threshold:
+            return epoch
+    return None
+
+
+def load_data(config: BaseConfig) -> dict:
+    """The config's dataset, split and centred with the config's seed."""
+    from ..lab.data import load_dataset
+
+    return load_dataset(config.dataset, seed=config.seed, data_dir=config.data_dir, num_train=config.num_train)
+
+
+def train_run(data: dict, *, hidden_dims, normalization, weight_scale, learning_rate, batch_size, epochs,
+              seed, update_rule="adam", label="", log: Log = _quiet) -> dict:
+    """Train one FullyConnectedNet with a Solver and return its histories as JSON-able lists.
+
+    The model and the minibatch order are seeded with the same ``seed`` for
+    every variant, so two variants of one experiment start from the same
+    weights and see the same minibatches: they differ only in what the
+    experiment varies.
+
+    Returns ``loss`` (per iteration), ``epoch_loss`` (mean training loss per
+    epoch), ``train_acc`` and ``val_acc`` (per epoch), ``best_val_acc``,
+    ``final_train_loss`` (the last epoch's mean), ``test_acc`` (of the best
+    epoch's parameters) and ``seconds`` (wall time, the only field that is not
+    reproducible).
+    """
+    from ..lab import FullyConnectedNet, Solver
+
+    model = FullyConnectedNet(list(hidden_dims), data["X_train"].shape[1], num_classes(data),
+                              normalization=normalization, weight_scale=float(weight_scale), seed=seed)
+    solver = Solver(model, data, update_rule=update_rule, optim_config={"learning_rate": float(learning_rate)},
+                    batch_size=int(batch_size), num_epochs=int(epochs), seed=seed, verbose=False)
+    started = time.perf_counter()
+    solver.train()
+    seconds = time.perf_counter() - started
+    loss = [float(v) for v in solver.loss_history]
+    per_epoch = solver.iterations_per_epoch
+    epoch_loss = [float(np.mean(loss[i:i + per_epoch])) for i in range(0, len(loss), per_epoch)]
+    test_acc = None
+    if "X_test" in data:  # solver.train() left the best epoch's parameters in the model
+        test_acc = float(np.mean(model.predict(data["X_test"]) == data["y_test"]))
+    result = {
+        "loss": loss,
+        "epoch_loss": epoch_loss,
+        "train_acc": [float(v) for v in solver.train_acc_history],
+        "val_acc": [float(v) for v in solver.val_acc_history],
+        "best_val_acc": float(solver.best_val_acc),
+        "final_train_loss": epoch_loss[-1],
+        "test_acc": test_acc,
+        "batch_size": solver.batch_size,
+        "iterations_per_epoch": per_epoch,
+        "seconds": seconds,
+    }
+    log(f"{label or normalization or 'baseline'}: best val acc {result['best_val_acc']:.3f}, "
+        f"final train loss {result['final_train_loss']:.3f}, test acc {_fmt(test_acc)} ({seconds:.1f} s)")
+    return result
+
+
+def sweep_batch_sizes(module, config, log: Log = _quiet) -> dict:
+    """Train each of ``module.VARIANTS`` at every ``config.batch_sizes``: the batch-size sweeps.
+
+    Returns the results dict of experiment ``module`` (its NAME, DESCRIPTION and
+    ``finding(runs, batch_sizes)``), with ``variants[label][str(batch_size)]`` one run.
+    """
+    from dataclasses import asdict
+
+    started = time.perf_counter()
+    data = load_data(config)
+    runs = {label: {} for label in module.VARIANTS}
+    for bs in config.batch_sizes:
+        for label, normalization in module.VARIANTS.items():
+            runs[label][str(bs)] = train_run(
+                data, hidden_dims=config.hidden_dims, normalization=normalization, weight_scale=config.weight_scale,
+                learning_rate=config.learning_rate, batch_size=bs, epochs=config.epochs, seed=config.seed,
+                update_rule=config.update_rule, label=f"{label}, batch {bs}", log=log)
+    return {
+        "experiment": module.NAME,
+        "description": module.DESCRIPTION,
+        "config": asdict(config),
+        "data": data_summary(data),
+        "variants": runs,
+        "finding": module.finding(runs, config.batch_sizes),
+        "timing": {"seconds": time.perf_counter() - started},
+    }
+
+
+def _fmt(value):
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def data_summary(data: dict) -> dict:
+    """Sizes of the splits, for results.json."""
+    return {"num_train": int(len(data["y_train"])), "num_val": int(len(data["y_val"])),
+            "num_test": int(len(data["y_test"])), "features": int(data["X_train"].shape[1]),
+            "classes": num_classes(data)}
+
+
+def num_classes(data: dict) -> int:
+    """Number of classes: one more than the largest label in any split."""
+    return int(max(data[k].max() for k in ("y_train", "y_val", "y_test") if k in data)) + 1
+
+
+def strip_timing(results):
+    """results without its wall-time fields (``seconds``, ``timing``): what reruns must reproduce exactly."""
+    if isinstance(results, dict):
+        return {k: strip_timing(v) for k, v in results.items() if k not in ("seconds", "timing")}
+    if isinstance(results, list):
+        return [strip_timing(v) for v in results]
+    return results

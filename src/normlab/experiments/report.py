@@ -1,0 +1,81 @@
+"""results.json and report.md for one experiment run."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+
+def write_json(results: dict, path) -> Path:
+    """Write results as JSON, atomically (a reader never sees half a file).
+
+    Floats are written with ``repr`` precision, so they read back exactly and
+    two runs with the same seed give identical files apart from timing.
+    Non-finite floats (a diverged loss) become null: strict JSON has no NaN.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(finite_or_none(results), fh, indent=1, allow_nan=False)
+        fh.write("\n")
+    os.replace(tmp, path)
+    return path
+
+
+def finite_or_none(value):
+    """value with every NaN/inf float replaced by None, recursively through dicts, lists and tuples."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_none(v) for v in value]
+    return value
+
+
+def markdown_table(headers, rows) -> str:
+    """A GitHub-flavoured markdown table; numbers are already formatted by the caller."""
+    lines = ["| " + " | ".join(map(str, headers)) + " |",
+             "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(map(str, row)) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_report(out_dir, *, name: str, results: dict, figures, headers, rows, command: str) -> Path:
+    """Write ``out_dir/report.md``: what ran, the figures (relative links) and a table of key numbers."""
+    out_dir = Path(out_dir)
+    config = results["config"]
+    data = results.get("data", {})
+    seconds = results.get("timing", {}).get("seconds")
+    parts = [
+        f"# Experiment `{name}`",
+        "",
+        results.get("description", ""),
+        "",
+        f"Reproduce: `{command}`",
+        "",
+        "## Key numbers",
+        "",
+        markdown_table(headers, rows),
+        "",
+    ]
+    if results.get("finding"):
+        parts += [results["finding"], ""]
+    parts += ["## Figures", ""]
+    for fig in figures:
+        fig = Path(fig)
+        parts += [f"![{fig.stem}]({fig.relative_to(out_dir).as_posix()})", ""]
+    parts += ["## Setup", ""]
+    if data:
+        parts += [f"Data: {config.get('dataset')} ({data['num_train']} train / {data['num_val']} val / "
+                  f"{data['num_test']} test examples, {data['features']} features, {data['classes']} classes).", ""]
+    parts += [markdown_table(("setting", "value"), [(k, f"`{v}`") for k, v in config.items()]), ""]
+    if seconds is not None:
+        parts += [f"Wall time: {seconds:.1f} s. All numbers in results.json; the same seed reproduces them exactly.",
+                  ""]
+    path = out_dir / "report.md"
+    path.write_text("\n".join(parts), encoding="utf-8")
+    return path

@@ -1,0 +1,138 @@
+"""``normlab train``: train one configured FullyConnectedNet, with checkpoints, and summarize.
+
+:func:`train` is the whole command without the command line: a
+:class:`TrainConfig` in, a summary dict out (the CLI in ``normlab.cli`` only
+parses options and prints).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import checkpoint as ckpt
+from .model import FullyConnectedNet
+from .solver import Solver
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """One training run. Defaults train a 2-hidden-layer net on the bundled digits in seconds."""
+
+    dataset: str = "digits"
+    data_dir: str | None = None
+    hidden_dims: tuple[int, ...] = (100, 100)
+    normalization: str | None = None
+    dropout: float = 0.0
+    reg: float = 0.0
+    weight_scale: float = 5e-2
+    dtype: str = "float64"
+    update_rule: str = "adam"
+    learning_rate: float = 1e-3
+    lr_decay: float = 1.0
+    batch_size: int = 100
+    epochs: int = 10
+    seed: int = 0
+    num_train: int | None = None
+    checkpoint_dir: str | None = None
+    checkpoint_every: int = 1
+    resume: bool = False
+    print_every: int = 100
+    nproc: int = 1
+    timeout: float = 120.0
+
+
+def train(config: TrainConfig, *, verbose: bool = True, progress: str = "auto", stream=None) -> dict | None:
+    """Load the data, build the net and Solver, train (resuming if asked) and evaluate.
+
+    Returns a summary: best/final accuracies, test accuracy of the best
+    parameters, epochs, iterations, seconds, where the checkpoint is.
+    Raises FileExistsError when ``checkpoint_dir`` already holds a checkpoint
+    and ``resume`` is False (a new run would overwrite it).
+
+    ``config.nproc > 1`` trains data-parallel in that many local processes,
+    and a process started by torchrun joins its group
+    (``normlab.lab.parallel``); then the processes print to stdout (not
+    ``stream``), and under torchrun ranks other than 0 return None.
+    """
+    from . import parallel
+
+    if isinstance(config.nproc, bool) or not isinstance(config.nproc, int) or config.nproc < 1:
+        raise ValueError(f"nproc must be an integer >= 1, got {config.nproc!r}")
+    if isinstance(config.timeout, bool) or not isinstance(config.timeout, (int, float)) or not config.timeout > 0:
+        raise ValueError(f"timeout must be a number of seconds > 0, got {config.timeout!r}")
+    if config.nproc > 1 or parallel.launched_by_torchrun():
+        return parallel.train_data_parallel(config, verbose=verbose, progress=progress)
+    return run(config, verbose=verbose, progress=progress, stream=stream)
+
+
+def run(config: TrainConfig, *, verbose: bool = True, progress: str = "auto", stream=None,
+        data_parallel: bool = False) -> dict:
+    """:func:`train` in this process; ``data_parallel``: as one rank of the initialized default process group."""
+    from .data import load_dataset
+
+    started = time.perf_counter()
+    if config.checkpoint_dir is not None and not config.resume and ckpt.exists(config.checkpoint_dir):
+        raise FileExistsError(
+            f"{Path(config.checkpoint_dir) / ckpt.META_NAME} already exists; resume it with --resume "
+            f"or choose another --checkpoint-dir")
+    data = load_dataset(config.dataset, seed=config.seed, data_dir=config.data_dir, num_train=config.num_train)
+    num_classes = 1 + max(int(data[k].max()) for k in ("y_train", "y_val", "y_test"))
+    model = FullyConnectedNet(
+        list(config.hidden_dims), data["X_train"].shape[1], num_classes,
+        normalization=config.normalization, dropout=config.dropout, reg=config.reg,
+        weight_scale=config.weight_scale, dtype=np.dtype(config.dtype), seed=config.seed)
+    solver = Solver(model, data, update_rule=config.update_rule,
+                    optim_config={"learning_rate": config.learning_rate}, lr_decay=config.lr_decay,
+                    batch_size=config.batch_size, num_epochs=config.epochs, seed=config.seed,
+                    verbose=verbose, progress=progress, print_every=config.print_every, stream=stream,
+                    checkpoint_dir=config.checkpoint_dir, checkpoint_every=config.checkpoint_every,
+                    resume=config.resume, data_parallel=data_parallel)
+    resumed_from = solver.epoch if config.resume else None
+    solver.train()  # ends with the best epoch's parameters in the model
+    return {
+        "dataset": config.dataset,
+        "normalization": config.normalization or "none",
+        "hidden_dims": list(config.hidden_dims),
+        "epochs": solver.epoch,
+        "resumed_from_epoch": resumed_from,
+        "iterations": len(solver.loss_history),
+        "final_loss": solver.loss_history[-1] if solver.loss_history else None,
+        "final_train_acc": solver.train_acc_history[-1] if solver.train_acc_history else None,
+        "final_val_acc": solver.val_acc_history[-1] if solver.val_acc_history else None,
+        "best_val_acc": solver.best_val_acc,
+        "test_acc": float(np.mean(model.predict(data["X_test"]) == data["y_test"])),
+        "train_seconds": solver.train_time,
+        "total_seconds": time.perf_counter() - started,
+        "processes": solver.world_size,
+        "checkpoint": None if config.checkpoint_dir is None else str(Path(config.checkpoint_dir) / ckpt.META_NAME),
+    }
+
+
+def format_summary(summary: dict) -> list[str]:
+    """The summary as aligned ``label  value`` lines."""
+    def pct(v):
+        return "n/a" if v is None else f"{100 * v:.2f}%"
+
+    rows = [
+        ("dataset", summary["dataset"]),
+        ("net", f"hidden {summary['hidden_dims']}, normalization {summary['normalization']}"),
+        ("epochs", f"{summary['epochs']} ({summary['iterations']} iterations"
+                   + (f", resumed from epoch {summary['resumed_from_epoch']})" if summary["resumed_from_epoch"]
+                      is not None else ")")),
+        ("final loss", "n/a" if summary["final_loss"] is None else f"{summary['final_loss']:.4f}"),
+        ("final train acc", pct(summary["final_train_acc"])),
+        ("final val acc", pct(summary["final_val_acc"])),
+        ("best val acc", pct(summary["best_val_acc"])),
+        ("test acc (best)", pct(summary["test_acc"])),
+        ("training time", f"{summary['train_seconds']:.1f} s (total {summary['total_seconds']:.1f} s)"),
+    ]
+    if summary.get("processes", 1) > 1:
+        rows.append(("processes", f"{summary['processes']} (data-parallel)"))
+    if summary["checkpoint"]:
+        rows.append(("checkpoint", summary["checkpoint"]))
+    width = max(len(label) for label, _ in rows)
+    return [f"{label:<{width}}  {value}" for label, value in rows]

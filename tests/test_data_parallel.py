@@ -1,0 +1,255 @@
+"""Data-parallel training (normlab.lab.parallel) against single-process training on the same global batches.
+
+Two ranks over gloo on 127.0.0.1 train the lab net with the Solver
+(data_parallel=True) on unequal shards; the checkpoint rank 0 writes (the
+last epoch's weights, running statistics and optimizer state) must equal a
+single-process run's within 1e-8, float64. Then the CLI end to end
+(``normlab train --nproc 2``, resume included) and failures: a rank that
+raises, and no PyTorch. Every process is bounded by a timeout.
+"""
+
+import os
+import re
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from normlab import distributed
+from normlab.gradcheck import rel_error
+from normlab.lab import FullyConnectedNet, Solver
+from normlab.lab import checkpoint as ckpt
+from normlab.lab.data import load_dataset
+from normlab.lab.model import Shard
+
+TOL = 1e-8
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+# Deep nets on a slice of digits; batch 45 splits 23 + 22, so the shards differ in size.
+CASES = {
+    "batchnorm": dict(net=dict(hidden_dims=[32, 32, 32, 32], normalization="batchnorm"),
+                      solver=dict(update_rule="adam", optim_config={"learning_rate": 3e-3})),
+    "batchnorm-dropout-reg": dict(net=dict(hidden_dims=[32, 32, 32], normalization="batchnorm", dropout=0.2,
+                                           reg=1e-2, momentum=None),
+                                  solver=dict(update_rule="sgd_momentum", optim_config={"learning_rate": 5e-2})),
+    "layernorm-reg": dict(net=dict(hidden_dims=[32, 32, 32], normalization="layernorm", reg=1e-2),
+                          solver=dict(update_rule="adam", optim_config={"learning_rate": 3e-3})),
+}
+
+
+def _train_case(name, directory, data_parallel):
+    data = load_dataset("digits", seed=0, num_train=300)
+    case = CASES[name]
+    model = FullyConnectedNet(input_dim=64, num_classes=10, weight_scale=0.1, seed=3, dtype=np.float64,
+                              **case["net"])
+    solver = Solver(model, data, batch_size=45, num_epochs=3, seed=5, verbose=False, num_train_samples=200,
+                    checkpoint_dir=directory, data_parallel=data_parallel, **case["solver"])
+    solver.train()
+    return solver
+
+
+def _dp_worker(rank, world_size, port, out_dir):
+    import torch
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size,
+                            timeout=timedelta(seconds=30))
+    try:
+        for name in CASES:
+            solver = _train_case(name, Path(out_dir) / name, data_parallel=True)
+            np.savez(Path(out_dir) / f"{name}-rank{rank}.npz",
+                     loss=solver.loss_history, val=solver.val_acc_history, train=solver.train_acc_history,
+                     **{f"best/{k}": v for k, v in solver.best_params.items()})
+            dist.barrier()  # rank 0's last checkpoint is complete before anyone reads it
+        data = load_dataset("digits", seed=0, num_train=300)
+        try:
+            Solver(FullyConnectedNet([8], 64, 10), data, batch_size=1, data_parallel=True)
+        except ValueError as exc:
+            Path(out_dir, f"batch-size-error-rank{rank}.txt").write_text(str(exc))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def two_rank_runs(tmp_path_factory):
+    torch = pytest.importorskip("torch")
+    out = tmp_path_factory.mktemp("dp")
+    port = _free_port()
+    torch.multiprocessing.spawn(_dp_worker, args=(2, port, str(out)), nprocs=2, join=True)
+    return out
+
+
+def _free_port():
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_two_ranks_train_like_one_process(two_rank_runs, tmp_path, name):
+    single = _train_case(name, tmp_path, data_parallel=False)
+    ranks = [np.load(two_rank_runs / f"{name}-rank{r}.npz") for r in range(2)]
+    # Both ranks hold the same state bit for bit: they apply the same summed gradients.
+    for key in ranks[0].files:
+        assert np.array_equal(ranks[0][key], ranks[1][key]), key
+    # Every step's global loss, the accuracies, and the best epoch's weights equal the single run's.
+    assert rel_error(ranks[0]["loss"], np.array(single.loss_history)) < TOL
+    assert ranks[0]["val"].tolist() == single.val_acc_history
+    assert ranks[0]["train"].tolist() == single.train_acc_history
+    for k, v in single.best_params.items():
+        assert rel_error(ranks[0][f"best/{k}"], v) < TOL, k
+
+    # The checkpoint rank 0 wrote after the last epoch: live weights, running statistics
+    # (global count, unbiased), optimizer buffers and generator states.
+    dp_arrays, dp_meta = ckpt.load(two_rank_runs / name)
+    one_arrays, one_meta = ckpt.load(tmp_path)
+    assert sorted(dp_arrays) == sorted(one_arrays)
+    assert any(k.startswith("batch_stats/") for k in one_arrays) == name.startswith("batchnorm")
+    for key, value in one_arrays.items():
+        if value.size and value.dtype.kind == "f":
+            assert rel_error(dp_arrays[key], value) < TOL, key
+    for key in ("epoch", "rng", "dropout_rng", "num_batches_tracked", "optim_state", "solver", "model"):
+        assert dp_meta[key] == one_meta[key], key
+
+
+def test_a_batch_smaller_than_the_world_is_refused_on_every_rank(two_rank_runs):
+    for rank in range(2):
+        message = (two_rank_runs / f"batch-size-error-rank{rank}.txt").read_text()
+        assert "batch_size 1 is smaller than the 2 data-parallel processes" in message
+
+
+def test_data_parallel_needs_a_process_group_and_sane_settings():
+    from normlab.lab.train import TrainConfig, train
+
+    data = load_dataset("digits", seed=0, num_train=100)
+    with pytest.raises(ValueError, match="needs an initialized torch.distributed process group"):
+        Solver(FullyConnectedNet([8], 64, 10), data, data_parallel=True)
+    with pytest.raises(ValueError, match="nproc must be an integer >= 1, got 0"):
+        train(TrainConfig(nproc=0))
+    with pytest.raises(ValueError, match="timeout must be a number of seconds > 0"):
+        train(TrainConfig(nproc=2, timeout=-1))
+
+
+# ----------------------------------------------------------------------------- model level, one process
+
+def test_a_whole_batch_shard_in_one_process_equals_the_plain_loss():
+    # World size 1: the synchronized norm and the packed reduction run without communicating.
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((12, 6)), rng.integers(0, 4, 12)
+    nets = [FullyConnectedNet([8, 8], 6, 4, normalization="batchnorm", dropout=0.3, reg=0.1, seed=1)
+            for _ in range(2)]
+    loss, grads = nets[0].loss(X, y)
+    shard_loss, shard_grads = nets[1].loss(X, y, shard=Shard(0, 12))
+    assert rel_error(shard_loss, loss) < 1e-12
+    for k in grads:
+        assert rel_error(shard_grads[k], grads[k]) < 1e-10, k
+    for name, stats in nets[0].batch_stats.items():
+        assert rel_error(nets[1].batch_stats[name].var, stats.var) < 1e-12
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"shard": (0, 12)}, "shard must be a normlab.lab.model.Shard"),
+    ({"shard": Shard(4, 12)}, "inside the global batch"),
+    ({"shard": Shard(0, 12), "y": None}, "shard needs labels y"),
+])
+def test_bad_shards_are_rejected_without_state_change(kwargs, message):
+    net = FullyConnectedNet([8], 6, 4, normalization="batchnorm", seed=1)
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((12, 6)), rng.integers(0, 4, 12)
+    kwargs = {"y": y, **kwargs}
+    with pytest.raises((ValueError, TypeError), match=message):
+        net.loss(X, **kwargs)
+    assert net.batch_stats["layer1"].num_batches_tracked == 0
+
+
+def test_shard_bounds_are_array_split():
+    for n in (0, 1, 5, 45, 100):
+        for k in (1, 2, 3, 7):
+            sizes = [len(part) for part in np.array_split(np.arange(n), k)]
+            starts = np.cumsum([0, *sizes[:-1]])
+            assert [distributed.shard_bounds(n, r, k) for r in range(k)] == \
+                [(int(start), int(start) + size) for start, size in zip(starts, sizes)]
+
+
+# ----------------------------------------------------------------------------- the command line
+
+FAST = ["--hidden-dims", "24,24,24", "--batch-size", "45", "--num-train", "300", "--normalization", "batchnorm",
+        "--dropout", "0.1", "--quiet", "--timeout", "30"]
+
+
+def _cli(*args, env=None, timeout=120):
+    environ = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", ""), **(env or {})}
+    return subprocess.run([sys.executable, "-m", "normlab", "train", *args], capture_output=True, text=True,
+                          env=environ, timeout=timeout)
+
+
+def _summary(output):
+    rows = dict(re.findall(r"^(\S.*?)\s{2,}(.+)$", output, re.MULTILINE))
+    assert "final loss" in rows, output
+    return {k: v for k, v in rows.items() if k not in ("training time", "processes")}
+
+
+def test_cli_nproc_2_prints_the_single_process_summary_and_resumes(tmp_path):
+    pytest.importorskip("torch")
+    single = _cli(*FAST, "--epochs", "3")
+    assert single.returncode == 0, single.stderr
+    first = _cli(*FAST, "--epochs", "2", "--nproc", "2", "--checkpoint-dir", str(tmp_path))
+    assert first.returncode == 0, first.stderr
+    assert "2 (data-parallel)" in first.stdout
+    resumed = _cli(*FAST, "--epochs", "3", "--nproc", "2", "--checkpoint-dir", str(tmp_path), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    expected = _summary(single.stdout)
+    expected["epochs"] = expected["epochs"].replace(")", ", resumed from epoch 2)")
+    expected["checkpoint"] = str(tmp_path / "checkpoint.json")
+    assert _summary(resumed.stdout) == expected
+
+
+def test_a_failing_rank_ends_every_rank_clearly_and_quickly(tmp_path):
+    # Two processes started as torchrun starts them (env://); rank 1 cannot load its data.
+    pytest.importorskip("torch")
+    common = {"WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}
+    bad = ["--dataset", "cifar10", "--data-dir", str(tmp_path / "nowhere")]
+    environ = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    procs = [subprocess.Popen([sys.executable, "-m", "normlab", "train", *FAST, *(bad if rank else [])],
+                              env={**environ, **common, "RANK": str(rank), "LOCAL_RANK": str(rank)},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for rank in range(2)]
+    outputs = []
+    try:
+        for p in procs:
+            outputs.append(p.communicate(timeout=90))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    (_, err0), (_, err1) = outputs
+    assert procs[1].returncode == 1 and "nowhere" in err1, err1
+    assert procs[0].returncode == 1, err0
+    assert "failed on rank 0 of 2" in err0 and "a peer rank may have crashed" in err0, err0
+
+    # Spawned by --nproc: the launcher names the failing rank and its error.
+    spawned = _cli(*FAST, *bad, "--nproc", "2")
+    assert spawned.returncode == 1
+    assert re.search(r"data-parallel training failed on rank [01] of 2: DatasetNotFoundError: CIFAR-10 not found",
+                     spawned.stderr), spawned.stderr
+    assert str(tmp_path / "nowhere") in spawned.stderr
+
+
+def test_without_torch_nproc_2_says_how_to_install_it_and_nproc_1_needs_none(monkeypatch):
+    from click.testing import CliRunner
+
+    from normlab.cli import main
+
+    monkeypatch.setitem(sys.modules, "torch", None)
+    monkeypatch.setitem(sys.modules, "torch.distributed", None)
+    args = ["train", *FAST, "--epochs", "1"]
+    result = CliRunner().invoke(main, [*args, "--nproc", "2"])
+    assert result.exit_code == 1 and 'pip install "normlab[torch]"' in result.output, result.output
+    result = CliRunner().invoke(main, [*args, "--nproc", "1"])
+    assert result.exit_code == 0 and "final loss" in result.output, result.output
