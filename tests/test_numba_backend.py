@@ -218,7 +218,7 @@ def test_set_num_threads_round_trip_and_same_result(monkeypatch):
 
 def test_numba_num_threads_is_honoured():
     proc = _run_python("""
-        import normlab, pytest
+        import normlab
         assert normlab.threads.max_threads() == 1 and normlab.get_num_threads() == 1
         try:
             normlab.set_num_threads(2)

@@ -1,10 +1,10 @@
-"""Numba kernels of the fused backend: two loop shapes, four kernels each.
+"""Numba kernels of the fused backend, by loop shape.
 
 Every normalization is served by one of three loop shapes over a C-contiguous view:
 
 ``rows`` (R, L)
-    Each statistic reduces along contiguous rows of length L (spatial batch
-    norm over (n, c) rows, group norm over (n, g, k) rows). Parallel over rows;
+    Each batch statistic reduces along contiguous rows of length L (spatial
+    batch norm over its (n, c) rows). Parallel over rows;
     the per-row partial sums are merged over the slow axis afterwards in
     float64 (O(N*C) work, pairwise by NumPy).
 ``cols`` (N, M)
@@ -17,7 +17,9 @@ Every normalization is served by one of three loop shapes over a C-contiguous vi
     reduced and written while still in cache, per-thread slabs for dgamma
     and dbeta.
 
-Sums are float64 whatever the input dtype, and shifted by a pivot (a sample
+Sums are float64 whatever the input dtype (the writing passes compute in
+x's dtype, with the mean split into hi + lo parts so that x - mean stays
+exact near the mean), and shifted by a pivot (a sample
 value of the same statistic) so that a large common offset cancels before it
 is squared. Every kernel exists twice: parallel (``prange`` over threads) and
 serial (the same source compiled without ``parallel``), because launching the
