@@ -163,7 +163,7 @@ def normalize_backward(dout, cache: NormCache, *, out: np.ndarray | None = None)
         dout.reshape(layout.view), x.reshape(layout.view), g,
         cache.mean.reshape(shape_int), cache.invstd.reshape(shape_int),
         layout.batch_stats, cache.stats_given, cache.saved,
-        # only when asked: a backend written before dx buffers existed still works
+        # passed only when given, so a backend without a dx buffer still works
         **({} if out is None else {"out": out.reshape(layout.view)}),
     )
     dx = dx4.reshape(x.shape).astype(x.dtype, copy=False)
