@@ -107,3 +107,18 @@ def test_input_arrays_are_never_modified(rng):
     normlab.batchnorm_backward(dout, cache)
     normlab.batchnorm_backward_graph(dout, cache)
     assert all(np.array_equal(a, b) for a, b in zip((x, gamma, beta, dout), copies))
+
+
+def test_out_buffers_overlapping_x_are_rejected(backend):
+    """The cache holds x by reference; writing y or dx over it would corrupt backward."""
+    x = ok((6, 3))
+    with pytest.raises(ValueError, match="out must not share memory with x"):
+        normlab.batchnorm_forward(x, None, None, backend=backend, out=x)
+    with pytest.raises(ValueError, match="out must not share memory with x"):
+        normlab.spatial_batchnorm_forward(x.reshape(2, 3, 3, 1), None, None, backend=backend,
+                                          out=x.reshape(2, 3, 3, 1))
+    _, cache = normlab.batchnorm_forward(x, None, None, backend=backend)
+    with pytest.raises(ValueError, match="out must not share memory with x"):
+        normlab.batchnorm_backward(ok((6, 3)), cache, out=x)
+    with pytest.raises(ValueError, match=r"out must be an array with x's shape \(6, 3\)"):
+        normlab.batchnorm_forward(x, None, None, backend=backend, out=np.empty((3, 6)))

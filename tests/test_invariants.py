@@ -98,12 +98,13 @@ shapes_2d = st.tuples(st.integers(2, 12), st.integers(1, 7))
 shapes_4d = st.tuples(st.integers(1, 4), st.integers(1, 4), st.integers(1, 3), st.integers(1, 3))
 
 
+@pytest.mark.parametrize("backend", normlab.available_backends())
 @settings(max_examples=40, deadline=None)
 @given(shape=shapes_2d, scale=st.floats(1e-3, 1e3), offset=st.floats(-1e4, 1e4), seed=st.integers(0, 2**32 - 1))
-def test_property_batchnorm_standardizes_and_closed_form_equals_graph(shape, scale, offset, seed):
+def test_property_batchnorm_standardizes_and_closed_form_equals_graph(backend, shape, scale, offset, seed):
     rng = np.random.default_rng(seed)
     x = offset + scale * rng.standard_normal(shape)
-    out, cache = normlab.batchnorm_forward(x, None, None, eps=1e-12 * scale**2)
+    out, cache = normlab.batchnorm_forward(x, None, None, eps=1e-12 * scale**2, backend=backend)
     assert np.allclose(out.mean(axis=0), 0, atol=1e-7)
     assert np.allclose(out.var(axis=0), 1, atol=1e-5)
     dout = rng.standard_normal(shape)
@@ -118,10 +119,11 @@ def test_property_batchnorm_standardizes_and_closed_form_equals_graph(shape, sca
     assert np.abs(dx.sum(axis=0)).max() <= tol
 
 
+@pytest.mark.parametrize("backend", normlab.available_backends())
 @settings(max_examples=40, deadline=None)
 @given(shape=shapes_4d, groups=st.sampled_from([1, 2]), scale=st.floats(1e-2, 1e2),
        offset=st.floats(-1e3, 1e3), seed=st.integers(0, 2**32 - 1))
-def test_property_all_norms_standardize_and_sum_dx_is_zero(shape, groups, scale, offset, seed):
+def test_property_all_norms_standardize_and_sum_dx_is_zero(backend, shape, groups, scale, offset, seed):
     rng = np.random.default_rng(seed)
     n, c, h, w = shape
     c = c * groups
@@ -129,10 +131,10 @@ def test_property_all_norms_standardize_and_sum_dx_is_zero(shape, groups, scale,
     gamma, beta = rng.normal(size=c), rng.normal(size=c)
     cases = []
     if n * h * w > 1:
-        cases.append((normlab.spatial_batchnorm_forward(x, gamma, beta, eps=1e-10),
+        cases.append((normlab.spatial_batchnorm_forward(x, gamma, beta, eps=1e-10, backend=backend),
                       lambda a: a.transpose(1, 0, 2, 3).reshape(c, -1)))
     if (c // groups) * h * w > 1:
-        cases.append((normlab.groupnorm_forward(x, gamma, beta, groups, eps=1e-10),
+        cases.append((normlab.groupnorm_forward(x, gamma, beta, groups, eps=1e-10, backend=backend),
                       lambda a: a.reshape(n, groups, -1).reshape(n * groups, -1)))
     for (out, cache), rows in cases:
         dout = rng.standard_normal(x.shape)
@@ -146,3 +148,8 @@ def test_property_all_norms_standardize_and_sum_dx_is_zero(shape, groups, scale,
         assert np.allclose(xhat.var(axis=1), (var / (var + 1e-10)).ravel(), rtol=0, atol=tol)
         assert np.abs(rows(dx).sum(axis=1)).max() <= tol * np.abs(dout).max() * invstd.max() * x.size
         assert rel_error(dbeta, dout.sum(axis=(0, 2, 3))) < 1e-12
+        # The forward output itself: out = gamma*xhat + beta, channel by channel.
+        g_rows = rows(np.broadcast_to(gamma[None, :, None, None], x.shape))
+        b_rows = rows(np.broadcast_to(beta[None, :, None, None], x.shape))
+        assert np.allclose(rows(out), g_rows * xhat + b_rows, rtol=0,
+                           atol=tol * (np.abs(gamma).max() + np.abs(beta).max()))

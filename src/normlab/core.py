@@ -83,6 +83,23 @@ class NormCache(NamedTuple):
     saved: Any = None
 
 
+def _check_out(out, x: np.ndarray) -> None:
+    """An out= buffer must match x and must not overlap it.
+
+    The cache keeps a reference to x, not a copy, and the fused backend
+    recomputes xhat from it in backward: writing y or dx over x would make
+    every later gradient silently wrong. (For the same reason x must not be
+    changed in place between forward and backward.)
+    """
+    if out is None:
+        return
+    if not isinstance(out, np.ndarray) or out.shape != x.shape or out.dtype != x.dtype:
+        raise ValueError(f"out must be an array with x's shape {x.shape} and dtype {x.dtype}, got "
+                         f"{getattr(out, 'shape', type(out).__name__)} {getattr(out, 'dtype', '')}")
+    if np.may_share_memory(out, x):
+        raise ValueError("out must not share memory with x: the cache reads x again in backward")
+
+
 def normalize_forward(x, gamma, beta, layout: Layout, eps: float, *, mean=None, var=None,
                       backend: str = "auto", out: np.ndarray | None = None):
     """Standardize x over the layout's reduced axes and apply gamma/beta.
@@ -106,8 +123,7 @@ def normalize_forward(x, gamma, beta, layout: Layout, eps: float, *, mean=None, 
             f"{x.shape} (each statistic reduces over {layout.count} value): normalizing a single value "
             f"always gives 0; use a larger batch, or given statistics (eval mode)"
         )
-    if out is not None and (out.shape != x.shape or out.dtype != x.dtype):
-        raise ValueError(f"out must have x's shape {x.shape} and dtype {x.dtype}, got {out.shape} {out.dtype}")
+    _check_out(out, x)
     if stats_given and var is not None and eps == 0 and np.any(var == 0):
         raise ValueError("eps == 0 with a given var that is 0 somewhere would divide by zero")
 
@@ -153,9 +169,7 @@ def normalize_backward(dout, cache: NormCache, *, out: np.ndarray | None = None)
         raise TypeError(f"cache must be the NormCache returned by a forward, got {type(cache).__name__}")
     x, layout = cache.x, cache.layout
     dout = _checks.check_dout(dout, x.shape)
-    if out is not None and (not isinstance(out, np.ndarray) or out.shape != x.shape or out.dtype != x.dtype):
-        raise ValueError(f"out must be an array with x's shape {x.shape} and dtype {x.dtype}, got "
-                         f"{getattr(out, 'shape', type(out).__name__)} {getattr(out, 'dtype', '')}")
+    _check_out(out, x)
     impl = get_backend(cache.backend)
     shape_int = layout.internal_stat_shape
     g = None if cache.gamma is None else cache.gamma.reshape(-1)
