@@ -71,6 +71,7 @@ def run_experiment(name: str, out, *, config=None, log: Callable[[str], None] = 
     out_dir = Path(out) / name
     log(f"[{name}] {experiment.description}")
     results = experiment.run(config, log=lambda line: log(f"[{name}] {line}"))
+    results["environment"] = environment()
     results_path = report.write_json(results, out_dir / "results.json")
     figures = experiment.plot(results, out_dir)
     headers, rows = experiment.table(results)
@@ -79,6 +80,26 @@ def run_experiment(name: str, out, *, config=None, log: Callable[[str], None] = 
     log(f"[{name}] wrote {results_path}, {report_path} and {len(figures)} figure(s) "
         f"in {results['timing']['seconds']:.1f} s")
     return {"dir": out_dir, "results": results_path, "figures": figures, "report": report_path}
+
+
+def environment() -> dict:
+    """What the numbers depend on beyond the config: the backend that ran and the library versions.
+
+    Backends agree to the last few bits per step, but training amplifies such
+    differences, so results.json reproduces exactly only on the same backend.
+    """
+    import platform
+
+    import numpy as np
+
+    from ..backends import get_backend
+
+    env = {"backend": get_backend("auto").NAME, "numpy": np.__version__, "python": platform.python_version()}
+    if env["backend"] == "numba":
+        import numba
+
+        env["numba"] = numba.__version__
+    return env
 
 
 def _command(name, config, out) -> str:

@@ -74,8 +74,10 @@ def write_report(out_dir, *, name: str, results: dict, figures, headers, rows, c
                   f"{data['num_test']} test examples, {data['features']} features, {data['classes']} classes).", ""]
     parts += [markdown_table(("setting", "value"), [(k, f"`{v}`") for k, v in config.items()]), ""]
     if seconds is not None:
-        parts += [f"Wall time: {seconds:.1f} s. All numbers in results.json; the same seed reproduces them exactly.",
-                  ""]
+        backend = results.get("environment", {}).get("backend")
+        on = f" on the same backend ({backend})" if backend else ""
+        parts += [f"Wall time: {seconds:.1f} s. All numbers in results.json; the same seed reproduces them "
+                  f"exactly{on}.", ""]
     path = out_dir / "report.md"
     path.write_text("\n".join(parts), encoding="utf-8")
     return path
