@@ -126,3 +126,12 @@ def test_state_dict_round_trip_and_rejection(rng):
 def test_backward_before_forward_is_an_error():
     with pytest.raises(RuntimeError, match="before forward"):
         normlab.LayerNorm(3).backward(np.ones((2, 3)))
+
+
+def test_running_stats_reset_starts_over(rng):
+    stats = normlab.RunningStats(3, momentum=None)
+    stats.update(rng.normal(size=3), rng.uniform(1, 2, size=3), count=5)
+    stats.reset()
+    fresh = normlab.RunningStats(3, momentum=None)
+    assert np.array_equal(stats.mean, fresh.mean) and np.array_equal(stats.var, fresh.var)
+    assert stats.num_batches_tracked == 0

@@ -17,6 +17,17 @@ from .core import NormCache, normalize_backward, normalize_forward
 from .norms import batch_layout, group_layout, layer_layout
 
 
+def blend_running_stats(old_mean, old_var, batch_mean, batch_var, count: int, factor: float):
+    """torch.nn.BatchNorm's update: new = f*batch + (1 - f)*old, in the order ATen computes it.
+
+    batch_var is the biased variance over ``count`` values; the running
+    variance takes the unbiased one, batch_var * count/(count - 1).
+    Returns (new_mean, new_var) as new arrays.
+    """
+    unbiased = batch_var * (count / (count - 1))
+    return factor * batch_mean + (1.0 - factor) * old_mean, factor * unbiased + (1.0 - factor) * old_var
+
+
 class RunningStats:
     """Running mean and variance with torch.nn.BatchNorm's update rule.
 
@@ -35,10 +46,8 @@ class RunningStats:
         """Fold in one batch's statistics (biased var over ``count`` values each)."""
         tracked = self.num_batches_tracked + 1
         factor = 1.0 / tracked if self.momentum is None else self.momentum
-        unbiased = batch_var * (count / (count - 1))
-        # Compute both before assigning either, in the order ATen does.
-        new_mean = factor * batch_mean + (1.0 - factor) * self.mean
-        new_var = factor * unbiased + (1.0 - factor) * self.var
+        # Compute both before assigning either.
+        new_mean, new_var = blend_running_stats(self.mean, self.var, batch_mean, batch_var, count, factor)
         self.mean = new_mean.astype(self.mean.dtype)
         self.var = new_var.astype(self.var.dtype)
         self.num_batches_tracked = tracked

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ..core import Layout, normalize_backward, normalize_forward
+from ..layers import blend_running_stats
 from ..norms import batch_layout, group_layout, layer_layout
 
 _FLOAT_DTYPES = (torch.float16, torch.float32, torch.float64)
@@ -97,14 +98,16 @@ def _apply(x, weight, bias, layout, eps, mean=None, var=None, backend="auto", na
 
 
 def update_running_stats(running_mean, running_var, batch_mean, batch_var, count: int, factor: float) -> None:
-    """torch.nn.BatchNorm's rule: new = (1 - f)*old + f*batch, with the unbiased batch variance."""
+    """Update torch buffers in place with torch.nn.BatchNorm's rule (``normlab.layers.blend_running_stats``)."""
     with torch.no_grad():
-        mean = torch.as_tensor(batch_mean, dtype=torch.float64)
-        var = torch.as_tensor(batch_var, dtype=torch.float64) * (count / (count - 1))
+        batch_mean, batch_var = np.asarray(batch_mean, np.float64), np.asarray(batch_var, np.float64)
+        old_mean = batch_mean if running_mean is None else running_mean.double().numpy()
+        old_var = batch_var if running_var is None else running_var.double().numpy()
+        new_mean, new_var = blend_running_stats(old_mean, old_var, batch_mean, batch_var, count, factor)
         if running_mean is not None:
-            running_mean.copy_(factor * mean + (1.0 - factor) * running_mean.double())
+            running_mean.copy_(torch.from_numpy(new_mean))
         if running_var is not None:
-            running_var.copy_(factor * var + (1.0 - factor) * running_var.double())
+            running_var.copy_(torch.from_numpy(new_var))
 
 
 def _input_dims(x, name, min_ndim=2):
