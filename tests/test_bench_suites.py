@@ -30,14 +30,15 @@ def test_torch_suite_quick(tmp_path):
         # The ratio is torch's time over normlab's: torch.nn over the module, ATen over the kernels.
         assert math.isclose(rows["normlab.torch"]["both_ratio"],
                             rows["torch.nn"]["both_ms"] / rows["normlab.torch"]["both_ms"])
-        assert math.isclose(rows["numba"]["backward_ratio"], rows["torch"]["backward_ms"] / rows["numba"]["backward_ms"])
+        assert math.isclose(rows["numba"]["backward_ratio"],
+                            rows["torch"]["backward_ms"] / rows["numba"]["backward_ms"])
         assert "both_ratio" not in rows["torch.nn"]
     assert set(data["summary"]["module_ratio_both"]) == {f"{c} {d}" for c, d in cases}
     assert "| sbn:8x16x14x14 | float64 | normlab.torch | module |" in md
 
 
 def test_sync_suite_quick_spawns_two_ranks(tmp_path):
-    data, md = _bench(tmp_path, "--suite", "sync", "--quick")
+    data, md = _bench(tmp_path, "--suite", "sync", "--quick", "--timeout", "60")
     machine = data["machine"]
     assert data["suite"] == "sync" and machine["world_size"] == 2 and machine["threads_per_rank"] == 1
     assert {r["dtype"] for r in data["rows"]} == {"float32"}
@@ -58,3 +59,15 @@ def test_torch_and_sync_suites_reject_other_norms_and_tiny_batches(tmp_path):
     from normlab.bench.sync_suite import run_sync
     with pytest.raises(ValueError, match="too small to split over 2 ranks"):
         run_sync(cases=["bn:3x4"], log=lambda _: None)
+
+
+def test_sync_suite_stops_its_ranks_after_the_timeout():
+    import multiprocessing
+    import time
+
+    from normlab.bench.sync_suite import run_sync
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match="no result from rank"):
+        run_sync(cases=["sbn:32x64x56x56"], rounds=5, timeout_s=0.5, log=lambda _: None)  # minutes if not stopped
+    assert time.monotonic() - start < 8  # the ranks are killed, not waited for
+    assert not multiprocessing.active_children()

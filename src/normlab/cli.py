@@ -66,10 +66,12 @@ def check(backend, seed):
               help="Blocks per implementation, taken in turn (spreads load from elsewhere over all of them).")
 @click.option("--threads", type=int, default=None,
               help="Threads for Numba and PyTorch alike [all cores; sync suite: 1 per rank].")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=600.0, show_default=True,
+              help="Sync suite: seconds before the ranks are stopped and the run fails.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the result as JSON.")
 @click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False), default=None,
               help="Write the Markdown report.")
-def bench(suite, quick, cases, dtype, repeat, rounds, threads, json_path, markdown_path):
+def bench(suite, quick, cases, dtype, repeat, rounds, threads, timeout, json_path, markdown_path):
     """Time numpy, numba and PyTorch's native kernels; report ratios and the bandwidth bound (--suite for more)."""
     from . import bench as bench_mod
 
@@ -91,7 +93,7 @@ def bench(suite, quick, cases, dtype, repeat, rounds, threads, json_path, markdo
         raise click.BadParameter(str(exc)) from exc
     try:
         bench_mod.main(cases=case_list, dtypes=dtypes, repeat=repeat, threads=threads, quick=quick, rounds=rounds,
-                       json_path=json_path, markdown_path=markdown_path, suite=suite)
+                       json_path=json_path, markdown_path=markdown_path, suite=suite, sync_timeout_s=timeout)
     except ImportError as exc:  # the torch and sync suites need PyTorch
         raise click.ClickException(f"--suite {suite} needs PyTorch (pip install 'normlab[torch]'): {exc}") from exc
 

@@ -22,7 +22,7 @@ SUITES = ("kernels", "torch", "sync")
 DEFAULT_DTYPES = {"kernels": ("float32", "float64"), "torch": ("float32", "float64"), "sync": ("float32",)}
 
 
-def _run_suite(suite, dtypes, log, **options) -> dict:
+def _run_suite(suite, dtypes, log, timeout_s, **options) -> dict:
     """The result of one suite (the torch and sync suites import torch: ImportError without it)."""
     dtypes = dtypes or DEFAULT_DTYPES[suite]
     if suite == "kernels":
@@ -31,18 +31,19 @@ def _run_suite(suite, dtypes, log, **options) -> dict:
         from .torch_suite import run_torch
         return run_torch(dtypes=dtypes, log=log, **options)
     from .sync_suite import run_sync
-    return run_sync(dtypes=dtypes, log=log, **options)
+    return run_sync(dtypes=dtypes, log=log, timeout_s=timeout_s, **options)
 
 
 REPORTS = {"kernels": markdown, "torch": markdown_torch, "sync": markdown_sync}
 
 
 def main(cases=None, dtypes=None, repeat=7, threads=None, quick=False, rounds=3,
-         json_path=None, markdown_path=None, command=None, suite="kernels") -> dict:
+         json_path=None, markdown_path=None, command=None, suite="kernels", sync_timeout_s=600.0) -> dict:
     """Run ``suite`` (kernels, torch, sync or all), print the Markdown report, write JSON/Markdown files
     when asked; returns the result (for ``all``: {"suite": "all", "kernels": ..., "torch": ..., "sync": ...}).
 
     dtypes None: float32 and float64, float32 only for sync. threads None: all cores, 1 per rank for sync.
+    sync_timeout_s: the sync suite fails (its ranks stopped) if it takes longer.
     """
     if suite not in (*SUITES, "all"):
         raise ValueError(f"suite must be one of {', '.join(SUITES)} or all, got {suite!r}")
@@ -53,7 +54,7 @@ def main(cases=None, dtypes=None, repeat=7, threads=None, quick=False, rounds=3,
     log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     texts, results = [], {}
     for name in (SUITES if suite == "all" else (suite,)):
-        result = _run_suite(name, dtypes, log, cases=cases, repeat=repeat, threads=threads, quick=quick,
+        result = _run_suite(name, dtypes, log, sync_timeout_s, cases=cases, repeat=repeat, threads=threads, quick=quick,
                                rounds=rounds)
         result["command"] = command
         results[name] = result

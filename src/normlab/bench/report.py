@@ -84,7 +84,8 @@ def markdown_torch(result: dict, command: str | None = None) -> str:
     if "module_ratio_geomean" in s:
         lines.append(f"- torch.nn / normlab.torch, forward+backward: geometric mean {s['module_ratio_geomean']:.2f}×; "
                      f"normlab.torch faster on every case: {'yes' if s['normlab_faster_everywhere'] else 'no'} "
-                     f"(range {min(s['module_ratio_both'].values()):.2f}–{max(s['module_ratio_both'].values()):.2f}×).")
+                     f"(range {min(s['module_ratio_both'].values()):.2f}–"
+                     f"{max(s['module_ratio_both'].values()):.2f}×).")
     for key, who in (("normlab_layer_overhead_ms", "normlab.torch − numba kernels"),
                      ("torch_layer_overhead_ms", "torch.nn − ATen kernels")):
         if s.get(key):

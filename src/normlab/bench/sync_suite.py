@@ -52,8 +52,6 @@ def _free_port() -> int:
 
 def sync_impls(case: Case, dtype, rank: int, world_size: int, solo_group) -> list[Impl]:
     """The five implementations of the module docstring on this rank's shard of the global batch."""
-    import torch
-
     import normlab.torch as nt
     from .. import distributed
     from ..torch.sync_batchnorm import SyncBatchNormFunction
@@ -76,7 +74,6 @@ def sync_impls(case: Case, dtype, rank: int, world_size: int, solo_group) -> lis
     reduce = np.zeros((2, case.channels))
     collectives = Impl("collectives", lambda: distributed.all_gather_rows(gather),
                        lambda _: distributed.all_reduce_sum(reduce), None, False)
-    del torch
     return [module_impl("local", ours, x, dout), module_impl("torch.nn", reference, x, dout), solo_impl,
             module_impl("sync", sync, x, dout), collectives]
 
@@ -156,7 +153,9 @@ def run_sync(cases=None, dtypes=("float32",), repeat: int = 7, threads: int | No
                 raise RuntimeError(f"sync benchmark: rank {rank} failed:\n{payload}")
             reports[rank] = payload
     finally:
-        for p in procs:
+        for p in procs:  # on failure a rank may wait in a collective: stop it at once
+            if len(reports) < world_size and p.is_alive():
+                p.kill()
             p.join(timeout=10)
             if p.is_alive():
                 p.kill()
