@@ -1,6 +1,8 @@
 """Run the normlab benchmark suite (same options as ``normlab bench``).
 
     python benchmarks/run.py --json benchmarks/results.json --markdown benchmarks/results.md
+    python benchmarks/run.py --suite torch      # normlab.torch.BatchNorm vs torch.nn, through autograd
+    python benchmarks/run.py --suite sync       # SyncBatchNorm on 2 ranks vs local batch norm
 """
 
 import os

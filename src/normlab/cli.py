@@ -52,24 +52,35 @@ def check(backend, seed):
 
 
 @main.command()
+@click.option("--suite", type=click.Choice(["kernels", "torch", "sync", "all"]), default="kernels", show_default=True,
+              help="kernels: numpy/numba/ATen kernels and the bandwidth bound; torch: normlab.torch.BatchNorm vs "
+                   "torch.nn.BatchNorm1d/2d through autograd; sync: SyncBatchNorm on 2 ranks vs local batch norm.")
 @click.option("--quick", is_flag=True, help="One small shape per norm (a smoke run).")
 @click.option("--cases", "cases", default=None,
-              help="Comma-separated case ids, e.g. bn:4096x1024,sbn:32x64x56x56,ln:4096x1024,gn8:32x64x56x56.")
-@click.option("--dtype", type=click.Choice(["float32", "float64", "both"]), default="both", show_default=True)
+              help="Comma-separated case ids, e.g. bn:4096x1024,sbn:32x64x56x56,ln:4096x1024,gn8:32x64x56x56 "
+                   "(torch and sync suites: bn and sbn only; sync splits the batch over the ranks).")
+@click.option("--dtype", type=click.Choice(["float32", "float64", "both"]), default=None,
+              help="[default: both; sync suite: float32]")
 @click.option("--repeat", default=7, show_default=True, help="Timed runs per measurement (median; >= 7).")
 @click.option("--rounds", default=3, show_default=True,
               help="Blocks per implementation, taken in turn (spreads load from elsewhere over all of them).")
-@click.option("--threads", type=int, default=None, help="Threads for Numba and PyTorch alike [all cores].")
+@click.option("--threads", type=int, default=None,
+              help="Threads for Numba and PyTorch alike [all cores; sync suite: 1 per rank].")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=600.0, show_default=True,
+              help="Sync suite: seconds before the ranks are stopped and the run fails.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the result as JSON.")
 @click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False), default=None,
               help="Write the Markdown report.")
-def bench(quick, cases, dtype, repeat, rounds, threads, json_path, markdown_path):
-    """Time numpy, numba and PyTorch's native kernels; report ratios and the bandwidth bound."""
+def bench(suite, quick, cases, dtype, repeat, rounds, threads, timeout, json_path, markdown_path):
+    """Time numpy, numba and PyTorch's native kernels; report ratios and the bandwidth bound (--suite for more)."""
     from . import bench as bench_mod
 
     try:
         case_list = [bench_mod.parse_case(c) for c in cases.split(",")] if cases else None
-        dtypes = ("float32", "float64") if dtype == "both" else (dtype,)
+        if case_list and suite in ("torch", "sync", "all"):
+            from .bench.torch_suite import batchnorm_case
+            case_list = [batchnorm_case(c) for c in case_list]
+        dtypes = None if dtype is None else ("float32", "float64") if dtype == "both" else (dtype,)
         if rounds < 1:
             raise ValueError(f"--rounds must be >= 1, got {rounds}")
         if repeat < 7:
@@ -80,8 +91,11 @@ def bench(quick, cases, dtype, repeat, rounds, threads, json_path, markdown_path
                 raise ValueError(f"--threads must be in [1, {max_threads()}] (NUMBA_NUM_THREADS), got {threads}")
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
-    bench_mod.main(cases=case_list, dtypes=dtypes, repeat=repeat, threads=threads, quick=quick, rounds=rounds,
-                   json_path=json_path, markdown_path=markdown_path)
+    try:
+        bench_mod.main(cases=case_list, dtypes=dtypes, repeat=repeat, threads=threads, quick=quick, rounds=rounds,
+                       json_path=json_path, markdown_path=markdown_path, suite=suite, sync_timeout_s=timeout)
+    except ImportError as exc:  # the torch and sync suites need PyTorch
+        raise click.ClickException(f"--suite {suite} needs PyTorch (pip install 'normlab[torch]'): {exc}") from exc
 
 
 @main.command()

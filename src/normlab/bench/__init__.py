@@ -1,5 +1,10 @@
-"""Benchmarks of the normalization kernels against PyTorch's native CPU kernels
-and the memory-bandwidth bound; ``normlab bench`` and ``benchmarks/run.py`` call ``main``."""
+"""Benchmarks; ``normlab bench`` and ``benchmarks/run.py`` call ``main``.
+
+Suites: ``kernels`` (the normalization kernels against PyTorch's native CPU
+kernels and the memory-bandwidth bound), ``torch`` (normlab.torch.BatchNorm
+against torch.nn.BatchNorm1d/2d through autograd), ``sync``
+(normlab.torch.SyncBatchNorm at world size 2 against local batch norm).
+"""
 
 from __future__ import annotations
 
@@ -8,28 +13,60 @@ import shlex
 import sys
 
 from .cases import QUICK, SUITE, parse_case
-from .report import markdown
+from .report import markdown, markdown_sync, markdown_torch
 from .runner import run
 
-__all__ = ["QUICK", "SUITE", "main", "markdown", "parse_case", "run"]
+__all__ = ["QUICK", "SUITE", "SUITES", "main", "markdown", "parse_case", "run"]
+
+SUITES = ("kernels", "torch", "sync")
+DEFAULT_DTYPES = {"kernels": ("float32", "float64"), "torch": ("float32", "float64"), "sync": ("float32",)}
 
 
-def main(cases=None, dtypes=("float32", "float64"), repeat=7, threads=None, quick=False, rounds=3,
-         json_path=None, markdown_path=None, command=None) -> dict:
-    """Run, print the Markdown table, write JSON/Markdown files when asked; returns the result."""
-    result = run(cases=cases, dtypes=dtypes, repeat=repeat, threads=threads, quick=quick, rounds=rounds,
-                 log=lambda line: print(line, file=sys.stderr, flush=True))
+def _run_suite(suite, dtypes, log, timeout_s, **options) -> dict:
+    """The result of one suite (the torch and sync suites import torch: ImportError without it)."""
+    dtypes = dtypes or DEFAULT_DTYPES[suite]
+    if suite == "kernels":
+        return run(dtypes=dtypes, log=log, **options)
+    if suite == "torch":
+        from .torch_suite import run_torch
+        return run_torch(dtypes=dtypes, log=log, **options)
+    from .sync_suite import run_sync
+    return run_sync(dtypes=dtypes, log=log, timeout_s=timeout_s, **options)
+
+
+REPORTS = {"kernels": markdown, "torch": markdown_torch, "sync": markdown_sync}
+
+
+def main(cases=None, dtypes=None, repeat=7, threads=None, quick=False, rounds=3,
+         json_path=None, markdown_path=None, command=None, suite="kernels", sync_timeout_s=600.0) -> dict:
+    """Run ``suite`` (kernels, torch, sync or all), print the Markdown report, write JSON/Markdown files
+    when asked; returns the result (for ``all``: {"suite": "all", "kernels": ..., "torch": ..., "sync": ...}).
+
+    dtypes None: float32 and float64, float32 only for sync. threads None: all cores, 1 per rank for sync.
+    sync_timeout_s: the sync suite fails (its ranks stopped) if it takes longer.
+    """
+    if suite not in (*SUITES, "all"):
+        raise ValueError(f"suite must be one of {', '.join(SUITES)} or all, got {suite!r}")
     if command is None:
         prog = sys.argv[0]
         prog = "normlab" if prog.endswith(("__main__.py", "normlab")) else f"python {prog}"
         command = " ".join([prog, *(shlex.quote(a) for a in sys.argv[1:])])
-    result["command"] = command
-    text = markdown(result, command)
+    log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    texts, results = [], {}
+    for name in (SUITES if suite == "all" else (suite,)):
+        result = _run_suite(name, dtypes, log, sync_timeout_s, cases=cases, repeat=repeat, threads=threads, quick=quick,
+                               rounds=rounds)
+        result["command"] = command
+        results[name] = result
+        text = REPORTS[name](result, command)
+        texts.append(f"## Suite: {name}\n\n{text}" if suite == "all" else text)
+    text = "\n".join(texts)
     print(text)
+    out = results[suite] if suite != "all" else {"suite": "all", "command": command, **results}
     if json_path:
         with open(json_path, "w") as fh:
-            json.dump(result, fh, indent=1)
+            json.dump(out, fh, indent=1)
     if markdown_path:
         with open(markdown_path, "w") as fh:
             fh.write(text)
-    return result
+    return out

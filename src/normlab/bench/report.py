@@ -53,3 +53,65 @@ def markdown(result: dict, command: str | None = None) -> str:
         tail.append(f"- NumPy closed-form backward vs the graph backward: {parts}.")
     tail += [f"- {note}" for note in result.get("notes", [])]
     return "\n".join(head + lines + tail) + "\n"
+
+
+def _head(result: dict, command: str | None, threads_text: str) -> list[str]:
+    m = result["machine"]
+    head = [f"Machine: {m['cpu']}, {m['cores']} cores, {threads_text}; numpy {m['numpy']}, numba {m.get('numba')}, "
+            f"torch {m.get('torch')}; load average {m['loadavg_start'][0]:.2f} at start, "
+            f"{m['loadavg_end'][0]:.2f} at end. Times are medians of {result['rounds']} rounds × "
+            f"{result['repeat']} runs after warm-up.", ""]
+    return [f"Command: `{command}`", "", *head] if command else head
+
+
+def _ms_cells(r: dict) -> str:
+    return f"{r['forward_ms']:.3f} | {r['backward_ms']:.3f} | {r['both_ms']:.3f}"
+
+
+def markdown_torch(result: dict, command: str | None = None) -> str:
+    """The module-level table: ms per phase and torch / normlab (> 1: normlab faster)."""
+    m = result["machine"]
+    lines = _head(result, command, f"{m['threads']} thread(s) for Numba and PyTorch "
+                                   f"(torch reports {m.get('torch_threads', '–')})")
+    lines += ["| case | dtype | impl | level | fwd ms | bwd ms | fwd+bwd ms | torch / normlab (fwd / bwd / both) |",
+              "|---|---|---|---|---:|---:|---:|---:|"]
+    for r in result["rows"]:
+        ratios = " / ".join(_fmt(r.get(f"{p}_ratio"), ".2f") for p in ("forward", "backward", "both"))
+        lines.append(f"| {r['case']} | {r['dtype']} | {r['impl']} | {r['level']} | {_ms_cells(r)} | "
+                     f"{ratios if 'both_ratio' in r else '–'} |")
+    s = result["summary"]
+    lines.append("")
+    if "module_ratio_geomean" in s:
+        lines.append(f"- torch.nn / normlab.torch, forward+backward: geometric mean {s['module_ratio_geomean']:.2f}×; "
+                     f"normlab.torch faster on every case: {'yes' if s['normlab_faster_everywhere'] else 'no'} "
+                     f"(range {min(s['module_ratio_both'].values()):.2f}–"
+                     f"{max(s['module_ratio_both'].values()):.2f}×).")
+    for key, who in (("normlab_layer_overhead_ms", "normlab.torch − numba kernels"),
+                     ("torch_layer_overhead_ms", "torch.nn − ATen kernels")):
+        if s.get(key):
+            parts = ", ".join(f"{k} {v:+.3f}" for k, v in s[key].items())
+            lines.append(f"- Layer around the kernels, forward+backward ms ({who}): {parts}.")
+    lines += [f"- {note}" for note in result.get("notes", [])]
+    return "\n".join(lines) + "\n"
+
+
+def markdown_sync(result: dict, command: str | None = None) -> str:
+    """The synchronization table: per rank's shard, slowest rank's medians; overhead split."""
+    m = result["machine"]
+    lines = _head(result, command, f"{m['world_size']} ranks on 127.0.0.1 (gloo), {m['threads_per_rank']} "
+                                   f"thread(s) per rank for Numba and PyTorch")
+    lines += ["| case (global batch) | shard rows | dtype | impl | fwd ms | bwd ms | fwd+bwd ms | × local (both) |",
+              "|---|---|---|---|---:|---:|---:|---:|"]
+    local = {(r["case"], r["dtype"]): r["both_ms"] for r in result["rows"] if r["impl"] == "local"}
+    for r in result["rows"]:
+        shards = "+".join(map(str, r["shard_rows"]))
+        lines.append(f"| {r['case']} | {shards} | {r['dtype']} | {r['impl']} | {_ms_cells(r)} | "
+                     f"{r['both_ms'] / local[(r['case'], r['dtype'])]:.2f} |")
+    lines.append("")
+    for key, s in result["summary"].items():
+        lines.append(f"- {key}: sync − local = {s['overhead_ms']:+.3f} ms per forward+backward "
+                     f"({s['sync_over_local']:.2f}× local), of which arithmetic (sync-math − local) "
+                     f"{s['math_ms']:+.3f} ms and communication incl. waiting (sync − sync-math) "
+                     f"{s['communication_ms']:+.3f} ms; the two collectives alone {s['collectives_ms']:.3f} ms.")
+    lines += [f"- {note}" for note in result.get("notes", [])]
+    return "\n".join(lines) + "\n"

@@ -136,7 +136,7 @@ def _time_block(impl: Impl, repeat: int, samples: dict) -> None:
     samples["both"] += _times(lambda: impl.backward(impl.forward()), repeat)
 
 
-def _time_impls(impls: list[Impl], repeat: int, rounds: int) -> dict:
+def time_impls(impls: list[Impl], repeat: int, rounds: int) -> dict:
     """{impl name: {phase: (median ms, min ms)}} over rounds x repeat runs per phase."""
     samples = {impl.name: {phase: [] for phase in PHASES} for impl in impls}
     for _ in range(rounds):
@@ -157,18 +157,23 @@ def set_threads(threads: int) -> None:
         pass
 
 
-def run(cases=None, dtypes=("float32", "float64"), repeat: int = 7, threads: int | None = None,
-        quick: bool = False, rounds: int = 3, log: Callable[[str], None] = print) -> dict:
-    """Run the suite; returns a JSON-ready dict (machine, bandwidth, rows, notes)."""
+def prepare(threads: int | None, repeat: int) -> int:
+    """Check ``repeat``, set the same thread count for Numba and PyTorch (all cores for None); returns it."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts its OpenMP pool
     if repeat < 7:
         raise ValueError(f"repeat must be >= 7 (a median of at least 7 runs), got {repeat}")
-    from ..backends import available_backends
     from ..threads import get_num_threads, max_threads
 
-    threads = threads or max_threads()
-    set_threads(threads)
-    threads = get_num_threads()
+    set_threads(threads or max_threads())
+    return get_num_threads()
+
+
+def run(cases=None, dtypes=("float32", "float64"), repeat: int = 7, threads: int | None = None,
+        quick: bool = False, rounds: int = 3, log: Callable[[str], None] = print) -> dict:
+    """Run the suite; returns a JSON-ready dict (machine, bandwidth, rows, notes)."""
+    threads = prepare(threads, repeat)
+    from ..backends import available_backends
+
     case_list = [parse_case(c) if isinstance(c, str) else c for c in (cases or (QUICK if quick else SUITE))]
     available = available_backends()
     notes = []
@@ -193,7 +198,7 @@ def run(cases=None, dtypes=("float32", "float64"), repeat: int = 7, threads: int
             if t_impl is not None:
                 impls.append(t_impl)
             nbytes = math.prod(case.shape) * np.dtype(dtype).itemsize
-            timed = _time_impls(impls, repeat, rounds)
+            timed = time_impls(impls, repeat, rounds)
             torch_ms = timed.get("torch")
             for impl in impls:
                 row = {"case": case.id, "kind": case.kind, "shape": list(case.shape), "dtype": dtype,

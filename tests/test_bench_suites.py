@@ -1,0 +1,73 @@
+"""Smoke runs of ``normlab bench --suite torch`` and ``--suite sync`` on tiny shapes (no timing assertions)."""
+
+import json
+import math
+
+import pytest
+from click.testing import CliRunner
+
+from normlab.cli import main
+
+pytest.importorskip("torch")
+
+
+def _bench(tmp_path, *args):
+    path, md = tmp_path / "bench.json", tmp_path / "bench.md"
+    result = CliRunner().invoke(main, ["bench", *args, "--rounds", "1", "--json", str(path), "--markdown", str(md)])
+    assert result.exit_code == 0, result.output
+    return json.loads(path.read_text()), md.read_text()
+
+
+def test_torch_suite_quick(tmp_path):
+    data, md = _bench(tmp_path, "--suite", "torch", "--quick", "--threads", "1")
+    assert data["suite"] == "torch" and data["machine"]["threads"] == 1
+    cases = {(r["case"], r["dtype"]) for r in data["rows"]}
+    assert cases == {(c, d) for c in ("bn:512x64", "sbn:8x16x14x14") for d in ("float32", "float64")}
+    for case, dtype in cases:
+        rows = {r["impl"]: r for r in data["rows"] if (r["case"], r["dtype"]) == (case, dtype)}
+        assert set(rows) == {"normlab.torch", "torch.nn", "numba", "torch"}
+        assert all(r[f"{p}_ms"] > 0 for r in rows.values() for p in ("forward", "backward", "both"))
+        # The ratio is torch's time over normlab's: torch.nn over the module, ATen over the kernels.
+        assert math.isclose(rows["normlab.torch"]["both_ratio"],
+                            rows["torch.nn"]["both_ms"] / rows["normlab.torch"]["both_ms"])
+        assert math.isclose(rows["numba"]["backward_ratio"],
+                            rows["torch"]["backward_ms"] / rows["numba"]["backward_ms"])
+        assert "both_ratio" not in rows["torch.nn"]
+    assert set(data["summary"]["module_ratio_both"]) == {f"{c} {d}" for c, d in cases}
+    assert "| sbn:8x16x14x14 | float64 | normlab.torch | module |" in md
+
+
+def test_sync_suite_quick_spawns_two_ranks(tmp_path):
+    data, md = _bench(tmp_path, "--suite", "sync", "--quick", "--timeout", "60")
+    machine = data["machine"]
+    assert data["suite"] == "sync" and machine["world_size"] == 2 and machine["threads_per_rank"] == 1
+    assert {r["dtype"] for r in data["rows"]} == {"float32"}
+    for row in data["rows"]:
+        assert sum(row["shard_rows"]) == row["shape"][0] and len(row["ranks"]) == 2
+        # The reported time is the slower rank's.
+        assert row["both_ms"] == max(r["both_ms"] for r in row["ranks"]) > 0
+    assert {r["impl"] for r in data["rows"]} == {"local", "torch.nn", "sync-math", "sync", "collectives"}
+    summary = data["summary"]["bn:64x8 float32"]
+    by = {r["impl"]: r["both_ms"] for r in data["rows"] if r["case"] == "bn:64x8"}
+    assert math.isclose(summary["communication_ms"], by["sync"] - by["sync-math"])
+    assert "| bn:64x8 | 32+32 | float32 | sync |" in md
+
+
+def test_torch_and_sync_suites_reject_other_norms_and_tiny_batches(tmp_path):
+    bad = CliRunner().invoke(main, ["bench", "--suite", "torch", "--cases", "ln:8x4"])
+    assert bad.exit_code != 0 and "batch norm only" in bad.output
+    from normlab.bench.sync_suite import run_sync
+    with pytest.raises(ValueError, match="too small to split over 2 ranks"):
+        run_sync(cases=["bn:3x4"], log=lambda _: None)
+
+
+def test_sync_suite_stops_its_ranks_after_the_timeout():
+    import multiprocessing
+    import time
+
+    from normlab.bench.sync_suite import run_sync
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match="no result from rank"):
+        run_sync(cases=["sbn:32x64x56x56"], rounds=5, timeout_s=0.5, log=lambda _: None)  # minutes if not stopped
+    assert time.monotonic() - start < 8  # the ranks are killed, not waited for
+    assert not multiprocessing.active_children()
