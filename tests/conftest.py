@@ -13,3 +13,19 @@ def backend(request):
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+@pytest.fixture(autouse=True)
+def _restore_thread_counts():
+    """Benchmarks and launchers set Numba's and PyTorch's thread counts; no test leaks them to the next."""
+    import sys
+
+    before = normlab.get_num_threads()
+    torch = sys.modules.get("torch")
+    torch_before = torch.get_num_threads() if torch is not None else None
+    yield
+    if normlab.get_num_threads() != before:
+        normlab.set_num_threads(before)
+    torch = sys.modules.get("torch")
+    if torch is not None and torch_before is not None and torch.get_num_threads() != torch_before:
+        torch.set_num_threads(torch_before)

@@ -31,7 +31,11 @@ def get_num_threads() -> int:
 
 
 def set_num_threads(n: int) -> None:
-    """Use n threads in the fused kernels (1 <= n <= ``max_threads()``)."""
+    """Use n threads in the fused kernels (1 <= n <= ``max_threads()``).
+
+    Like ``numba.set_num_threads``, this applies to the calling thread: set it
+    in each thread that runs kernels (the main thread, for most programs).
+    """
     if not isinstance(n, numbers.Integral) or isinstance(n, bool) or not 1 <= n <= max_threads():
         raise ValueError(f"n must be an integer in [1, {max_threads()}] (NUMBA_NUM_THREADS), got {n!r}")
     numba = _numba()

@@ -10,6 +10,7 @@ fixed inputs, so the timer sees only the work (no argument parsing of ours).
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Callable
@@ -49,7 +50,14 @@ def parse_case(text: str) -> Case:
         raise ValueError(f"case {text!r}: {KINDS[kind]} takes {'2' if kind in ('bn', 'ln') else '4'} dimensions")
     if (kind == "gn") != bool(groups):
         raise ValueError(f"case {text!r}: only group norm takes a group count (gn8:...)")
+    if min(dims) < 1 or kind == "gn" and int(groups) < 1:
+        raise ValueError(f"case {text!r}: every dimension and the group count must be >= 1")
     case = Case(kind, dims, int(groups or 0))
+    per_stat = {"bn": dims[0], "sbn": dims[0] * math.prod(dims[2:]), "ln": dims[1],
+                "gn": dims[1] // max(case.groups, 1) * math.prod(dims[2:])}[kind]
+    if per_stat < 2:
+        raise ValueError(f"case {text!r}: each statistic would reduce over {per_stat} value; batch "
+                         "statistics need at least 2")
     if kind == "gn" and case.channels % case.groups:
         raise ValueError(f"case {text!r}: {case.groups} groups do not divide C = {case.channels}")
     return case
