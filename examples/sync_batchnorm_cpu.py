@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import gc
 import os
-import socket
 from datetime import timedelta
 
 import torch
@@ -30,6 +29,7 @@ import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
 import normlab.torch as nt
+from normlab import procs
 
 GLOBAL_BATCH = 32
 CLASSES = 4
@@ -91,17 +91,11 @@ def run(steps: int) -> None:
         dist.destroy_process_group()
 
 
-def _spawned(rank: int, world: int, port: int, steps: int) -> None:
+def _spawned(rank: int, world: int, init_method: str, steps: int) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
+    dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=world,
                             timeout=timedelta(seconds=30))
     run(steps)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main() -> None:
@@ -113,7 +107,10 @@ def main() -> None:
         dist.init_process_group("gloo", timeout=timedelta(seconds=60))
         run(args.steps)
     else:
-        mp.spawn(_spawned, args=(args.nproc, _free_port(), args.steps), nprocs=args.nproc, join=True)
+        # A file in a private temporary directory is the rendezvous: no port to pick.
+        with procs.local_rendezvous() as init_method:
+            context = mp.spawn(_spawned, args=(args.nproc, init_method, args.steps), nprocs=args.nproc, join=False)
+            procs.join(context)  # stops every process on Ctrl-C; a failing one stops the rest
 
 
 if __name__ == "__main__":

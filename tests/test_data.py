@@ -92,6 +92,17 @@ def test_mnist1d_generated_offline_cached_and_rng_untouched(tmp_path, monkeypatc
         np.testing.assert_array_equal(d[k], again[k])
 
 
+def test_mnist1d_cache_write_failing_part_way_leaves_no_temporary_file(tmp_path, monkeypatch):
+    def disk_full(fh, **arrays):
+        fh.write(b"PK\x03\x04 half a zip")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(labdata.np, "savez", disk_full)
+    d = load_dataset("mnist1d", seed=1, cache_dir=tmp_path)  # the data is still returned
+    check_splits(d, 40)
+    assert list(tmp_path.iterdir()) == []
+
+
 def write_cifar(directory, n_per_batch=6, seed=0, skip=()):
     """A tiny CIFAR-10 in the real format: pickled dicts of b"data" uint8 (n, 3072) and b"labels"."""
     rng = np.random.default_rng(seed)

@@ -10,15 +10,17 @@ raises, and no PyTorch. Every process is bounded by a timeout.
 
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from normlab import distributed
+from normlab import distributed, procs
 from normlab.gradcheck import rel_error
 from normlab.lab import FullyConnectedNet, Solver
 from normlab.lab import checkpoint as ckpt
@@ -26,6 +28,7 @@ from normlab.lab.data import load_dataset
 from normlab.lab.model import Shard
 
 TOL = 1e-8
+SPAWN_DEADLINE_S = 300  # the spawned ranks' whole run; they take about a minute on 2 busy cores
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 # Deep nets on a slice of digits; batch 45 splits 23 + 22, so the shards differ in size.
@@ -51,12 +54,12 @@ def _train_case(name, directory, data_parallel):
     return solver
 
 
-def _dp_worker(rank, world_size, port, out_dir):
+def _dp_worker(rank, world_size, init_method, out_dir):
     import torch
     import torch.distributed as dist
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size,
+    dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=world_size,
                             timeout=timedelta(seconds=30))
     try:
         for name in CASES:
@@ -78,17 +81,10 @@ def _dp_worker(rank, world_size, port, out_dir):
 def two_rank_runs(tmp_path_factory):
     torch = pytest.importorskip("torch")
     out = tmp_path_factory.mktemp("dp")
-    port = _free_port()
-    torch.multiprocessing.spawn(_dp_worker, args=(2, port, str(out)), nprocs=2, join=True)
+    with procs.local_rendezvous() as init_method:
+        context = torch.multiprocessing.spawn(_dp_worker, args=(2, init_method, str(out)), nprocs=2, join=False)
+        procs.join(context, timeout=SPAWN_DEADLINE_S)
     return out
-
-
-def _free_port():
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -177,6 +173,40 @@ def test_shard_bounds_are_array_split():
                 [(int(start), int(start) + size) for start, size in zip(starts, sizes)]
 
 
+# ----------------------------------------------------------------------------- bounded processes
+
+def _sleep_long(rank):
+    time.sleep(600)
+
+
+def test_join_stops_spawned_processes_when_the_deadline_passes():
+    mp = pytest.importorskip("torch.multiprocessing")
+    context = mp.spawn(_sleep_long, nprocs=2, join=False)
+    with pytest.raises(TimeoutError, match="2 spawned processes did not finish within 1 s; they were stopped"):
+        procs.join(context, timeout=1)
+    assert [p.exitcode for p in context.processes] == [-signal.SIGTERM] * 2
+
+
+def test_run_kills_the_whole_process_group_on_timeout(tmp_path):
+    # The command starts a grandchild and waits for it, as `normlab train --nproc 2` waits for its ranks.
+    marker = tmp_path / "grandchild.pid"
+    code = ("import subprocess, sys; p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)']); "
+            "open(sys.argv[1], 'w').write(str(p.pid)); p.wait()")
+    with pytest.raises(subprocess.TimeoutExpired):
+        procs.run([sys.executable, "-c", code, str(marker)], timeout=5)
+    grandchild = int(marker.read_text())
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # killed at once; reaped by init shortly after
+        try:
+            os.kill(grandchild, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(grandchild, signal.SIGKILL)
+        pytest.fail(f"the grandchild {grandchild} outlived the timeout")
+
+
 # ----------------------------------------------------------------------------- the command line
 
 FAST = ["--hidden-dims", "24,24,24", "--batch-size", "45", "--num-train", "300", "--normalization", "batchnorm",
@@ -185,8 +215,7 @@ FAST = ["--hidden-dims", "24,24,24", "--batch-size", "45", "--num-train", "300",
 
 def _cli(*args, env=None, timeout=120):
     environ = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", ""), **(env or {})}
-    return subprocess.run([sys.executable, "-m", "normlab", "train", *args], capture_output=True, text=True,
-                          env=environ, timeout=timeout)
+    return procs.run([sys.executable, "-m", "normlab", "train", *args], env=environ, timeout=timeout)
 
 
 def _summary(output):
@@ -213,24 +242,25 @@ def test_cli_nproc_2_prints_the_single_process_summary_and_resumes(tmp_path):
 def test_a_failing_rank_ends_every_rank_clearly_and_quickly(tmp_path):
     # Two processes started as torchrun starts them (env://); rank 1 cannot load its data.
     pytest.importorskip("torch")
-    common = {"WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}
+    # env:// needs a port number, so here (only) a free port is picked.
+    common = {"WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(procs.free_port())}
     bad = ["--dataset", "cifar10", "--data-dir", str(tmp_path / "nowhere")]
     environ = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    procs = [subprocess.Popen([sys.executable, "-m", "normlab", "train", *FAST, *(bad if rank else [])],
+    ranks = [subprocess.Popen([sys.executable, "-m", "normlab", "train", *FAST, *(bad if rank else [])],
                               env={**environ, **common, "RANK": str(rank), "LOCAL_RANK": str(rank)},
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
              for rank in range(2)]
     outputs = []
     try:
-        for p in procs:
+        for p in ranks:
             outputs.append(p.communicate(timeout=90))
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
+        for p in ranks:
+            procs.kill_group(p)
+            p.wait()
     (_, err0), (_, err1) = outputs
-    assert procs[1].returncode == 1 and "nowhere" in err1, err1
-    assert procs[0].returncode == 1, err0
+    assert ranks[1].returncode == 1 and "nowhere" in err1, err1
+    assert ranks[0].returncode == 1, err0
     assert "failed on rank 0 of 2" in err0 and "a peer rank may have crashed" in err0, err0
 
     # Spawned by --nproc: the launcher names the failing rank and its error.

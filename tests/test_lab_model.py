@@ -152,3 +152,63 @@ def test_registry_and_bad_arguments():
         model.loss(np.zeros((8, 5)))
     with pytest.raises(ValueError, match=r"labels y must lie in \[0, 4\)"):
         model.loss(np.zeros((8, D)), np.full(8, 4))
+
+
+def _state(model):
+    """Everything a training call may change, copied: params, running statistics, dropout generator."""
+    stats = {k: (s.mean.copy(), s.var.copy(), s.num_batches_tracked) for k, s in model.batch_stats.items()}
+    return ({k: v.copy() for k, v in model.params.items()}, stats, model.dropout_rng.bit_generator.state)
+
+
+def _assert_same_state(before, after):
+    (params0, stats0, rng0), (params1, stats1, rng1) = before, after
+    assert params0.keys() == params1.keys() and stats0.keys() == stats1.keys()
+    for k in params0:
+        np.testing.assert_array_equal(params1[k], params0[k], strict=True)
+    for k, (mean, var, tracked) in stats0.items():
+        np.testing.assert_array_equal(stats1[k][0], mean, strict=True)
+        np.testing.assert_array_equal(stats1[k][1], var, strict=True)
+        assert stats1[k][2] == tracked
+    assert rng1 == rng0
+
+
+def _bad_batches(X, y):
+    X_nan = X.copy()
+    X_nan[3, 2] = np.nan
+    return {
+        "float labels": (X, y.astype(np.float64), TypeError, r"y must hold integer class labels, got dtype float64"),
+        "label out of range": (X, np.where(np.arange(len(y)) == 5, C, y), ValueError,
+                               rf"labels y must lie in \[0, {C}\), got range \[0, {C}\]"),
+        "too few labels": (X, y[:-1], ValueError, rf"y must have shape \({len(y)},\).*got shape \({len(y) - 1},\)"),
+        "NaN in X": (X_nan, y, ValueError, r"X \(shape \(\d+, 7\)\) contains NaN or inf"),
+        "wrong feature count": (X[:, :-1], y, ValueError, r"X must have 7 features per sample, got shape \(\d+, 6\)"),
+    }
+
+
+@pytest.mark.parametrize("case", ["float labels", "label out of range", "too few labels", "NaN in X",
+                                  "wrong feature count"])
+def test_rejected_batch_leaves_all_state_bit_identical(case):
+    X, y = _problem()
+    model = FullyConnectedNet(H, D, C, normalization="batchnorm", dropout=0.3, seed=0)
+    model.loss(X, y)  # running statistics and generator away from their initial values
+    before = _state(model)
+    X_bad, y_bad, error, message = _bad_batches(X, y)[case]
+    with pytest.raises(error, match=message):
+        model.loss(X_bad, y_bad)
+    _assert_same_state(before, _state(model))
+    # ... and the next good call continues exactly as if the bad one had never happened.
+    twin = FullyConnectedNet(H, D, C, normalization="batchnorm", dropout=0.3, seed=0)
+    twin.loss(X, y)
+    loss, _ = model.loss(X, y)
+    assert loss == twin.loss(X, y)[0]
+    _assert_same_state(_state(twin), _state(model))
+
+
+def test_failure_in_a_later_layer_leaves_earlier_running_stats_alone():
+    X, y = _problem()
+    model = FullyConnectedNet(H, D, C, normalization="batchnorm", dropout=0.3, seed=0)
+    model.params["W2"][0, 0] = np.inf  # layer 1 normalizes fine, layer 2's batch statistics are not finite
+    before = _state(model)
+    with pytest.raises(ValueError, match="NaN or inf"), np.errstate(invalid="ignore"):
+        model.loss(X, y)
+    _assert_same_state(before, _state(model))

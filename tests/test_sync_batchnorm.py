@@ -8,7 +8,6 @@ collectives counted. Processes run on 127.0.0.1 with bounded timeouts.
 """
 
 import multiprocessing
-import socket
 import time
 from contextlib import contextmanager
 from datetime import timedelta
@@ -21,22 +20,19 @@ import torch.distributed as dist  # noqa: E402
 import torch.multiprocessing as tmp  # noqa: E402
 
 import normlab.torch as nt  # noqa: E402
-from normlab import distributed  # noqa: E402
+from normlab import distributed, procs  # noqa: E402
 from normlab.gradcheck import rel_error  # noqa: E402
 
 TOL = 1e-10
 STEPS = 3
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+SPAWN_DEADLINE_S = 120  # a whole spawned equivalence run; it takes a few seconds
 
 
-def _init(rank, world_size, port, timeout_s):
+def _init(rank, world_size, init_method, timeout_s):
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size,
+    dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=world_size,
                             timeout=timedelta(seconds=timeout_s))
 
 
@@ -118,8 +114,8 @@ def _check_case(rank, shards, reference_cls, sample_shape, kwargs, seed):
     assert rel_error(out.detach(), ref(x_all)[lo:hi].detach()) < TOL
 
 
-def _equivalence_worker(rank, world_size, port, shards):
-    _init(rank, world_size, port, 30)
+def _equivalence_worker(rank, world_size, init_method, shards):
+    _init(rank, world_size, init_method, 30)
     try:
         for i, (reference_cls, sample_shape, kwargs) in enumerate(CASES):
             _check_case(rank, shards, reference_cls, sample_shape, kwargs, seed=100 + i)
@@ -135,7 +131,10 @@ def _equivalence_worker(rank, world_size, port, shards):
 
 @pytest.mark.parametrize("shards", [(5, 1), (3, 0, 2)], ids=["world2", "world3"])
 def test_sync_batchnorm_matches_single_process_batchnorm(shards):
-    tmp.spawn(_equivalence_worker, args=(len(shards), _free_port(), shards), nprocs=len(shards), join=True)
+    with procs.local_rendezvous() as init_method:
+        context = tmp.spawn(_equivalence_worker, args=(len(shards), init_method, shards), nprocs=len(shards),
+                            join=False)
+        procs.join(context, timeout=SPAWN_DEADLINE_S)
 
 
 # ----------------------------------------------------------------------------- faults
@@ -144,9 +143,9 @@ FAULT_MESSAGE = "rank 1 gives up before the collective"
 FAULT_TIMEOUT_S = 5
 
 
-def _fault_worker(rank, world_size, port, results, faulty_rank_stays):
+def _fault_worker(rank, world_size, init_method, results, faulty_rank_stays):
     try:
-        _init(rank, world_size, port, FAULT_TIMEOUT_S)
+        _init(rank, world_size, init_method, FAULT_TIMEOUT_S)
         bn = nt.SyncBatchNorm(3).double()
         if rank == 1:
             raise ValueError(FAULT_MESSAGE)
@@ -164,21 +163,18 @@ def test_a_rank_that_raises_makes_the_others_fail_clearly_without_hanging(faulty
     ctx = multiprocessing.get_context("spawn")
     results = ctx.Queue()
     world_size = 3
-    port = _free_port()
-    procs = [ctx.Process(target=_fault_worker, args=(r, world_size, port, results, faulty_rank_stays))
-             for r in range(world_size)]
-    for p in procs:
-        p.start()
     reports = {}
-    try:
-        for _ in range(world_size):
-            rank, kind, message = results.get(timeout=90)
-            reports[rank] = (kind, message)
-    finally:
-        for p in procs:
-            p.join(timeout=30)
-            if p.is_alive():
-                p.kill()
+    with procs.local_rendezvous() as init_method:
+        workers = [ctx.Process(target=_fault_worker, args=(r, world_size, init_method, results, faulty_rank_stays))
+                   for r in range(world_size)]
+        for p in workers:
+            p.start()
+        try:
+            for _ in range(world_size):
+                rank, kind, message = results.get(timeout=90)
+                reports[rank] = (kind, message)
+        finally:
+            procs.stop(workers)
     assert reports[1] == ("ValueError", FAULT_MESSAGE)
     for rank in (0, 2):
         kind, message = reports[rank]
@@ -258,22 +254,22 @@ def test_sync_function_gradcheck_in_one_process():
 
 
 def test_world_size_one_communicates_nothing():
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1,
-                            timeout=timedelta(seconds=30))
-    try:
-        bn = nt.SyncBatchNorm(3).double()
-        x = torch.randn(4, 3, 5, dtype=torch.float64, requires_grad=True)
-        with _count_collectives() as counts:
-            out = bn(x)
-            torch.autograd.grad(out, x, torch.randn_like(out))
-        assert counts == {"all_gather": 0, "all_reduce": 0}
-    finally:
-        dist.destroy_process_group()
+    with procs.local_rendezvous() as init_method:
+        dist.init_process_group("gloo", init_method=init_method, rank=0, world_size=1,
+                                timeout=timedelta(seconds=30))
+        try:
+            bn = nt.SyncBatchNorm(3).double()
+            x = torch.randn(4, 3, 5, dtype=torch.float64, requires_grad=True)
+            with _count_collectives() as counts:
+                out = bn(x)
+                torch.autograd.grad(out, x, torch.randn_like(out))
+            assert counts == {"all_gather": 0, "all_reduce": 0}
+        finally:
+            dist.destroy_process_group()
 
 
 def test_example_script_trains_the_same_on_one_and_two_processes():
     import os
-    import subprocess
     import sys
     from pathlib import Path
 
@@ -281,8 +277,8 @@ def test_example_script_trains_the_same_on_one_and_two_processes():
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "TORCHELASTIC_RUN_ID")}
 
     def losses(nproc):
-        result = subprocess.run([sys.executable, str(script), "--nproc", str(nproc), "--steps", "3"],
-                                capture_output=True, text=True, timeout=120, env=env)
+        result = procs.run([sys.executable, str(script), "--nproc", str(nproc), "--steps", "3"],
+                           timeout=120, env=env)
         assert result.returncode == 0, result.stderr
         return [line for line in result.stdout.splitlines() if line.startswith("step")]
 

@@ -62,19 +62,30 @@ def test_resume_with_other_settings_or_damage_fails_clearly(tmp_path):
     missing = run("--epochs", "2", "--checkpoint-dir", str(tmp_path / "none"), "--resume")
     assert missing.exit_code == 1 and "no checkpoint found" in missing.output
     nowhere = run("--epochs", "2", "--resume")
-    assert nowhere.exit_code == 1 and "needs a checkpoint_dir" in nowhere.output
+    assert nowhere.exit_code == 2 and "--resume needs --checkpoint-dir" in nowhere.output, nowhere.output
 
 
 @pytest.mark.parametrize("args,message", [
     (["--hidden-dims", "24,x"], "comma-separated integers"),
     (["--normalization", "groupnorm"], "'groupnorm' is not one of"),
     (["--update-rule", "lbfgs"], "'lbfgs' is not one of"),
-    (["--dropout", "1.5"], "dropout must be a probability"),
-    (["--batch-size", "0"], "batch_size must be a positive integer"),
 ])
 def test_bad_options_are_reported(args, message):
     result = run("--epochs", "1", *args)
     assert result.exit_code != 0 and message in result.output, result.output
+
+
+@pytest.mark.parametrize("args,flag", [
+    (["--batch-size", "0"], "--batch-size"),
+    (["--epochs", "0"], "--epochs"),
+    (["--num-train", "0"], "--num-train"),
+    (["--dropout", "1.5"], "--dropout"),
+    (["--checkpoint-every", "-1"], "--checkpoint-every"),
+])
+def test_out_of_range_options_are_usage_errors_naming_the_flag(args, flag):
+    result = run(*args)
+    assert result.exit_code == 2, result.output
+    assert f"Invalid value for '{flag}'" in result.output and "is not in the range" in result.output, result.output
 
 
 def test_missing_cifar10_says_where_it_looked(tmp_path):

@@ -104,22 +104,28 @@ def bench(suite, quick, cases, dtype, repeat, rounds, threads, timeout, json_pat
 @click.option("--hidden-dims", default="100,100", show_default=True, help="Hidden layer sizes, comma-separated.")
 @click.option("--normalization", type=click.Choice(["none", "batchnorm", "layernorm"]), default="none",
               show_default=True)
-@click.option("--dropout", default=0.0, show_default=True, help="Probability of dropping a hidden unit.")
-@click.option("--reg", default=0.0, show_default=True, help="L2 regularization strength.")
-@click.option("--weight-scale", default=5e-2, show_default=True, help="Std of the normal weight init.")
+@click.option("--dropout", default=0.0, show_default=True, type=click.FloatRange(0, 1, max_open=True),
+              help="Probability of dropping a hidden unit.")
+@click.option("--reg", default=0.0, show_default=True, type=click.FloatRange(min=0), help="L2 regularization strength.")
+@click.option("--weight-scale", default=5e-2, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Std of the normal weight init.")
 @click.option("--dtype", type=click.Choice(["float64", "float32"]), default="float64", show_default=True)
 @click.option("--update-rule", type=click.Choice(["sgd", "sgd_momentum", "rmsprop", "adam"]), default="adam",
               show_default=True)
-@click.option("--learning-rate", "--lr", default=1e-3, show_default=True)
-@click.option("--lr-decay", default=1.0, show_default=True, help="Learning-rate factor per epoch.")
-@click.option("--batch-size", default=100, show_default=True)
-@click.option("--epochs", default=10, show_default=True, help="Total epochs (a resumed run continues up to it).")
-@click.option("--seed", default=0, show_default=True, help="Seeds the split, init, dropout and batch order.")
-@click.option("--num-train", default=None, type=int, help="Use at most this many training examples.")
+@click.option("--learning-rate", "--lr", default=1e-3, show_default=True, type=click.FloatRange(min=0))
+@click.option("--lr-decay", default=1.0, show_default=True, type=click.FloatRange(0, 1, min_open=True),
+              help="Learning-rate factor per epoch.")
+@click.option("--batch-size", default=100, show_default=True, type=click.IntRange(min=1))
+@click.option("--epochs", default=10, show_default=True, type=click.IntRange(min=1),
+              help="Total epochs (a resumed run continues up to it).")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Seeds the split, init, dropout and batch order.")
+@click.option("--num-train", default=None, type=click.IntRange(min=1), help="Use at most this many training examples.")
 @click.option("--checkpoint-dir", default=None, help="Write a checkpoint here every --checkpoint-every epochs.")
-@click.option("--checkpoint-every", default=1, show_default=True)
+@click.option("--checkpoint-every", default=1, show_default=True, type=click.IntRange(min=1))
 @click.option("--resume", is_flag=True, help="Continue the run checkpointed in --checkpoint-dir.")
-@click.option("--print-every", default=100, show_default=True, help="Iterations between log lines (no terminal).")
+@click.option("--print-every", default=100, show_default=True, type=click.IntRange(min=1),
+              help="Iterations between log lines (no terminal).")
 @click.option("--nproc", default=1, show_default=True, type=click.IntRange(min=1),
               help="Data-parallel processes on this machine (gloo over 127.0.0.1; needs PyTorch).")
 @click.option("--timeout", default=120.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
@@ -129,6 +135,8 @@ def train(quiet, hidden_dims, normalization, **options):
     """Train one fully-connected net, checkpoint it, and print a summary."""
     from .lab import train as lab_train
 
+    if options["resume"] and options["checkpoint_dir"] is None:
+        raise click.UsageError("--resume needs --checkpoint-dir: the directory of the run to continue")
     try:
         dims = tuple(int(h) for h in hidden_dims.split(",") if h.strip())
     except ValueError:

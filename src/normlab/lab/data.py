@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import _checks
+
 DATASETS = ("digits", "mnist1d", "cifar10")
 
 #: Fraction of the labelled training pool held out for validation, per dataset.
@@ -59,9 +61,8 @@ def load_dataset(name="digits", *, seed=0, data_dir=None, val_fraction=None,
         val_fraction = DEFAULT_VAL_FRACTION[name]
     if isinstance(val_fraction, bool) or not isinstance(val_fraction, numbers.Real) or not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction must be a number in (0, 1), got {val_fraction!r}")
-    if num_train is not None and (isinstance(num_train, bool) or not isinstance(num_train, numbers.Integral)
-                                  or num_train < 1):
-        raise ValueError(f"num_train must be a positive integer or None, got {num_train!r}")
+    if num_train is not None:  # None: all
+        _checks.check_positive_int(num_train, "num_train")
 
     X_pool, y_pool, X_test, y_test = _LOADERS[name](data_dir=data_dir, cache_dir=cache_dir)
     rng = np.random.default_rng(seed)
@@ -145,14 +146,16 @@ def _load_mnist1d(cache_dir=None, **_):
         np.random.set_state(np_state)
         random.setstate(py_state)
     arrays = {k: np.asarray(data[k]) for k in ("x", "y", "x_test", "y_test")}
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         cache.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         with open(tmp, "wb") as fh:
             np.savez(fh, **arrays)
         os.replace(tmp, path)  # atomic: a reader never sees half a file
     except OSError:
         pass  # an unwritable cache only costs regeneration next time
+    finally:
+        tmp.unlink(missing_ok=True)  # a write that failed part-way (e.g. a full disk) leaves no stray file
     return arrays["x"], arrays["y"], arrays["x_test"], arrays["y_test"]
 
 

@@ -25,6 +25,7 @@ whole global batch, identical on every rank (see ``normlab.lab.parallel``).
 
 from __future__ import annotations
 
+import copy
 import functools
 import numbers
 from typing import Callable, NamedTuple
@@ -198,11 +199,7 @@ class FullyConnectedNet:
         keyed like ``params``.
         """
         training = (y is not None) if training is None else bool(training)
-        X = _checks.as_float_array(X, "X", min_ndim=2)
-        X = X.reshape(X.shape[0], -1)
-        if X.shape[1] != self.input_dim:
-            raise ValueError(f"X must have {self.input_dim} features per sample, got shape {X.shape}")
-        X = X.astype(self.dtype, copy=False)
+        X = self._check_inputs(X, y, training=training, local=shard is None)
         if shard is not None:
             _check_shard(shard, X.shape[0], y)
         p = self.params
@@ -211,6 +208,12 @@ class FullyConnectedNet:
         if shard is not None and training and self.norm.running_stats:
             norm_forward = functools.partial(_sync_batchnorm_forward, group=shard.group)
 
+        # State changes only once the whole call has succeeded: the batch moments are collected
+        # here and folded into the running statistics at the end, and dropout masks come from a
+        # copy of the generator whose state is committed at the end too. A call that raises
+        # anywhere leaves the model bit-identical.
+        pending_stats = []
+        rng = copy.deepcopy(self.dropout_rng) if training and self.dropout else self.dropout_rng
         caches = []
         h = X
         for i in range(1, self.num_layers):
@@ -223,15 +226,16 @@ class FullyConnectedNet:
                     h, p[f"W{i}"], p.get(f"b{i}"), p[f"gamma{i}"], p[f"beta{i}"], norm_forward,
                     self.eps, backend=self.backend, **given)
                 if training and stats is not None:
-                    stats.update(*_batch_moments(cache.norm))
+                    pending_stats.append((stats, _batch_moments(cache.norm)))
             if shard is not None and training and self.dropout:
-                h, drop_cache = _shard_dropout(h, self.dropout, self.dropout_rng, shard)
+                h, drop_cache = _shard_dropout(h, self.dropout, rng, shard)
             else:
-                h, drop_cache = ops.dropout_forward(h, self.dropout, self.dropout_rng, training)
+                h, drop_cache = ops.dropout_forward(h, self.dropout, rng, training)
             caches.append((cache, drop_cache))
         L = self.num_layers
         scores, out_cache = ops.affine_forward(h, p[f"W{L}"], p[f"b{L}"])
         if y is None:
+            self._commit(pending_stats, rng)
             return scores
 
         data_loss, dscores = ops.softmax_loss(scores, y)
@@ -259,7 +263,43 @@ class FullyConnectedNet:
         if self.reg:  # added after the sum, once
             for i in range(1, L + 1):
                 grads[f"W{i}"] = grads[f"W{i}"] + self.reg * p[f"W{i}"]
+        self._commit(pending_stats, rng)
         return data_loss + reg_loss, {k: grads[k] for k in p}  # drops db of bias-free layers
+
+    def _check_inputs(self, X, y, *, training: bool, local: bool) -> np.ndarray:
+        """X as (N, D) in the model's dtype, after checking X and y; raises before any state changes.
+
+        local: also reject non-finite X here. A data-parallel call (local=False) leaves that to the
+        synchronized norm, which checks the global batch's moments so that every rank raises
+        together instead of one rank leaving its peers waiting in a collective.
+        """
+        X = _checks.as_float_array(X, "X", min_ndim=2)
+        X2 = X.reshape(X.shape[0], -1)
+        if X2.shape[1] != self.input_dim:
+            raise ValueError(f"X must have {self.input_dim} features per sample, got shape {X.shape} "
+                             f"({X2.shape[1]} features)")
+        if local and training and not np.all(np.isfinite(X2)):
+            raise ValueError(f"X (shape {X.shape}) contains NaN or inf: "
+                             f"{int(np.sum(~np.isfinite(X2)))} non-finite values")
+        if y is not None:
+            y_arr = np.asarray(y)
+            if y_arr.shape != (X2.shape[0],):
+                raise ValueError(f"y must have shape ({X2.shape[0]},), one label per row of X (shape {X.shape}), "
+                                 f"got shape {y_arr.shape}")
+            if not np.issubdtype(y_arr.dtype, np.integer):
+                raise TypeError(f"y must hold integer class labels, got dtype {y_arr.dtype} with shape {y_arr.shape}")
+            if y_arr.size and (y_arr.min() < 0 or y_arr.max() >= self.num_classes):
+                raise ValueError(f"labels y must lie in [0, {self.num_classes}), got range "
+                                 f"[{y_arr.min()}, {y_arr.max()}] (y shape {y_arr.shape})")
+        return X2.astype(self.dtype, copy=False)
+
+    def _commit(self, pending_stats, rng: np.random.Generator) -> None:
+        """Fold the batch moments into the running statistics and advance the dropout generator."""
+        for stats, moments in pending_stats:
+            stats.update(*moments)
+        if rng is not self.dropout_rng:
+            # Set the state rather than swap the object: callers holding model.dropout_rng see it advance.
+            self.dropout_rng.bit_generator.state = rng.bit_generator.state
 
     def predict(self, X, batch_size: int = 1000) -> np.ndarray:
         """Class predictions (N,) in test mode, in chunks of ``batch_size`` rows."""

@@ -1,8 +1,10 @@
 """Data-parallel training of the lab's nets over torch.distributed (gloo, CPU).
 
 ``normlab train --nproc K`` spawns K processes on this machine that
-rendezvous on 127.0.0.1; under torchrun (RANK, WORLD_SIZE and MASTER_ADDR
-set) each process joins torchrun's group instead, on one machine or several.
+rendezvous through a file in a private temporary directory (no port to pick,
+see :func:`normlab.procs.local_rendezvous`); under torchrun (RANK,
+WORLD_SIZE and MASTER_ADDR set) each process joins torchrun's group instead,
+on one machine or several.
 Every process then runs the ordinary :func:`normlab.lab.train.run` with
 ``data_parallel=True``: the Solver shards each global batch and
 ``FullyConnectedNet.loss`` synchronizes batch statistics and sums the
@@ -20,8 +22,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import socket
 from datetime import timedelta
+
+from .. import procs
 
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "MASTER_ADDR")
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
@@ -67,12 +70,6 @@ def _require_torch() -> None:
                            "training needs; " + INSTALL_HINT)
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _threads_per_process(processes: int) -> int:
     return max(1, (os.cpu_count() or 1) // processes)
 
@@ -96,13 +93,15 @@ def _spawn(config, verbose, progress):
     nproc = config.nproc
     reports = mp.get_context("spawn").SimpleQueue()
     threads = _threads_per_process(nproc)
-    init_method = f"tcp://127.0.0.1:{_free_port()}"
-    with _thread_environment(threads):
-        processes = mp.spawn(_worker, args=(nproc, init_method, threads, config, reports, verbose, progress),
-                             nprocs=nproc, join=False)
+    # No overall deadline: training may legitimately run for hours. What can hang is bounded in the
+    # workers: config.timeout bounds the rendezvous and every collective, so a dead or stuck peer
+    # makes the others raise and exit, and join() then stops them all (also on Ctrl-C).
     try:
-        while not processes.join():
-            pass
+        with procs.local_rendezvous() as init_method:
+            with _thread_environment(threads):
+                processes = mp.spawn(_worker, args=(nproc, init_method, threads, config, reports, verbose,
+                                                    progress), nprocs=nproc, join=False)
+            procs.join(processes)
     except (mp.ProcessRaisedException, mp.ProcessExitedException) as exc:
         # join() has stopped the other processes; the reports say which rank failed first and why.
         errors = [(rank, message) for kind, rank, message in _drain(reports) if kind == "error"]

@@ -24,7 +24,7 @@ import time
 
 import numpy as np
 
-from .. import distributed
+from .. import _checks, distributed
 from ..layers import RunningStats
 from . import checkpoint as ckpt
 from . import optim
@@ -75,7 +75,8 @@ class Solver:
     After :meth:`train`: ``loss_history`` (one float per iteration),
     ``train_acc_history`` and ``val_acc_history`` (one per epoch),
     ``best_val_acc``, ``best_params`` (copies of the params of the best epoch,
-    swapped into the model at the end along with its running statistics),
+    swapped into the model at the end along with its running statistics; see
+    :meth:`train` for what that means for a second call),
     ``epoch``, ``train_time`` (seconds spent in train()).
     """
 
@@ -102,12 +103,10 @@ class Solver:
             raise ValueError(f"lr_decay must be in (0, 1], got {lr_decay!r}")
         for name, value in (("batch_size", batch_size), ("num_epochs", num_epochs),
                             ("print_every", print_every), ("checkpoint_every", checkpoint_every)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            _checks.check_positive_int(value, name)
         for name, value in (("num_train_samples", num_train_samples), ("num_val_samples", num_val_samples)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer))
-                                      or value < 1):
-                raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
+            if value is not None:  # None: all samples
+                _checks.check_positive_int(value, name)
         if progress not in ("auto", "rich", "plain", "none"):
             raise ValueError(f"progress must be 'auto', 'rich', 'plain' or 'none', got {progress!r}")
         if resume and checkpoint_dir is None:
@@ -182,7 +181,17 @@ class Solver:
         return correct / n
 
     def train(self):
-        """Train until ``num_epochs`` epochs are done (continuing a resumed run); returns self."""
+        """Train until ``num_epochs`` epochs are done (continuing a resumed run); returns self.
+
+        At the end the model holds the best epoch's parameters and running
+        statistics (``best_params``, ``best_batch_stats``), not the last
+        epoch's, so predictions after train() use the best model. The optimizer
+        state, the generators and ``epoch`` stay those of the last epoch: a
+        second train() (after raising ``num_epochs``) therefore continues from
+        the best parameters with the last epoch's optimizer state, which is
+        not the uninterrupted run. To continue that run exactly, resume from a
+        checkpoint (``resume=True``), which restores the last epoch's parameters.
+        """
         if self.blas_threads is None:
             return self._train()
         from threadpoolctl import threadpool_limits
