@@ -243,7 +243,8 @@ def test_a_failing_rank_ends_every_rank_clearly_and_quickly(tmp_path):
     # Two processes started as torchrun starts them (env://); rank 1 cannot load its data.
     pytest.importorskip("torch")
     # env:// needs a port number, so here (only) a free port is picked.
-    common = {"WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(procs.free_port())}
+    common = {"WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(procs.free_port()),
+              "GLOO_SOCKET_IFNAME": "lo"}  # loopback only
     bad = ["--dataset", "cifar10", "--data-dir", str(tmp_path / "nowhere")]
     environ = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
     ranks = [subprocess.Popen([sys.executable, "-m", "normlab", "train", *FAST, *(bad if rank else [])],

@@ -32,8 +32,17 @@ def local_rendezvous():
 
     torch's FileStore needs a file that no earlier group used, hence a new directory per run.
     """
-    with tempfile.TemporaryDirectory(prefix="normlab-rendezvous-") as directory:
-        yield Path(directory, "store").as_uri()
+    # Ranks of one machine talk over loopback: gloo would otherwise pick the
+    # interface the host name resolves to. A value the user set is kept.
+    pinned = "GLOO_SOCKET_IFNAME" not in os.environ and Path("/sys/class/net/lo").exists()
+    if pinned:
+        os.environ["GLOO_SOCKET_IFNAME"] = "lo"
+    try:
+        with tempfile.TemporaryDirectory(prefix="normlab-rendezvous-") as directory:
+            yield Path(directory, "store").as_uri()
+    finally:
+        if pinned:
+            os.environ.pop("GLOO_SOCKET_IFNAME", None)
 
 
 def free_port() -> int:

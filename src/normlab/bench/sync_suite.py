@@ -25,9 +25,9 @@ report takes, per row, the larger of the ranks' medians (the JSON keeps both).
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
-import socket
 import time
 import traceback
 from datetime import timedelta
@@ -35,6 +35,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..procs import local_rendezvous
 from .cases import Case, Impl, _inputs
 from .runner import PHASES, machine_info, prepare, time_impls
 from .torch_suite import batchnorm_case, module_impl, module_pair
@@ -42,12 +43,6 @@ from .torch_suite import batchnorm_case, module_impl, module_pair
 SYNC_SUITE = ("sbn:32x64x56x56", "bn:4096x1024")
 SYNC_QUICK = ("bn:64x8", "sbn:4x4x6x6")
 SYNC_IMPLS = ("local", "torch.nn", "sync-math", "sync", "collectives")
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def sync_impls(case: Case, dtype, rank: int, world_size: int, solo_group) -> list[Impl]:
@@ -78,13 +73,13 @@ def sync_impls(case: Case, dtype, rank: int, world_size: int, solo_group) -> lis
             module_impl("sync", sync, x, dout), collectives]
 
 
-def _worker(rank, world_size, port, case_ids, dtypes, repeat, rounds, threads, timeout_s, queue):
+def _worker(rank, world_size, init_method, case_ids, dtypes, repeat, rounds, threads, timeout_s, queue):
     """One rank: time every case and dtype, put (rank, "ok", payload) or (rank, "error", traceback) on queue."""
     import torch.distributed as dist
 
     try:
         threads = prepare(threads, repeat)
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+        dist.init_process_group("gloo", init_method=init_method, rank=rank,
                                 world_size=world_size, timeout=timedelta(seconds=timeout_s))
         # new_group is collective: every rank creates every one-rank group, in the same order.
         solo_group = [dist.new_group([r]) for r in range(world_size)][rank]
@@ -127,9 +122,10 @@ def run_sync(cases=None, dtypes=("float32",), repeat: int = 7, threads: int | No
     loadavg_start = os.getloadavg()
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
-    port = _free_port()
+    rendezvous = contextlib.ExitStack()
+    init_method = rendezvous.enter_context(local_rendezvous())  # file store, loopback: no port to race for
     case_ids = [c.id for c in case_list]
-    procs = [ctx.Process(target=_worker, args=(r, world_size, port, case_ids, tuple(dtypes), repeat, rounds,
+    procs = [ctx.Process(target=_worker, args=(r, world_size, init_method, case_ids, tuple(dtypes), repeat, rounds,
                                                threads, timeout_s, queue), daemon=True)
              for r in range(world_size)]
     log(f"sync suite: {world_size} ranks on 127.0.0.1 (gloo), {threads} thread(s) each")
@@ -160,6 +156,7 @@ def run_sync(cases=None, dtypes=("float32",), repeat: int = 7, threads: int | No
             if p.is_alive():
                 p.kill()
                 p.join(timeout=10)
+        rendezvous.close()
     info = machine_info(threads)
     info["loadavg_start"], info["loadavg_end"] = loadavg_start, os.getloadavg()
     info["world_size"] = world_size
