@@ -234,7 +234,8 @@ def apply_gradient(dout, cache: NormCache, sums, count, *, out: np.ndarray | Non
     dx4 = impl.grad_apply(dout4, x4, g, cache.mean.reshape(-1), cache.invstd.reshape(-1), sum_dy, sum_dy_xhat,
                           float(count), True, out=None if out is None else out.reshape(cache.layout.view))
     dx = dx4.reshape(cache.x.shape).astype(cache.x.dtype, copy=False)
-    if out is not None and not np.may_share_memory(dx, out):
+    if out is None:
+        return dx
+    if not np.may_share_memory(dx, out):  # reshape copied a non-contiguous out: fill the caller's buffer
         np.copyto(out, dx)
-        dx = out
-    return dx
+    return out
