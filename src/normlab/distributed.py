@@ -18,6 +18,11 @@ backward
     dgamma, dbeta stay local (the shard's share), as for any parameter under
     data parallelism: the usual gradient all-reduce sums them.
 
+The shard's moments, sums and dx are the backend's own passes
+(``normlab.core.batch_moments``, ``gradient_sums``, ``apply_gradient``), the
+same kernels and closed form as the local batch norm: synchronizing adds
+only the two collectives.
+
 Everything here works on NumPy arrays (channels on axis 1) and reuses the
 normalization core: ``normlab.torch.SyncBatchNorm`` calls it on zero-copy
 views of CPU tensors, and a NumPy data-parallel trainer can call it directly.
