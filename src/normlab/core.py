@@ -190,3 +190,52 @@ def normalize_backward(dout, cache: NormCache, *, out: np.ndarray | None = None)
     pdtype = cache.gamma.dtype
     return (dx, dgamma.reshape(layout.param_shape).astype(pdtype, copy=False),
             dbeta.reshape(layout.param_shape).astype(pdtype, copy=False))
+
+
+# ----------------------------------------------------------------------------- pieces
+# The backward split into its two passes, for callers whose sums span more
+# than this x (synchronized batch norm adds them up over ranks in between).
+
+def batch_moments(x, layout: Layout, backend: str = "auto"):
+    """Mean and biased var of x over the layout's reduced axes: float64 of ``layout.stat_shape``.
+
+    x: float array with ``x.size == prod(layout.view)``, at least one value per statistic.
+    """
+    mean, var = get_backend(backend).moments(x.reshape(layout.view), layout.batch_stats)
+    return mean.reshape(layout.stat_shape), var.reshape(layout.stat_shape)
+
+
+def _batch_pieces(dout, cache: NormCache):
+    if not isinstance(cache, NormCache):
+        raise TypeError(f"cache must be the NormCache returned by a forward, got {type(cache).__name__}")
+    if not cache.layout.batch_stats:
+        raise ValueError("gradient_sums/apply_gradient need batch statistics (batch or spatial batch norm)")
+    dout = _checks.check_dout(dout, cache.x.shape)
+    view = cache.layout.view
+    return dout.reshape(view), cache.x.reshape(view), get_backend(cache.backend)
+
+
+def gradient_sums(dout, cache: NormCache):
+    """(sum dy, sum dy*xhat) per channel over this x: float64 (C,) each (dbeta, and dgamma without gamma)."""
+    dout4, x4, impl = _batch_pieces(dout, cache)
+    return impl.grad_sums(dout4, x4, cache.mean.reshape(-1), cache.invstd.reshape(-1), True)
+
+
+def apply_gradient(dout, cache: NormCache, sums, count, *, out: np.ndarray | None = None):
+    """dx = gamma*invstd*(dy - sum_dy/count - xhat*sum_dy_xhat/count), x's shape and dtype.
+
+    sums: (sum_dy, sum_dy_xhat), float64 (C,) each, over ``count`` values per
+    channel (possibly more than this x holds: the global batch).
+    """
+    dout4, x4, impl = _batch_pieces(dout, cache)
+    _check_out(out, cache.x)
+    g = None if cache.gamma is None else cache.gamma.reshape(-1)
+    sum_dy, sum_dy_xhat = (np.asarray(s, np.float64).reshape(-1) for s in sums)
+    dx4 = impl.grad_apply(dout4, x4, g, cache.mean.reshape(-1), cache.invstd.reshape(-1), sum_dy, sum_dy_xhat,
+                          float(count), True, out=None if out is None else out.reshape(cache.layout.view))
+    dx = dx4.reshape(cache.x.shape).astype(cache.x.dtype, copy=False)
+    if out is None:
+        return dx
+    if not np.may_share_memory(dx, out):  # reshape copied a non-contiguous out: fill the caller's buffer
+        np.copyto(out, dx)
+    return out

@@ -18,6 +18,11 @@ backward
     dgamma, dbeta stay local (the shard's share), as for any parameter under
     data parallelism: the usual gradient all-reduce sums them.
 
+The shard's moments, sums and dx are the backend's own passes
+(``normlab.core.batch_moments``, ``gradient_sums``, ``apply_gradient``), the
+same kernels and closed form as the local batch norm: synchronizing adds
+only the two collectives.
+
 Everything here works on NumPy arrays (channels on axis 1) and reuses the
 normalization core: ``normlab.torch.SyncBatchNorm`` calls it on zero-copy
 views of CPU tensors, and a NumPy data-parallel trainer can call it directly.
@@ -32,7 +37,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import _checks
-from .core import NormCache, normalize_backward, normalize_forward
+from .core import NormCache, apply_gradient, batch_moments, gradient_sums, normalize_forward
 from .norms import batch_layout
 
 
@@ -61,23 +66,21 @@ class SyncCache(NamedTuple):
 
 # ----------------------------------------------------------------------------- moments
 
-def local_moments(x) -> Moments:
+def local_moments(x, *, backend="auto") -> Moments:
     """Per-channel moments of x (N, C, *) over N and the spatial axes; works for N = 0 or 1.
 
-    Two-pass in float64 (mean, then squared deviations from it): never
-    negative and no cancellation for data far from zero.
+    The backend's statistics pass (the one the forward uses), float64 and
+    robust for data far from zero; M2 = var*count.
     """
     x = _checks.as_float_array(x, "x", min_ndim=2)
-    n, c = x.shape[0], x.shape[1]
-    x3 = x.reshape(n, c, -1) if x.size else np.zeros((0, c, 1))
-    count = float(x3.shape[0] * x3.shape[2])
-    if count == 0:
+    c = x.shape[1]
+    if x.size == 0:
         zeros = np.zeros(c)
         return Moments(zeros.copy(), zeros.copy(), zeros)
-    xw = x3.astype(np.float64, copy=False)
-    mean = xw.mean(axis=(0, 2))
-    m2 = np.square(xw - mean[None, :, None]).sum(axis=(0, 2))
-    return Moments(np.full(c, count), mean, m2)
+    layout = batch_layout(x.shape)
+    mean, var = batch_moments(x, layout, backend)
+    count = float(layout.count)
+    return Moments(np.full(c, count), mean, var * count)
 
 
 def merge_moments(count, mean, m2) -> Moments:
@@ -210,9 +213,9 @@ def all_reduce_arrays(arrays, group=None, *,
     return out
 
 
-def global_moments(x, group=None) -> Moments:
+def global_moments(x, group=None, *, backend="auto") -> Moments:
     """Moments of the global batch, x (N, C, *) being this rank's shard. ONE all_gather (none for one rank)."""
-    local = local_moments(x)
+    local = local_moments(x, backend=backend)
     if world_size(group) == 1:
         return local
     packed = all_gather_rows(np.stack(local), group)  # (R, 3, C)
@@ -239,7 +242,7 @@ def sync_batchnorm_forward(x, gamma, beta, eps=1e-5, *, group=None, backend="aut
     beta = _checks.check_param(beta, "beta", layout.param_shape, f"one per channel for input shape {x.shape}")
     eps = _checks.check_eps(eps, training=True)
 
-    moments = global_moments(x, group)
+    moments = global_moments(x, group, backend=backend)
     # Checked after the collective, on statistics every rank shares, so all ranks raise alike.
     total = int(moments.count[0])
     if total < 2:
@@ -251,12 +254,7 @@ def sync_batchnorm_forward(x, gamma, beta, eps=1e-5, *, group=None, backend="aut
         raise ValueError(f"the global batch contains NaN or inf (this rank's x has shape {x.shape})")
     if x.size == 0:
         return np.empty_like(x), moments, SyncCache(None, total, num_channels, gamma, group)
-    # The sums backward needs come back from the core as dgamma/dbeta, so give it
-    # a float64 gamma always (ones without affine) to keep them in float64.
-    core_gamma = np.ones(num_channels) if gamma is None else gamma.astype(np.float64)
-    core_beta = np.zeros(num_channels) if beta is None else beta.astype(np.float64)
-    out, norm = normalize_forward(x, core_gamma, core_beta, layout, eps,
-                                  mean=moments.mean, var=moments.var, backend=backend)
+    out, norm = normalize_forward(x, gamma, beta, layout, eps, mean=moments.mean, var=moments.var, backend=backend)
     return out, moments, SyncCache(norm, total, num_channels, gamma, group)
 
 
@@ -268,26 +266,16 @@ def sync_batchnorm_backward(dout, cache: SyncCache):
     """
     if not isinstance(cache, SyncCache):
         raise TypeError(f"cache must be the SyncCache of sync_batchnorm_forward, got {type(cache).__name__}")
-    c = cache.num_channels
     norm = cache.norm
     if norm is None:
         dout = _checks.as_float_array(dout, "dout")
-        dx_given, local = np.empty(dout.shape, dout.dtype), np.zeros((2, c))
+        dx, local = np.empty(dout.shape, dout.dtype), np.zeros((2, cache.num_channels))
     else:
-        # With the statistics given, the core returns dx = dy*gamma*invstd and,
-        # as dgamma/dbeta, exactly the two local sums the closed form needs.
-        dx_given, sum_dy_xhat, sum_dy = normalize_backward(dout, norm)
-        local = np.stack([sum_dy, sum_dy_xhat])
+        local = np.stack(gradient_sums(dout, norm))  # this shard's [sum dy, sum dy*xhat]
     sums = local if world_size(cache.group) == 1 else all_reduce_sum(local, cache.group)
     if norm is not None:
-        # The two terms the statistics' dependence on x adds, with global sums and count.
-        shape = (1, c) + (1,) * (norm.x.ndim - 2)
-        invstd = norm.invstd.reshape(shape)
-        scale = norm.gamma.reshape(shape) * invstd / cache.count
-        xhat = (norm.x.astype(np.float64) - norm.mean.reshape(shape)) * invstd
-        dx = dx_given - scale * (sums[0].reshape(shape) + xhat * sums[1].reshape(shape))
-        dx_given = dx.astype(norm.x.dtype, copy=False)
+        dx = apply_gradient(dout, norm, sums, cache.count)  # with the GLOBAL sums and count
     if cache.gamma is None:
-        return dx_given, None, None
+        return dx, None, None
     dtype = cache.gamma.dtype
-    return dx_given, local[1].astype(dtype), local[0].astype(dtype)
+    return dx, local[1].astype(dtype), local[0].astype(dtype)

@@ -11,6 +11,18 @@ Every backend is a module with ``NAME`` and two functions over the 4-d view
     -> ``(dx4, dgamma, dbeta)``; dgamma/dbeta are (G*K,) float64 or None;
     ``out`` is an optional (N, G, K, L) buffer of x's dtype for dx.
 
+The same passes one at a time, for callers whose statistics or sums span
+more than this x (synchronized batch norm adds them up over ranks between
+the passes); grad_sums/grad_apply are for batch_stats=True (K == 1) only:
+
+``moments(x4, batch_stats)``
+    -> ``(mean, var)``, float64 of the statistics' shape; var is biased.
+``grad_sums(dout4, x4, mean, invstd, batch_stats)``
+    -> ``(sum_dy, sum_dy_xhat)``, float64 (G,): dbeta and gamma-free dgamma.
+``grad_apply(dout4, x4, gamma, mean, invstd, sum_dy, sum_dy_xhat, count, batch_stats, out=None)``
+    -> dx4 = gamma*invstd*(dy - sum_dy/count - xhat*sum_dy_xhat/count) in
+    x's dtype, count being how many values the sums were taken over.
+
 ``"auto"`` picks the fastest backend that imports on this machine.
 """
 

@@ -161,6 +161,8 @@ def _fused_rows_forward(xw, gam, bet, eps, given, y, n, g, k, l):
         float(eps), given is not None, mean, var, invstd, np.empty(rows, dt), np.empty(rows, dt),
         np.empty(rows, dt), y.reshape(rows, k * l))
     return mean.reshape(n, g), var.reshape(n, g), invstd.reshape(n, g)
+
+
 def backward(dout4, x4, gamma, mean, invstd, batch_stats, stats_given, saved, out=None):
     n, g, k, l = x4.shape
     dt = _work_dtype(x4, dout4)
@@ -174,30 +176,14 @@ def backward(dout4, x4, gamma, mean, invstd, batch_stats, stats_given, saved, ou
 
     if batch_stats:
         m = n * l
-        rows = l >= ROWS_MIN_LENGTH
-        if rows:  # rows (n, c) of length L
-            shape2, mu = (n * g, l), np.tile(mean, n)
-            t1, t2 = np.empty(n * g), np.empty(n * g)
-            _pick(_k.row_grad_sums, size)(xw.reshape(shape2), dyw.reshape(shape2), mu, t1, t2)
-            dbeta, dxc = t1.reshape(n, g).sum(axis=0), t2.reshape(n, g).sum(axis=0)
-        else:  # columns (c, l) of an (N, C*L) matrix
-            shape2, mu = (n, g * l), np.repeat(mean, l)
-            blocks = _blocks(size, n)
-            c1, c2 = np.zeros((blocks, g * l)), np.zeros((blocks, g * l))
-            _pick(_k.col_grad_sums, size)(xw.reshape(shape2), dyw.reshape(shape2), mu, c1, c2)
-            dbeta = c1.sum(axis=0).reshape(g, l).sum(axis=1)
-            dxc = c2.sum(axis=0).reshape(g, l).sum(axis=1)
+        dbeta, dxc = _batch_grad_sums(xw, dyw, mean, n, g, l)
         dgamma = dxc * invstd  # sum(dout * xhat)
         k1 = gam * invstd
         if stats_given:  # mean and var are constants: dx = dout * gamma * invstd
             k2, k3 = np.zeros(g), np.zeros(g)
         else:  # gamma*invstd*(dout - dbeta/m - xhat*dgamma/m)
             k2, k3 = -k1 * invstd * dgamma / m, -k1 * dbeta / m
-        spread = (lambda a: np.tile(a, n)) if rows else (lambda a: np.repeat(a, l))
-        mh, ml = _split(mu, dt)
-        kernel = _pick(_k.row_grad_apply if rows else _k.col_grad_apply, size)
-        kernel(xw.reshape(shape2), dyw.reshape(shape2), mh, ml, _as(spread(k1), dt), _as(spread(k2), dt),
-               _as(spread(k3), dt), dx.reshape(shape2))
+        _batch_grad_apply(xw, dyw, mean, k1, k2, k3, dx, n, g, l)
     else:
         rows = n * g
         gam_runs = _param_runs(gam, g, k, l)
@@ -217,3 +203,74 @@ def backward(dout4, x4, gamma, mean, invstd, batch_stats, stats_given, saved, ou
     if gamma is None:
         return dx, None, None
     return dx, dgamma, dbeta
+
+
+def _batch_grad_sums(xw, dyw, mean, n, g, l):
+    """Per channel of (N, G, 1, L): sum(dy) and sum(dy*(x - mean)), float64 (G,)."""
+    if l >= ROWS_MIN_LENGTH:  # rows (n, c) of length L
+        t1, t2 = np.empty(n * g), np.empty(n * g)
+        _pick(_k.row_grad_sums, xw.size)(xw.reshape(n * g, l), dyw.reshape(n * g, l), np.tile(mean, n), t1, t2)
+        return t1.reshape(n, g).sum(axis=0), t2.reshape(n, g).sum(axis=0)
+    # columns (c, l) of an (N, C*L) matrix
+    blocks = _blocks(xw.size, n)
+    c1, c2 = np.zeros((blocks, g * l)), np.zeros((blocks, g * l))
+    _pick(_k.col_grad_sums, xw.size)(xw.reshape(n, g * l), dyw.reshape(n, g * l), np.repeat(mean, l), c1, c2)
+    return c1.sum(axis=0).reshape(g, l).sum(axis=1), c2.sum(axis=0).reshape(g, l).sum(axis=1)
+
+
+def _batch_grad_apply(xw, dyw, mean, k1, k2, k3, dx, n, g, l):
+    """dx = k1*dy + k2*(x - mean) + k3 with per-channel float64 coefficients (G,), into dx."""
+    dt, rows = xw.dtype, l >= ROWS_MIN_LENGTH
+    shape2 = (n * g, l) if rows else (n, g * l)
+    spread = (lambda a: np.tile(a, n)) if rows else (lambda a: np.repeat(a, l))
+    mh, ml = _split(spread(mean), dt)
+    kernel = _pick(_k.row_grad_apply if rows else _k.col_grad_apply, xw.size)
+    kernel(xw.reshape(shape2), dyw.reshape(shape2), mh, ml, _as(spread(k1), dt), _as(spread(k2), dt),
+           _as(spread(k3), dt), dx.reshape(shape2))
+
+
+# ----------------------------------------------------------------------------- pieces
+# The backward split where sums from other ranks join (normlab.distributed):
+# batch layouts only; per-sample statistics need no synchronization.
+
+def _require_batch_stats(batch_stats):
+    if not batch_stats:
+        raise ValueError("grad_sums/grad_apply are defined for batch statistics (one per channel, K == 1)")
+
+
+def moments(x4, batch_stats):
+    """Mean and biased var, float64 (G,) or (N, G): the forward's statistics pass alone."""
+    n, g, k, l = x4.shape
+    if not batch_stats:  # per-sample statistics live inside the fused row kernel: use the reference
+        from . import numpy_backend
+
+        return numpy_backend.moments(x4, batch_stats)
+    with np.errstate(invalid="ignore", over="ignore"):
+        return _batch_moments(np.ascontiguousarray(x4, dtype=_work_dtype(x4)), n, g, l)
+
+
+def grad_sums(dout4, x4, mean, invstd, batch_stats):
+    """(sum dy, sum dy*xhat) per channel, float64 (G,): the backward's first pass alone."""
+    _require_batch_stats(batch_stats)
+    n, g, _, l = x4.shape
+    dt = _work_dtype(x4, dout4)
+    invstd = _f64(invstd)
+    sum_dy, sum_dy_xc = _batch_grad_sums(np.ascontiguousarray(x4, dtype=dt), np.ascontiguousarray(dout4, dtype=dt),
+                                         _f64(mean), n, g, l)
+    return sum_dy, sum_dy_xc * invstd
+
+
+def grad_apply(dout4, x4, gamma, mean, invstd, sum_dy, sum_dy_xhat, count, batch_stats, out=None):
+    """dx = gamma*invstd*(dy - sum_dy/count - xhat*sum_dy_xhat/count): the backward's second pass alone."""
+    _require_batch_stats(batch_stats)
+    n, g, _, l = x4.shape
+    dt = _work_dtype(x4, dout4)
+    direct = out is not None and out.dtype == dt and out.flags.c_contiguous
+    dx = out if direct else np.empty(x4.shape, dt)
+    invstd = _f64(invstd)
+    gam, _ = _affine(gamma, None, g)
+    k1 = gam * invstd
+    k2, k3 = -k1 * invstd * _f64(sum_dy_xhat) / count, -k1 * _f64(sum_dy) / count
+    _batch_grad_apply(np.ascontiguousarray(x4, dtype=dt), np.ascontiguousarray(dout4, dtype=dt), _f64(mean),
+                      k1, k2, k3, dx, n, g, l)
+    return _finish(dx, out, direct, x4)

@@ -86,3 +86,45 @@ def backward(dout4, x4, gamma, mean, invstd, batch_stats, stats_given, saved, ou
     if gamma is None:
         return dx, None, None
     return dx, dgamma.reshape(-1), dbeta.reshape(-1)
+
+
+# ----------------------------------------------------------------------------- pieces
+# The synchronized path (normlab.distributed) needs the backward split at the
+# point where sums from other ranks join: local sums, then dx from global sums.
+
+def _require_batch_stats(batch_stats):
+    if not batch_stats:
+        raise ValueError("grad_sums/grad_apply are defined for batch statistics (one per channel, K == 1)")
+
+
+def moments(x4, batch_stats):
+    """Mean and biased var, float64 of shape (G,) or (N, G); two-pass in float64."""
+    axes = _stat_axes(batch_stats)
+    xw = x4.astype(np.float64, copy=False)
+    with np.errstate(invalid="ignore"):
+        mean = xw.mean(axis=axes, keepdims=True)
+        var = np.mean(np.square(xw - mean), axis=axes, keepdims=True)
+    shape = (x4.shape[1],) if batch_stats else x4.shape[:2]
+    return mean.reshape(shape), var.reshape(shape)
+
+
+def grad_sums(dout4, x4, mean, invstd, batch_stats):
+    """(sum dy, sum dy*xhat) per channel, float64 (G,): dbeta and dgamma of the batch layouts."""
+    _require_batch_stats(batch_stats)
+    xhat = (x4.astype(np.float64) - _as_4d(mean, True)) * _as_4d(invstd, True)
+    dout = dout4.astype(np.float64, copy=False)
+    return dout.sum(axis=(0, 2, 3)), (dout * xhat).sum(axis=(0, 2, 3))
+
+
+def grad_apply(dout4, x4, gamma, mean, invstd, sum_dy, sum_dy_xhat, count, batch_stats, out=None):
+    """dx = gamma*invstd*(dy - sum_dy/count - xhat*sum_dy_xhat/count), (N, G, 1, L) in x's dtype."""
+    _require_batch_stats(batch_stats)
+    invstd4 = _as_4d(invstd, True)
+    xhat = (x4.astype(np.float64) - _as_4d(mean, True)) * invstd4
+    dx = dout4.astype(np.float64) - _as_4d(sum_dy / count, True)
+    dx -= xhat * _as_4d(sum_dy_xhat / count, True)
+    dx *= invstd4 if gamma is None else _as_4d(np.asarray(gamma, np.float64), True) * invstd4
+    if out is None:
+        return dx.astype(x4.dtype, copy=False)
+    np.copyto(out, dx, casting="unsafe")
+    return out
