@@ -22,21 +22,14 @@ VARIANTS = {"baseline": None, "batchnorm": "batchnorm"}
 
 
 @dataclass(frozen=True)
-class Config(common.BaseConfig):
+class Config(common.SweepConfig):
     """batch_sizes: trained for both variants; reference_batch_size: the baseline drawn in the curves figure."""
 
-    epochs: int = 10
-    hidden_dims: tuple = (100, 100, 100, 100, 100, 100)
-    weight_scale: float = 2e-2
-    update_rule: str = "adam"
-    learning_rate: float = 1e-3
     batch_sizes: tuple = (2, 5, 10, 50, 200)
     reference_batch_size: int = 50
 
     def __post_init__(self):
         super().__post_init__()
-        object.__setattr__(self, "hidden_dims", common.check_positive_ints(self.hidden_dims, "hidden_dims"))
-        object.__setattr__(self, "batch_sizes", common.check_positive_ints(self.batch_sizes, "batch_sizes"))
         if self.reference_batch_size not in self.batch_sizes:
             raise ValueError(f"reference_batch_size {self.reference_batch_size!r} must be one of the "
                              f"batch_sizes {self.batch_sizes}")

@@ -41,6 +41,22 @@ class BaseConfig:
             check_positive_int(self.num_train, "num_train")
 
 
+@dataclass(frozen=True)
+class SweepConfig(BaseConfig):
+    """The batch-size sweeps' fields: one deep net trained at every ``batch_sizes``."""
+
+    hidden_dims: tuple = (100, 100, 100, 100, 100, 100)
+    weight_scale: float = 2e-2
+    update_rule: str = "adam"
+    learning_rate: float = 1e-3
+    batch_sizes: tuple = (2, 4, 8, 16)
+
+    def __post_init__(self):
+        super().__post_init__()
+        object.__setattr__(self, "hidden_dims", check_positive_ints(self.hidden_dims, "hidden_dims"))
+        object.__setattr__(self, "batch_sizes", check_positive_ints(self.batch_sizes, "batch_sizes"))
+
+
 def check_positive_int(value, name):
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")

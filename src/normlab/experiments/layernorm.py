@@ -22,18 +22,8 @@ VARIANTS = {"batchnorm": "batchnorm", "layernorm": "layernorm"}
 
 
 @dataclass(frozen=True)
-class Config(common.BaseConfig):
-    epochs: int = 10
-    hidden_dims: tuple = (100, 100, 100, 100, 100, 100)
-    weight_scale: float = 2e-2
-    update_rule: str = "adam"
-    learning_rate: float = 1e-3
+class Config(common.SweepConfig):
     batch_sizes: tuple = (2, 4, 8, 16)
-
-    def __post_init__(self):
-        super().__post_init__()
-        object.__setattr__(self, "hidden_dims", common.check_positive_ints(self.hidden_dims, "hidden_dims"))
-        object.__setattr__(self, "batch_sizes", common.check_positive_ints(self.batch_sizes, "batch_sizes"))
 
 
 def run(config: Config, log: common.Log = print) -> dict:
