@@ -19,7 +19,7 @@ def test_backward_matches_centred_differences(name, backend, rng):
     x = rng.normal(1.0, 2.5, shape)
     gamma, beta = params(rng, c)
     fw = lambda x, g, b: forward(x, g, b, backend=backend)  # noqa: E731
-    for result in check_forward_backward(fw, normlab.batchnorm_backward, [x, gamma, beta], ["dx", "dgamma", "dbeta"],
+    for result in check_forward_backward(fw, normlab.normalize_backward, [x, gamma, beta], ["dx", "dgamma", "dbeta"],
                                          tol=NUMERIC_TOL):
         assert result.passed, result
 
@@ -29,10 +29,10 @@ def test_backward_without_affine(name, backend, rng):
     forward, shape, _, _ = NORMS[name]
     x = rng.normal(size=shape)
     fw = lambda x: forward(x, None, None, backend=backend)  # noqa: E731
-    [result] = check_forward_backward(fw, lambda d, c: normlab.batchnorm_backward(d, c)[0], [x], ["dx"])
+    [result] = check_forward_backward(fw, lambda d, c: normlab.normalize_backward(d, c)[0], [x], ["dx"])
     assert result.passed, result
     out, cache = fw(x)
-    assert normlab.batchnorm_backward(np.ones_like(out), cache)[1:] == (None, None)
+    assert normlab.normalize_backward(np.ones_like(out), cache)[1:] == (None, None)
 
 
 @pytest.mark.parametrize("name", NORMS)
@@ -43,7 +43,7 @@ def test_backward_with_given_statistics_treats_them_as_constants(name, backend, 
     _, batch = forward(x, gamma, beta, backend=backend)
     mean, var = batch.mean + 0.3, batch.var * 1.7  # any fixed statistics
     fw = lambda x, g, b: forward(x, g, b, mean=mean, var=var, backend=backend)  # noqa: E731
-    for result in check_forward_backward(fw, normlab.batchnorm_backward, [x, gamma, beta], ["dx", "dgamma", "dbeta"]):
+    for result in check_forward_backward(fw, normlab.normalize_backward, [x, gamma, beta], ["dx", "dgamma", "dbeta"]):
         assert result.passed, result
 
 
@@ -54,7 +54,7 @@ def test_closed_form_equals_graph(shape, backend, rng):
     gamma, beta = params(rng, shape[1])
     out, cache = forward(x, gamma, beta, backend=backend)
     dout = rng.standard_normal(out.shape)
-    for closed, graph in zip(normlab.batchnorm_backward(dout, cache), normlab.batchnorm_backward_graph(dout, cache)):
+    for closed, graph in zip(normlab.normalize_backward(dout, cache), normlab.batchnorm_backward_graph(dout, cache)):
         assert rel_error(closed, graph) < 1e-12
 
 
@@ -86,7 +86,7 @@ def test_matches_pytorch_autograd(name, eps, backend, rng):
     tout = _torch_oracle(name, tx, tg, tb, eps)
     tout.backward(torch.from_numpy(dout))
     assert rel_error(out, tout.detach().numpy()) < ORACLE_TOL
-    for mine, theirs in zip(normlab.batchnorm_backward(dout, cache), (tx.grad, tg.grad, tb.grad)):
+    for mine, theirs in zip(normlab.normalize_backward(dout, cache), (tx.grad, tg.grad, tb.grad)):
         assert rel_error(mine, theirs.numpy()) < ORACLE_TOL
 
 
@@ -103,5 +103,5 @@ def test_a_wrong_backward_is_caught(rng, monkeypatch):
         return dx, dg, db
 
     monkeypatch.setattr(nb, "backward", wrong)
-    [result] = check_forward_backward(fw, lambda d, c: normlab.batchnorm_backward(d, c)[0], [x, gamma, beta], ["dx"])
+    [result] = check_forward_backward(fw, lambda d, c: normlab.normalize_backward(d, c)[0], [x, gamma, beta], ["dx"])
     assert not result.passed and result.error > 1e-2

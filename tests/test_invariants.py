@@ -37,7 +37,7 @@ def test_sum_dx_is_zero_and_sum_dx_xhat_is_eps_term(name, eps, backend, rng):
     gamma, beta = params(rng, c)
     out, cache = forward(x, gamma, beta, eps=eps, backend=backend)
     dout = rng.standard_normal(out.shape)
-    dx, _, _ = normlab.batchnorm_backward(dout, cache)
+    dx, _, _ = normlab.normalize_backward(dout, cache)
     xhat, invstd, var, view = _xhat_and_stats(name, x, cache)
     dxhat = dout * (gamma.reshape(1, -1, *([1] * (x.ndim - 2))) if x.ndim > 2 or name == "batchnorm"
                     else gamma.reshape(1, -1))
@@ -59,7 +59,7 @@ def test_sum_dx_xhat_is_zero_when_eps_is_zero(rng):
     gamma, beta = params(rng, 4)
     out, cache = normlab.batchnorm_forward(x, gamma, beta, mean=None, var=None, eps=1e-300)
     dout = rng.standard_normal(out.shape)
-    dx, _, _ = normlab.batchnorm_backward(dout, cache)
+    dx, _, _ = normlab.normalize_backward(dout, cache)
     xhat = (x - cache.mean) * cache.invstd
     assert np.abs((dx * xhat).sum(axis=0)).max() < 1e-12 * np.abs(dx).max() * x.shape[0]
 
@@ -89,7 +89,7 @@ def test_spatial_batchnorm_is_batchnorm_on_the_nhw_by_c_view(backend, rng):
     assert rel_error(out_s.transpose(0, 2, 3, 1).reshape(-1, 3), out_b) < 1e-13
     dout = rng.standard_normal(x.shape)
     dx_s, dg_s, db_s = normlab.spatial_batchnorm_backward(dout, cache_s)
-    dx_b, dg_b, db_b = normlab.batchnorm_backward(dout.transpose(0, 2, 3, 1).reshape(-1, 3), cache_b)
+    dx_b, dg_b, db_b = normlab.normalize_backward(dout.transpose(0, 2, 3, 1).reshape(-1, 3), cache_b)
     assert rel_error(dx_s.transpose(0, 2, 3, 1).reshape(-1, 3), dx_b) < 1e-13
     assert rel_error(dg_s, dg_b) < 1e-13 and rel_error(db_s, db_b) < 1e-13
 
@@ -112,7 +112,7 @@ def test_property_batchnorm_standardizes_and_closed_form_equals_graph(backend, s
     assert np.allclose(out.mean(axis=0), 0, atol=atol)
     assert np.allclose(out.var(axis=0), 1, atol=max(1e-5, 4 * atol))
     dout = rng.standard_normal(shape)
-    dx, _, _ = normlab.batchnorm_backward(dout, cache)
+    dx, _, _ = normlab.normalize_backward(dout, cache)
     dx_graph, _, _ = normlab.batchnorm_backward_graph(dout, cache)
     # Measured against invstd·|dout|, the size of each term (at m = 2 dx itself is ~0).
     scale_dx = np.abs(dout).max() * cache.invstd.max()
@@ -140,7 +140,7 @@ def test_property_all_norms_standardize_and_sum_dx_is_zero(backend, shape, group
                       lambda a: a.reshape(n, groups, -1).reshape(n * groups, -1)))
     for (out, cache), rows in cases:
         dout = rng.standard_normal(x.shape)
-        dx, dgamma, dbeta = normlab.batchnorm_backward(dout, cache)
+        dx, dgamma, dbeta = normlab.normalize_backward(dout, cache)
         mean, var, invstd = (v.reshape(-1, 1) for v in (cache.mean, cache.var, cache.invstd))
         xhat = (rows(x) - mean) * invstd
         # Rounding x - μ costs eps·|x|, magnified by invstd: the conditioning |x|/σ.

@@ -72,7 +72,7 @@ def test_numba_matches_numpy_float64(name, forward, shape, pshape, loop_shape):
         np.testing.assert_allclose(out_nb, out_np, rtol=0, atol=1e-12)
         for a, b_ in zip((cache_nb.mean, cache_nb.var), (cache_np.mean, cache_np.var)):
             np.testing.assert_allclose(a, b_, rtol=1e-12, atol=1e-12)
-        for mine, ref in zip(normlab.batchnorm_backward(dout, cache_nb), normlab.batchnorm_backward(dout, cache_np)):
+        for mine, ref in zip(normlab.normalize_backward(dout, cache_nb), normlab.normalize_backward(dout, cache_np)):
             if ref is None:
                 assert mine is None
             else:
@@ -83,7 +83,7 @@ def test_numba_matches_numpy_float64(name, forward, shape, pshape, loop_shape):
     ref = forward(x, gamma, beta, mean=mean, var=var, backend="numpy")
     got = forward(x, gamma, beta, mean=mean, var=var, backend="numba")
     np.testing.assert_allclose(got[0], ref[0], rtol=0, atol=1e-12)
-    for mine, theirs in zip(normlab.batchnorm_backward(dout, got[1]), normlab.batchnorm_backward(dout, ref[1])):
+    for mine, theirs in zip(normlab.normalize_backward(dout, got[1]), normlab.normalize_backward(dout, ref[1])):
         np.testing.assert_allclose(mine, theirs, rtol=0, atol=1e-11 * max(1.0, np.abs(theirs).max()))
 
 
@@ -128,18 +128,18 @@ def test_out_buffers_forward_and_backward_on_both_backends(backend):
     dout = rng.standard_normal(x.shape)
     g, b = rng.normal(size=4), rng.normal(size=4)
     y_ref, cache = normlab.spatial_batchnorm_forward(x, g, b, backend=backend)
-    dx_ref, dg_ref, db_ref = normlab.batchnorm_backward(dout, cache)
+    dx_ref, dg_ref, db_ref = normlab.normalize_backward(dout, cache)
     for make in (np.empty_like, lambda a: np.empty(a.shape[::-1]).T):  # contiguous, and not
         y_buf, dx_buf = make(x), make(x)
         y, cache = normlab.spatial_batchnorm_forward(x, g, b, backend=backend, out=y_buf)
-        dx, dg, db = normlab.batchnorm_backward(dout, cache, out=dx_buf)
+        dx, dg, db = normlab.normalize_backward(dout, cache, out=dx_buf)
         assert np.shares_memory(y, y_buf) and np.shares_memory(dx, dx_buf)
         np.testing.assert_allclose(y_buf, y_ref, atol=1e-12)
         np.testing.assert_allclose(dx_buf, dx_ref, atol=1e-12)
         np.testing.assert_allclose(dg, dg_ref, atol=1e-12)
     for bad in (np.empty((6, 4, 5, 6)), np.empty(x.shape, np.float32), [0.0]):
         with pytest.raises(ValueError, match="out must"):
-            normlab.batchnorm_backward(dout, cache, out=bad)
+            normlab.normalize_backward(dout, cache, out=bad)
 
 
 def test_float16_computes_in_float32_and_returns_float16():
@@ -148,7 +148,7 @@ def test_float16_computes_in_float32_and_returns_float16():
     ref, _ = normlab.batchnorm_forward(x.astype(np.float64), None, None, backend="numpy")
     assert y.dtype == np.float16
     assert np.max(np.abs(y.astype(np.float64) - ref)) < 1e-2
-    dx, _, _ = normlab.batchnorm_backward(np.ones_like(x) * np.arange(5, dtype=np.float16), cache)
+    dx, _, _ = normlab.normalize_backward(np.ones_like(x) * np.arange(5, dtype=np.float16), cache)
     assert dx.dtype == np.float16
 
 
@@ -168,8 +168,8 @@ def test_non_contiguous_inputs(make):
         ref_out, ref_cache = fw(np.ascontiguousarray(x), g, b, backend="numpy")
         out, cache = fw(x, g, b, backend="numba")
         np.testing.assert_allclose(out, ref_out, atol=1e-12)
-        for mine, ref in zip(normlab.batchnorm_backward(dout, cache),
-                             normlab.batchnorm_backward(np.ascontiguousarray(dout), ref_cache)):
+        for mine, ref in zip(normlab.normalize_backward(dout, cache),
+                             normlab.normalize_backward(np.ascontiguousarray(dout), ref_cache)):
             np.testing.assert_allclose(mine, ref, atol=1e-11)
     # NHWC memory seen as NCHW.
     nhwc = rng.standard_normal((4, 5, 6, 3))
@@ -206,7 +206,7 @@ def test_set_num_threads_round_trip_and_same_result(monkeypatch):
             normlab.set_num_threads(n)
             assert normlab.get_num_threads() == n
             out, cache = normlab.batchnorm_forward(x, np.ones(9), np.zeros(9), backend="numba")
-            results.append((out, *normlab.batchnorm_backward(dout, cache)))
+            results.append((out, *normlab.normalize_backward(dout, cache)))
     finally:
         normlab.set_num_threads(before)
     for a, b in zip(results[0], results[-1]):
@@ -317,7 +317,7 @@ def test_read_only_install_imports_and_runs(tmp_path, tmp_writable):
         from normlab.backends import _numba_kernels
         x = np.random.default_rng(0).normal(5.0, 2.0, (40, 3))
         out, cache = normlab.batchnorm_forward(x, None, None)
-        dx, _, _ = normlab.batchnorm_backward(np.random.default_rng(1).standard_normal(x.shape), cache)
+        dx, _, _ = normlab.normalize_backward(np.random.default_rng(1).standard_normal(x.shape), cache)
         print(json.dumps({"backend": cache.backend, "cache": _numba_kernels.CACHE,
                           "cache_dir": os.environ.get("NUMBA_CACHE_DIR"), "file": normlab.__file__,
                           "mean_ok": bool(abs(out.mean()) < 1e-12)}))

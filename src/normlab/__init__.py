@@ -1,17 +1,20 @@
 """normlab: batch normalization and its siblings, derived, verified and fast.
 
-Functional API: ``*_forward(x, gamma, beta, ...) -> (out, cache)`` and
-``*_backward(dout, cache) -> (dx, dgamma, dbeta)`` for batch, spatial batch,
-layer and group norm, all on one core with the closed-form backward.
+Functional API: ``*_forward(x, gamma, beta, ...) -> (out, cache)`` for batch,
+spatial batch, layer and group norm, all on one core, and one closed-form
+backward for all of them, ``normalize_backward(dout, cache) -> (dx, dgamma,
+dbeta)`` (also under the per-norm names ``batchnorm_backward``, ...).
 Layers with state: ``BatchNorm``, ``LayerNorm``, ``GroupNorm``.
+
+The lab (nets, training, experiments) is ``normlab.lab``, installed with the
+``lab`` extra; this package never imports it.
 """
 
 from . import gradcheck
 from .backends import available_backends, get_backend
-from .core import Layout, NormCache
+from .core import Layout, NormCache, normalize_backward
 from .fold import fold_batchnorm
 from .layers import BatchNorm, GroupNorm, LayerNorm, RunningStats
-from .lab import FullyConnectedNet, Solver
 from .norms import (
     batchnorm_backward,
     batchnorm_backward_graph,
@@ -29,13 +32,11 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BatchNorm",
-    "FullyConnectedNet",
     "GroupNorm",
     "LayerNorm",
     "Layout",
     "NormCache",
     "RunningStats",
-    "Solver",
     "available_backends",
     "batchnorm_backward",
     "batchnorm_backward_graph",
@@ -48,7 +49,8 @@ __all__ = [
     "groupnorm_forward",
     "layernorm_backward",
     "layernorm_forward",
-    "spatial_batchnorm_backward",
+    "normalize_backward",
     "set_num_threads",
+    "spatial_batchnorm_backward",
     "spatial_batchnorm_forward",
 ]

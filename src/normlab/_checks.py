@@ -102,3 +102,12 @@ def check_momentum(momentum) -> float | None:
     if not isinstance(momentum, numbers.Real) or isinstance(momentum, bool) or not 0.0 <= float(momentum) <= 1.0:
         raise ValueError(f"momentum must be a number in [0, 1] or None (cumulative average), got {momentum!r}")
     return float(momentum)
+
+
+def check_seed(seed, name: str = "seed", *, optional: bool = True) -> int | None:
+    """A seed is an integer >= 0, or None where ``optional`` (returned as a plain int: configs stay JSON-able)."""
+    if seed is None and optional:
+        return None
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise ValueError(f"{name} must be {'None or ' if optional else ''}an integer >= 0, got {seed!r}")
+    return int(seed)

@@ -196,7 +196,7 @@ def normalize_backward(dout, cache: NormCache, *, out: np.ndarray | None = None)
 # The backward split into its two passes, for callers whose sums span more
 # than this x (synchronized batch norm adds them up over ranks in between).
 
-def batch_moments(x, layout: Layout, backend: str = "auto"):
+def moments(x, layout: Layout, backend: str = "auto"):
     """Mean and biased var of x over the layout's reduced axes: float64 of ``layout.stat_shape``.
 
     x: float array with ``x.size == prod(layout.view)``, at least one value per statistic.

@@ -19,7 +19,7 @@ backward
     data parallelism: the usual gradient all-reduce sums them.
 
 The shard's moments, sums and dx are the backend's own passes
-(``normlab.core.batch_moments``, ``gradient_sums``, ``apply_gradient``), the
+(``normlab.core.moments``, ``gradient_sums``, ``apply_gradient``), the
 same kernels and closed form as the local batch norm: synchronizing adds
 only the two collectives.
 
@@ -37,7 +37,9 @@ from typing import NamedTuple
 import numpy as np
 
 from . import _checks
-from .core import NormCache, apply_gradient, batch_moments, gradient_sums, normalize_forward
+from . import core
+from .core import NormCache, apply_gradient, gradient_sums, normalize_forward
+from .layers import BatchNorm
 from .norms import batch_layout
 
 
@@ -78,7 +80,7 @@ def local_moments(x, *, backend="auto") -> Moments:
         zeros = np.zeros(c)
         return Moments(zeros.copy(), zeros.copy(), zeros)
     layout = batch_layout(x.shape)
-    mean, var = batch_moments(x, layout, backend)
+    mean, var = core.moments(x, layout, backend)
     count = float(layout.count)
     return Moments(np.full(c, count), mean, var * count)
 
@@ -279,3 +281,52 @@ def sync_batchnorm_backward(dout, cache: SyncCache):
         return dx, None, None
     dtype = cache.gamma.dtype
     return dx, local[1].astype(dtype), local[0].astype(dtype)
+
+
+# ----------------------------------------------------------------------------- layers
+
+class SyncBatchNorm(BatchNorm):
+    """``normlab.BatchNorm`` whose training statistics are those of the batch over all ranks of ``group``.
+
+    Same arguments, parameters and state as BatchNorm; in training, forward
+    costs one all_gather and backward one all_reduce (none with one rank),
+    and the running statistics take the global mean and unbiased variance.
+    Eval mode is local. Every rank of the group must call forward and
+    backward for every batch.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
+                 track_running_stats: bool = True, *, group=None, dtype=np.float64, backend: str = "auto"):
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, dtype=dtype, backend=backend)
+        self.group = group
+
+    @classmethod
+    def like(cls, layer: BatchNorm, group=None) -> SyncBatchNorm:
+        """A synchronized copy of ``layer``'s settings, parameters and running statistics."""
+        new = cls(layer.num_features, layer.eps, layer.momentum, bool(layer.params), layer.track_running_stats,
+                  group=group, backend=layer.backend)
+        new.params = {k: v.copy() for k, v in layer.params.items()}
+        new._running = None if layer._running is None else layer._running.copy()
+        new.training = layer.training
+        return new
+
+    def apply(self, x, gamma, beta, running=None, *, training=True):
+        if not training:
+            return super().apply(x, gamma, beta, running, training=False)
+        self.layout(_checks.as_float_array(x, "x", min_ndim=2))  # checked before the collective, as in the core
+        out, moments, cache = sync_batchnorm_forward(x, gamma, beta, self.eps, group=self.group, backend=self.backend)
+        new = None if running is None else running.updated(moments.mean, moments.var, cache.count)
+        return out, cache, new
+
+    def apply_backward(self, dout, cache):
+        if isinstance(cache, NormCache):  # an eval-mode cache: nothing to synchronize
+            return super().apply_backward(dout, cache)
+        return sync_batchnorm_backward(dout, cache)
+
+
+def synchronized(layer, group=None):
+    """``layer`` as data-parallel training needs it: a SyncBatchNorm for a norm whose statistics
+    reduce over the batch, the layer itself for per-sample norms (layer and group norm)."""
+    if not layer.stats_over_batch:
+        return layer
+    return layer if isinstance(layer, SyncBatchNorm) and layer.group is group else SyncBatchNorm.like(layer, group)

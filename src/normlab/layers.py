@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _checks
-from .core import NormCache, normalize_backward, normalize_forward
+from .core import Layout, normalize_backward, normalize_forward
 from .norms import batch_layout, group_layout, layer_layout
 
 
@@ -34,6 +34,7 @@ class RunningStats:
     new = (1 - f)*old + f*batch, with f = momentum, or f = 1/num_batches_tracked
     for momentum=None (a cumulative average). The running variance is the
     unbiased batch variance (times m/(m-1)) while normalization uses the biased one.
+    mean, var: (C,) arrays of ``dtype``; state_dict keys are torch's.
     """
 
     def __init__(self, num_features: int, momentum: float | None = 0.1, dtype=np.float64):
@@ -42,20 +43,59 @@ class RunningStats:
         self.var = np.ones(num_features, dtype=dtype)
         self.num_batches_tracked = 0
 
-    def update(self, batch_mean: np.ndarray, batch_var: np.ndarray, count: int) -> None:
-        """Fold in one batch's statistics (biased var over ``count`` values each)."""
+    def updated(self, batch_mean: np.ndarray, batch_var: np.ndarray, count: int) -> RunningStats:
+        """A new RunningStats with one batch folded in (biased var over ``count`` values each); self is unchanged."""
         tracked = self.num_batches_tracked + 1
         factor = 1.0 / tracked if self.momentum is None else self.momentum
-        # Compute both before assigning either.
         new_mean, new_var = blend_running_stats(self.mean, self.var, batch_mean, batch_var, count, factor)
-        self.mean = new_mean.astype(self.mean.dtype)
-        self.var = new_var.astype(self.var.dtype)
-        self.num_batches_tracked = tracked
+        new = self.copy()
+        new.mean, new.var = new_mean.astype(self.mean.dtype), new_var.astype(self.var.dtype)
+        new.num_batches_tracked = tracked
+        return new
+
+    def update(self, batch_mean: np.ndarray, batch_var: np.ndarray, count: int) -> None:
+        """Fold in one batch's statistics, in place (see :meth:`updated`)."""
+        self.assign(self.updated(batch_mean, batch_var, count))
+
+    def assign(self, other: RunningStats) -> None:
+        """Take other's statistics (not its momentum): commits an :meth:`updated` result in place."""
+        self.mean, self.var, self.num_batches_tracked = other.mean, other.var, other.num_batches_tracked
+
+    def copy(self) -> RunningStats:
+        new = RunningStats.__new__(RunningStats)
+        new.momentum = self.momentum
+        new.mean, new.var, new.num_batches_tracked = self.mean.copy(), self.var.copy(), self.num_batches_tracked
+        return new
 
     def reset(self) -> None:
-        self.mean[...] = 0
-        self.var[...] = 1
+        self.mean = np.zeros_like(self.mean)
+        self.var = np.ones_like(self.var)
         self.num_batches_tracked = 0
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Copies under torch's buffer names: running_mean, running_var, num_batches_tracked (int64 scalar)."""
+        return {"running_mean": self.mean.copy(), "running_var": self.var.copy(),
+                "num_batches_tracked": np.asarray(self.num_batches_tracked, dtype=np.int64)}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Load the three buffers; checks every entry before changing any."""
+        mean = _checked_entry(state, "running_mean", self.mean)
+        var = _checked_entry(state, "running_var", self.var)
+        tracked = np.asarray(state["num_batches_tracked"]) if "num_batches_tracked" in state else None
+        if tracked is None or tracked.shape != () or not np.issubdtype(tracked.dtype, np.integer) or tracked < 0:
+            raise ValueError(f"state dict entry 'num_batches_tracked' must be an integer >= 0, "
+                             f"got {state.get('num_batches_tracked')!r}")
+        self.mean, self.var, self.num_batches_tracked = mean, var, int(tracked)
+
+
+def _checked_entry(state: dict, key: str, like: np.ndarray) -> np.ndarray:
+    """state[key] as an array of like's shape and dtype, or a ValueError naming the key."""
+    if key not in state:
+        raise ValueError(f"state dict has no entry {key!r}")
+    value = np.asarray(state[key])
+    if value.shape != like.shape:
+        raise ValueError(f"state dict entry {key!r} has shape {value.shape}, expected {like.shape}")
+    return value.astype(like.dtype)
 
 
 def _channels_first_input(x, layer: str, channels: int) -> np.ndarray:
@@ -67,7 +107,19 @@ def _channels_first_input(x, layer: str, channels: int) -> np.ndarray:
 
 
 class _NormLayer:
-    """forward/backward/train/eval shared by the three layers."""
+    """The shared shell of the layers.
+
+    ``apply(x, gamma, beta, running, training=...) -> (out, cache, new_running)``
+    is the layer as a function: it changes nothing, takes parameters and
+    running statistics as arguments and returns the updated statistics (None
+    when they do not change), as Flax and Equinox pass state in and out. A
+    model that keeps its own parameters and statistics (``normlab.lab``) calls
+    it directly; ``forward``/``backward`` are the stateful shell over it.
+    ``stats_over_batch``: whether statistics reduce over the batch axis (then
+    data-parallel training must synchronize them, see ``normlab.distributed``).
+    """
+
+    stats_over_batch = False
 
     def __init__(self, param_shape, affine: bool, eps: float, dtype, backend: str):
         _checks.check_eps(eps, training=False)
@@ -78,9 +130,28 @@ class _NormLayer:
         self.grads: dict[str, np.ndarray] = {}
         if affine:
             self.params = {"gamma": np.ones(param_shape, dtype=dtype), "beta": np.zeros(param_shape, dtype=dtype)}
-        self._cache: NormCache | None = None
+        self._running: RunningStats | None = None
+        self._cache = None
 
-    # -- modes
+    # -- the layer as a function
+    def layout(self, x: np.ndarray) -> Layout:
+        """How this layer views the float array x, after checking x fits the layer: see ``normlab.core``."""
+        raise NotImplementedError
+
+    def apply(self, x, gamma, beta, running: RunningStats | None = None, *, training: bool = True):
+        """(out, cache, new_running): normalize x with gamma/beta (or both None); self is unchanged.
+
+        Per-sample norms keep no running statistics: new_running is None.
+        """
+        x = _checks.as_float_array(x, "x", min_ndim=2)
+        out, cache = normalize_forward(x, gamma, beta, self.layout(x), self.eps, backend=self.backend)
+        return out, cache, None
+
+    def apply_backward(self, dout, cache):
+        """(dx, dgamma, dbeta) for a cache of :meth:`apply`; dgamma/dbeta None without affine."""
+        return normalize_backward(dout, cache)
+
+    # -- the stateful shell
     def train(self, mode: bool = True):
         self.training = bool(mode)
         return self
@@ -99,24 +170,29 @@ class _NormLayer:
     def __call__(self, x):
         return self.forward(x)
 
+    def forward(self, x):
+        """x -> out of the same shape; in training, batch norm also updates its running statistics."""
+        out, cache, running = self.apply(x, self.gamma, self.beta, self._running, training=self.training)
+        self._cache = cache
+        if running is not None:
+            self._running = running
+        return out
+
     def backward(self, dout):
         """dout (shape of the last forward's output) -> dx; fills ``self.grads``."""
         if self._cache is None:
             raise RuntimeError(f"{type(self).__name__}.backward called before forward")
-        dx, dgamma, dbeta = normalize_backward(dout, self._cache)
+        dx, dgamma, dbeta = self.apply_backward(dout, self._cache)
         if self.params:
             self.grads = {"gamma": dgamma, "beta": dbeta}
         return dx
 
-    def _forward(self, x, layout, mean=None, var=None):
-        out, cache = normalize_forward(x, self.gamma, self.beta, layout, self.eps,
-                                       mean=mean, var=var, backend=self.backend)
-        self._cache = cache
-        return out, cache
-
     # -- state
     def state_dict(self) -> dict[str, np.ndarray]:
-        return {k: v.copy() for k, v in self.params.items()}
+        state = {k: v.copy() for k, v in self.params.items()}
+        if self._running is not None:
+            state.update(self._running.state_dict())
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         """Load params (and buffers); checks every entry before changing any."""
@@ -124,17 +200,14 @@ class _NormLayer:
         missing, unexpected = set(own) - set(state), set(state) - set(own)
         if missing or unexpected:
             raise ValueError(f"state dict keys differ: missing {sorted(missing)}, unexpected {sorted(unexpected)}")
-        arrays = {}
-        for key, ref in own.items():
-            value = np.asarray(state[key])
-            if value.shape != ref.shape:
-                raise ValueError(f"state dict entry {key!r} has shape {value.shape}, expected {ref.shape}")
-            arrays[key] = value.astype(ref.dtype)
-        self._assign_state(arrays)
-
-    def _assign_state(self, arrays: dict) -> None:
-        for key in self.params:
-            self.params[key] = arrays[key]
+        params = {key: _checked_entry(state, key, ref) for key, ref in self.params.items()}
+        running = None
+        if self._running is not None:
+            running = self._running.copy()
+            running.load_state_dict(state)
+        self.params = params
+        if running is not None:
+            self._running = running
 
     def __repr__(self):
         return f"{type(self).__name__}({self.extra_repr()})"
@@ -148,6 +221,8 @@ class BatchNorm(_NormLayer):
     ``track_running_stats`` is False). gamma/beta and the buffers are (C,).
     """
 
+    stats_over_batch = True
+
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
                  affine: bool = True, track_running_stats: bool = True, *, dtype=np.float64,
                  backend: str = "auto"):
@@ -155,7 +230,8 @@ class BatchNorm(_NormLayer):
         super().__init__((self.num_features,), affine, eps, dtype, backend)
         self.momentum = _checks.check_momentum(momentum)
         self.track_running_stats = bool(track_running_stats)
-        self._running = RunningStats(self.num_features, self.momentum, dtype) if track_running_stats else None
+        if track_running_stats:
+            self._running = RunningStats(self.num_features, self.momentum, dtype)
 
     @property
     def running_mean(self):
@@ -169,31 +245,21 @@ class BatchNorm(_NormLayer):
     def num_batches_tracked(self):
         return None if self._running is None else self._running.num_batches_tracked
 
-    def forward(self, x):
-        """x (N, C, *) -> out of the same shape."""
-        x = _channels_first_input(x, "BatchNorm(num_features", self.num_features)
-        layout = batch_layout(x.shape)
-        if self.training or self._running is None:
-            out, cache = self._forward(x, layout)
-            if self.training and self._running is not None:
-                self._running.update(cache.mean, cache.var, layout.count)
-            return out
-        out, _ = self._forward(x, layout, mean=self._running.mean, var=self._running.var)
-        return out
+    def layout(self, x):
+        return batch_layout(_channels_first_input(x, "BatchNorm(num_features", self.num_features).shape)
 
-    def state_dict(self):
-        state = super().state_dict()
-        if self._running is not None:
-            state.update(running_mean=self._running.mean.copy(), running_var=self._running.var.copy(),
-                         num_batches_tracked=np.asarray(self._running.num_batches_tracked, dtype=np.int64))
-        return state
-
-    def _assign_state(self, arrays):
-        super()._assign_state(arrays)
-        if self._running is not None:
-            self._running.mean = arrays["running_mean"]
-            self._running.var = arrays["running_var"]
-            self._running.num_batches_tracked = int(arrays["num_batches_tracked"])
+    def apply(self, x, gamma, beta, running=None, *, training=True):
+        """Training (or no running statistics): batch statistics, and ``running`` with this batch
+        folded in; eval: normalize with ``running``, which stays as it is (new_running None)."""
+        x = _checks.as_float_array(x, "x", min_ndim=2)
+        layout = self.layout(x)
+        if training or running is None:
+            out, cache = normalize_forward(x, gamma, beta, layout, self.eps, backend=self.backend)
+            new = None if running is None or not training else running.updated(cache.mean, cache.var, layout.count)
+            return out, cache, new
+        out, cache = normalize_forward(x, gamma, beta, layout, self.eps, mean=running.mean, var=running.var,
+                                       backend=self.backend)
+        return out, cache, None
 
     def extra_repr(self):
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={bool(self.params)}, "
@@ -210,11 +276,9 @@ class LayerNorm(_NormLayer):
         self.normalized_shape = tuple(_checks.check_positive_int(d, "normalized_shape") for d in normalized_shape)
         super().__init__(self.normalized_shape, elementwise_affine, eps, dtype, backend)
 
-    def forward(self, x):
-        """x (*, *normalized_shape) -> out of the same shape."""
+    def layout(self, x):
         x = _checks.as_float_array(x, "x", min_ndim=len(self.normalized_shape) + 1)
-        out, _ = self._forward(x, layer_layout(x.shape, self.normalized_shape))
-        return out
+        return layer_layout(x.shape, self.normalized_shape)
 
     def extra_repr(self):
         return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={bool(self.params)}"
@@ -231,11 +295,9 @@ class GroupNorm(_NormLayer):
             raise ValueError(f"num_groups ({num_groups}) must divide num_channels ({num_channels})")
         super().__init__((self.num_channels,), affine, eps, dtype, backend)
 
-    def forward(self, x):
-        """x (N, C, *) -> out of the same shape."""
+    def layout(self, x):
         x = _channels_first_input(x, "GroupNorm(num_channels", self.num_channels)
-        out, _ = self._forward(x, group_layout(x.shape, self.num_groups))
-        return out
+        return group_layout(x.shape, self.num_groups)
 
     def extra_repr(self):
         return f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={bool(self.params)}"

@@ -112,20 +112,13 @@ def groupnorm_forward(x, gamma, beta, groups, eps=1e-5, *, mean=None, var=None, 
 
 # ----------------------------------------------------------------------------- backwards
 
-def batchnorm_backward(dout, cache: NormCache, *, out=None):
-    """Closed-form backward of any of the four norms: (dout, cache) -> (dx, dgamma, dbeta).
-
-    dout has the forward output's shape; dgamma/dbeta have gamma's shape and
-    are None when the forward had no affine. out: optional buffer for dx
-    (x's shape and dtype), filled and returned as dx.
-    """
-    return normalize_backward(dout, cache, out=out)
-
-
-# One backward serves all four: the cache knows the layout.
-spatial_batchnorm_backward = batchnorm_backward
-layernorm_backward = batchnorm_backward
-groupnorm_backward = batchnorm_backward
+# The assignment-style per-norm names. The backward of every norm is one
+# function, ``normlab.normalize_backward(dout, cache, *, out=None) ->
+# (dx, dgamma, dbeta)``: the cache knows the layout.
+batchnorm_backward = normalize_backward
+spatial_batchnorm_backward = normalize_backward
+layernorm_backward = normalize_backward
+groupnorm_backward = normalize_backward
 
 
 def batchnorm_backward_graph(dout, cache: NormCache):

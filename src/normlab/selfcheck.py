@@ -43,7 +43,7 @@ def gradient_checks(backend: str = "auto", seed: int = 0) -> list[CheckRow]:
     for name, forward, x, c in _cases(rng):
         gamma, beta = rng.normal(size=c), rng.normal(size=c)
         fw = lambda x, g, b, forward=forward: forward(x, g, b, backend=backend)  # noqa: E731
-        for result in check_forward_backward(fw, norms.batchnorm_backward, [x, gamma, beta],
+        for result in check_forward_backward(fw, norms.normalize_backward, [x, gamma, beta],
                                              ["dx", "dgamma", "dbeta"], seed=seed, tol=NUMERIC_TOL):
             rows.append(CheckRow(name, f"{result.name} vs numeric", result.error, f"< {result.tol:.0e}",
                                  result.passed))
@@ -52,7 +52,7 @@ def gradient_checks(backend: str = "auto", seed: int = 0) -> list[CheckRow]:
     gamma, beta = rng.normal(size=5), rng.normal(size=5)
     out, cache = norms.batchnorm_forward(x, gamma, beta, backend=backend)
     dout = rng.standard_normal(out.shape)
-    for label, a, b in zip(("dx", "dgamma", "dbeta"), norms.batchnorm_backward(dout, cache),
+    for label, a, b in zip(("dx", "dgamma", "dbeta"), norms.normalize_backward(dout, cache),
                            norms.batchnorm_backward_graph(dout, cache)):
         err = rel_error(a, b)
         rows.append(CheckRow("batchnorm (N,D)", f"{label} closed vs graph", err, f"< {ORACLE_TOL:.0e}",
@@ -79,7 +79,7 @@ def torch_checks(backend: str = "auto", seed: int = 0) -> list[CheckRow]:
         gamma, beta = rng.normal(size=c), rng.normal(size=c)
         out, cache = forward(x, gamma, beta, backend=backend)
         dout = rng.standard_normal(out.shape)
-        grads = norms.batchnorm_backward(dout, cache)
+        grads = norms.normalize_backward(dout, cache)
         tx, tg, tb = (torch.tensor(a, requires_grad=True) for a in (x, gamma, beta))
         tout = oracles[name](tx, tg, tb)
         tout.backward(torch.from_numpy(dout))

@@ -83,7 +83,7 @@ def _as(a, dtype):
     return np.ascontiguousarray(a, dtype=dtype)
 
 
-def _batch_moments(xw, n, c, l):
+def _channel_moments(xw, n, c, l):
     """Mean and biased var per channel of xw (N, C, 1, L), float64 (C,)."""
     m = n * l
     pivot = _f64(xw[0, :, 0, 0])  # a sample of each channel: the offset cancels before squaring
@@ -122,7 +122,7 @@ def _forward(x4, gamma, beta, eps, batch_stats, given, out):
     if given is not None:
         mean, var = _f64(given[0]), _f64(given[1])
     else:
-        mean, var = _batch_moments(xw, n, g, l)
+        mean, var = _channel_moments(xw, n, g, l)
     invstd = 1.0 / np.sqrt(var + eps)
     scale = invstd * gam
     if l >= ROWS_MIN_LENGTH:  # rows (n, c) of length L
@@ -246,7 +246,7 @@ def moments(x4, batch_stats):
 
         return numpy_backend.moments(x4, batch_stats)
     with np.errstate(invalid="ignore", over="ignore"):
-        return _batch_moments(np.ascontiguousarray(x4, dtype=_work_dtype(x4)), n, g, l)
+        return _channel_moments(np.ascontiguousarray(x4, dtype=_work_dtype(x4)), n, g, l)
 
 
 def grad_sums(dout4, x4, mean, invstd, batch_stats):

@@ -121,11 +121,11 @@ def normlab_impls(case: Case, dtype, available: list[str]) -> list[Impl]:
     if "numpy" in available:
         if case.kind in ("bn", "sbn"):
             make("numpy-graph", "numpy", norms.batchnorm_backward_graph)
-        make("numpy", "numpy", norms.batchnorm_backward)
+        make("numpy", "numpy", norms.normalize_backward)
     if "numba" in available:
-        make("numba", "numba", norms.batchnorm_backward)
+        make("numba", "numba", norms.normalize_backward)
         # Reused output buffers for y and dx, as a training loop would keep them.
-        make("numba+out", "numba", norms.batchnorm_backward, out=np.empty_like(x), dx_out=np.empty_like(x))
+        make("numba+out", "numba", norms.normalize_backward, out=np.empty_like(x), dx_out=np.empty_like(x))
     return impls
 
 
