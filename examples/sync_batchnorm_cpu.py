@@ -109,8 +109,8 @@ def main() -> None:
     else:
         # A file in a private temporary directory is the rendezvous: no port to pick.
         with procs.local_rendezvous() as init_method:
-            context = mp.spawn(_spawned, args=(args.nproc, init_method, args.steps), nprocs=args.nproc, join=False)
-            procs.join(context)  # stops every process on Ctrl-C; a failing one stops the rest
+            # torch's own launcher: a failing process stops the rest
+            mp.spawn(_spawned, args=(args.nproc, init_method, args.steps), nprocs=args.nproc)
 
 
 if __name__ == "__main__":

@@ -14,18 +14,19 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from _procs import free_port, kill_group
+from _procs import run as run_bounded
 from normlab import distributed, procs
 from normlab.gradcheck import rel_error
 from normlab.lab import FullyConnectedNet, Solver
 from normlab.lab import checkpoint as ckpt
 from normlab.lab.data import load_dataset
-from normlab.lab.model import Shard
+from normlab.lab.sharding import Shard
 
 TOL = 1e-8
 SPAWN_DEADLINE_S = 300  # the spawned ranks' whole run; they take about a minute on 2 busy cores
@@ -54,36 +55,30 @@ def _train_case(name, directory, data_parallel):
     return solver
 
 
-def _dp_worker(rank, world_size, init_method, out_dir):
+def _dp_worker(out_dir):
     import torch
     import torch.distributed as dist
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=world_size,
-                            timeout=timedelta(seconds=30))
+    rank = dist.get_rank()
+    for name in CASES:
+        solver = _train_case(name, Path(out_dir) / name, data_parallel=True)
+        np.savez(Path(out_dir) / f"{name}-rank{rank}.npz",
+                 loss=solver.loss_history, val=solver.val_acc_history, train=solver.train_acc_history,
+                 **{f"best/{k}": v for k, v in solver.best_params.items()})
+        dist.barrier()  # rank 0's last checkpoint is complete before anyone reads it
+    data = load_dataset("digits", seed=0, num_train=300)
     try:
-        for name in CASES:
-            solver = _train_case(name, Path(out_dir) / name, data_parallel=True)
-            np.savez(Path(out_dir) / f"{name}-rank{rank}.npz",
-                     loss=solver.loss_history, val=solver.val_acc_history, train=solver.train_acc_history,
-                     **{f"best/{k}": v for k, v in solver.best_params.items()})
-            dist.barrier()  # rank 0's last checkpoint is complete before anyone reads it
-        data = load_dataset("digits", seed=0, num_train=300)
-        try:
-            Solver(FullyConnectedNet([8], 64, 10), data, batch_size=1, data_parallel=True)
-        except ValueError as exc:
-            Path(out_dir, f"batch-size-error-rank{rank}.txt").write_text(str(exc))
-    finally:
-        dist.destroy_process_group()
+        Solver(FullyConnectedNet([8], 64, 10), data, batch_size=1, data_parallel=True)
+    except ValueError as exc:
+        Path(out_dir, f"batch-size-error-rank{rank}.txt").write_text(str(exc))
 
 
 @pytest.fixture(scope="module")
 def two_rank_runs(tmp_path_factory):
-    torch = pytest.importorskip("torch")
+    pytest.importorskip("torch")
     out = tmp_path_factory.mktemp("dp")
-    with procs.local_rendezvous() as init_method:
-        context = torch.multiprocessing.spawn(_dp_worker, args=(2, init_method, str(out)), nprocs=2, join=False)
-        procs.join(context, timeout=SPAWN_DEADLINE_S)
+    procs.run_ranks(_dp_worker, (str(out),), 2, group_timeout=30, timeout=SPAWN_DEADLINE_S)
     return out
 
 
@@ -150,7 +145,7 @@ def test_a_whole_batch_shard_in_one_process_equals_the_plain_loss():
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    ({"shard": (0, 12)}, "shard must be a normlab.lab.model.Shard"),
+    ({"shard": (0, 12)}, "shard must be a normlab.lab.sharding.Shard"),
     ({"shard": Shard(4, 12)}, "inside the global batch"),
     ({"shard": Shard(0, 12), "y": None}, "shard needs labels y"),
 ])
@@ -175,25 +170,49 @@ def test_shard_bounds_are_array_split():
 
 # ----------------------------------------------------------------------------- bounded processes
 
-def _sleep_long(rank):
+def _sleep_long(rank, directory):
+    Path(directory, f"{rank}.pid").write_text(str(os.getpid()))
     time.sleep(600)
 
 
-def test_join_stops_spawned_processes_when_the_deadline_passes():
-    mp = pytest.importorskip("torch.multiprocessing")
-    context = mp.spawn(_sleep_long, nprocs=2, join=False)
-    with pytest.raises(TimeoutError, match="2 spawned processes did not finish within 1 s; they were stopped"):
-        procs.join(context, timeout=1)
-    assert [p.exitcode for p in context.processes] == [-signal.SIGTERM] * 2
+def _raise_on_rank_1(rank, directory):
+    if rank == 1:
+        raise ValueError("rank 1 cannot go on")
+    _sleep_long(rank, directory)
 
 
-def test_run_kills_the_whole_process_group_on_timeout(tmp_path):
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_spawn_stops_every_worker_when_the_deadline_passes(tmp_path):
+    started = time.monotonic()
+    with pytest.raises(procs.WorkerError, match="did not finish within 3 s; they were stopped"):
+        procs.spawn(_sleep_long, (str(tmp_path),), 2, timeout=3)
+    assert time.monotonic() - started < 3 + procs.STOP_GRACE_S + 5
+    pids = [int(p.read_text()) for p in sorted(tmp_path.glob("*.pid"))]
+    assert len(pids) == 2 and all(_gone(pid) for pid in pids)
+
+
+def test_spawn_names_the_failing_worker_and_stops_the_others(tmp_path):
+    with pytest.raises(procs.WorkerError, match="failed on rank 1 of 2: ValueError: rank 1 cannot go on") as info:
+        procs.spawn(_raise_on_rank_1, (str(tmp_path),), 2, timeout=120)
+    assert info.value.rank == 1
+    pid = int((tmp_path / "0.pid").read_text()) if (tmp_path / "0.pid").exists() else None
+    assert pid is None or _gone(pid)
+
+
+def test_bounded_run_kills_the_whole_process_group_on_timeout(tmp_path):
     # The command starts a grandchild and waits for it, as `normlab train --nproc 2` waits for its ranks.
     marker = tmp_path / "grandchild.pid"
     code = ("import subprocess, sys; p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)']); "
             "open(sys.argv[1], 'w').write(str(p.pid)); p.wait()")
     with pytest.raises(subprocess.TimeoutExpired):
-        procs.run([sys.executable, "-c", code, str(marker)], timeout=5)
+        run_bounded([sys.executable, "-c", code, str(marker)], timeout=5)
     grandchild = int(marker.read_text())
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:  # killed at once; reaped by init shortly after
@@ -215,7 +234,7 @@ FAST = ["--hidden-dims", "24,24,24", "--batch-size", "45", "--num-train", "300",
 
 def _cli(*args, env=None, timeout=120):
     environ = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", ""), **(env or {})}
-    return procs.run([sys.executable, "-m", "normlab", "train", *args], env=environ, timeout=timeout)
+    return run_bounded([sys.executable, "-m", "normlab", "train", *args], env=environ, timeout=timeout)
 
 
 def _summary(output):
@@ -243,7 +262,7 @@ def test_a_failing_rank_ends_every_rank_clearly_and_quickly(tmp_path):
     # Two processes started as torchrun starts them (env://); rank 1 cannot load its data.
     pytest.importorskip("torch")
     # env:// needs a port number, so here (only) a free port is picked.
-    common = {"WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(procs.free_port()),
+    common = {"WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
               "GLOO_SOCKET_IFNAME": "lo"}  # loopback only
     bad = ["--dataset", "cifar10", "--data-dir", str(tmp_path / "nowhere")]
     environ = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
@@ -257,7 +276,7 @@ def test_a_failing_rank_ends_every_rank_clearly_and_quickly(tmp_path):
             outputs.append(p.communicate(timeout=90))
     finally:
         for p in ranks:
-            procs.kill_group(p)
+            kill_group(p)
             p.wait()
     (_, err0), (_, err1) = outputs
     assert ranks[1].returncode == 1 and "nowhere" in err1, err1

@@ -94,15 +94,18 @@ def test_softmax_loss_rejects_bad_labels():
         ops.softmax_loss(np.zeros((2, 3)), np.array([0, 1, 2]))
 
 
-@pytest.mark.parametrize("norm_forward", [normlab.batchnorm_forward, normlab.layernorm_forward])
+@pytest.mark.parametrize("make_norm", [lambda m: normlab.BatchNorm(m, affine=False),
+                                       lambda m: normlab.LayerNorm(m, elementwise_affine=False)],
+                         ids=["batchnorm", "layernorm"])
 @pytest.mark.parametrize("with_bias", [True, False])
-def test_affine_norm_relu_gradients(rng, norm_forward, with_bias):
+def test_affine_norm_relu_gradients(rng, make_norm, with_bias):
     x, w = rng.standard_normal((6, 5)), rng.standard_normal((5, 4))
     b = rng.standard_normal(4) if with_bias else None
     gamma, beta = 1 + 0.1 * rng.standard_normal(4), 0.1 * rng.standard_normal(4)
+    norm = make_norm(4)
 
     def forward(x, w, gamma, beta):
-        return ops.affine_norm_relu_forward(x, w, b, gamma, beta, norm_forward)
+        return ops.affine_norm_relu_forward(x, w, b, gamma, beta, norm)[:2]
 
     def backward(dout, cache):
         dx, dw, _, dgamma, dbeta = ops.sandwich_backward(dout, cache)
@@ -112,17 +115,19 @@ def test_affine_norm_relu_gradients(rng, norm_forward, with_bias):
                                           tol=1e-7))
 
 
-def test_affine_norm_relu_uses_the_core_norm_and_given_stats(rng):
+def test_affine_norm_relu_uses_the_library_norm_and_running_stats(rng):
     x, w, b = rng.standard_normal((6, 5)), rng.standard_normal((5, 4)), rng.standard_normal(4)
     gamma, beta = np.ones(4), np.zeros(4)
-    out, cache = ops.affine_norm_relu_forward(x, w, b, gamma, beta, normlab.batchnorm_forward)
+    norm, running = normlab.BatchNorm(4, affine=False), normlab.RunningStats(4)
+    out, cache, new = ops.affine_norm_relu_forward(x, w, b, gamma, beta, norm, running)
     ref, _ = normlab.batchnorm_forward(x @ w + b, gamma, beta)
     np.testing.assert_allclose(out, np.maximum(ref, 0), rtol=1e-12)
-    assert isinstance(cache.norm, normlab.NormCache)
-    mean, var = np.full(4, 0.5), np.full(4, 2.0)
-    out, cache = ops.affine_norm_relu_forward(x, w, b, gamma, beta, normlab.batchnorm_forward, mean=mean, var=var)
+    assert isinstance(cache.norm.cache, normlab.NormCache)
+    assert new.num_batches_tracked == 1 and running.num_batches_tracked == 0  # returned, not changed
+    running.mean, running.var = np.full(4, 0.5), np.full(4, 2.0)
+    out, cache, new = ops.affine_norm_relu_forward(x, w, b, gamma, beta, norm, running, training=False)
     np.testing.assert_allclose(out, np.maximum((x @ w + b - 0.5) / np.sqrt(2.0 + 1e-5), 0), rtol=1e-12)
-    assert cache.norm.stats_given
+    assert cache.norm.cache.stats_given and new is None
 
 
 def test_affine_relu_gradients(rng):

@@ -17,9 +17,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 import torch.distributed as dist  # noqa: E402
-import torch.multiprocessing as tmp  # noqa: E402
 
 import normlab.torch as nt  # noqa: E402
+from _procs import run as run_bounded  # noqa: E402
 from normlab import distributed, procs  # noqa: E402
 from normlab.gradcheck import rel_error  # noqa: E402
 
@@ -132,9 +132,7 @@ def _equivalence_worker(rank, world_size, init_method, shards):
 @pytest.mark.parametrize("shards", [(5, 1), (3, 0, 2)], ids=["world2", "world3"])
 def test_sync_batchnorm_matches_single_process_batchnorm(shards):
     with procs.local_rendezvous() as init_method:
-        context = tmp.spawn(_equivalence_worker, args=(len(shards), init_method, shards), nprocs=len(shards),
-                            join=False)
-        procs.join(context, timeout=SPAWN_DEADLINE_S)
+        procs.spawn(_equivalence_worker, (len(shards), init_method, shards), len(shards), timeout=SPAWN_DEADLINE_S)
 
 
 # ----------------------------------------------------------------------------- faults
@@ -277,8 +275,8 @@ def test_example_script_trains_the_same_on_one_and_two_processes():
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "TORCHELASTIC_RUN_ID")}
 
     def losses(nproc):
-        result = procs.run([sys.executable, str(script), "--nproc", str(nproc), "--steps", "3"],
-                           timeout=120, env=env)
+        result = run_bounded([sys.executable, str(script), "--nproc", str(nproc), "--steps", "3"],
+                             timeout=120, env=env)
         assert result.returncode == 0, result.stderr
         return [line for line in result.stdout.splitlines() if line.startswith("step")]
 

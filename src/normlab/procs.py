@@ -1,29 +1,37 @@
-"""Bounded multi-process runs on one machine: a port-free rendezvous, spawn with a deadline, bounded commands.
+"""Bounded multi-process runs on one machine: spawn workers, collect their results, stop them all on failure.
 
-``local_rendezvous()`` gives an ``init_method`` for
-``torch.distributed.init_process_group`` backed by a file in a fresh private
-directory, so no TCP port has to be picked (picking a free port by binding
-port 0 and closing it races with every other process on the machine).
-``join(context, timeout)`` waits for the processes of
-``torch.multiprocessing.spawn(..., join=False)`` and stops them all when the
-deadline passes or the wait is interrupted. ``run(cmd, timeout)`` is
-``subprocess.run`` in a new session that, on timeout, kills the whole process
-group, grandchildren (e.g. spawned ranks) included. ``free_port()`` is
-only for launchers that need a port number (torchrun's env:// rendezvous).
+``spawn(fn, args, nprocs)`` runs ``fn(rank, *args)`` in ``nprocs`` fresh
+processes (the ``spawn`` start method: nothing of this process's state, no
+threads or locks, leaks into them) and returns their results in rank order.
+The first worker that raises ends the run: every worker is stopped (SIGTERM,
+then SIGKILL after a grace period, so a stopped or stuck one goes too) and
+:class:`WorkerError` names that rank and its error. An overall deadline is
+optional. ``run_ranks`` does the same inside a torch.distributed gloo group
+whose ranks rendezvous through a file in a private directory
+(``local_rendezvous``): no TCP port is picked, so nothing races for one.
 """
 
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import os
-import signal
-import socket
-import subprocess
 import tempfile
 import time
+from datetime import timedelta
 from pathlib import Path
+from typing import Callable
 
 STOP_GRACE_S = 5.0
+POLL_S = 0.2
+
+
+class WorkerError(RuntimeError):
+    """A spawned worker failed. ``rank`` is the first worker that failed (None if none said why)."""
+
+    def __init__(self, message: str, rank: int | None = None, error: str | None = None):
+        super().__init__(message)
+        self.rank, self.error = rank, error
 
 
 @contextlib.contextmanager
@@ -45,38 +53,69 @@ def local_rendezvous():
             os.environ.pop("GLOO_SOCKET_IFNAME", None)
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago.
-
-    Racy by nature (another process may take it before it is bound again):
-    use :func:`local_rendezvous` wherever no port number is required.
-    """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def join(context, timeout: float | None = None) -> None:
-    """Wait until every process of a ``torch.multiprocessing`` ProcessContext has exited.
-
-    timeout: overall deadline in seconds (None: no deadline). When it passes,
-    or the wait is interrupted (Ctrl-C), the processes are terminated and
-    TimeoutError (or the interruption) is raised. A process that fails makes
-    ``ProcessContext.join`` stop the others and raise, as with ``spawn(join=True)``.
-    """
-    end = None if timeout is None else time.monotonic() + timeout
+@contextlib.contextmanager
+def _environment(env: dict[str, str] | None):
+    """Variables the spawned workers read at startup; the user's own values win; restored afterwards."""
+    added = [name for name in (env or {}) if name not in os.environ]
+    for name in added:
+        os.environ[name] = env[name]
     try:
-        while True:
-            remaining = None if end is None else end - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                raise TimeoutError(f"{len(context.processes)} spawned processes did not finish within "
-                                   f"{timeout:g} s; they were stopped")
-            # Short slices keep Ctrl-C and the deadline responsive.
-            if context.join(timeout=1.0 if remaining is None else min(remaining, 1.0)):
-                return
-    except BaseException:
-        stop(context.processes)
-        raise
+        yield
+    finally:
+        for name in added:
+            os.environ.pop(name, None)
+
+
+def _worker(rank, fn, args, results):
+    try:
+        value = fn(rank, *args)
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent, which stops every worker
+        results.put(("error", rank, f"{type(exc).__name__}: {exc}"))
+        raise SystemExit(1) from None
+    results.put(("ok", rank, value))
+
+
+def spawn(fn: Callable, args: tuple, nprocs: int, *, timeout: float | None = None,
+          env: dict[str, str] | None = None, what: str = "worker processes") -> list:
+    """Run ``fn(rank, *args)`` for rank 0..nprocs-1 in spawned processes; their return values in rank order.
+
+    fn, args and the return values must pickle (fn a module-level function).
+    timeout: seconds for the whole run (None: no deadline). env: variables
+    set for the workers unless already set here. Raises WorkerError when a
+    worker raises, dies without a result or the deadline passes; every
+    worker is stopped before it is raised (also on Ctrl-C).
+    """
+    ctx = multiprocessing.get_context("spawn")
+    results = ctx.SimpleQueue()
+    processes = [ctx.Process(target=_worker, args=(rank, fn, args, results), daemon=True) for rank in range(nprocs)]
+    try:
+        with _environment(env):
+            for process in processes:
+                process.start()
+        return _collect(processes, results, timeout, what)
+    finally:
+        stop(processes)
+
+
+def _collect(processes, results, timeout, what) -> list:
+    end = None if timeout is None else time.monotonic() + timeout
+    values: dict[int, object] = {}
+    while len(values) < len(processes):
+        while not results.empty():
+            kind, rank, value = results.get()
+            if kind == "error":
+                raise WorkerError(f"{what} failed on rank {rank} of {len(processes)}: {value}", rank, value)
+            values[rank] = value
+        dead = [r for r, p in enumerate(processes) if p.exitcode is not None and r not in values]
+        if dead and results.empty():
+            time.sleep(POLL_S)  # a result put just before exiting may still be in the pipe
+            if results.empty():
+                raise WorkerError(f"{what}: rank {dead[0]} of {len(processes)} exited with code "
+                                  f"{processes[dead[0]].exitcode} without a result", dead[0])
+        if end is not None and time.monotonic() > end:
+            raise WorkerError(f"{what} did not finish within {timeout:g} s; they were stopped")
+        time.sleep(POLL_S)
+    return [values[r] for r in range(len(processes))]
 
 
 def stop(processes, grace: float = STOP_GRACE_S) -> None:
@@ -92,30 +131,30 @@ def stop(processes, grace: float = STOP_GRACE_S) -> None:
             process.join()
 
 
-def run(cmd, *, timeout: float, **kwargs) -> subprocess.CompletedProcess:
-    """``subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kwargs)``, bounded for its whole tree.
+def _in_group(rank, world_size, init_method, group_timeout, fn, args):
+    """One rank of :func:`run_ranks`: join the gloo group, run fn, wait for every rank, leave."""
+    import torch.distributed as dist
 
-    The command runs in a new session (its own process group). On timeout the
-    whole group is killed, not only the direct child, and
-    subprocess.TimeoutExpired is raised; after a normal exit any process the
-    command left behind in its group is killed too.
-    """
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          start_new_session=True, **kwargs) as proc:
-        try:
-            out, err = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            kill_group(proc)
-            out, err = proc.communicate()
-            raise subprocess.TimeoutExpired(cmd, timeout, out, err) from None
-        finally:
-            kill_group(proc)
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
-
-
-def kill_group(proc: subprocess.Popen) -> None:
-    """SIGKILL the process group of ``proc``, started with ``start_new_session=True``, if any of it is left."""
+    # The timeout bounds the rendezvous and every collective: a dead peer ends the run instead of hanging it.
+    dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=world_size,
+                            timeout=timedelta(seconds=group_timeout))
     try:
-        os.killpg(proc.pid, signal.SIGKILL)  # the session leader's pid is the group id
-    except (ProcessLookupError, PermissionError):
-        pass  # the group is already gone
+        value = fn(*args)
+        dist.barrier()  # e.g. rank 0's last checkpoint is written before any rank reports success
+        return value
+    finally:
+        dist.destroy_process_group()
+
+
+def run_ranks(fn: Callable, args: tuple, world_size: int, *, group_timeout: float, timeout: float | None = None,
+              env: dict[str, str] | None = None, what: str = "ranks") -> list:
+    """``fn(*args)`` on ``world_size`` local ranks of a torch.distributed gloo group; results in rank order.
+
+    group_timeout: seconds a rank waits in the rendezvous or a collective
+    before it fails (so a dead peer fails the others); timeout, env: as for
+    :func:`spawn`. Needs PyTorch.
+    """
+    with local_rendezvous() as init_method:
+        return spawn(_in_group, (world_size, init_method, group_timeout, fn, args), world_size,
+                     timeout=timeout, env=env, what=what)
+

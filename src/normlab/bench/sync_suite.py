@@ -25,19 +25,15 @@ report takes, per row, the larger of the ranks' medians (the JSON keeps both).
 
 from __future__ import annotations
 
-import contextlib
-import multiprocessing
 import os
 import time
-import traceback
-from datetime import timedelta
 from typing import Callable
 
 import numpy as np
 
-from ..procs import local_rendezvous
+from .. import procs
 from .cases import Case, Impl, _inputs
-from .runner import PHASES, machine_info, prepare, time_impls
+from .runner import PHASES, check_repeat, machine_info, prepare, time_impls
 from .torch_suite import batchnorm_case, module_impl, module_pair
 
 SYNC_SUITE = ("sbn:32x64x56x56", "bn:4096x1024")
@@ -73,30 +69,23 @@ def sync_impls(case: Case, dtype, rank: int, world_size: int, solo_group) -> lis
             module_impl("sync", sync, x, dout), collectives]
 
 
-def _worker(rank, world_size, init_method, case_ids, dtypes, repeat, rounds, threads, timeout_s, queue):
-    """One rank: time every case and dtype, put (rank, "ok", payload) or (rank, "error", traceback) on queue."""
+def _rank_timings(world_size, case_ids, dtypes, repeat, rounds, threads):
+    """One rank, inside the process group: time every case and dtype; the payload for the parent."""
     import torch.distributed as dist
 
-    try:
-        threads = prepare(threads, repeat)
-        dist.init_process_group("gloo", init_method=init_method, rank=rank,
-                                world_size=world_size, timeout=timedelta(seconds=timeout_s))
-        # new_group is collective: every rank creates every one-rank group, in the same order.
-        solo_group = [dist.new_group([r]) for r in range(world_size)][rank]
-        results = []
-        for case_id in case_ids:
-            case = batchnorm_case(case_id)
-            for dtype in dtypes:
-                impls = sync_impls(case, dtype, rank, world_size, solo_group)
-                timed = time_impls(impls, repeat, rounds)
-                results.append({"case": case.id, "dtype": dtype, "timed": timed, "loadavg": os.getloadavg()[0]})
-                dist.barrier()
-        queue.put((rank, "ok", {"results": results, "threads": threads}))
-    except BaseException:  # noqa: BLE001 - reported to the parent, which raises
-        queue.put((rank, "error", traceback.format_exc()))
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    threads = prepare(threads, repeat)
+    rank = dist.get_rank()
+    # new_group is collective: every rank creates every one-rank group, in the same order.
+    solo_group = [dist.new_group([r]) for r in range(world_size)][rank]
+    results = []
+    for case_id in case_ids:
+        case = batchnorm_case(case_id)
+        for dtype in dtypes:
+            impls = sync_impls(case, dtype, rank, world_size, solo_group)
+            timed = time_impls(impls, repeat, rounds)
+            results.append({"case": case.id, "dtype": dtype, "timed": timed, "loadavg": os.getloadavg()[0]})
+            dist.barrier()
+    return {"results": results, "threads": threads}
 
 
 def run_sync(cases=None, dtypes=("float32",), repeat: int = 7, threads: int | None = None, quick: bool = False,
@@ -116,47 +105,16 @@ def run_sync(cases=None, dtypes=("float32",), repeat: int = 7, threads: int | No
         if case.shape[0] < 2 * world_size:
             raise ValueError(f"case {case.id!r}: the batch of {case.shape[0]} is too small to split over "
                              f"{world_size} ranks (at least 2 samples each)")
-    if repeat < 7:
-        raise ValueError(f"repeat must be >= 7 (a median of at least 7 runs), got {repeat}")
+    check_repeat(repeat)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # inherited by the ranks
     loadavg_start = os.getloadavg()
-    ctx = multiprocessing.get_context("spawn")
-    queue = ctx.Queue()
-    rendezvous = contextlib.ExitStack()
-    init_method = rendezvous.enter_context(local_rendezvous())  # file store, loopback: no port to race for
     case_ids = [c.id for c in case_list]
-    procs = [ctx.Process(target=_worker, args=(r, world_size, init_method, case_ids, tuple(dtypes), repeat, rounds,
-                                               threads, timeout_s, queue), daemon=True)
-             for r in range(world_size)]
     log(f"sync suite: {world_size} ranks on 127.0.0.1 (gloo), {threads} thread(s) each")
-    for p in procs:
-        p.start()
-    reports, deadline = {}, time.monotonic() + timeout_s
     try:
-        while len(reports) < world_size:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise RuntimeError(f"sync benchmark: no result from rank(s) "
-                                   f"{sorted(set(range(world_size)) - set(reports))} within {timeout_s:.0f} s")
-            try:
-                rank, status, payload = queue.get(timeout=min(remaining, 5.0))
-            except Exception:  # queue.Empty: check that the ranks are alive, then wait on
-                dead = [r for r, p in enumerate(procs) if p.exitcode not in (None, 0) and r not in reports]
-                if dead:
-                    raise RuntimeError(f"sync benchmark: rank(s) {dead} exited without a result") from None
-                continue
-            if status != "ok":
-                raise RuntimeError(f"sync benchmark: rank {rank} failed:\n{payload}")
-            reports[rank] = payload
-    finally:
-        for p in procs:  # on failure a rank may wait in a collective: stop it at once
-            if len(reports) < world_size and p.is_alive():
-                p.kill()
-            p.join(timeout=10)
-            if p.is_alive():
-                p.kill()
-                p.join(timeout=10)
-        rendezvous.close()
+        reports = procs.run_ranks(_rank_timings, (world_size, case_ids, tuple(dtypes), repeat, rounds, threads),
+                                  world_size, group_timeout=timeout_s, timeout=timeout_s, what="sync benchmark")
+    except procs.WorkerError as exc:  # the ranks are stopped already
+        raise RuntimeError(str(exc)) from exc
     info = machine_info(threads)
     info["loadavg_start"], info["loadavg_end"] = loadavg_start, os.getloadavg()
     info["world_size"] = world_size

@@ -5,21 +5,19 @@ Every forward returns ``(out, cache)`` and every backward takes
 No function mutates its inputs, and randomness comes only from an explicit
 ``np.random.Generator`` (never the global RNG).
 
-The normalization inside :func:`affine_norm_relu_forward` is the core's
-functional API: any ``norm_forward(x, gamma, beta, eps, *, mean=, var=)``
-such as ``normlab.batchnorm_forward`` or ``normlab.layernorm_forward``; one
-closed-form ``normlab.batchnorm_backward`` serves them all.
+The normalization inside :func:`affine_norm_relu_forward` is a normlab
+layer used as a function (``layer.apply``: parameters and running statistics
+in, new running statistics out), so the lab's nets share the library's one
+batch norm, synchronized or not.
 """
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 
 from .. import _checks
-from ..core import NormCache
-from ..norms import batchnorm_backward
 
 
 class AffineCache(NamedTuple):
@@ -31,9 +29,14 @@ class DropoutCache(NamedTuple):
     mask: np.ndarray | None  # already scaled by 1/(1 - p); None when dropout was a no-op
 
 
+class NormStep(NamedTuple):
+    layer: object  # the normlab layer whose apply() ran: its apply_backward() undoes it
+    cache: object  # what that apply() returned as its cache
+
+
 class SandwichCache(NamedTuple):
     affine: AffineCache
-    norm: NormCache | None
+    norm: NormStep | None
     relu: np.ndarray  # the ReLU input
 
 
@@ -140,20 +143,21 @@ def affine_relu_forward(x, w, b):
     return out, SandwichCache(affine_cache, None, relu_cache)
 
 
-def affine_norm_relu_forward(x, w, b, gamma, beta, norm_forward: Callable, eps: float = 1e-5, *,
-                             mean=None, var=None, backend: str = "auto"):
+def affine_norm_relu_forward(x, w, b, gamma, beta, norm, running=None, *, training: bool = True):
     """affine -> normalization -> ReLU.
 
-    norm_forward: a core forward such as ``normlab.batchnorm_forward`` or
-    ``normlab.layernorm_forward``. mean/var: optional given statistics
-    (inference). gamma, beta: (M,). b may be None: batch norm subtracts the
-    per-feature mean, so a bias before it has no effect (beta takes its role). Returns (out (N, M), SandwichCache);
-    ``cache.norm.mean`` / ``.var`` are the statistics used (for running averages).
+    norm: a normlab layer used as a function (``norm.apply``), e.g.
+    ``normlab.BatchNorm(M, affine=False)`` or ``normlab.LayerNorm(M, ...)``;
+    gamma, beta: (M,) passed to it. running: the norm's RunningStats or None.
+    b may be None: batch norm subtracts the per-feature mean, so a bias before
+    it has no effect (beta takes its role).
+    Returns (out (N, M), SandwichCache, new_running): new_running is the
+    running statistics with this batch folded in (None when they do not change).
     """
     h, affine_cache = affine_forward(x, w, b)
-    hn, norm_cache = norm_forward(h, gamma, beta, eps, mean=mean, var=var, backend=backend)
+    hn, norm_cache, new_running = norm.apply(h, gamma, beta, running, training=training)
     out, relu_cache = relu_forward(hn)
-    return out, SandwichCache(affine_cache, norm_cache, relu_cache)
+    return out, SandwichCache(affine_cache, NormStep(norm, norm_cache), relu_cache), new_running
 
 
 def sandwich_backward(dout, cache: SandwichCache):
@@ -161,6 +165,6 @@ def sandwich_backward(dout, cache: SandwichCache):
     dh = relu_backward(dout, cache.relu)
     dgamma = dbeta = None
     if cache.norm is not None:
-        dh, dgamma, dbeta = batchnorm_backward(dh, cache.norm)
+        dh, dgamma, dbeta = cache.norm.layer.apply_backward(dh, cache.norm.cache)
     dx, dw, db = affine_backward(dh, cache.affine)
     return dx, dw, db, dgamma, dbeta

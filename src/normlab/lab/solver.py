@@ -25,10 +25,9 @@ import time
 import numpy as np
 
 from .. import _checks, distributed
-from ..layers import RunningStats
 from . import checkpoint as ckpt
 from . import optim
-from .model import Shard, check_seed
+from .sharding import Shard
 
 DATA_KEYS = ("X_train", "y_train", "X_val", "y_val")
 
@@ -117,7 +116,7 @@ class Solver:
         num_train = self.X_train.shape[0]
         self.batch_size = int(min(batch_size, num_train))
         self.num_epochs = int(num_epochs)
-        self.seed = check_seed(seed)
+        self.seed = _checks.check_seed(seed)
         self.num_train_samples = num_train_samples
         self.num_val_samples = num_val_samples
         self.verbose = bool(verbose)
@@ -312,11 +311,11 @@ class Solver:
             stats, best_stats = {}, {}
             for prefix, out in (("batch_stats", stats), ("best_batch_stats", best_stats)):
                 for name, rs in live_stats.items():
-                    new = RunningStats(rs.mean.shape[0], rs.momentum, rs.mean.dtype)
-                    new.mean = _take(arrays, f"{prefix}/{name}/mean", rs.mean)
-                    new.var = _take(arrays, f"{prefix}/{name}/var", rs.var)
-                    new.num_batches_tracked = int(meta["num_batches_tracked"][f"{prefix}/{name}"])
-                    out[name] = new
+                    out[name] = rs.copy()
+                    out[name].load_state_dict({
+                        "running_mean": _take(arrays, f"{prefix}/{name}/mean", rs.mean),
+                        "running_var": _take(arrays, f"{prefix}/{name}/var", rs.var),
+                        "num_batches_tracked": meta["num_batches_tracked"][f"{prefix}/{name}"]})
             optim_states = {}
             for key, w in self.model.params.items():
                 state = dict(meta["optim_state"][key])
@@ -362,12 +361,7 @@ def _take(arrays, name, like):
 
 
 def _copy_stats(stats: dict) -> dict:
-    copies = {}
-    for name, rs in stats.items():
-        new = RunningStats(rs.mean.shape[0], rs.momentum, rs.mean.dtype)
-        new.mean, new.var, new.num_batches_tracked = rs.mean.copy(), rs.var.copy(), rs.num_batches_tracked
-        copies[name] = new
-    return copies
+    return {name: rs.copy() for name, rs in stats.items()}
 
 
 # ---------------------------------------------------------------------- progress

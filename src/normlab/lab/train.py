@@ -13,7 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import distributed
 from . import checkpoint as ckpt
+from . import launch
+from .data import load_dataset, num_classes
 from .model import FullyConnectedNet
 from .solver import Solver
 
@@ -55,34 +58,34 @@ def train(config: TrainConfig, *, verbose: bool = True, progress: str = "auto", 
 
     ``config.nproc > 1`` trains data-parallel in that many local processes,
     and a process started by torchrun joins its group
-    (``normlab.lab.parallel``); then the processes print to stdout (not
+    (``normlab.lab.launch``); then the processes print to stdout (not
     ``stream``), and under torchrun ranks other than 0 return None.
     """
-    from . import parallel
-
     if isinstance(config.nproc, bool) or not isinstance(config.nproc, int) or config.nproc < 1:
         raise ValueError(f"nproc must be an integer >= 1, got {config.nproc!r}")
     if isinstance(config.timeout, bool) or not isinstance(config.timeout, (int, float)) or not config.timeout > 0:
         raise ValueError(f"timeout must be a number of seconds > 0, got {config.timeout!r}")
-    if config.nproc > 1 or parallel.launched_by_torchrun():
-        return parallel.train_data_parallel(config, verbose=verbose, progress=progress)
-    return run(config, verbose=verbose, progress=progress, stream=stream)
+    if config.nproc > 1 or launch.launched_by_torchrun():
+        single = dataclasses.replace(config, nproc=1)
+        return launch.run_data_parallel(train_in_process, (single, verbose, progress, None, True),
+                                        config.nproc, config.timeout)
+    return train_in_process(config, verbose=verbose, progress=progress, stream=stream)
 
 
-def run(config: TrainConfig, *, verbose: bool = True, progress: str = "auto", stream=None,
-        data_parallel: bool = False) -> dict:
-    """:func:`train` in this process; ``data_parallel``: as one rank of the initialized default process group."""
-    from .data import load_dataset
-
+def train_in_process(config: TrainConfig, verbose: bool = True, progress: str = "auto", stream=None,
+                     data_parallel: bool = False) -> dict:
+    """:func:`train` in this process; ``data_parallel``: as one rank of the initialized default
+    process group (only rank 0 prints)."""
     started = time.perf_counter()
     if config.checkpoint_dir is not None and not config.resume and ckpt.exists(config.checkpoint_dir):
         raise FileExistsError(
             f"{Path(config.checkpoint_dir) / ckpt.META_NAME} already exists; resume it with --resume "
             f"or choose another --checkpoint-dir")
+    if data_parallel:
+        verbose = verbose and distributed.rank() == 0
     data = load_dataset(config.dataset, seed=config.seed, data_dir=config.data_dir, num_train=config.num_train)
-    num_classes = 1 + max(int(data[k].max()) for k in ("y_train", "y_val", "y_test"))
     model = FullyConnectedNet(
-        list(config.hidden_dims), data["X_train"].shape[1], num_classes,
+        list(config.hidden_dims), data["X_train"].shape[1], num_classes(data),
         normalization=config.normalization, dropout=config.dropout, reg=config.reg,
         weight_scale=config.weight_scale, dtype=np.dtype(config.dtype), seed=config.seed)
     solver = Solver(model, data, update_rule=config.update_rule,
@@ -93,6 +96,10 @@ def run(config: TrainConfig, *, verbose: bool = True, progress: str = "auto", st
                     resume=config.resume, data_parallel=data_parallel)
     resumed_from = solver.epoch if config.resume else None
     solver.train()  # ends with the best epoch's parameters in the model
+    return _summary(config, solver, model, data, started, resumed_from)
+
+
+def _summary(config, solver, model, data, started, resumed_from) -> dict:
     return {
         "dataset": config.dataset,
         "normalization": config.normalization or "none",
