@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import normlab
-from normlab import FullyConnectedNet, Solver
+from normlab.lab import FullyConnectedNet, Solver
 from normlab.lab import checkpoint as ckpt
 
 

@@ -9,9 +9,9 @@ import pytest
 from click.testing import CliRunner
 
 from normlab.cli import main
-from normlab.experiments import (DEFAULT_EXPERIMENT, EXPERIMENTS, get_experiment, make_config, run_experiment,
+from normlab.lab.experiments import (DEFAULT_EXPERIMENT, EXPERIMENTS, get_experiment, make_config, run_experiment,
                                  strip_timing)
-from normlab.experiments import batch_size, batchnorm, layernorm, plots, report, weight_scale
+from normlab.lab.experiments import batch_size, batchnorm, layernorm, plots, report, weight_scale
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SMALL = {"num_train": 200, "epochs": 2}  # a few seconds per experiment

@@ -5,7 +5,7 @@ import io
 import numpy as np
 import pytest
 
-from normlab import FullyConnectedNet, Solver
+from normlab.lab import FullyConnectedNet, Solver
 
 
 def blobs(n=240, d=6, c=3, seed=0):

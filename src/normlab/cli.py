@@ -1,4 +1,10 @@
-"""The ``normlab`` command line."""
+"""The ``normlab`` command line.
+
+The library's commands live here (check, bench); the lab's (train,
+experiment) live in ``normlab.lab.cli`` and are imported only when one of
+them is asked for, so the library never imports the lab. Without the lab
+extra installed, a lab command says in one line how to install it.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +12,38 @@ import sys
 
 import click
 
+from .bench import SUITES
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+#: The lab's commands, by name; each is imported from normlab.lab.cli on first use.
+LAB_COMMANDS = ("train", "experiment")
+
+
+class _Main(click.Group):
+    """The library's commands, plus the lab's commands loaded on demand."""
+
+    def list_commands(self, ctx):
+        return sorted([*super().list_commands(ctx), *LAB_COMMANDS])
+
+    def get_command(self, ctx, name):
+        if name not in LAB_COMMANDS:
+            return super().get_command(ctx, name)
+        try:
+            from .lab import cli as lab_cli
+        except ImportError as exc:  # the lab extra is missing
+            return _lab_missing(name, str(exc))
+        return lab_cli.COMMANDS[name]
+
+
+def _lab_missing(name: str, message: str) -> click.Command:
+    """A stand-in for a lab command when the lab cannot be imported: it says why and exits 1."""
+    def fail(**_):
+        raise click.ClickException(message)
+
+    return click.Command(name, callback=fail, help=f"(not installed) {message}",
+                         context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="normlab")
 def main():
     """normlab: batch normalization and its siblings, derived, verified and fast."""
@@ -52,7 +88,7 @@ def check(backend, seed):
 
 
 @main.command()
-@click.option("--suite", type=click.Choice(["kernels", "torch", "sync", "all"]), default="kernels", show_default=True,
+@click.option("--suite", type=click.Choice([*SUITES, "all"]), default="kernels", show_default=True,
               help="kernels: numpy/numba/ATen kernels and the bandwidth bound; torch: normlab.torch.BatchNorm vs "
                    "torch.nn.BatchNorm1d/2d through autograd; sync: SyncBatchNorm on 2 ranks vs local batch norm.")
 @click.option("--quick", is_flag=True, help="One small shape per norm (a smoke run).")
@@ -74,6 +110,7 @@ def check(backend, seed):
 def bench(suite, quick, cases, dtype, repeat, rounds, threads, timeout, json_path, markdown_path):
     """Time numpy, numba and PyTorch's native kernels; report ratios and the bandwidth bound (--suite for more)."""
     from . import bench as bench_mod
+    from .bench.runner import check_repeat
 
     try:
         case_list = [bench_mod.parse_case(c) for c in cases.split(",")] if cases else None
@@ -83,8 +120,7 @@ def bench(suite, quick, cases, dtype, repeat, rounds, threads, timeout, json_pat
         dtypes = None if dtype is None else ("float32", "float64") if dtype == "both" else (dtype,)
         if rounds < 1:
             raise ValueError(f"--rounds must be >= 1, got {rounds}")
-        if repeat < 7:
-            raise ValueError(f"--repeat must be >= 7 (a median of at least 7 runs), got {repeat}")
+        check_repeat(repeat)
         if threads is not None:
             from .threads import max_threads
             if not 1 <= threads <= max_threads():
@@ -96,88 +132,6 @@ def bench(suite, quick, cases, dtype, repeat, rounds, threads, timeout, json_pat
                        json_path=json_path, markdown_path=markdown_path, suite=suite, sync_timeout_s=timeout)
     except ImportError as exc:  # the torch and sync suites need PyTorch
         raise click.ClickException(f"--suite {suite} needs PyTorch (pip install 'normlab[torch]'): {exc}") from exc
-
-
-@main.command()
-@click.option("--dataset", type=click.Choice(["digits", "mnist1d", "cifar10"]), default="digits", show_default=True)
-@click.option("--data-dir", default=None, help="CIFAR-10: the cifar-10-batches-py directory (default: $NORMLAB_DATA).")
-@click.option("--hidden-dims", default="100,100", show_default=True, help="Hidden layer sizes, comma-separated.")
-@click.option("--normalization", type=click.Choice(["none", "batchnorm", "layernorm"]), default="none",
-              show_default=True)
-@click.option("--dropout", default=0.0, show_default=True, type=click.FloatRange(0, 1, max_open=True),
-              help="Probability of dropping a hidden unit.")
-@click.option("--reg", default=0.0, show_default=True, type=click.FloatRange(min=0), help="L2 regularization strength.")
-@click.option("--weight-scale", default=5e-2, show_default=True, type=click.FloatRange(min=0, min_open=True),
-              help="Std of the normal weight init.")
-@click.option("--dtype", type=click.Choice(["float64", "float32"]), default="float64", show_default=True)
-@click.option("--update-rule", type=click.Choice(["sgd", "sgd_momentum", "rmsprop", "adam"]), default="adam",
-              show_default=True)
-@click.option("--learning-rate", "--lr", default=1e-3, show_default=True, type=click.FloatRange(min=0))
-@click.option("--lr-decay", default=1.0, show_default=True, type=click.FloatRange(0, 1, min_open=True),
-              help="Learning-rate factor per epoch.")
-@click.option("--batch-size", default=100, show_default=True, type=click.IntRange(min=1))
-@click.option("--epochs", default=10, show_default=True, type=click.IntRange(min=1),
-              help="Total epochs (a resumed run continues up to it).")
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0),
-              help="Seeds the split, init, dropout and batch order.")
-@click.option("--num-train", default=None, type=click.IntRange(min=1), help="Use at most this many training examples.")
-@click.option("--checkpoint-dir", default=None, help="Write a checkpoint here every --checkpoint-every epochs.")
-@click.option("--checkpoint-every", default=1, show_default=True, type=click.IntRange(min=1))
-@click.option("--resume", is_flag=True, help="Continue the run checkpointed in --checkpoint-dir.")
-@click.option("--print-every", default=100, show_default=True, type=click.IntRange(min=1),
-              help="Iterations between log lines (no terminal).")
-@click.option("--nproc", default=1, show_default=True, type=click.IntRange(min=1),
-              help="Data-parallel processes on this machine (gloo over 127.0.0.1; needs PyTorch).")
-@click.option("--timeout", default=120.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
-              help="Data-parallel: seconds a process waits for its peers before failing.")
-@click.option("--quiet", is_flag=True, help="No progress output, only the summary.")
-def train(quiet, hidden_dims, normalization, **options):
-    """Train one fully-connected net, checkpoint it, and print a summary."""
-    from .lab import train as lab_train
-
-    if options["resume"] and options["checkpoint_dir"] is None:
-        raise click.UsageError("--resume needs --checkpoint-dir: the directory of the run to continue")
-    try:
-        dims = tuple(int(h) for h in hidden_dims.split(",") if h.strip())
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated integers, got {hidden_dims!r}",
-                                 param_hint="--hidden-dims") from None
-    config = lab_train.TrainConfig(hidden_dims=dims, normalization=None if normalization == "none" else normalization,
-                                   **options)
-    try:
-        summary = lab_train.train(config, verbose=not quiet)
-    except (ValueError, TypeError, OSError, RuntimeError) as exc:  # bad settings, data or checkpoint
-        raise click.ClickException(str(exc)) from exc
-    if summary is None:  # a rank other than 0 under torchrun: rank 0 prints the summary
-        return
-    for line in lab_train.format_summary(summary):
-        click.echo(line)
-
-
-@main.command()
-@click.argument("name", default="batchnorm")
-@click.option("--out", default="results", show_default=True, help="Writes OUT/NAME/results.json, plots, report.md.")
-@click.option("--epochs", default=None, type=click.IntRange(min=1),
-              help="Epochs per training run (default: per experiment).")
-@click.option("--seed", default=None, type=click.IntRange(min=0),
-              help="Seeds the split, init and batch order [default: 0].")
-@click.option("--dataset", default=None, type=click.Choice(["digits", "mnist1d", "cifar10"]), help="[default: digits]")
-@click.option("--data-dir", default=None, help="CIFAR-10: the cifar-10-batches-py directory (default: $NORMLAB_DATA).")
-@click.option("--num-train", default=None, type=click.IntRange(min=1), help="Use at most this many training examples.")
-def experiment(name, out, **overrides):
-    """Run experiment NAME (batchnorm, weight-scale, batch-size, layernorm, or all) and write its report."""
-    from .experiments import EXPERIMENTS, run_experiment
-
-    names = list(EXPERIMENTS) if name == "all" else [name]
-    if name != "all" and name not in EXPERIMENTS:
-        raise click.BadParameter(f"unknown experiment {name!r}; choose from {', '.join(EXPERIMENTS)} or all",
-                                 param_hint="NAME")
-    for each in names:
-        try:
-            paths = run_experiment(each, out, log=lambda line: click.echo(line), **overrides)
-        except (ValueError, OSError, RuntimeError) as exc:  # bad settings or a missing/corrupt dataset
-            raise click.ClickException(str(exc)) from exc
-        click.echo(f"report: {paths['report']}")
 
 
 if __name__ == "__main__":  # pragma: no cover

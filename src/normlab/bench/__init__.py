@@ -14,9 +14,9 @@ import sys
 
 from .cases import QUICK, SUITE, parse_case
 from .report import markdown, markdown_sync, markdown_torch
-from .runner import run
+from .runner import run_kernels
 
-__all__ = ["QUICK", "SUITE", "SUITES", "main", "markdown", "parse_case", "run"]
+__all__ = ["QUICK", "SUITE", "SUITES", "main", "markdown", "parse_case", "run_kernels"]
 
 SUITES = ("kernels", "torch", "sync")
 DEFAULT_DTYPES = {"kernels": ("float32", "float64"), "torch": ("float32", "float64"), "sync": ("float32",)}
@@ -26,7 +26,7 @@ def _run_suite(suite, dtypes, log, timeout_s, **options) -> dict:
     """The result of one suite (the torch and sync suites import torch: ImportError without it)."""
     dtypes = dtypes or DEFAULT_DTYPES[suite]
     if suite == "kernels":
-        return run(dtypes=dtypes, log=log, **options)
+        return run_kernels(dtypes=dtypes, log=log, **options)
     if suite == "torch":
         from .torch_suite import run_torch
         return run_torch(dtypes=dtypes, log=log, **options)

@@ -157,18 +157,28 @@ def set_threads(threads: int) -> None:
         pass
 
 
+MIN_REPEAT = 7
+
+
+def check_repeat(repeat) -> int:
+    """Timed runs per measurement: a median of at least ``MIN_REPEAT``."""
+    if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < MIN_REPEAT:
+        raise ValueError(f"repeat must be an integer >= {MIN_REPEAT} (a median of at least {MIN_REPEAT} runs), "
+                         f"got {repeat!r}")
+    return repeat
+
+
 def prepare(threads: int | None, repeat: int) -> int:
     """Check ``repeat``, set the same thread count for Numba and PyTorch (all cores for None); returns it."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts its OpenMP pool
-    if repeat < 7:
-        raise ValueError(f"repeat must be >= 7 (a median of at least 7 runs), got {repeat}")
+    check_repeat(repeat)
     from ..threads import get_num_threads, max_threads
 
     set_threads(threads or max_threads())
     return get_num_threads()
 
 
-def run(cases=None, dtypes=("float32", "float64"), repeat: int = 7, threads: int | None = None,
+def run_kernels(cases=None, dtypes=("float32", "float64"), repeat: int = 7, threads: int | None = None,
         quick: bool = False, rounds: int = 3, log: Callable[[str], None] = print) -> dict:
     """Run the suite; returns a JSON-ready dict (machine, bandwidth, rows, notes)."""
     threads = prepare(threads, repeat)

@@ -14,11 +14,12 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import secrets
 from pathlib import Path
 
 import numpy as np
+
+from .._files import write_atomic
 
 FORMAT = "normlab-checkpoint"
 VERSION = 1
@@ -27,31 +28,6 @@ META_NAME = "checkpoint.json"
 
 class CheckpointError(ValueError):
     """A checkpoint that is corrupt, incomplete, or written for something else."""
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def _fsync_dir(directory: Path) -> None:
-    # Makes the renames themselves durable; not every platform can open a directory.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # pragma: no cover - e.g. Windows
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def save(directory, arrays: dict[str, np.ndarray], meta: dict) -> Path:
@@ -68,13 +44,11 @@ def save(directory, arrays: dict[str, np.ndarray], meta: dict) -> Path:
     np.savez(buffer, **arrays)
     payload = buffer.getvalue()
     arrays_name = f"state-{secrets.token_hex(6)}.npz"
-    _write_atomic(directory / arrays_name, payload)
-    _fsync_dir(directory)
+    write_atomic(directory / arrays_name, payload, durable=True)
 
     record = {"format": FORMAT, "version": VERSION, "arrays_file": arrays_name,
               "sha256": hashlib.sha256(payload).hexdigest(), **meta}
-    _write_atomic(directory / META_NAME, json.dumps(record, indent=1, sort_keys=True).encode())
-    _fsync_dir(directory)
+    write_atomic(directory / META_NAME, json.dumps(record, indent=1, sort_keys=True).encode(), durable=True)
 
     # Only now is the old arrays file unreferenced; also sweep temp files a killed save left behind.
     for stale in [*directory.glob("state-*.npz"), *directory.glob(".*.tmp")]:

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import _checks
+from .._files import write_atomic
 
 DATASETS = ("digits", "mnist1d", "cifar10")
 
@@ -74,6 +75,11 @@ def load_dataset(name="digits", *, seed=0, data_dir=None, val_fraction=None,
     if num_train is not None:
         train_idx = train_idx[:num_train]
     return _finish(X_pool[train_idx], y_pool[train_idx], X_pool[val_idx], y_pool[val_idx], X_test, y_test)
+
+
+def num_classes(data: dict) -> int:
+    """Number of classes: one more than the largest label in any split of a ``load_dataset`` dict."""
+    return int(max(data[k].max() for k in ("y_train", "y_val", "y_test") if k in data)) + 1
 
 
 def _finish(X_train, y_train, X_val, y_val, X_test, y_test):
@@ -146,16 +152,11 @@ def _load_mnist1d(cache_dir=None, **_):
         np.random.set_state(np_state)
         random.setstate(py_state)
     arrays = {k: np.asarray(data[k]) for k in ("x", "y", "x_test", "y_test")}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         cache.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
-        os.replace(tmp, path)  # atomic: a reader never sees half a file
+        write_atomic(path, lambda fh: np.savez(fh, **arrays))  # a reader never sees half a file
     except OSError:
         pass  # an unwritable cache only costs regeneration next time
-    finally:
-        tmp.unlink(missing_ok=True)  # a write that failed part-way (e.g. a full disk) leaves no stray file
     return arrays["x"], arrays["y"], arrays["x_test"], arrays["y_test"]
 
 

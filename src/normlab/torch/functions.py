@@ -2,10 +2,8 @@
 
 CPU tensors enter the core as zero-copy NumPy views (non-contiguous ones are
 made contiguous first), so the same kernels, and whichever backend "auto"
-picks, serve NumPy and PyTorch users. Measured on (32, 64, 56, 56) float32
-with the NumPy backend on 2 cores (examples/time_bridge_backward.py), the
-core's backward (48-74 ms over runs) beats the same closed form in eager
-torch ops (76-132 ms), so the backward goes through the core too.
+picks, serve NumPy and PyTorch users, forward and backward alike
+(docs/benchmarks.md measures them against torch.nn).
 
 Double backward is not supported: the backward runs outside autograd, so
 ``create_graph=True`` through these functions raises a RuntimeError that says

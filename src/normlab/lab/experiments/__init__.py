@@ -4,7 +4,7 @@
 runs one and writes ``OUT/NAME/results.json``, its PNG figures and
 ``OUT/NAME/report.md``::
 
-    from normlab.experiments import run_experiment
+    from normlab.lab.experiments import run_experiment
     paths = run_experiment("batchnorm", "results", epochs=5)
 """
 
@@ -92,7 +92,7 @@ def environment() -> dict:
 
     import numpy as np
 
-    from ..backends import get_backend
+    from ...backends import get_backend
 
     env = {"backend": get_backend("auto").NAME, "numpy": np.__version__, "python": platform.python_version()}
     if env["backend"] == "numba":

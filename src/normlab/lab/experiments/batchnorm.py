@@ -38,8 +38,8 @@ class Config(common.BaseConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        object.__setattr__(self, "hidden_dims", common.check_positive_ints(self.hidden_dims, "hidden_dims"))
-        common.check_positive_int(self.batch_size, "batch_size")
+        self._check("hidden_dims", common.check_positive_ints)
+        self._check("batch_size", common.check_positive_int)
 
 
 def run(config: Config, log: common.Log = print) -> dict:

@@ -8,6 +8,10 @@ from typing import Callable
 
 import numpy as np
 
+from ... import _checks
+from ..._checks import check_positive_int
+from ..data import num_classes
+
 #: A progress callback: one line per run. ``print`` in the CLI, a no-op or a list's append in tests.
 Log = Callable[[str], None]
 
@@ -30,15 +34,18 @@ class BaseConfig:
     num_train: int | None = None
 
     def __post_init__(self):
-        from ..lab.data import DATASETS
+        from ..data import DATASETS
 
         if self.dataset not in DATASETS:
             raise ValueError(f"unknown dataset {self.dataset!r}; known datasets: {', '.join(DATASETS)}")
-        check_positive_int(self.epochs, "epochs")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
+        self._check("epochs", check_positive_int)
+        self._check("seed", lambda v, name: _checks.check_seed(v, name, optional=False))
         if self.num_train is not None:
-            check_positive_int(self.num_train, "num_train")
+            self._check("num_train", check_positive_int)
+
+    def _check(self, name: str, check) -> None:
+        """Validate field ``name`` with ``check(value, name)`` and keep what it returns (plain ints stay JSON-able)."""
+        object.__setattr__(self, name, check(getattr(self, name), name))
 
 
 @dataclass(frozen=True)
@@ -53,24 +60,16 @@ class SweepConfig(BaseConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        object.__setattr__(self, "hidden_dims", check_positive_ints(self.hidden_dims, "hidden_dims"))
-        object.__setattr__(self, "batch_sizes", check_positive_ints(self.batch_sizes, "batch_sizes"))
-
-
-def check_positive_int(value, name):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
+        self._check("hidden_dims", check_positive_ints)
+        self._check("batch_sizes", check_positive_ints)
 
 
 def check_positive_ints(values, name):
-    """A non-empty sequence of positive integers, as a tuple."""
+    """A non-empty sequence of positive integers, as a tuple of plain ints."""
     values = tuple(values)
     if not values:
         raise ValueError(f"{name} must not be empty")
-    for v in values:
-        check_positive_int(v, f"{name} entries")
-    return values
+    return tuple(check_positive_int(v, f"{name} entries") for v in values)
 
 
 def epochs_to_reach(accuracies, threshold):
@@ -83,7 +82,7 @@ def epochs_to_reach(accuracies, threshold):
 
 def load_data(config: BaseConfig) -> dict:
     """The config's dataset, split and centred with the config's seed."""
-    from ..lab.data import load_dataset
+    from ..data import load_dataset
 
     return load_dataset(config.dataset, seed=config.seed, data_dir=config.data_dir, num_train=config.num_train)
 
@@ -103,7 +102,7 @@ def train_run(data: dict, *, hidden_dims, normalization, weight_scale, learning_
     epoch's parameters) and ``seconds`` (wall time, the only field that is not
     reproducible).
     """
-    from ..lab import FullyConnectedNet, Solver
+    from .. import FullyConnectedNet, Solver
 
     model = FullyConnectedNet(list(hidden_dims), data["X_train"].shape[1], num_classes(data),
                               normalization=normalization, weight_scale=float(weight_scale), seed=seed)
@@ -172,11 +171,6 @@ def data_summary(data: dict) -> dict:
     return {"num_train": int(len(data["y_train"])), "num_val": int(len(data["y_val"])),
             "num_test": int(len(data["y_test"])), "features": int(data["X_train"].shape[1]),
             "classes": num_classes(data)}
-
-
-def num_classes(data: dict) -> int:
-    """Number of classes: one more than the largest label in any split."""
-    return int(max(data[k].max() for k in ("y_train", "y_val", "y_test") if k in data)) + 1
 
 
 def strip_timing(results):

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
+
+from ..._files import write_atomic
 
 
 def write_json(results: dict, path) -> Path:
@@ -17,12 +18,8 @@ def write_json(results: dict, path) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(finite_or_none(results), fh, indent=1, allow_nan=False)
-        fh.write("\n")
-    os.replace(tmp, path)
-    return path
+    text = json.dumps(finite_or_none(results), indent=1, allow_nan=False) + "\n"
+    return write_atomic(path, text.encode("utf-8"))
 
 
 def finite_or_none(value):

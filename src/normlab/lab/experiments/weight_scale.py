@@ -48,10 +48,10 @@ class Config(common.BaseConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        object.__setattr__(self, "hidden_dims", common.check_positive_ints(self.hidden_dims, "hidden_dims"))
-        common.check_positive_int(self.points, "points")
-        common.check_positive_int(self.repeats, "repeats")
-        common.check_positive_int(self.batch_size, "batch_size")
+        self._check("hidden_dims", common.check_positive_ints)
+        self._check("points", common.check_positive_int)
+        self._check("repeats", common.check_positive_int)
+        self._check("batch_size", common.check_positive_int)
         if not 0 < self.scale_min <= self.scale_max:
             raise ValueError(f"need 0 < scale_min <= scale_max, got {self.scale_min!r} and {self.scale_max!r}")
 

@@ -1,0 +1,108 @@
+"""The lab's commands, ``normlab train`` and ``normlab experiment``; ``normlab.cli`` loads them on demand.
+
+Choices (datasets, normalizations, update rules, experiments) are read from
+the registries that implement them, so a new entry shows up here by itself.
+"""
+
+from __future__ import annotations
+
+import click
+
+from .data import DATASETS, DatasetError
+from .experiments import EXPERIMENTS
+from .launch import DataParallelError, TorchMissingError
+from .model import NORMALIZATIONS
+from .optim import UPDATE_RULES
+
+#: What a lab command turns into a one-line error (exit 1): bad settings, data, checkpoints (CheckpointError
+#: is a ValueError), processes.
+#: Anything else is a bug and keeps its traceback.
+USER_ERRORS = (ValueError, OSError, DatasetError, DataParallelError, TorchMissingError)
+
+_DATA_DIR_HELP = "CIFAR-10: the cifar-10-batches-py directory (default: $NORMLAB_DATA)."
+
+
+@click.command()
+@click.option("--dataset", type=click.Choice(DATASETS), default="digits", show_default=True)
+@click.option("--data-dir", default=None, help=_DATA_DIR_HELP)
+@click.option("--hidden-dims", default="100,100", show_default=True, help="Hidden layer sizes, comma-separated.")
+@click.option("--normalization", type=click.Choice(list(NORMALIZATIONS)), default="none", show_default=True)
+@click.option("--dropout", default=0.0, show_default=True, type=click.FloatRange(0, 1, max_open=True),
+              help="Probability of dropping a hidden unit.")
+@click.option("--reg", default=0.0, show_default=True, type=click.FloatRange(min=0), help="L2 regularization strength.")
+@click.option("--weight-scale", default=5e-2, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Std of the normal weight init.")
+@click.option("--dtype", type=click.Choice(["float64", "float32"]), default="float64", show_default=True)
+@click.option("--update-rule", type=click.Choice(list(UPDATE_RULES)), default="adam", show_default=True)
+@click.option("--learning-rate", "--lr", default=1e-3, show_default=True, type=click.FloatRange(min=0))
+@click.option("--lr-decay", default=1.0, show_default=True, type=click.FloatRange(0, 1, min_open=True),
+              help="Learning-rate factor per epoch.")
+@click.option("--batch-size", default=100, show_default=True, type=click.IntRange(min=1))
+@click.option("--epochs", default=10, show_default=True, type=click.IntRange(min=1),
+              help="Total epochs (a resumed run continues up to it).")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Seeds the split, init, dropout and batch order.")
+@click.option("--num-train", default=None, type=click.IntRange(min=1), help="Use at most this many training examples.")
+@click.option("--checkpoint-dir", default=None, help="Write a checkpoint here every --checkpoint-every epochs.")
+@click.option("--checkpoint-every", default=1, show_default=True, type=click.IntRange(min=1))
+@click.option("--resume", is_flag=True, help="Continue the run checkpointed in --checkpoint-dir.")
+@click.option("--print-every", default=100, show_default=True, type=click.IntRange(min=1),
+              help="Iterations between log lines (no terminal).")
+@click.option("--nproc", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Data-parallel processes on this machine (gloo over 127.0.0.1; needs PyTorch).")
+@click.option("--timeout", default=120.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Data-parallel: seconds a process waits for its peers before failing.")
+@click.option("--quiet", is_flag=True, help="No progress output, only the summary.")
+def train(quiet, hidden_dims, normalization, **options):
+    """Train one fully-connected net, checkpoint it, and print a summary."""
+    from . import train as lab_train
+
+    if options["resume"] and options["checkpoint_dir"] is None:
+        raise click.UsageError("--resume needs --checkpoint-dir: the directory of the run to continue")
+    try:
+        dims = tuple(int(h) for h in hidden_dims.split(",") if h.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {hidden_dims!r}",
+                                 param_hint="--hidden-dims") from None
+    config = lab_train.TrainConfig(hidden_dims=dims, normalization=None if normalization == "none" else normalization,
+                                   **options)
+    try:
+        summary = lab_train.train(config, verbose=not quiet)
+    except USER_ERRORS as exc:
+        raise click.ClickException(str(exc)) from exc
+    if summary is None:  # a rank other than 0 under torchrun: rank 0 prints the summary
+        return
+    for line in lab_train.format_summary(summary):
+        click.echo(line)
+
+
+@click.command()
+@click.argument("name", default="batchnorm")
+@click.option("--out", default="results", show_default=True, help="Writes OUT/NAME/results.json, plots, report.md.")
+@click.option("--epochs", default=None, type=click.IntRange(min=1),
+              help="Epochs per training run (default: per experiment).")
+@click.option("--seed", default=None, type=click.IntRange(min=0),
+              help="Seeds the split, init and batch order [default: 0].")
+@click.option("--dataset", default=None, type=click.Choice(DATASETS), help="[default: digits]")
+@click.option("--data-dir", default=None, help=_DATA_DIR_HELP)
+@click.option("--num-train", default=None, type=click.IntRange(min=1), help="Use at most this many training examples.")
+def experiment(name, out, **overrides):
+    """Run experiment NAME (or all) and write its results.json, plots and report.md."""
+    from .experiments import run_experiment
+
+    names = list(EXPERIMENTS) if name == "all" else [name]
+    if name != "all" and name not in EXPERIMENTS:
+        raise click.BadParameter(f"unknown experiment {name!r}; choose from {', '.join(EXPERIMENTS)} or all",
+                                 param_hint="NAME")
+    for each in names:
+        try:
+            paths = run_experiment(each, out, log=lambda line: click.echo(line), **overrides)
+        except USER_ERRORS as exc:  # bad settings or a missing/corrupt dataset
+            raise click.ClickException(str(exc)) from exc
+        click.echo(f"report: {paths['report']}")
+
+
+experiment.help = (f"Run experiment NAME ({', '.join(EXPERIMENTS)}, or all) and write its results.json, "
+                   f"plots and report.md.")
+
+COMMANDS = {"train": train, "experiment": experiment}
