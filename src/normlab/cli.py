@@ -1,41 +1,48 @@
 """The ``normlab`` command line.
 
-The library's commands live here (check, bench); the lab's (train,
-experiment) live in ``normlab.lab.cli`` and are imported only when one of
-them is asked for, so the library never imports the lab. Without the lab
-extra installed, a lab command says in one line how to install it.
+The library's commands live here (check, bench). Other commands plug in
+through the ``normlab.commands`` entry-point group and are imported only when
+one of them is run or listed: the lab registers ``train`` and ``experiment``
+(``normlab.lab.cli``), so the library never imports the lab. A plugged-in
+command that cannot be imported (the lab extra not installed) says in one
+line why and how to install it.
 """
 
 from __future__ import annotations
 
 import sys
+from importlib.metadata import entry_points
 
 import click
 
 from .bench import SUITES
 
-#: The lab's commands, by name; each is imported from normlab.lab.cli on first use.
-LAB_COMMANDS = ("train", "experiment")
+COMMAND_GROUP = "normlab.commands"
 
 
 class _Main(click.Group):
-    """The library's commands, plus the lab's commands loaded on demand."""
+    """The library's commands plus those registered under the ``normlab.commands`` entry points."""
+
+    @staticmethod
+    def _plugins() -> dict:
+        return {ep.name: ep for ep in entry_points(group=COMMAND_GROUP)}
 
     def list_commands(self, ctx):
-        return sorted([*super().list_commands(ctx), *LAB_COMMANDS])
+        return sorted({*super().list_commands(ctx), *self._plugins()})
 
     def get_command(self, ctx, name):
-        if name not in LAB_COMMANDS:
-            return super().get_command(ctx, name)
+        command = super().get_command(ctx, name)
+        plugin = self._plugins().get(name)
+        if command is not None or plugin is None:
+            return command
         try:
-            from .lab import cli as lab_cli
-        except ImportError as exc:  # the lab extra is missing
-            return _lab_missing(name, str(exc))
-        return lab_cli.COMMANDS[name]
+            return plugin.load()
+        except ImportError as exc:  # e.g. the lab extra is missing
+            return _not_installed(name, str(exc))
 
 
-def _lab_missing(name: str, message: str) -> click.Command:
-    """A stand-in for a lab command when the lab cannot be imported: it says why and exits 1."""
+def _not_installed(name: str, message: str) -> click.Command:
+    """A stand-in for a command that cannot be imported: it says why and exits 1."""
     def fail(**_):
         raise click.ClickException(message)
 

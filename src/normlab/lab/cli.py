@@ -104,5 +104,3 @@ def experiment(name, out, **overrides):
 
 experiment.help = (f"Run experiment NAME ({', '.join(EXPERIMENTS)}, or all) and write its results.json, "
                    f"plots and report.md.")
-
-COMMANDS = {"train": train, "experiment": experiment}
