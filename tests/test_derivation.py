@@ -20,6 +20,7 @@ import normlab  # noqa: E402
 from normlab import derivation as dv  # noqa: E402
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "derivation.md"
+BATCHNORM = dv.DERIVATIONS["batchnorm"]
 
 needs_batchnorm = pytest.mark.skipif(
     not (hasattr(normlab, "batchnorm_forward") and hasattr(normlab, "batchnorm_backward")),
@@ -63,11 +64,11 @@ def test_a_broken_step_is_caught(monkeypatch):
     sp = pytest.importorskip("sympy")
 
     def wrong_dvar(G):
-        return (-sp.Rational(1, 2) * sum(d * c for d, c in zip(dv.step_dxhat(G), G.centred()))
+        return (-sp.Rational(1, 2) * sum(d * c for d, c in zip(dv.step("dxhat").formula(G), G.centred()))
                 * (G.sigma2 + G.eps) ** sp.Rational(-1, 2),)
 
-    broken = dv._STEP_BY_NAME["dvar"]._replace(formula=wrong_dvar)
-    monkeypatch.setitem(dv._STEP_BY_NAME, "dvar", broken)
+    steps = tuple(s._replace(formula=wrong_dvar) if s.name == "dvar" else s for s in BATCHNORM.steps)
+    monkeypatch.setitem(dv.DERIVATIONS, "batchnorm", BATCHNORM._replace(steps=steps))
     ok, _, where = dv.verify_step("dvar", 3)
     assert not ok and "m=3" in where
     assert not dv.check_step("dvar").passed
@@ -76,9 +77,9 @@ def test_a_broken_step_is_caught(monkeypatch):
 def test_a_wrong_identity_is_not_proved():
     """is_identity rejects a claim that differs from the truth (here: the dmu without its minus)."""
     G = dv.forward_graph(3)
-    truth = dv._truth_dmu(G)
-    assert dv.is_identity(dv.step_dmu(G), truth, G, node_level=False)
-    assert not dv.is_identity(tuple(-e for e in dv.step_dmu(G)), truth, G, node_level=False)
+    truth = dv.step("dmu").truth(G)
+    assert dv.is_identity(dv.step("dmu").formula(G), truth, G, node_level=False)
+    assert not dv.is_identity(tuple(-e for e in dv.step("dmu").formula(G)), truth, G, node_level=False)
 
 
 # ----------------------------------------------------------------------------- errata
