@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
+
+from .. import norms
 from .graph import Graph, forward_graph, half, require_sympy
 from .steps import Derivation, Step
 
@@ -257,10 +260,16 @@ STEPS: tuple[Step, ...] = (
 )
 
 
-
 def _exact_gradients(G: Graph) -> tuple[tuple, tuple, tuple]:
     """(dx, dgamma, dbeta) of the full loss: what the library must compute."""
     return _truth_dx(G), _truth_dgamma(G), _truth_dbeta(G)
 
 
-DERIVATION = Derivation("batchnorm", forward_graph, STEPS, _exact_gradients)
+def _library_backward(x, dout, gamma, beta, eps):
+    """The library's closed form on one feature: batchnorm_forward/backward on (m, 1), NumPy backend."""
+    _, cache = norms.batchnorm_forward(x[:, None], np.array([gamma]), np.array([beta]), eps, backend="numpy")
+    dx, dgamma, dbeta = norms.batchnorm_backward(dout[:, None], cache)
+    return dx[:, 0], dgamma, dbeta
+
+
+DERIVATION = Derivation("batchnorm", forward_graph, STEPS, _exact_gradients, _library_backward)

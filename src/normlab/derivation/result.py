@@ -12,6 +12,7 @@ class CheckResult(NamedTuple):
         wrong) or "numeric" (a float64 comparison with a tolerance).
     error: 0.0 for exact symbolic equality; a relative error for numerical
         checks; 1.0 for an erratum whose wrong version was shown to fail.
+    tolerance: the bound a numeric check's error must stay below; None otherwise.
     """
 
     name: str
@@ -19,3 +20,4 @@ class CheckResult(NamedTuple):
     error: float
     detail: str
     kind: str = "numeric"
+    tolerance: float | None = None

@@ -2,7 +2,7 @@
 
 A norm's derivation is a ``Derivation`` record: its forward graph, its table
 of ``Step`` records (written the way its document writes the equations) and
-its exact gradients. ``normlab.derivation.DERIVATIONS``
+the hooks that tie its result to the library. ``normlab.derivation.DERIVATIONS``
 keys them by norm; ``batchnorm.py`` holds the one of docs/derivation.md.
 """
 
@@ -39,7 +39,10 @@ class Derivation(NamedTuple):
     graph: m -> the symbolic forward graph for batch size m.
     steps: the equations, in the order of the document.
     exact: Graph -> (dx, dgamma, dbeta) as exact expressions: the ground
-        truth the float64 closed form is compared with.
+        truth the library's closed form is compared with.
+    library: (x, dout, gamma, beta, eps) -> (dx, dgamma, dbeta) from the
+        library's closed form, for one feature: x, dout, dx (m,) float64;
+        gamma, beta floats; dgamma, dbeta (1,).
     prefix: put before every check name, so that rows of different norms
         differ; empty for batch norm, the derivation of docs/derivation.md.
     """
@@ -48,6 +51,7 @@ class Derivation(NamedTuple):
     graph: Callable[[int], Graph]
     steps: tuple[Step, ...]
     exact: Callable[[Graph], tuple[tuple, tuple, tuple]]
+    library: Callable[..., tuple]
     prefix: str = ""
 
     def step(self, name: str) -> Step:
