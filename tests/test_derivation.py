@@ -16,8 +16,12 @@ import pytest
 
 pytest.importorskip("sympy")  # an optional dependency ("normlab[derive]"); also a test dependency
 
+from click.testing import CliRunner  # noqa: E402
+
 import normlab  # noqa: E402
 from normlab import derivation as dv  # noqa: E402
+from normlab import selfcheck  # noqa: E402
+from normlab.cli import main  # noqa: E402
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "derivation.md"
 BATCHNORM = dv.DERIVATIONS["batchnorm"]
@@ -195,6 +199,28 @@ def test_run_checks_names_missing_sympy(monkeypatch):
     monkeypatch.setitem(sys.modules, "sympy", None)  # makes `import sympy` raise ImportError
     with pytest.raises(ImportError, match=r"normlab\[derive\]"):
         dv.run_checks()
+
+
+def test_check_without_sympy_says_so(monkeypatch):
+    """`normlab check` without SymPy skips the derivation rows and prints how to install it."""
+    monkeypatch.setitem(sys.modules, "sympy", None)
+    assert selfcheck.derivation_checks() == []
+    monkeypatch.setattr(selfcheck, "gradient_checks", lambda *a: [])
+    monkeypatch.setattr(selfcheck, "torch_checks", lambda *a: [])
+    out = CliRunner().invoke(main, ["check"]).output
+    assert "SymPy not installed: derivation checks skipped (pip install 'normlab[derive]')." in out
+
+
+def test_selfcheck_rows_state_each_criterion(monkeypatch):
+    """Each kind of result gets its own criterion; a numeric row shows its own tolerance."""
+    results = [dv.CheckResult("step a", True, 0.0, "", "step"),
+               dv.CheckResult("erratum E0: b", True, 1.0, "", "erratum"),
+               dv.CheckResult("c vs d", False, 2e-12, "", "numeric", 1e-12)]
+    monkeypatch.setattr(dv, "run_checks", lambda: results)
+    rows = selfcheck.derivation_checks()
+    assert [(r.name, r.error, r.criterion, r.passed) for r in rows] == [
+        ("step a", 0.0, "exact (SymPy)", True), ("erratum E0: b", None, "seed line fails", True),
+        ("c vs d", 2e-12, "< 1e-12", False)]
 
 
 def test_import_does_not_import_sympy():
