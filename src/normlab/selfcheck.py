@@ -8,7 +8,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import norms
+from . import derivation, norms
 from .gradcheck import check_forward_backward, rel_error
 
 NUMERIC_TOL = 1e-8
@@ -94,17 +94,11 @@ def torch_checks(backend: str = "auto", seed: int = 0) -> list[CheckRow]:
 def derivation_checks() -> list[CheckRow]:
     """The SymPy checks of docs/derivation.md (empty if sympy is absent)."""
     try:
-        from . import derivation
-        results = derivation.run_checks()
+        derivation.require_sympy()
     except ImportError:
         return []
-    rows = []
-    for r in results:
-        if r.name.startswith("erratum"):
-            rows.append(CheckRow("derivation", r.name, None, "seed line fails", bool(r.passed)))
-        elif r.name.startswith("step"):
-            rows.append(CheckRow("derivation", r.name, float(r.error), "exact (SymPy)", bool(r.passed)))
-        else:
-            rows.append(CheckRow("derivation", r.name, float(r.error), f"< {derivation.NUMERIC_TOLERANCE:.0e}",
-                                 bool(r.passed)))
-    return rows
+    results = derivation.run_checks()
+    criteria = {"erratum": "seed line fails", "step": "exact (SymPy)"}
+    return [CheckRow("derivation", r.name, None if r.kind == "erratum" else float(r.error),
+                     criteria.get(r.kind) or f"< {r.tolerance:.0e}", bool(r.passed))
+            for r in results]
