@@ -36,3 +36,31 @@ def test_unknown_backend_is_a_usage_error():
 def test_python_dash_m_entry_point():
     out = subprocess.run([sys.executable, "-m", "normlab", "--help"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "check" in out.stdout
+
+
+def test_without_the_lab_extra_lab_commands_say_how_to_install_it(monkeypatch):
+    for name in ("normlab.lab", "normlab.lab.cli"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed
+    listing = CliRunner().invoke(main, ["--help"])
+    assert listing.exit_code == 0 and "check" in listing.output and "(not installed)" in listing.output
+    for command in ("train", "experiment"):
+        result = CliRunner().invoke(main, [command, "--epochs", "1"])
+        assert result.exit_code == 1, result.output
+        assert result.output.strip().splitlines() == [
+            'Error: normlab.lab needs the lab extra (matplotlib not installed): pip install "normlab[lab]"']
+
+
+def test_lab_commands_keep_the_traceback_of_a_bug(monkeypatch):
+    # Only user errors become one-line messages; a bug (here a TypeError) propagates with its traceback.
+    from normlab.lab import train as lab_train
+
+    def broken(config, **_):
+        raise TypeError("unsupported operand type(s)")
+
+    monkeypatch.setattr(lab_train, "train", broken)
+    result = CliRunner().invoke(main, ["train", "--epochs", "1"])
+    assert isinstance(result.exception, TypeError)
+    monkeypatch.setattr(lab_train, "train", lambda config, **_: (_ for _ in ()).throw(ValueError("bad setting")))
+    result = CliRunner().invoke(main, ["train", "--epochs", "1"])
+    assert result.exit_code == 1 and result.output.strip() == "Error: bad setting"

@@ -1,4 +1,4 @@
-"""Data-parallel training (normlab.lab.parallel) against single-process training on the same global batches.
+"""Data-parallel training (normlab.lab.launch, normlab.procs) against single-process training on the same global batches.
 
 Two ranks over gloo on 127.0.0.1 train the lab net with the Solver
 (data_parallel=True) on unequal shards; the checkpoint rank 0 writes (the

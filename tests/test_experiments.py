@@ -3,6 +3,8 @@
 import dataclasses
 import json
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -10,7 +12,7 @@ from click.testing import CliRunner
 
 from normlab.cli import main
 from normlab.lab.experiments import (DEFAULT_EXPERIMENT, EXPERIMENTS, get_experiment, make_config, run_experiment,
-                                 strip_timing)
+                                     strip_timing)
 from normlab.lab.experiments import batch_size, batchnorm, layernorm, plots, report, weight_scale
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -170,14 +172,20 @@ def test_json_has_no_nan_and_plots_survive_divergence(tmp_path):
     assert fig.read_bytes()[:8] == PNG_MAGIC
 
 
-def test_plotting_leaves_no_pyplot_state(tmp_path):
-    import sys
-
-    run = {"loss": [2.0, 1.0, 0.5, 0.4], "epoch_loss": [1.5, 0.45], "train_acc": [0.5, 0.8],
-           "val_acc": [0.4, 0.7], "iterations_per_epoch": 2}
-    plots.plot_histories({"baseline": run, "batchnorm": run}, tmp_path / "h.png", "t")
-    if "matplotlib.pyplot" in sys.modules:
-        assert sys.modules["matplotlib.pyplot"].get_fignums() == []
+def test_plotting_never_touches_pyplot(tmp_path):
+    # In a fresh process: drawing every kind of figure must not import pyplot (no global figure state).
+    code = f"""
+import sys
+from normlab.lab.experiments import plots
+run = {{"loss": [2.0, 1.0, 0.5, 0.4], "epoch_loss": [1.5, 0.45], "train_acc": [0.5, 0.8],
+        "val_acc": [0.4, 0.7], "iterations_per_epoch": 2}}
+path = plots.plot_histories({{"baseline": run, "batchnorm": run}}, {str(tmp_path / "h.png")!r}, "t")
+assert path.read_bytes()[:8] == b"\\x89PNG\\r\\n\\x1a\\n"
+print("matplotlib" in sys.modules, "matplotlib.pyplot" in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "False"]
 
 
 def test_cli_default_is_batchnorm_on_digits(tmp_path):

@@ -135,3 +135,72 @@ def test_running_stats_reset_starts_over(rng):
     fresh = normlab.RunningStats(3, momentum=None)
     assert np.array_equal(stats.mean, fresh.mean) and np.array_equal(stats.var, fresh.var)
     assert stats.num_batches_tracked == 0
+
+
+def test_apply_is_the_layer_as_a_function(rng):
+    # State in and out: apply changes nothing; forward is apply plus committing the new statistics.
+    bn, twin = normlab.BatchNorm(3), normlab.BatchNorm(3)
+    gamma, beta = rng.normal(size=3), rng.normal(size=3)
+    twin.params = {"gamma": gamma.copy(), "beta": beta.copy()}
+    running = normlab.RunningStats(3)
+    for step in range(3):
+        x = rng.normal(step, 2.0, (6, 3, 2))
+        out, cache, new = bn.apply(x, gamma, beta, running, training=True)
+        assert running.num_batches_tracked == step and new.num_batches_tracked == step + 1
+        assert bn.num_batches_tracked == 0  # the layer's own state is untouched
+        np.testing.assert_array_equal(out, twin.forward(x))
+        dout = rng.standard_normal(x.shape)
+        for a, b in zip(bn.apply_backward(dout, cache), (twin.backward(dout), *twin.grads.values())):
+            np.testing.assert_array_equal(a, b)
+        running = new
+    np.testing.assert_array_equal(running.mean, twin.running_mean)
+    np.testing.assert_array_equal(running.var, twin.running_var)
+    x = rng.normal(size=(4, 3, 2))
+    out, cache, new = bn.apply(x, gamma, beta, running, training=False)
+    assert new is None and cache.stats_given
+    np.testing.assert_array_equal(out, twin.eval().forward(x))
+    # Per-sample norms keep no statistics.
+    assert normlab.LayerNorm(2).apply(x, None, None, running)[2] is None
+
+
+def test_running_stats_copy_state_dict_and_validation(rng):
+    stats = normlab.RunningStats(3, momentum=0.3)
+    stats.update(rng.normal(size=3), rng.uniform(1, 2, size=3), count=4)
+    copy = stats.copy()
+    copy.update(rng.normal(size=3), rng.uniform(1, 2, size=3), count=4)
+    assert stats.num_batches_tracked == 1 and copy.num_batches_tracked == 2 and copy.momentum == 0.3
+    assert not np.array_equal(stats.mean, copy.mean)
+    loaded = normlab.RunningStats(3, momentum=0.3)
+    loaded.load_state_dict(stats.state_dict())
+    for key, value in stats.state_dict().items():
+        np.testing.assert_array_equal(loaded.state_dict()[key], value)
+    before = loaded.state_dict()
+    for bad, message in (({"running_var": np.ones(4)}, "running_var.*shape"),
+                         ({"num_batches_tracked": np.asarray(1.5)}, "num_batches_tracked"),
+                         ({"num_batches_tracked": -1}, "num_batches_tracked")):
+        with pytest.raises(ValueError, match=message):
+            loaded.load_state_dict({**stats.state_dict(), **bad})
+        after = loaded.state_dict()
+        assert all(np.array_equal(before[k], after[k]) for k in before)  # nothing half-loaded
+
+
+def test_numpy_sync_batchnorm_without_a_group_is_batchnorm(rng):
+    from normlab import distributed
+
+    bn = normlab.BatchNorm(4, momentum=None)
+    bn.params["gamma"][...] = rng.normal(size=4)
+    sync = distributed.synchronized(bn)
+    assert isinstance(sync, distributed.SyncBatchNorm) and sync.momentum is None
+    assert distributed.synchronized(sync) is sync
+    ln = normlab.LayerNorm(4)
+    assert distributed.synchronized(ln) is ln  # per-sample statistics need no synchronization
+    for _ in range(2):
+        x, dout = rng.normal(1.0, 3.0, (5, 4, 3)), rng.standard_normal((5, 4, 3))
+        np.testing.assert_allclose(sync.forward(x), bn.forward(x), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(sync.backward(dout), bn.backward(dout), rtol=1e-10, atol=1e-12)
+        for key in ("gamma", "beta"):
+            np.testing.assert_allclose(sync.grads[key], bn.grads[key], rtol=1e-10)
+    np.testing.assert_allclose(sync.running_var, bn.running_var, rtol=1e-12)
+    assert sync.num_batches_tracked == bn.num_batches_tracked == 2
+    with pytest.raises(ValueError, match="expects x with 4 channels"):
+        sync.forward(rng.normal(size=(5, 3)))

@@ -84,9 +84,24 @@ def test_lr_decay_applies_per_epoch():
 
 
 def test_train_accuracy_uses_a_subsample():
-    s = Solver(small_net(), blobs(), batch_size=60, num_epochs=1, seed=0, num_train_samples=7, verbose=False)
+    data = blobs()
+    s = Solver(small_net(), data, batch_size=60, num_epochs=1, seed=0, num_train_samples=7, verbose=False)
+    evaluated, loss = [], s.model.loss
+
+    def spy(X, y=None, **kw):
+        if y is None:  # a test-mode evaluation
+            evaluated.append(np.array(X))
+        return loss(X, y, **kw)
+
+    s.model.loss = spy
     s.train()
-    assert (s.train_acc_history[0] * 7) == pytest.approx(round(s.train_acc_history[0] * 7))
+    train_rows = evaluated[0]  # the epoch's first evaluation is the train accuracy, then validation
+    assert train_rows.shape == (7, 6)
+    index = [int(np.flatnonzero((data["X_train"] == row).all(axis=1))[0]) for row in train_rows]
+    assert len(set(index)) == 7  # drawn without replacement
+    correct = np.argmax(loss(train_rows), axis=1) == data["y_train"][index]
+    assert s.train_acc_history[0] == correct.mean()  # one epoch: the final model is the evaluated one
+    assert evaluated[1].shape == data["X_val"].shape  # validation: every sample
 
 
 def test_plain_progress_lines_when_not_a_terminal():

@@ -129,7 +129,7 @@ class Solver:
         self.iterations_per_epoch = max(num_train // self.batch_size, 1)
         if data_parallel and not distributed.is_initialized():
             raise ValueError("data_parallel=True needs an initialized torch.distributed process group "
-                             "(torch.distributed.init_process_group), e.g. as started by normlab.lab.parallel")
+                             "(torch.distributed.init_process_group), e.g. as started by normlab.lab.launch")
         self.process_group = process_group
         self.world_size = distributed.world_size(process_group) if data_parallel else 1
         self.rank = distributed.rank(process_group) if data_parallel else 0
