@@ -1,4 +1,4 @@
-"""The four norms as uniform cases for parametrized tests."""
+"""The norms with a mean (all but RMS norm) as uniform cases for parametrized tests."""
 
 import numpy as np
 
@@ -21,12 +21,17 @@ def _gn(x, g, b, **kw):
     return normlab.groupnorm_forward(x, g, b, 2, **kw)
 
 
+def _in(x, g, b, **kw):
+    return normlab.instancenorm_forward(x, g, b, **kw)
+
+
 # name -> (forward, x shape, param length, axes each statistic reduces over)
 NORMS = {
     "batchnorm": (_bn, (7, 5), 5, (0,)),
     "spatial_batchnorm": (_sbn, (3, 4, 2, 3), 4, (0, 2, 3)),
     "layernorm": (_ln, (4, 6), 6, (1,)),
     "groupnorm": (_gn, (3, 4, 2, 3), 4, None),  # per (n, group): see group_view
+    "instancenorm": (_in, (3, 4, 2, 3), 4, (2, 3)),
 }
 
 

@@ -18,8 +18,8 @@ def test_check_fails_when_a_backward_is_wrong(monkeypatch):
     import normlab.backends.numpy_backend as nb
     real = nb.backward
 
-    def off_by_a_bit(*args):
-        dx, dgamma, dbeta = real(*args)
+    def off_by_a_bit(*args, **kwargs):
+        dx, dgamma, dbeta = real(*args, **kwargs)
         return dx * (1 + 1e-6), dgamma, dbeta
 
     monkeypatch.setattr(nb, "backward", off_by_a_bit)

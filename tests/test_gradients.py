@@ -70,6 +70,8 @@ def _torch_oracle(name, tx, tg, tb, eps):
         return F.batch_norm(tx, None, None, tg, tb, training=True, eps=eps)
     if name == "layernorm":
         return F.layer_norm(tx, (tx.shape[-1],), tg, tb, eps)
+    if name == "instancenorm":
+        return F.instance_norm(tx, weight=tg, bias=tb, eps=eps)
     return F.group_norm(tx, 2, tg, tb, eps)
 
 
@@ -98,7 +100,7 @@ def test_a_wrong_backward_is_caught(rng, monkeypatch):
     fw = lambda x, g, b: normlab.batchnorm_forward(x, g, b, backend="numpy")  # noqa: E731
     real = nb.backward
 
-    def wrong(dout4, x4, gamma, mean, invstd, batch_stats, stats_given, saved):
+    def wrong(dout4, x4, gamma, mean, invstd, batch_stats, stats_given, saved, center=True):
         dx, dg, db = real(dout4, x4, gamma, mean, invstd, batch_stats, True, saved)  # constants: one path only
         return dx, dg, db
 

@@ -22,7 +22,8 @@ The backward pass is the closed form derived in docs/derivation.md::
 
 with sums over the reduced axes and m their size. It needs only two sums per
 statistic. When the statistics were given (inference), mean and var are
-constants and dx = dxhat*invstd.
+constants and dx = dxhat*invstd. RMS norm (``Layout.center`` False) has no
+mean, so its closed form lacks the sum(dxhat) term.
 """
 
 from __future__ import annotations
@@ -43,12 +44,16 @@ class Layout(NamedTuple):
         False if they reduce over K, L (one per (n, g)).
     param_shape: shape of gamma/beta as the user passes them.
     stat_shape: shape of mean/var as the user sees them (cache, inference args).
+    center: subtract the mean (every norm but RMS norm). False: the mean is
+        taken as 0 and var is the mean square, x / sqrt(mean(x**2) + eps)
+        (per-sample statistics only).
     """
 
     view: tuple[int, int, int, int]
     batch_stats: bool
     param_shape: tuple[int, ...]
     stat_shape: tuple[int, ...]
+    center: bool = True
 
     @property
     def count(self) -> int:
@@ -137,7 +142,7 @@ def normalize_forward(x, gamma, beta, layout: Layout, eps: float, *, mean=None, 
     b = None if beta is None else beta.reshape(-1)
     out4 = None if out is None else out.reshape(layout.view)
     out4, stat_mean, stat_var, invstd, saved = impl.forward(
-        x4, g, b, eps, layout.batch_stats, given=given, out=out4)
+        x4, g, b, eps, layout.batch_stats, given=given, out=out4, center=layout.center)
     if not stats_given and not (np.all(np.isfinite(stat_mean)) and np.all(np.isfinite(stat_var))):
         # NaN/inf in x poisons every statistic it touches; checking the O(C)
         # statistics catches it without another pass over x.
@@ -176,7 +181,7 @@ def normalize_backward(dout, cache: NormCache, *, out: np.ndarray | None = None)
     dx4, dgamma, dbeta = impl.backward(
         dout.reshape(layout.view), x.reshape(layout.view), g,
         cache.mean.reshape(shape_int), cache.invstd.reshape(shape_int),
-        layout.batch_stats, cache.stats_given, cache.saved,
+        layout.batch_stats, cache.stats_given, cache.saved, center=layout.center,
         # passed only when given, so a backend without a dx buffer still works
         **({} if out is None else {"out": out.reshape(layout.view)}),
     )

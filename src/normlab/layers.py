@@ -1,4 +1,4 @@
-"""Normalization layers with state: BatchNorm, LayerNorm, GroupNorm.
+"""Normalization layers with state: BatchNorm, LayerNorm, GroupNorm, InstanceNorm, RMSNorm.
 
 A layer keeps three kinds of state apart (as Flax keeps ``params`` and
 ``batch_stats`` in separate collections): ``params`` (gamma, beta) that an
@@ -10,11 +10,13 @@ contract exactly, so a state dict means the same thing in both.
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
 from . import _checks
 from .core import Layout, normalize_backward, normalize_forward
-from .norms import batch_layout, group_layout, layer_layout
+from .norms import batch_layout, group_layout, instance_layout, layer_layout, rms_layout
 
 
 def blend_running_stats(old_mean, old_var, batch_mean, batch_var, count: int, factor: float):
@@ -96,6 +98,19 @@ def _checked_entry(state: dict, key: str, like: np.ndarray) -> np.ndarray:
     if value.shape != like.shape:
         raise ValueError(f"state dict entry {key!r} has shape {value.shape}, expected {like.shape}")
     return value.astype(like.dtype)
+
+
+def _normalized_shape(value) -> tuple[int, ...]:
+    """An int or a sequence of ints (NumPy integers too) as a tuple of positive ints."""
+    if isinstance(value, numbers.Integral):
+        value = (value,)
+    try:
+        dims = tuple(value)
+    except TypeError:
+        raise TypeError(f"normalized_shape must be an int or a sequence of ints, got {value!r}") from None
+    if not dims:
+        raise ValueError("normalized_shape must not be empty")
+    return tuple(_checks.check_positive_int(d, "normalized_shape entries") for d in dims)
 
 
 def _channels_first_input(x, layer: str, channels: int) -> np.ndarray:
@@ -271,9 +286,7 @@ class LayerNorm(_NormLayer):
 
     def __init__(self, normalized_shape, eps: float = 1e-5, elementwise_affine: bool = True, *,
                  dtype=np.float64, backend: str = "auto"):
-        if isinstance(normalized_shape, int):
-            normalized_shape = (normalized_shape,)
-        self.normalized_shape = tuple(_checks.check_positive_int(d, "normalized_shape") for d in normalized_shape)
+        self.normalized_shape = _normalized_shape(normalized_shape)
         super().__init__(self.normalized_shape, elementwise_affine, eps, dtype, backend)
 
     def layout(self, x):
@@ -301,3 +314,90 @@ class GroupNorm(_NormLayer):
 
     def extra_repr(self):
         return f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={bool(self.params)}"
+
+
+class InstanceNorm(_NormLayer):
+    """Instance norm for x (N, C, *spatial): statistics per sample and channel, like torch.nn.InstanceNorm1d/2d/3d.
+
+    Group norm with one channel per group. Defaults follow torch: no affine,
+    no running statistics. With ``track_running_stats``, training folds the
+    batch's average per-instance mean and (unbiased) variance into the running
+    statistics (factor ``momentum``; None leaves them as they are, as in torch),
+    and eval normalizes every instance with them.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = False,
+                 track_running_stats: bool = False, *, dtype=np.float64, backend: str = "auto"):
+        self.num_features = _checks.check_positive_int(num_features, "num_features")
+        super().__init__((self.num_features,), affine, eps, dtype, backend)
+        self.momentum = _checks.check_momentum(momentum)
+        self.track_running_stats = bool(track_running_stats)
+        if track_running_stats:
+            self._running = RunningStats(self.num_features, self.momentum, dtype)
+
+    running_mean, running_var, num_batches_tracked = (BatchNorm.running_mean, BatchNorm.running_var,
+                                                      BatchNorm.num_batches_tracked)
+
+    def layout(self, x):
+        x = _channels_first_input(x, "InstanceNorm(num_features", self.num_features)
+        if x.ndim < 3:
+            raise ValueError(f"InstanceNorm expects x (N, C, *spatial) with at least one spatial axis, "
+                             f"got x shape {x.shape}")
+        return instance_layout(x.shape)
+
+    def apply(self, x, gamma, beta, running=None, *, training=True):
+        x = _checks.as_float_array(x, "x", min_ndim=2)
+        layout = self.layout(x)
+        if training or running is None:
+            out, cache = normalize_forward(x, gamma, beta, layout, self.eps, backend=self.backend)
+            new = None
+            if training and running is not None and self.momentum is not None:
+                # The batch's average instance statistics per channel; like torch.nn.InstanceNorm,
+                # no batch is counted, and momentum None means a factor of 0 (statistics stay put).
+                new = running.updated(cache.mean.mean(axis=0), cache.var.mean(axis=0), layout.count)
+                new.num_batches_tracked = running.num_batches_tracked
+            return out, cache, new
+        n = x.shape[0]
+        out, cache = normalize_forward(x, gamma, beta, layout, self.eps, backend=self.backend,
+                                       mean=np.broadcast_to(running.mean, (n, self.num_features)),
+                                       var=np.broadcast_to(running.var, (n, self.num_features)))
+        return out, cache, None
+
+    def extra_repr(self):
+        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={bool(self.params)}, "
+                f"track_running_stats={self.track_running_stats}")
+
+
+class RMSNorm(_NormLayer):
+    """RMS norm over the trailing ``normalized_shape``: x / sqrt(mean(x**2) + eps) * gamma (no mean, no beta).
+
+    eps None takes the machine epsilon of x's dtype, as torch.nn.RMSNorm does.
+    """
+
+    def __init__(self, normalized_shape, eps: float | None = None, elementwise_affine: bool = True, *,
+                 dtype=np.float64, backend: str = "auto"):
+        self.normalized_shape = _normalized_shape(normalized_shape)
+        super().__init__(self.normalized_shape, False, 0.0 if eps is None else eps, dtype, backend)
+        self.eps = None if eps is None else float(eps)
+        if elementwise_affine:
+            self.params = {"gamma": np.ones(self.normalized_shape, dtype=dtype)}
+
+    def layout(self, x):
+        x = _checks.as_float_array(x, "x", min_ndim=len(self.normalized_shape) + 1)
+        return rms_layout(x.shape, self.normalized_shape)
+
+    def apply(self, x, gamma, beta=None, running=None, *, training=True):
+        x = _checks.as_float_array(x, "x", min_ndim=2)
+        eps = float(np.finfo(x.dtype).eps) if self.eps is None else self.eps
+        if gamma is not None and beta is None:
+            beta = np.zeros_like(gamma)
+        out, cache = normalize_forward(x, gamma, beta, self.layout(x), eps, backend=self.backend)
+        return out, cache, None
+
+    def backward(self, dout):
+        dx = super().backward(dout)
+        self.grads.pop("beta", None)  # RMS norm has no beta
+        return dx
+
+    def extra_repr(self):
+        return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={bool(self.params)}"

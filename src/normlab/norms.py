@@ -1,4 +1,4 @@
-"""Batch, spatial batch, layer and group norm: thin axis specifications over the core.
+"""Batch, spatial batch, layer, group, instance and RMS norm: thin axis specifications over the core.
 
 Each norm only says how it views x (see ``normlab.core``); the arithmetic,
 forward and closed-form backward alike, is shared. ``batchnorm_backward_graph``
@@ -48,6 +48,16 @@ def group_layout(shape: tuple[int, ...], groups: int) -> Layout:
             f"{tuple(shape)}: group norm splits the channels into equal groups"
         )
     return Layout((n, groups, c // groups, math.prod(shape[2:])), False, (c,), (n, groups))
+
+
+def instance_layout(shape: tuple[int, ...]) -> Layout:
+    """(N, C, *spatial): statistics per (sample, channel) over the spatial axes: group norm with C groups."""
+    return group_layout(shape, shape[1])
+
+
+def rms_layout(shape: tuple[int, ...], normalized_shape: tuple[int, ...]) -> Layout:
+    """Layer norm's layout without the mean: x / sqrt(mean(x**2) + eps) per leading index."""
+    return layer_layout(shape, normalized_shape)._replace(center=False)
 
 
 # ----------------------------------------------------------------------------- forwards
@@ -110,6 +120,35 @@ def groupnorm_forward(x, gamma, beta, groups, eps=1e-5, *, mean=None, var=None, 
                              backend=backend, out=out)
 
 
+def instancenorm_forward(x, gamma, beta, eps=1e-5, *, mean=None, var=None, backend="auto", out=None):
+    """Instance norm on x (N, C, *spatial): statistics per (sample, channel) over the spatial axes.
+
+    gamma, beta: (C,) or both None. mean, var: optional (N, C). Returns (out, cache).
+    """
+    x = _input(x, min_ndim=3)
+    return normalize_forward(x, gamma, beta, instance_layout(x.shape), eps, mean=mean, var=var,
+                             backend=backend, out=out)
+
+
+def rmsnorm_forward(x, gamma, beta=None, eps=1e-6, *, normalized_shape=None, backend="auto", out=None):
+    """RMS norm: x / sqrt(mean(x**2) + eps) * gamma (+ beta) over the trailing ``normalized_shape``.
+
+    No mean is subtracted, so the backward lacks the -sum(dxhat)/m term (see
+    docs/derivation.md). gamma: normalized_shape or None; beta defaults to
+    none (zeros when gamma is given; dbeta is still returned). normalized_shape
+    defaults to gamma's shape, or x's last axis. Returns (out, cache).
+    """
+    x = _input(x)
+    if normalized_shape is None:
+        normalized_shape = np.shape(gamma) if gamma is not None else x.shape[-1:]
+    elif isinstance(normalized_shape, int):
+        normalized_shape = (normalized_shape,)
+    if gamma is not None and beta is None:
+        beta = np.zeros(np.shape(gamma), dtype=np.result_type(gamma))
+    return normalize_forward(x, gamma, beta, rms_layout(x.shape, tuple(normalized_shape)), eps,
+                             backend=backend, out=out)
+
+
 # ----------------------------------------------------------------------------- backwards
 
 # The assignment-style per-norm names. The backward of every norm is one
@@ -119,6 +158,8 @@ batchnorm_backward = normalize_backward
 spatial_batchnorm_backward = normalize_backward
 layernorm_backward = normalize_backward
 groupnorm_backward = normalize_backward
+instancenorm_backward = normalize_backward
+rmsnorm_backward = normalize_backward
 
 
 def batchnorm_backward_graph(dout, cache: NormCache):

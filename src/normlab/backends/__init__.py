@@ -3,11 +3,12 @@
 Every backend is a module with ``NAME`` and two functions over the 4-d view
 ``(N, G, K, L)`` described in ``normlab.core``:
 
-``forward(x4, gamma, beta, eps, batch_stats, given=None, out=None)``
+``forward(x4, gamma, beta, eps, batch_stats, given=None, out=None, center=True)``
     -> ``(out4, mean, var, invstd, saved)``; gamma/beta are (G*K,) or None;
     statistics are float64 of shape (G,) if batch_stats else (N, G); ``given``
-    is an optional (mean, var) pair of that shape (inference).
-``backward(dout4, x4, gamma, mean, invstd, batch_stats, stats_given, saved, out=None)``
+    is an optional (mean, var) pair of that shape (inference); ``center``
+    False: RMS statistics (mean 0, var the mean square; per-sample only).
+``backward(dout4, x4, gamma, mean, invstd, batch_stats, stats_given, saved, out=None, center=True)``
     -> ``(dx4, dgamma, dbeta)``; dgamma/dbeta are (G*K,) float64 or None;
     ``out`` is an optional (N, G, K, L) buffer of x's dtype for dx.
 

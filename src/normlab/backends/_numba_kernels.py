@@ -238,8 +238,15 @@ def _col_grad_apply(x, dy, mh, ml, k1, k2, k3, dx):
 # forward, and x and dout once backward. ``gam``/``bet`` are (G, P) with P
 # runs of length L = M // P per row (P = M, L = 1 for per-element parameters).
 
-def _fused_rows_forward(x, gam, bet, eps, given, mean, var, invstd, mh, ml, sx, out):
-    """Row r (group g = r % G): statistics (or given mean/var), then
+# How the fused-row kernels get a row's statistics: from the row (mean and
+# variance), given by the caller (inference), or from the row without a mean
+# (RMS: mean 0, var = mean of squares; the closed form then loses its
+# -sum(dxhat)/m term).
+STATS_BATCH, STATS_GIVEN, STATS_RMS = 0, 1, 2
+
+
+def _fused_rows_forward(x, gam, bet, eps, mode, mean, var, invstd, mh, ml, sx, out):
+    """Row r (group g = r % G): statistics per ``mode`` (STATS_*), then
     out = ((x - mh) - ml) * (invstd*gam[g, p]) + bet[g, p] in x's dtype.
     mean, var, invstd: float64 (R,), outputs (inputs mean/var when given);
     mh, ml, sx: (R,) scratch in x's dtype (the split mean and invstd)."""
@@ -248,17 +255,21 @@ def _fused_rows_forward(x, gam, bet, eps, given, mean, var, invstd, mh, ml, sx, 
     length = width // runs
     for r in prange(rows):
         g = r % groups
-        if not given:
-            p = np.float64(x[r, 0])
+        if mode != STATS_GIVEN:
+            p = np.float64(x[r, 0]) if mode == STATS_BATCH else 0.0
             a = 0.0
             b = 0.0
             for j in range(width):
                 d = np.float64(x[r, j]) - p
                 a += d
                 b += d * d
-            shift = a / width
-            mean[r] = p + shift
-            var[r] = max(b / width - shift * shift, 0.0)
+            if mode == STATS_BATCH:
+                shift = a / width
+                mean[r] = p + shift
+                var[r] = max(b / width - shift * shift, 0.0)
+            else:
+                mean[r] = 0.0
+                var[r] = b / width
         invstd[r] = 1.0 / np.sqrt(var[r] + eps)
         mh[r] = mean[r]
         ml[r] = mean[r] - mh[r]
@@ -281,30 +292,30 @@ def _fused_rows_forward(x, gam, bet, eps, given, mean, var, invstd, mh, ml, sx, 
                     oq[i] = ((xq[i] - m0) - m1) * sq + bq
 
 
-def _row_coefficients(r, s, a, b, width, given, mh, ml, kx, mu):
+def _row_coefficients(r, s, a, b, width, mode, mh, ml, kx, mu):
     """Store row r's split mean and dx coefficients in x's dtype (see _fused_rows_backward)."""
     mh[r] = mu
     ml[r] = mu - mh[r]
     kx[0, r] = s
-    if given:
+    if mode == STATS_GIVEN:
         kx[1, r] = 0.0
         kx[2, r] = 0.0
     else:
         kx[1, r] = -s * s * s * b / width  # -invstd**2 * sum(dxhat*xhat)/m, and sum(dxhat*xhat) = s*b
-        kx[2, r] = -s * a / width          # -invstd * sum(dxhat)/m
+        kx[2, r] = -s * a / width if mode == STATS_BATCH else 0.0  # -invstd * sum(dxhat)/m
 
 
 _row_coefficients = numba.njit(cache=CACHE, inline="always")(_row_coefficients)
 
 
-def _fused_rows_backward(x, dy, gam64, gamx, mean, invstd, given, dgp, dbp, mh, ml, kx, dx):
+def _fused_rows_backward(x, dy, gam64, gamx, mean, invstd, mode, dgp, dbp, mh, ml, kx, dx):
     """Rows with parameters per run of length L > 1 (group norm): per row r, the closed
     form's two sums, then dx while the row is in cache; dbeta/dgamma partials per thread block.
 
     gam64/gamx: gamma (G, P) in float64 (sums) and x's dtype (dx); dgp/dbp
     (T, G, P) float64 zeroed slabs; mh, ml (R,) and kx (3, R) scratch in x's dtype.
     dx = invstd*gam*dy + k2*(x - mean) + k3, k2 = -invstd**2*sum(dxhat*xhat)/m,
-    k3 = -invstd*sum(dxhat)/m (both 0 when the statistics were given)."""
+    k3 = -invstd*sum(dxhat)/m (both 0 when the statistics were given, k3 0 for RMS)."""
     rows, width = x.shape
     groups, runs = gam64.shape
     length = width // runs
@@ -331,7 +342,7 @@ def _fused_rows_backward(x, dy, gam64, gamx, mean, invstd, given, dgp, dbp, mh, 
                 b += gam64[g, q] * bq
                 dbp[t, g, q] += aq
                 dgp[t, g, q] += bq * s
-            _row_coefficients(r, s, a, b, width, given, mh, ml, kx, mu)
+            _row_coefficients(r, s, a, b, width, mode, mh, ml, kx, mu)
             m0, m1, s0, k2, k3 = mh[r], ml[r], kx[0, r], kx[1, r], kx[2, r]
             for q in range(runs):
                 aq = s0 * gamx[g, q]
@@ -342,7 +353,7 @@ def _fused_rows_backward(x, dy, gam64, gamx, mean, invstd, given, dgp, dbp, mh, 
                     oq[i] = aq * dq[i] + k2 * ((xq[i] - m0) - m1) + k3
 
 
-def _fused_rows_backward_elementwise(x, dy, gam64, gamx, mean, invstd, given, dgp, dbp, mh, ml, kx, dx):
+def _fused_rows_backward_elementwise(x, dy, gam64, gamx, mean, invstd, mode, dgp, dbp, mh, ml, kx, dx):
     """As _fused_rows_backward with parameters per element (layer norm; P = M): four rows
     per sweep so the dgamma/dbeta slab entries are loaded and stored once per four rows."""
     rows, width = x.shape
@@ -382,10 +393,10 @@ def _fused_rows_backward_elementwise(x, dy, gam64, gamx, mean, invstd, given, dg
                     b1 += wj * e1
                     b2 += wj * e2
                     b3 += wj * e3
-                _row_coefficients(r, s0, a0, b0, width, given, mh, ml, kx, m0)
-                _row_coefficients(r + 1, s1, a1, b1, width, given, mh, ml, kx, m1)
-                _row_coefficients(r + 2, s2, a2, b2, width, given, mh, ml, kx, m2)
-                _row_coefficients(r + 3, s3, a3, b3, width, given, mh, ml, kx, m3)
+                _row_coefficients(r, s0, a0, b0, width, mode, mh, ml, kx, m0)
+                _row_coefficients(r + 1, s1, a1, b1, width, mode, mh, ml, kx, m1)
+                _row_coefficients(r + 2, s2, a2, b2, width, mode, mh, ml, kx, m2)
+                _row_coefficients(r + 3, s3, a3, b3, width, mode, mh, ml, kx, m3)
             else:
                 g = r % groups
                 mu = mean[r]
@@ -402,7 +413,7 @@ def _fused_rows_backward_elementwise(x, dy, gam64, gamx, mean, invstd, given, dg
                     b += w[j] * e
                     pb[j] += d
                     pg[j] += e * s
-                _row_coefficients(r, s, a, b, width, given, mh, ml, kx, mu)
+                _row_coefficients(r, s, a, b, width, mode, mh, ml, kx, mu)
             for rr in range(r, r + step):  # dx while the rows are still in L1/L2
                 g = rr % groups
                 c0, c1, k1, k2, k3 = mh[rr], ml[rr], kx[0, rr], kx[1, rr], kx[2, rr]

@@ -100,13 +100,26 @@ def _channel_moments(xw, n, c, l):
     return pivot + shift, np.maximum(s2 / m - shift * shift, 0.0)
 
 
-def forward(x4, gamma, beta, eps, batch_stats, given=None, out=None):
+def _stats_mode(given, center):
+    """Which statistics the fused-row kernels use (``_numba_kernels.STATS_*``)."""
+    if given is not None:
+        return _k.STATS_GIVEN
+    return _k.STATS_BATCH if center else _k.STATS_RMS
+
+
+def _require_centered(batch_stats, center):
+    if batch_stats and not center:
+        raise NotImplementedError("the numba backend computes uncentred (RMS) statistics per sample only")
+
+
+def forward(x4, gamma, beta, eps, batch_stats, given=None, out=None, center=True):
+    _require_centered(batch_stats, center)
     # NaN/inf in x must reach the statistics (the core reports them), quietly.
     with np.errstate(invalid="ignore", over="ignore"):
-        return _forward(x4, gamma, beta, eps, batch_stats, given, out)
+        return _forward(x4, gamma, beta, eps, batch_stats, given, out, center)
 
 
-def _forward(x4, gamma, beta, eps, batch_stats, given, out):
+def _forward(x4, gamma, beta, eps, batch_stats, given, out, center):
     n, g, k, l = x4.shape
     dt = _work_dtype(x4)
     xw = np.ascontiguousarray(x4, dtype=dt)
@@ -116,7 +129,7 @@ def _forward(x4, gamma, beta, eps, batch_stats, given, out):
     size = xw.size
 
     if not batch_stats:
-        mean, var, invstd = _fused_rows_forward(xw, gam, bet, eps, given, y, n, g, k, l)
+        mean, var, invstd = _fused_rows_forward(xw, gam, bet, eps, given, _stats_mode(given, center), y, n, g, k, l)
         return _finish(y, out, direct, x4), mean, var, invstd, None
 
     if given is not None:
@@ -150,7 +163,7 @@ def _param_runs(param, g, k, l):
     return p2 if l >= ROWS_MIN_LENGTH else np.repeat(p2, l, axis=1)
 
 
-def _fused_rows_forward(xw, gam, bet, eps, given, y, n, g, k, l):
+def _fused_rows_forward(xw, gam, bet, eps, given, mode, y, n, g, k, l):
     """Layer/group norm forward: one (n, g) row per statistic; returns float64 (N, G) stats."""
     dt, rows = xw.dtype, n * g
     mean, var = (np.empty(rows), np.empty(rows)) if given is None else (_f64(given[0]).reshape(-1).copy(),
@@ -158,12 +171,13 @@ def _fused_rows_forward(xw, gam, bet, eps, given, y, n, g, k, l):
     invstd = np.empty(rows)
     _pick(_k.fused_rows_forward, xw.size)(
         xw.reshape(rows, k * l), _as(_param_runs(gam, g, k, l), dt), _as(_param_runs(bet, g, k, l), dt),
-        float(eps), given is not None, mean, var, invstd, np.empty(rows, dt), np.empty(rows, dt),
+        float(eps), mode, mean, var, invstd, np.empty(rows, dt), np.empty(rows, dt),
         np.empty(rows, dt), y.reshape(rows, k * l))
     return mean.reshape(n, g), var.reshape(n, g), invstd.reshape(n, g)
 
 
-def backward(dout4, x4, gamma, mean, invstd, batch_stats, stats_given, saved, out=None):
+def backward(dout4, x4, gamma, mean, invstd, batch_stats, stats_given, saved, out=None, center=True):
+    _require_centered(batch_stats, center)
     n, g, k, l = x4.shape
     dt = _work_dtype(x4, dout4)
     xw = np.ascontiguousarray(x4, dtype=dt)
@@ -192,7 +206,8 @@ def backward(dout4, x4, gamma, mean, invstd, batch_stats, stats_given, saved, ou
         kernels = _k.fused_rows_backward if l >= ROWS_MIN_LENGTH else _k.fused_rows_backward_elementwise
         _pick(kernels, size)(
             xw.reshape(rows, k * l), dyw.reshape(rows, k * l), gam_runs, _as(gam_runs, dt), mean.reshape(-1),
-            invstd.reshape(-1), bool(stats_given), dgp, dbp, np.empty(rows, dt), np.empty(rows, dt),
+            invstd.reshape(-1), _stats_mode(True if stats_given else None, center), dgp, dbp,
+            np.empty(rows, dt), np.empty(rows, dt),
             np.empty((3, rows), dt), dx.reshape(rows, k * l))
         runs = gam_runs.shape[1] // k  # 1, or L when the parameters were repeated per element
         dgamma = dgp.sum(axis=0).reshape(g, k, runs).sum(axis=2).reshape(-1)

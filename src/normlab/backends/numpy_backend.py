@@ -24,16 +24,20 @@ def _as_4d(stat: np.ndarray, batch_stats: bool) -> np.ndarray:
     return stat.reshape((1, -1, 1, 1) if batch_stats else (*stat.shape, 1, 1))
 
 
-def forward(x4, gamma, beta, eps, batch_stats, given=None, out=None):
+def forward(x4, gamma, beta, eps, batch_stats, given=None, out=None, center=True):
     n, g, k, l = x4.shape
     axes = _stat_axes(batch_stats)
     xw = x4.astype(np.float64, copy=False)
     # inf - inf warnings are silenced: the core rejects non-finite batch statistics.
     with np.errstate(invalid="ignore"):
-        if given is None:
+        if given is None and center:
             mean = xw.mean(axis=axes, keepdims=True)
             xhat = xw - mean
             var = np.mean(np.square(xhat), axis=axes, keepdims=True)
+        elif given is None:  # RMS: no mean subtracted, var is the mean square
+            var = np.mean(np.square(xw), axis=axes, keepdims=True)
+            mean = np.zeros_like(var)
+            xhat = xw.copy()
         else:
             mean, var = (_as_4d(s, batch_stats) for s in given)
             xhat = xw - mean
@@ -51,7 +55,7 @@ def forward(x4, gamma, beta, eps, batch_stats, given=None, out=None):
     return out, mean.reshape(shape), var.reshape(shape), invstd.reshape(shape), xhat
 
 
-def backward(dout4, x4, gamma, mean, invstd, batch_stats, stats_given, saved, out=None):
+def backward(dout4, x4, gamma, mean, invstd, batch_stats, stats_given, saved, out=None, center=True):
     n, g, k, l = x4.shape
     invstd4 = _as_4d(invstd, batch_stats)
     xhat = saved if saved is not None else (x4.astype(np.float64) - _as_4d(mean, batch_stats)) * invstd4
@@ -69,15 +73,15 @@ def backward(dout4, x4, gamma, mean, invstd, batch_stats, stats_given, saved, ou
         # One statistic per channel (K == 1), so the two closed-form sums are
         # gamma*dbeta and gamma*dgamma: reuse them instead of two more passes.
         m = n * l
-        dx = dout - (dbeta / m).reshape(1, g, k, 1)
+        dx = dout - (dbeta / m).reshape(1, g, k, 1) if center else dout.copy()
         dx -= xhat * (dgamma / m).reshape(1, g, k, 1)
         dx *= invstd4 if gamma4 is None else gamma4 * invstd4
     else:
         m = k * l
         dxhat = dout if gamma4 is None else dout * gamma4
-        sum_dxhat = dxhat.sum(axis=(2, 3), keepdims=True)
         sum_dxhat_xhat = (dxhat * xhat).sum(axis=(2, 3), keepdims=True)
-        dx = dxhat - sum_dxhat / m
+        # Without a mean (RMS) the -sum(dxhat)/m term is absent: nothing depends on a mean.
+        dx = dxhat - dxhat.sum(axis=(2, 3), keepdims=True) / m if center else dxhat.copy()
         dx -= xhat * (sum_dxhat_xhat / m)
         dx *= invstd4
     if out is not None:
