@@ -71,3 +71,41 @@ def test_sync_suite_stops_its_ranks_after_the_timeout():
         run_sync(cases=["sbn:32x64x56x56"], rounds=5, timeout_s=0.5, log=lambda _: None)  # minutes if not stopped
     assert time.monotonic() - start < 8  # the ranks are killed, not waited for
     assert not multiprocessing.active_children()
+
+
+def test_models_suite_quick_times_both_twins_in_a_child_process(tmp_path):
+    data, md = _bench(tmp_path, "--suite", "models", "--quick", "--repeat", "7")
+    assert data["suite"] == "models" and list(data["environments"]) == ["default"]
+    default = data["environments"]["default"]
+    assert default["variables"] == {} and default["busy_processes"] == 0
+    assert default["machine"]["omp_wait_policy"] is None  # the default environment sets no thread variable
+    rows = {r["model"]: r for r in default["rows"]}
+    assert set(rows) == {"mlp", "tiny-bn"} and rows["tiny-bn"]["mode"] == "fwd+bwd"
+    for row in rows.values():
+        assert row["torch_ms"] > 0 and row["normlab_ms"] > 0
+        assert math.isclose(row["ratio"], row["torch_ms"] / row["normlab_ms"])
+    assert math.isclose(default["geomean"], math.sqrt(rows["mlp"]["ratio"] * rows["tiny-bn"]["ratio"]))
+    assert "| mlp: 256-512-512-10 with BatchNorm1d, batch 128 | train |" in md
+
+
+def test_models_suite_twin_has_normlab_norms_and_the_same_outputs():
+    import torch
+
+    import normlab.torch as nt
+    from normlab.bench.models_suite import MODELS, normlab_twin
+
+    torch.manual_seed(0)
+    for name in ("cnn", "transformer"):
+        model, x, _ = MODELS[name].build()
+        twin = normlab_twin(model)
+        norms = [m for m in twin.modules() if isinstance(m, (nt.BatchNorm, nt.LayerNorm))]
+        assert norms and not any(type(m) in (torch.nn.BatchNorm2d, torch.nn.LayerNorm) for m in twin.modules())
+        with torch.no_grad():
+            assert torch.allclose(model.eval()(x[:4]), twin.eval()(x[:4]), atol=1e-5)
+
+
+def test_models_suite_rejects_unknown_models_and_environments(tmp_path):
+    result = CliRunner().invoke(main, ["bench", "--suite", "models", "--cases", "vgg"])
+    assert result.exit_code == 2 and "unknown model(s) vgg" in result.output
+    result = CliRunner().invoke(main, ["bench", "--suite", "models", "--env", "turbo"])
+    assert result.exit_code == 2 and "--env takes default, passive, default+load" in result.output

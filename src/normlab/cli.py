@@ -97,33 +97,36 @@ def check(backend, seed):
 @main.command()
 @click.option("--suite", type=click.Choice([*SUITES, "all"]), default="kernels", show_default=True,
               help="kernels: numpy/numba/ATen kernels and the bandwidth bound; torch: normlab.torch.BatchNorm vs "
-                   "torch.nn.BatchNorm1d/2d through autograd; sync: SyncBatchNorm on 2 ranks vs local batch norm.")
+                   "torch.nn.BatchNorm1d/2d through autograd; sync: SyncBatchNorm on 2 ranks vs local batch norm; "
+                   "models: whole training steps of ordinary models, torch.nn norms vs normlab.torch norms.")
 @click.option("--quick", is_flag=True, help="One small shape per norm (a smoke run).")
 @click.option("--cases", "cases", default=None,
               help="Comma-separated case ids, e.g. bn:4096x1024,sbn:32x64x56x56,ln:4096x1024,gn8:32x64x56x56 "
-                   "(torch and sync suites: bn and sbn only; sync splits the batch over the ranks).")
+                   "(torch and sync suites: bn and sbn only; sync splits the batch over the ranks); "
+                   "models suite: model names, e.g. cnn,mlp.")
 @click.option("--dtype", type=click.Choice(["float32", "float64", "both"]), default=None,
-              help="[default: both; sync suite: float32]")
+              help="[default: both; sync and models suites: float32]")
 @click.option("--repeat", default=7, show_default=True, help="Timed runs per measurement (median; >= 7).")
 @click.option("--rounds", default=3, show_default=True,
               help="Blocks per implementation, taken in turn (spreads load from elsewhere over all of them).")
 @click.option("--threads", type=int, default=None,
-              help="Threads for Numba and PyTorch alike [all cores; sync suite: 1 per rank].")
+              help="Threads for Numba and PyTorch alike [all cores; sync suite: 1 per rank; models suite: "
+                   "as the environment leaves them].")
+@click.option("--env", "environments", default="default", show_default=True,
+              help="Models suite: comma-separated environments, each a fresh process: default (no thread "
+                   "variables), passive (OMP_WAIT_POLICY=PASSIVE), default+load (a busy process beside it).")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=600.0, show_default=True,
-              help="Sync suite: seconds before the ranks are stopped and the run fails.")
+              help="Sync and models suites: seconds before the processes are stopped and the run fails.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the result as JSON.")
 @click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False), default=None,
               help="Write the Markdown report.")
-def bench(suite, quick, cases, dtype, repeat, rounds, threads, timeout, json_path, markdown_path):
+def bench(suite, quick, cases, dtype, repeat, rounds, threads, environments, timeout, json_path, markdown_path):
     """Time numpy, numba and PyTorch's native kernels; report ratios and the bandwidth bound (--suite for more)."""
     from . import bench as bench_mod
     from .bench.runner import check_repeat
 
     try:
-        case_list = [bench_mod.parse_case(c) for c in cases.split(",")] if cases else None
-        if case_list and suite in ("torch", "sync", "all"):
-            from .bench.torch_suite import batchnorm_case
-            case_list = [batchnorm_case(c) for c in case_list]
+        case_list = _bench_cases(suite, cases)
         dtypes = None if dtype is None else ("float32", "float64") if dtype == "both" else (dtype,)
         if rounds < 1:
             raise ValueError(f"--rounds must be >= 1, got {rounds}")
@@ -132,13 +135,39 @@ def bench(suite, quick, cases, dtype, repeat, rounds, threads, timeout, json_pat
             from .threads import max_threads
             if not 1 <= threads <= max_threads():
                 raise ValueError(f"--threads must be in [1, {max_threads()}] (NUMBA_NUM_THREADS), got {threads}")
+        env_list = tuple(e.strip() for e in environments.split(","))
+        from .bench.models_suite import ENVIRONMENTS
+        if not set(env_list) <= set(ENVIRONMENTS):
+            raise ValueError(f"--env takes {', '.join(ENVIRONMENTS)}, got {environments!r}")
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
     try:
         bench_mod.main(cases=case_list, dtypes=dtypes, repeat=repeat, threads=threads, quick=quick, rounds=rounds,
-                       json_path=json_path, markdown_path=markdown_path, suite=suite, sync_timeout_s=timeout)
-    except ImportError as exc:  # the torch and sync suites need PyTorch
+                       json_path=json_path, markdown_path=markdown_path, suite=suite, sync_timeout_s=timeout,
+                       environments=env_list)
+    except ImportError as exc:  # the torch, sync and models suites need PyTorch
         raise click.ClickException(f"--suite {suite} needs PyTorch (pip install 'normlab[torch]'): {exc}") from exc
+
+
+def _bench_cases(suite: str, cases: str | None):
+    """--cases as the suite reads it: model names (models), batch-norm cases (torch, sync), any case (kernels)."""
+    if not cases:
+        return None
+    items = [c.strip() for c in cases.split(",")]
+    if suite == "models":
+        from .bench.models_suite import MODELS
+        unknown = [c for c in items if c not in MODELS]
+        if unknown:
+            raise ValueError(f"unknown model(s) {', '.join(unknown)}; known: {', '.join(MODELS)}")
+        return items
+    if suite == "all":
+        raise ValueError("--cases needs one --suite: kernel cases and model names differ")
+    from . import bench as bench_mod
+    parsed = [bench_mod.parse_case(c) for c in items]
+    if suite in ("torch", "sync"):
+        from .bench.torch_suite import batchnorm_case
+        parsed = [batchnorm_case(c) for c in parsed]
+    return parsed
 
 
 if __name__ == "__main__":  # pragma: no cover

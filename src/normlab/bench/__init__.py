@@ -3,7 +3,9 @@
 Suites: ``kernels`` (the normalization kernels against PyTorch's native CPU
 kernels and the memory-bandwidth bound), ``torch`` (normlab.torch.BatchNorm
 against torch.nn.BatchNorm1d/2d through autograd), ``sync``
-(normlab.torch.SyncBatchNorm at world size 2 against local batch norm).
+(normlab.torch.SyncBatchNorm at world size 2 against local batch norm),
+``models`` (whole training steps of ordinary models, torch.nn's norms against
+normlab.torch's).
 """
 
 from __future__ import annotations
@@ -13,20 +15,30 @@ import shlex
 import sys
 
 from .cases import QUICK, SUITE, parse_case
+from .models_suite import markdown_models
 from .report import markdown, markdown_sync, markdown_torch
 from .runner import run_kernels
 
 __all__ = ["QUICK", "SUITE", "SUITES", "main", "markdown", "parse_case", "run_kernels"]
 
-SUITES = ("kernels", "torch", "sync")
-DEFAULT_DTYPES = {"kernels": ("float32", "float64"), "torch": ("float32", "float64"), "sync": ("float32",)}
+SUITES = ("kernels", "torch", "sync", "models")
+DEFAULT_DTYPES = {"kernels": ("float32", "float64"), "torch": ("float32", "float64"), "sync": ("float32",),
+                  "models": ("float32",)}
 
 
-def _run_suite(suite, dtypes, log, timeout_s, **options) -> dict:
-    """The result of one suite (the torch and sync suites import torch: ImportError without it)."""
+def _run_suite(suite, dtypes, log, timeout_s, environments, **options) -> dict:
+    """The result of one suite (the torch, sync and models suites import torch: ImportError without it)."""
     dtypes = dtypes or DEFAULT_DTYPES[suite]
     if suite == "kernels":
         return run_kernels(dtypes=dtypes, log=log, **options)
+    if suite == "models":
+        from .models_suite import QUICK as MODELS_QUICK
+        from .models_suite import run_models
+
+        if tuple(dtypes) != ("float32",):
+            raise ValueError("the models suite trains float32 models: leave out --dtype")
+        models = options["cases"] or (MODELS_QUICK if options["quick"] else None)
+        return run_models(models, options["repeat"], options["rounds"], environments, timeout_s, log)
     if suite == "torch":
         from .torch_suite import run_torch
         return run_torch(dtypes=dtypes, log=log, **options)
@@ -34,16 +46,18 @@ def _run_suite(suite, dtypes, log, timeout_s, **options) -> dict:
     return run_sync(dtypes=dtypes, log=log, timeout_s=timeout_s, **options)
 
 
-REPORTS = {"kernels": markdown, "torch": markdown_torch, "sync": markdown_sync}
+REPORTS = {"kernels": markdown, "torch": markdown_torch, "sync": markdown_sync, "models": markdown_models}
 
 
 def main(cases=None, dtypes=None, repeat=7, threads=None, quick=False, rounds=3,
-         json_path=None, markdown_path=None, command=None, suite="kernels", sync_timeout_s=600.0) -> dict:
+         json_path=None, markdown_path=None, command=None, suite="kernels", sync_timeout_s=600.0,
+         environments=("default",)) -> dict:
     """Run ``suite`` (kernels, torch, sync or all), print the Markdown report, write JSON/Markdown files
     when asked; returns the result (for ``all``: {"suite": "all", "kernels": ..., "torch": ..., "sync": ...}).
 
     dtypes None: float32 and float64, float32 only for sync. threads None: all cores, 1 per rank for sync.
-    sync_timeout_s: the sync suite fails (its ranks stopped) if it takes longer.
+    sync_timeout_s: the sync and models suites fail (their processes stopped) if they take longer.
+    environments: the models suite's environments (``models_suite.ENVIRONMENTS``), each a child process.
     """
     if suite not in (*SUITES, "all"):
         raise ValueError(f"suite must be one of {', '.join(SUITES)} or all, got {suite!r}")
@@ -54,8 +68,8 @@ def main(cases=None, dtypes=None, repeat=7, threads=None, quick=False, rounds=3,
     log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     texts, results = [], {}
     for name in (SUITES if suite == "all" else (suite,)):
-        result = _run_suite(name, dtypes, log, sync_timeout_s, cases=cases, repeat=repeat, threads=threads, quick=quick,
-                               rounds=rounds)
+        result = _run_suite(name, dtypes, log, sync_timeout_s, environments, cases=cases, repeat=repeat,
+                            threads=threads, quick=quick, rounds=rounds)
         result["command"] = command
         results[name] = result
         text = REPORTS[name](result, command)

@@ -1,0 +1,306 @@
+"""Whole training steps of ordinary CPU models: torch.nn's norms against normlab.torch's, in one process.
+
+A user does not run kernels, they run steps. Each model is built once with
+torch.nn norms and once with the same weights and normlab.torch norms in their
+place; a step is what a training loop does (zero_grad, forward, cross-entropy,
+backward, SGD step), or a no_grad forward in eval mode for the inference row.
+The two twins run in alternating blocks of steps in the same process, so load
+from elsewhere falls on both; the ratio is torch.nn's median step over
+normlab's (> 1: normlab is faster).
+
+By default the suite runs in the environment it was started in (no thread
+variables are set: that is what users run). ``environments`` reruns it in
+child processes with variables such as OMP_WAIT_POLICY=PASSIVE set, and
+with busy processes beside it, so the interaction of the two thread pools
+(PyTorch's OpenMP and Numba's) is visible.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from typing import Callable, NamedTuple
+
+import numpy as np
+
+from .runner import check_repeat, machine_info
+
+
+class Model(NamedTuple):
+    """build() -> (torch.nn model, input, target); mode: what one timed step is (``STEPS``)."""
+
+    name: str
+    description: str
+    build: Callable
+    mode: str = "train"
+
+
+#: What a timed step does: a training step (zero_grad, forward, cross-entropy, backward, SGD step), an
+#: inference step (eval mode, no_grad forward), or the model's forward and backward alone (fixed costs).
+STEPS = ("train", "eval", "fwd+bwd")
+
+
+def _cnn(batch=64):
+    import torch
+    from torch import nn
+
+    layers, channels = [], 3
+    for width in (32, 32, 64, 64):
+        layers += [nn.Conv2d(channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU()]
+        channels = width
+    model = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, 10))
+    return model, torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
+
+
+def _mlp(batch=128):
+    import torch
+    from torch import nn
+
+    model = nn.Sequential(nn.Linear(256, 512, bias=False), nn.BatchNorm1d(512), nn.ReLU(),
+                          nn.Linear(512, 512, bias=False), nn.BatchNorm1d(512), nn.ReLU(), nn.Linear(512, 10))
+    return model, torch.randn(batch, 256), torch.randint(0, 10, (batch,))
+
+
+def _transformer(batch=32, tokens=64, width=256):
+    import torch
+    from torch import nn
+
+    class Classifier(nn.Module):
+        """A transformer encoder block (post-norm LayerNorms) with a mean-pool head."""
+
+        def __init__(self):
+            super().__init__()
+            self.block = nn.TransformerEncoderLayer(width, 4, dim_feedforward=4 * width, dropout=0.0,
+                                                    batch_first=True)
+            self.head = nn.Linear(width, 10)
+
+        def forward(self, x):
+            return self.head(self.block(x).mean(dim=1))
+
+    return Classifier(), torch.randn(batch, tokens, width), torch.randint(0, 10, (batch,))
+
+
+def _resblock(batch):
+    import torch
+    from torch import nn
+
+    class Block(nn.Module):
+        def __init__(self, c=64):
+            super().__init__()
+            self.conv1, self.bn1 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
+            self.conv2, self.bn2 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
+            self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, 10))
+
+        def forward(self, x):
+            h = torch.relu(self.bn1(self.conv1(x)))
+            return self.head(torch.relu(x + self.bn2(self.conv2(h))))
+
+    return Block(), torch.randn(batch, 64, 16, 16), torch.randint(0, 10, (batch,))
+
+
+def _tiny_bn():
+    import torch
+    from torch import nn
+
+    return nn.Sequential(nn.BatchNorm1d(16)), torch.randn(8, 16), torch.randint(0, 16, (8,))
+
+
+MODELS = {m.name: m for m in (
+    Model("cnn", "4 x (Conv3x3, BatchNorm2d, ReLU), batch 64x3x32x32", _cnn),
+    Model("mlp", "256-512-512-10 with BatchNorm1d, batch 128", _mlp),
+    Model("transformer", "encoder block d=256, 4 heads, LayerNorm, batch 32x64 tokens", _transformer),
+    Model("resblock-8", "ResNet basic block, 64 channels 16x16, BatchNorm2d, batch 8", lambda: _resblock(8)),
+    Model("resblock-128", "ResNet basic block, 64 channels 16x16, BatchNorm2d, batch 128", lambda: _resblock(128)),
+    Model("cnn-eval", "the CNN in eval mode, no_grad forward (inference), batch 64", _cnn, mode="eval"),
+    Model("tiny-bn", "one BatchNorm1d on (8, 16), forward+backward: the fixed cost per call", _tiny_bn,
+          mode="fwd+bwd"),
+)}
+QUICK = ("mlp", "tiny-bn")
+
+#: Environments the suite can rerun itself in (child processes): variables to set, busy processes beside it.
+ENVIRONMENTS = {
+    "default": ({}, 0),
+    "passive": ({"OMP_WAIT_POLICY": "PASSIVE"}, 0),
+    "default+load": ({}, 1),
+}
+
+
+def normlab_twin(model):
+    """A deep copy of ``model`` with every torch.nn norm replaced by its normlab.torch counterpart, same state."""
+    from torch import nn
+
+    import normlab.torch as nt
+
+    twin = copy.deepcopy(model)
+    for parent in twin.modules():
+        for name, child in list(parent.named_children()):
+            replacement = None
+            if isinstance(child, nn.modules.batchnorm._BatchNorm):
+                replacement = nt.BatchNorm(child.num_features, child.eps, child.momentum, child.affine,
+                                           child.track_running_stats)
+            elif isinstance(child, nn.LayerNorm):
+                replacement = nt.LayerNorm(child.normalized_shape, child.eps, child.elementwise_affine,
+                                           child.bias is not None)
+            elif isinstance(child, nn.GroupNorm):
+                replacement = nt.GroupNorm(child.num_groups, child.num_channels, child.eps, child.affine)
+            if replacement is not None:
+                replacement.load_state_dict(child.state_dict())
+                replacement.train(child.training)
+                setattr(parent, name, replacement)
+    return twin
+
+
+def _stepper(model, x, y, mode: str):
+    import torch
+
+    if mode == "eval":
+        model.eval()
+
+        def infer():
+            with torch.no_grad():
+                model(x)
+        return infer
+    model.train()
+    if mode == "fwd+bwd":
+        x = x.clone().requires_grad_()
+        dout = torch.randn_like(model(x))
+
+        def forward_backward():
+            model(x).backward(dout)
+        return forward_backward
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+    return step
+
+
+def _times(fn, count: int) -> list[float]:
+    out = []
+    for _ in range(count):
+        start = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def time_model(spec: Model, repeat: int, rounds: int, seed: int = 0) -> dict:
+    """Median step ms of the torch.nn model and its normlab twin, in alternating blocks; and their ratio."""
+    import torch
+
+    torch.manual_seed(seed)
+    model, x, y = spec.build()
+    steps = {"torch.nn": _stepper(model, x, y, spec.mode),
+             "normlab.torch": _stepper(normlab_twin(model), x, y, spec.mode)}
+    samples = {name: [] for name in steps}
+    for step in steps.values():  # warm-up: compilation, caches, allocator
+        _times(step, 3)
+    for _ in range(rounds):
+        for name, step in steps.items():
+            samples[name] += _times(step, repeat)
+    ms = {name: statistics.median(t) * 1e3 for name, t in samples.items()}
+    return {"model": spec.name, "description": spec.description, "mode": spec.mode,
+            "torch_ms": ms["torch.nn"], "normlab_ms": ms["normlab.torch"],
+            "torch_min_ms": min(samples["torch.nn"]) * 1e3, "normlab_min_ms": min(samples["normlab.torch"]) * 1e3,
+            "ratio": ms["torch.nn"] / ms["normlab.torch"], "loadavg": os.getloadavg()[0]}
+
+
+def run_here(models=None, repeat: int = 7, rounds: int = 3, log: Callable[[str], None] = print) -> dict:
+    """The suite in this process and its environment (threads as they are: no variable is set)."""
+    import torch
+
+    check_repeat(repeat)
+    names = list(models or MODELS)
+    unknown = sorted(set(names) - set(MODELS))
+    if unknown:
+        raise ValueError(f"unknown model(s) {', '.join(unknown)}; known: {', '.join(MODELS)}")
+    info = machine_info(torch.get_num_threads())
+    info["loadavg_start"] = os.getloadavg()
+    rows = []
+    for name in names:
+        row = time_model(MODELS[name], repeat, rounds)
+        rows.append(row)
+        log(f"{name:>14}: torch.nn {row['torch_ms']:9.3f} ms  normlab.torch {row['normlab_ms']:9.3f} ms  "
+            f"torch.nn/normlab x{row['ratio']:.2f}")
+    info["loadavg_end"] = os.getloadavg()
+    ratios = [r["ratio"] for r in rows]
+    return {"machine": info, "rows": rows, "geomean": float(np.exp(np.mean(np.log(ratios)))),
+            "slowest_ratio": min(ratios)}
+
+
+def _busy() -> subprocess.Popen:
+    """A process that keeps one core busy until killed (load from elsewhere on the machine)."""
+    return subprocess.Popen([sys.executable, "-c", "while True: pass"], start_new_session=True)
+
+
+def run_models(models=None, repeat: int = 7, rounds: int = 3, environments=("default",), timeout_s: float = 1800.0,
+               log: Callable[[str], None] = print) -> dict:
+    """The suite once per environment of ``ENVIRONMENTS``, each in a fresh child process; JSON-ready dict.
+
+    A fresh process per environment: OpenMP and Numba read their variables at start-up.
+    """
+    unknown = sorted(set(environments) - set(ENVIRONMENTS))
+    if unknown:
+        raise ValueError(f"unknown environment(s) {', '.join(unknown)}; known: {', '.join(ENVIRONMENTS)}")
+    check_repeat(repeat)
+    results = {}
+    for env_name in environments:
+        variables, load = ENVIRONMENTS[env_name]
+        log(f"models suite, environment {env_name}: {variables or 'no variables'}"
+            + (f", {load} busy process(es) beside it" if load else ""))
+        busy = [_busy() for _ in range(load)]
+        try:
+            results[env_name] = _child_run(models, repeat, rounds, variables, timeout_s, log)
+        finally:
+            for p in busy:
+                p.kill()
+                p.wait()
+        results[env_name]["variables"], results[env_name]["busy_processes"] = variables, load
+    return {"suite": "models", "repeat": repeat, "rounds": rounds, "environments": results}
+
+
+def _child_run(models, repeat, rounds, variables, timeout_s, log) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "NUMBA_THREADING_LAYER")}
+    env.update(variables)
+    code = ("import json, sys; from normlab.bench.models_suite import run_here; "
+            f"r = run_here({list(models) if models else None!r}, {repeat}, {rounds}, "
+            "log=lambda s: print(s, file=sys.stderr, flush=True)); print(json.dumps(r))")
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise RuntimeError(f"models suite: no result within {timeout_s:.0f} s") from None
+    for line in err.splitlines():
+        log(line)
+    if proc.returncode != 0:
+        raise RuntimeError(f"models suite failed (exit {proc.returncode}): {err.strip().splitlines()[-1:]}")
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def markdown_models(result: dict, command: str | None = None) -> str:
+    lines = [f"Command: `{command}`", ""] if command else []
+    for env_name, res in result["environments"].items():
+        m = res["machine"]
+        setting = ", ".join(f"{k}={v}" for k, v in res["variables"].items()) or "no thread variables set"
+        load = f", {res['busy_processes']} busy process(es) beside it" if res["busy_processes"] else ""
+        lines += [f"### Environment `{env_name}` ({setting}{load})", "",
+                  f"Machine: {m['cpu']}, {m['cores']} cores, torch threads {m.get('torch_threads')}, "
+                  f"numba {m.get('numba')} (threading layer {m.get('numba_threading_layer')}), torch {m.get('torch')}; "
+                  f"load average {m['loadavg_start'][0]:.2f} at start, {m['loadavg_end'][0]:.2f} at end. "
+                  f"Medians of {result['rounds']} alternating rounds x {result['repeat']} steps after 3 warm-up steps.",
+                  "", "| model | step | torch.nn ms | normlab.torch ms | torch.nn / normlab |", "|---|---|---:|---:|---:|"]
+        for r in res["rows"]:
+            lines.append(f"| {r['model']}: {r['description']} | {r['mode']} "
+                         f"| {r['torch_ms']:.3f} | {r['normlab_ms']:.3f} | {r['ratio']:.2f} |")
+        lines += ["", f"Geometric mean {res['geomean']:.2f}x; slowest {res['slowest_ratio']:.2f}x.", ""]
+    return "\n".join(lines)
