@@ -8,8 +8,10 @@ port 0 and closing it races with every other process on the machine).
 ``torch.multiprocessing.spawn(..., join=False)`` and stops them all when the
 deadline passes or the wait is interrupted. ``run(cmd, timeout)`` is
 ``subprocess.run`` in a new session that, on timeout, kills the whole process
-group, grandchildren (e.g. spawned ranks) included. ``free_port()`` is
-only for launchers that need a port number (torchrun's env:// rendezvous).
+group, grandchildren (e.g. spawned ranks) included; ``end_session(proc)``
+does the same for a long-lived ``Popen`` started in its own session.
+``free_port()`` is only for launchers that need a port number (torchrun's
+env:// rendezvous).
 """
 
 from __future__ import annotations
@@ -119,3 +121,18 @@ def kill_group(proc: subprocess.Popen) -> None:
         os.killpg(proc.pid, signal.SIGKILL)  # the session leader's pid is the group id
     except (ProcessLookupError, PermissionError):
         pass  # the group is already gone
+
+
+def end_session(proc: subprocess.Popen, grace: float = 0.0) -> int:
+    """Give ``proc`` up to ``grace`` seconds to exit, then SIGKILL its process group and reap it.
+
+    For a process started with ``start_new_session=True``: whatever it left
+    behind in its group is killed too. Returns the exit code (negative: the signal).
+    """
+    if grace > 0:
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            pass
+    kill_group(proc)
+    return proc.wait()
