@@ -35,33 +35,37 @@ class Row(NamedTuple):
 
 
 class Trouble:
-    """What went wrong with the calls themselves: exceptions, timeouts, odd returns, in-place changes."""
+    """What went wrong with the calls themselves: exceptions, timeouts, odd returns, in-place changes.
+
+    The same trouble in several cases is one line with a count and the first case.
+    """
 
     def __init__(self):
-        self.codes: list[str] = []
-        self.lines: list[str] = []
-        self.stopped = False  # a timeout: the function is not called again
+        self._seen: dict[tuple[str, str], list[str]] = {}  # (code, what) -> cases
+        self.stopped = False  # a timeout or a dead worker: the function is not called again
 
-    def _add(self, code: str, line: str) -> None:
-        if code not in self.codes:
-            self.codes.append(code)
-        if line not in self.lines:
-            self.lines.append(line)
+    def _add(self, code: str, what: str, case: str) -> None:
+        self._seen.setdefault((code, what), []).append(case)
 
     def note(self, function: str, reply: Reply, case: str) -> bool:
         """Record the reply's trouble; True when the call returned values to look at."""
         for name in reply.mutated:
-            self._add("mutates-input", f"{function} changes {name} in place (case {case})")
+            self._add("mutates-input", f"{function} changes {name} in place", case)
         if reply.outcome == "ok":
             return True
-        if reply.outcome == "timeout":
-            self.stopped = True
-            self._add("timeout", f"{function}: {reply.error} (case {case})")
-        elif reply.outcome == "bad-return":
-            self._add("wrong-shape", f"{function} {reply.error} (case {case})")
-        else:  # raised, or the process died
-            self._add("raises", f"{function}: {reply.error} (case {case})")
+        code = {"timeout": "timeout", "bad-return": "wrong-shape"}.get(reply.outcome, "raises")
+        self.stopped |= reply.outcome in ("timeout", "died")
+        self._add(code, f"{function}: {reply.error}", case)
         return False
+
+    @property
+    def codes(self) -> list[str]:
+        return list(dict.fromkeys(code for code, _ in self._seen))
+
+    @property
+    def lines(self) -> list[str]:
+        return [f"{what} ({'case ' + cases[0] if len(cases) == 1 else f'{len(cases)} cases, first {cases[0]}'})"
+                for (_, what), cases in self._seen.items()]
 
     @property
     def error(self) -> bool:

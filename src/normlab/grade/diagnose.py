@@ -186,46 +186,55 @@ def _shape_of(got) -> str:
     return f"shape {got.shape}" if isinstance(got, np.ndarray) else f"not an array ({got!r:.40})"
 
 
-def _explain(quantity: str, obs: Sequence[Observation]) -> list[tuple[Mistake, str]]:
-    """The mistakes that explain a wrong quantity, each with the line that says so."""
+def _cases(n: int) -> str:
+    return "the one case" if n == 1 else f"all {n} cases"
+
+
+def _explain(obs: Sequence[Observation]) -> list[tuple[Mistake, str]]:
+    """The mistakes that explain a wrong quantity, each with what it says about the quantity."""
     # A mistake that cannot be computed in some case (a single value per statistic) is judged on the
-    # others, as long as it explains at least one of the wrong values.
+    # others, as long as it explains at least one of the wrong values. A mistake that leaves the
+    # quantity right everywhere (dβ does not care about the statistics' axes) explains nothing here.
     wrong = [o for o in obs if not _correct(o)]
     keys = [k for k in dict.fromkeys(k for o in obs for k in o.hypotheses)
             if all(_matches(o.got, o.hypotheses[k]) for o in obs if k in o.hypotheses)
-            and any(k in o.hypotheses for o in wrong)]
+            and any(k in o.hypotheses for o in wrong)
+            and not all(_matches(o.want, o.hypotheses[k]) for o in obs if k in o.hypotheses)]
     if keys:
         fewest = min(len(mistake(k).codes) for k in keys)
-        return [(mistake(k), f"{quantity} {mistake(k).detail} (in all {sum(k in o.hypotheses for o in obs)} cases)")
+        return [(mistake(k), f"{mistake(k).detail} ({_cases(sum(k in o.hypotheses for o in obs))})")
                 for k in keys if len(mistake(k).codes) == fewest]
     odd = next((o for o in obs if _error(o.got, o.want) is None), None)
     if obs[0].on_mismatch is not None:
         found = mistake(obs[0].on_mismatch)
         where = f" ({_shape_of(odd.got)} in case {odd.case})" if odd is not None else ""
-        return [(found, f"{quantity} {found.detail}{where}")]
+        return [(found, f"{found.detail}{where}")]
     if odd is not None:
-        return [(_m("wrong-shape", ""), f"{quantity} is {_shape_of(odd.got)}, expected shape "
-                                        f"{np.shape(odd.want)} (case {odd.case})")]
+        return [(_m("wrong-shape", ""), f"is {_shape_of(odd.got)}, expected shape {np.shape(odd.want)} "
+                                        f"(case {odd.case})")]
     worst = max(obs, key=lambda o: _error(o.got, o.want))
-    return [(_m("", ""), f"{quantity} is wrong (rel. error {_error(worst.got, worst.want):.1e} in case "
-                         f"{worst.case}) and no known mistake matches it")]
+    return [(_m("", ""), f"is wrong (rel. error {_error(worst.got, worst.want):.1e} in case {worst.case}) "
+                         f"and no known mistake matches it")]
 
 
 def diagnose(observations: Sequence[Observation]) -> Verdict:
-    """Per quantity wrong anywhere, the mistakes that explain it; the codes in the catalogue's order."""
+    """Per quantity wrong anywhere, the mistakes that explain it; the codes in the catalogue's order.
+
+    details: one line per finding, "quantities: what is wrong with them".
+    """
     by_quantity: dict[str, list[Observation]] = {}
     for o in observations:
         by_quantity.setdefault(o.quantity, []).append(o)
-    found: list[tuple[Mistake, str]] = []
-    failed = False
+    found: list[tuple[Mistake, str, str]] = []
     for quantity, obs in by_quantity.items():
-        if all(_correct(o) for o in obs):
-            continue
-        failed = True
-        found += _explain(quantity, obs)
-    codes = {c for m, _ in found for c in m.codes}
-    kept = [(m, line) for m, line in found if not set(m.implied_by) & codes]
-    codes = {c for m, _ in kept for c in m.codes}
+        if not all(_correct(o) for o in obs):
+            found += [(m, quantity, text) for m, text in _explain(obs)]
+    codes = {c for m, _, _ in found for c in m.codes}
+    kept = [(m, q, text) for m, q, text in found if not set(m.implied_by) & codes]
+    lines: dict[str, list[str]] = {}  # the same finding for dx, dgamma and dbeta is one line
+    for _, quantity, text in kept:
+        lines.setdefault(text, []).append(quantity)
     errors = [e for e in (_error(o.got, o.want) for o in observations) if e is not None]
-    return Verdict(tuple(c for c in CODES if c in codes), tuple(line for _, line in kept),
-                   max(errors) if errors else None, failed)
+    return Verdict(tuple(c for c in CODES if any(c in m.codes for m, _, _ in kept)),
+                   tuple(f"{', '.join(qs)}: {text}" for text, qs in lines.items()),
+                   max(errors) if errors else None, bool(found))

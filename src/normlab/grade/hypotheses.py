@@ -214,8 +214,13 @@ def inference(kind: str, case: Case, running_mean: np.ndarray, running_var: np.n
     """A test-mode forward: the reference (running statistics) and each mistake's output."""
     x, gamma, beta, eps = case.x, case.gamma, case.beta, case.eps_value
     out = reference_forward(kind, x, gamma, beta, eps, mean=running_mean, var=running_var)[0]
-    return out, {
+    what_if = {
         "eps-outside-sqrt": reference_forward(kind, x, gamma, beta, eps, mean=running_mean,
                                               var=(np.sqrt(running_var) + eps) ** 2 - eps)[0],
         "running:test-uses-batch": reference_forward(kind, x, gamma, beta, eps)[0],
     }
+    if kind == "spatial":
+        c = x.shape[1]
+        what_if["wrong-axis:reshape-without-transpose"] = norms.batchnorm_forward(
+            x.reshape(-1, c), gamma, beta, eps, mean=running_mean, var=running_var, backend="numpy")[0].reshape(x.shape)
+    return out, what_if

@@ -140,7 +140,7 @@ class Worker:
         proc.stdin.close()
         proc.stdout.close()
         self._stderr.seek(0)
-        tail = self._stderr.read().decode(errors="replace").strip()[-STDERR_TAIL_CHARS:]
+        tail = " | ".join(self._stderr.read().decode(errors="replace").strip()[-STDERR_TAIL_CHARS:].splitlines())
         self._stderr.close()
         return f"exit status {code}" + (f"; its last output: {tail}" if tail else "")
 

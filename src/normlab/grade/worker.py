@@ -158,9 +158,9 @@ def plain(value):
 
 
 def _describe_value(value) -> str:
-    if isinstance(value, (tuple, list)):
-        return f"a {type(value).__name__} of {len(value)}"
-    return f"a {type(value).__name__}"
+    name = type(value).__name__
+    article = "an" if name[0].lower() in "aeiou" else "a"
+    return f"{article} {name} of {len(value)}" if isinstance(value, (tuple, list)) else f"{article} {name}"
 
 
 def _call(module, store: dict, request, directory: Path) -> dict:
