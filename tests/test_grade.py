@@ -173,6 +173,9 @@ def test_exceptions_and_a_dead_worker_are_rows():
     by_name = rows(result)
     assert "NameError" in by_name["layernorm_forward"].message
     assert "raises.py:10 in layernorm_forward" in by_name["layernorm_forward"].message
+    # a backward whose forward never returns a cache is not a pass
+    assert by_name["layernorm_backward"].status == "error"
+    assert "not checked where layernorm_forward failed" in by_name["layernorm_backward"].message
     assert by_name["spatial_batchnorm_forward"].status == "error"
     assert "exited (exit status 3" in by_name["spatial_batchnorm_forward"].message
     # the others still ran, in a fresh worker, and the student's prints did not break the exchange

@@ -85,7 +85,7 @@ def make_row(function: str, observations, trouble: Trouble, summary: str, extra_
     verdict = diagnose(observations)
     codes = [c for c in CODES if c in verdict.codes or c in trouble.codes]
     lines = list(trouble.lines) + list(verdict.details) + list(extra_lines)
-    if trouble.error or (not observations and not lines):
+    if trouble.error or not (observations or trouble.codes):  # nothing could be compared: not a pass
         status = "error"
     elif verdict.failed or any(not CODES[c].warning for c in codes):
         status = "fail"

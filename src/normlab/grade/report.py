@@ -69,13 +69,14 @@ def print_report(result: Result, console: Console) -> None:
     console.print(table)
     for row in result.rows:
         if row.status != "missing":
-            console.print(f"{row.function}: {row.message}", markup=False, highlight=False)
+            console.print(f"{row.function}: {row.message}", markup=False, highlight=False, soft_wrap=True)
     found = [c for c in CODES if any(c in row.diagnosis for row in result.rows)]
     if found:
         console.print()
     for code in found:
         entry = CODES[code]
         errata = f" (erratum {', '.join(entry.errata)} of docs/derivation.md)" if entry.errata else ""
-        console.print(f"{code}: {entry.explanation}{errata}\n  fix: {entry.fix}", markup=False, highlight=False)
+        console.print(f"{code}: {entry.explanation}{errata}\n  fix: {entry.fix}", markup=False, highlight=False,
+                      soft_wrap=True)
     counts = {s: sum(row.status == s for row in result.rows) for s in STATUS_STYLE}
     console.print(", ".join(f"{n} {s}" for s, n in counts.items() if n), markup=False, highlight=False)

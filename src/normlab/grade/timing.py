@@ -11,8 +11,7 @@ import statistics
 
 import numpy as np
 
-from .cases import EPS, NORMS, make_case, param_dict
-from .cases import forward_arguments
+from .cases import EPS, NORMS, forward_arguments, make_case, param_dict
 from .runner import Handle, Worker
 
 #: The course's shape, then a larger one.
@@ -20,6 +19,8 @@ SHAPES = ((100, 500), (500, 2000))
 RUNS = 7
 #: Below this speedup at every shape, alt-not-faster is reported (a warning).
 MIN_SPEEDUP = 1.1
+#: Seconds the timed runs of one shape may take; slow functions get fewer runs.
+BUDGET_S = 10.0
 
 
 def speedups(worker: Worker) -> tuple[dict[str, float], str | None]:
@@ -35,14 +36,17 @@ def speedups(worker: Worker) -> tuple[dict[str, float], str | None]:
         if reply.outcome != "ok":
             return result, f"timing at {case.label}: {norm.forward}: {reply.error}"
         times = {backward: [], alt: []}
-        for run in range(RUNS + 1):  # the first round warms up
+        run, runs = 0, 1 + RUNS  # the first round warms up
+        while run < runs:
             for function in (backward, alt):
                 reply = worker.call(function, [case.dout, Handle("timing")], ["dout", "cache"], arity=3, reply="none")
                 if reply.outcome != "ok":
                     return result, f"timing at {case.label}: {function}: {reply.error}"
-                if run:
-                    times[function].append(reply.seconds)
-        result[case.label] = statistics.median(times[backward]) / statistics.median(times[alt])
+                times[function].append(reply.seconds)
+            if run == 0:  # loops over elements can take seconds a call: fewer runs then
+                runs = 1 + min(RUNS, max(1, int(BUDGET_S / (times[backward][0] + times[alt][0]))))
+            run += 1
+        result[case.label] = statistics.median(times[backward][1:]) / statistics.median(times[alt][1:])
     return result, None
 
 

@@ -158,6 +158,8 @@ def plain(value):
 
 
 def _describe_value(value) -> str:
+    if isinstance(value, np.ndarray):
+        return f"an array of shape {value.shape}"
     name = type(value).__name__
     article = "an" if name[0].lower() in "aeiou" else "a"
     return f"{article} {name} of {len(value)}" if isinstance(value, (tuple, list)) else f"{article} {name}"
