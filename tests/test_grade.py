@@ -49,6 +49,7 @@ VARIANTS = {
     "running_momentum_swapped.py": ({"running-stats"}, "batchnorm_forward", "fail"),
     "running_unbiased.py": ({"running-stats"}, "batchnorm_forward", "fail"),
     "running_not_stored.py": ({"running-stats"}, "spatial_batchnorm_forward", "fail"),
+    "running_momentum_ignored.py": ({"running-stats"}, "spatial_batchnorm_forward", "fail"),
     "mutates_input.py": ({"mutates-input"}, "batchnorm_forward", "fail"),
     "wrong_shape.py": ({"wrong-shape"}, "batchnorm_backward", "fail"),
     "returns_out_only.py": ({"wrong-shape"}, "layernorm_forward", "fail"),
@@ -143,6 +144,8 @@ def test_running_stats_message_says_which_part():
     assert "swaps momentum" in rows(graded("running_momentum_swapped.py"))["batchnorm_forward"].message
     message = rows(graded("running_unbiased.py"))["batchnorm_forward"].message
     assert "running_var" in message and "unbiased" in message and "running_mean" not in message
+    assert "ignores bn_param['momentum']" in rows(graded("running_momentum_ignored.py"))[
+        "spatial_batchnorm_forward"].message
     message = rows(graded("running_not_stored.py"))["spatial_batchnorm_forward"].message
     assert "missing" in message and "batch statistics in test mode" in message
 

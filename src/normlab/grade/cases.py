@@ -107,6 +107,11 @@ def cases(kind: str) -> list[Case]:
             for i, (shape, groups, offset, scale) in enumerate(_SHAPES[kind])]
 
 
+#: momentum in bn_param for the running-statistics sequence: batch norm leaves it to the default,
+#: spatial batch norm passes another value, which must be used.
+RUNNING_MOMENTUM = {"batch": None, "spatial": 0.8}
+
+
 def running_cases(kind: str) -> list[Case]:
     """The train steps of the running-statistics sequence (batch and spatial batch norm), spreads growing."""
     rng = np.random.default_rng(_SEEDS[kind] + 100)

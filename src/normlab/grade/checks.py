@@ -15,8 +15,8 @@ import numpy as np
 
 from . import hypotheses
 from ..gradcheck import rel_error
-from .cases import (EDITIONS, NORMS, RUNNING_STEPS, Case, Norm, cases, forward_arguments, inference_case,
-                    param_dict, param_shape, reference_forward, running_cases)
+from .cases import (EDITIONS, MOMENTUM, NORMS, RUNNING_MOMENTUM, RUNNING_STEPS, Case, Norm, cases,
+                    forward_arguments, inference_case, param_dict, param_shape, reference_forward, running_cases)
 from .diagnose import CODES, PASS_TOL, Observation, diagnose
 from .runner import Handle, Reply, Worker
 
@@ -111,7 +111,8 @@ def _train_observations(worker: Worker, norm: Norm, edition, trouble: Trouble) -
 
 def _running_observations(worker: Worker, norm: Norm, trouble: Trouble) -> list[Observation]:
     """Train steps from a fresh bn_param, each judged from the running values the student held before it."""
-    observations, param = [], {"mode": "train"}
+    momentum = RUNNING_MOMENTUM[norm.kind]
+    observations, param = [], {"mode": "train"} if momentum is None else {"mode": "train", "momentum": momentum}
     steps = running_cases(norm.kind)
     c = steps[0].x.shape[1]
     prev = {"running_mean": np.zeros(c), "running_var": np.zeros(c)}  # the course's initial values
@@ -123,7 +124,8 @@ def _running_observations(worker: Worker, norm: Norm, trouble: Trouble) -> list[
         if not trouble.note(norm.forward, reply, case.label):
             break
         param = dict(reply.dicts.get(norm.param, {}), mode="train")
-        expected = hypotheses.running(norm.kind, case.x, prev["running_mean"], prev["running_var"])
+        expected = hypotheses.running(norm.kind, case.x, prev["running_mean"], prev["running_var"],
+                                      MOMENTUM if momentum is None else momentum)
         for key, (want, what_if) in expected.items():
             got = as_array(param.get(key))
             observations.append(Observation(f"bn_param['{key}']", case.label, got, want, what_if, "running:off"))

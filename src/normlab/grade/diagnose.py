@@ -119,6 +119,7 @@ MISTAKES = {
                                     implied_by=("unbiased-variance",)),
     "running:unbiased-and-swapped": _m("running-stats",
                                        "takes the unbiased batch variance and swaps momentum"),
+    "running:momentum-ignored": _m("running-stats", "ignores bn_param['momentum'] and uses 0.9"),
     "running:not-updated": _m("running-stats", "is not updated by a train-mode forward"),
     "running:test-uses-batch": _m("running-stats", "is normalized with the batch statistics in test mode"),
     "running:test-changes": _m("running-stats", "is changed by a test-mode forward"),

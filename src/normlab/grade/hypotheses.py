@@ -191,23 +191,24 @@ def _sums_over_wrong_axes(per_value: np.ndarray) -> dict[str, np.ndarray]:
     return what_if
 
 
-def running(kind: str, batch: np.ndarray, prev_mean: np.ndarray, prev_var: np.ndarray):
+def running(kind: str, batch: np.ndarray, prev_mean: np.ndarray, prev_var: np.ndarray, momentum: float = MOMENTUM):
     """Per running statistic after one train step from (prev_mean, prev_var): the course's value and each mistake's."""
     _, cache = reference_forward(kind, batch, None, None, 1e-5)
     mean, var, m = cache.mean, cache.var, cache.layout.count
-    return {
-        "running_mean": (course_running_update(prev_mean, mean), {
-            "running:momentum-swapped": course_running_update(prev_mean, mean, 1.0 - MOMENTUM),
-            "running:not-updated": prev_mean,
-        }),
-        "running_var": (course_running_update(prev_var, var), {
-            "running:momentum-swapped": course_running_update(prev_var, var, 1.0 - MOMENTUM),
-            # PyTorch's rule: the unbiased variance, with the course's or the swapped momentum
-            "running:unbiased-variance": blend_running_stats(prev_mean, prev_var, mean, var, m, 1.0 - MOMENTUM)[1],
-            "running:unbiased-and-swapped": blend_running_stats(prev_mean, prev_var, mean, var, m, MOMENTUM)[1],
-            "running:not-updated": prev_var,
-        }),
+    what_if_mean = {"running:momentum-swapped": course_running_update(prev_mean, mean, 1.0 - momentum),
+                    "running:not-updated": prev_mean}
+    what_if_var = {
+        "running:momentum-swapped": course_running_update(prev_var, var, 1.0 - momentum),
+        # PyTorch's rule: the unbiased variance, with the course's or the swapped momentum
+        "running:unbiased-variance": blend_running_stats(prev_mean, prev_var, mean, var, m, 1.0 - momentum)[1],
+        "running:unbiased-and-swapped": blend_running_stats(prev_mean, prev_var, mean, var, m, momentum)[1],
+        "running:not-updated": prev_var,
     }
+    if momentum != MOMENTUM:
+        what_if_mean["running:momentum-ignored"] = course_running_update(prev_mean, mean)
+        what_if_var["running:momentum-ignored"] = course_running_update(prev_var, var)
+    return {"running_mean": (course_running_update(prev_mean, mean, momentum), what_if_mean),
+            "running_var": (course_running_update(prev_var, var, momentum), what_if_var)}
 
 
 def inference(kind: str, case: Case, running_mean: np.ndarray, running_var: np.ndarray):
