@@ -195,13 +195,15 @@ def test_hang_times_out_and_leaves_no_process(tmp_path, monkeypatch):
     monkeypatch.setenv("NORMLAB_GRADE_TEST_PIDS", str(pids))
     start = time.monotonic()
     result = grade.grade(DATA / "hangs.py", timeout=0.5)
-    assert time.monotonic() - start < 15
+    assert time.monotonic() - start < 10  # one timeout, not one per case
     by_name = rows(result)
     assert (by_name["batchnorm_forward"].status, by_name["batchnorm_forward"].diagnosis) == ("error", ("timeout",))
     assert "no answer within 0.5 s" in by_name["batchnorm_forward"].message
     # a timeout stops that function only; layer norm ran in a fresh worker
     assert by_name["layernorm_forward"].status == by_name["layernorm_backward"].status == "pass"
-    assert by_name["batchnorm_backward"].status == "missing"
+    # the backward needs the stuck forward's cache: an error row, and the forward is not called again
+    assert by_name["batchnorm_backward"].status == "error"
+    assert "not checked where batchnorm_forward failed" in by_name["batchnorm_backward"].message
     # the child the stuck call started went with the worker's process group
     child = int(pids.read_text().split()[0])
     deadline = time.monotonic() + 5

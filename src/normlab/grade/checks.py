@@ -196,7 +196,8 @@ def check_backward(worker: Worker, norm: Norm, function: str, edition, forward_r
     observations, forward_failed = backward_observations(worker, norm, function, edition, trouble)
     extra = []
     if forward_failed:
-        extra.append(f"not checked where {norm.forward} failed ({'; '.join(forward_failed[:2])})")
+        extra.append(f"not checked where {norm.forward} failed ({len(forward_failed)} cases, first "
+                     f"{forward_failed[0]})")
     if forward_row.status == "fail" and diagnose(observations).failed:
         extra.append(f"{norm.forward} fails too and its cache feeds this backward: fix it first")
     return make_row(function, observations, trouble, f"{len(observations) // 3} cases", extra)

@@ -5,7 +5,9 @@ The student's code never runs in the grader's process. ``Worker`` starts
 every call has a deadline. When it passes, the worker's whole process group is
 killed (procs.end_session) and the call's reply says "timeout"; the next call
 starts a fresh worker, which imports the module again. A worker that dies
-(os._exit, a segfault) is replaced the same way. Replies are unpickled with an
+(os._exit, a segfault) is replaced the same way. A function that timed out or
+killed its worker is not called again: later calls get the same reply at once,
+so one endless loop costs one timeout. Replies are unpickled with an
 unpickler that accepts plain data and NumPy arrays only.
 """
 
@@ -88,6 +90,7 @@ class Worker:
         self._proc: subprocess.Popen | None = None
         self._stderr = None
         self._loaded: Loaded | None = None
+        self._given_up: dict[str, Reply] = {}  # function -> its timeout or death
         self.starts = 0
 
     def __enter__(self):
@@ -157,12 +160,18 @@ class Worker:
         watch: names of array arguments that must not be changed in place.
         send_back: names of dict arguments to return as the call left them (bn_param).
         """
+        if func in self._given_up:
+            return self._given_up[func]
         loaded = self.loaded()
         if self._proc is None or func not in loaded.functions:
             return Reply("raised", error=loaded.error or f"{func} is not defined")
         request = {"op": "call", "func": func, "args": list(args), "names": list(names), "arity": arity,
                    "keep": keep, "reply": reply, "watch": list(watch), "send_back": list(send_back)}
-        return self._exchange(request, self.timeout)
+        answer = self._exchange(request, self.timeout)
+        if answer.outcome in ("timeout", "died"):
+            self._given_up[func] = answer._replace(error=f"{answer.error}; not called again")
+            answer = self._given_up[func]
+        return answer
 
     def _exchange(self, request: dict, timeout: float) -> Reply:
         deadline = time.monotonic() + timeout
