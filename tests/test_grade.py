@@ -235,6 +235,17 @@ def test_worker_is_restarted_after_a_timeout_and_ended_on_close():
     assert proc.poll() is not None  # closed and reaped
 
 
+def test_import_that_hangs_is_bounded():
+    start = time.monotonic()
+    with Worker(DATA / "import_hangs.py", grade.FUNCTIONS, timeout=0.5, startup=2.0) as worker:
+        loaded = worker.loaded()
+        assert loaded.functions == ("batchnorm_forward",)  # read from the source, not run
+        assert "no answer within 2.5 s" in loaded.error
+        reply = worker.call("batchnorm_forward", [], [], arity=2)
+        assert reply.outcome == "raised" and worker.starts == 1  # not restarted
+    assert time.monotonic() - start < 6
+
+
 def test_replies_are_plain_data_only():
     class Sneaky:
         def __reduce__(self):
@@ -275,6 +286,7 @@ def test_cli_exit_codes(tmp_path):
     assert "missing-mean-term" in failing.output and "E13" in failing.output
     for usage in ([tmp_path / "nothing.py"], [tmp_path], [DATA / "unrelated.py"],
                   [DATA / "layers.py", "--only", "batchnorm_fwd"], [DATA / "layers.py", "--timeout", "0"],
+                  [DATA / "partial.py", "--only", "batchnorm_forward"],
                   [DATA / "layers.py", "--json", tmp_path / "no" / "such" / "dir.json"]):
         outcome = _cli(*usage)
         assert outcome.exit_code == 2, (usage, outcome.output)
@@ -297,6 +309,17 @@ def test_json_follows_the_schema(tmp_path):
     assert by_name["batchnorm_backward"]["diagnosis"] == ["missing-mean-term"]
     assert by_name["batchnorm_backward"]["max_rel_error"] > 0.1
     assert by_name["batchnorm_forward"]["status"] == "pass"
+
+
+def test_nan_output_is_a_failure_and_valid_json(tmp_path):
+    student = tmp_path / "layers.py"
+    student.write_text("import numpy as np\n\n\ndef layernorm_forward(x, gamma, beta, ln_param):\n"
+                       "    return np.full_like(x, np.nan), None\n")
+    out = tmp_path / "grade.json"
+    assert _cli(tmp_path, "--json", out).exit_code == 1
+    check = json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))["checks"][3]
+    assert (check["function"], check["status"], check["max_rel_error"]) == ("layernorm_forward", "fail", None)
+    assert "NaN" in check["message"]
 
 
 def test_json_of_the_reference_has_a_speedup():

@@ -101,9 +101,9 @@ def grade(path, *, only: str | None = None, timeout: float = DEFAULT_TIMEOUT) ->
     with Worker(file, FUNCTIONS, timeout) as worker:
         loaded = worker.loaded()
         present = [f for f in loaded.functions if f in FUNCTIONS]
-        if not present:
+        if not set(present) & set(selected):
             reason = f" (importing it failed: {loaded.error})" if loaded.error else ""
-            raise UsageError(f"{path} defines none of {', '.join(FUNCTIONS)}{reason}")
+            raise UsageError(f"{path} defines none of {', '.join(selected)}{reason}")
         if loaded.error is not None:
             rows = [Row(f, "error", None, ("raises",), f"importing {file.name} failed: {loaded.error}")
                     if f in present else _missing(f) for f in selected]

@@ -213,6 +213,9 @@ def _explain(obs: Sequence[Observation]) -> list[tuple[Mistake, str]]:
     if odd is not None:
         return [(_m("wrong-shape", ""), f"is {_shape_of(odd.got)}, expected shape {np.shape(odd.want)} "
                                         f"(case {odd.case})")]
+    odd = next((o for o in obs if not np.all(np.isfinite(o.got))), None)
+    if odd is not None:
+        return [(_m("", ""), f"contains NaN or inf (case {odd.case})")]
     worst = max(obs, key=lambda o: _error(o.got, o.want))
     return [(_m("", ""), f"is wrong (rel. error {_error(worst.got, worst.want):.1e} in case {worst.case}) "
                          f"and no known mistake matches it")]

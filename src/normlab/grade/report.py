@@ -9,11 +9,13 @@ JSON schema::
 
 speedup_alt is batchnorm_backward's median time over batchnorm_backward_alt's
 at the course's shape (100, 500); null when it was not measured.
+max_rel_error is null when no output could be compared (or it is not a number).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import NamedTuple
 
@@ -37,12 +39,17 @@ def exit_code(result: Result) -> int:
     return 1 if any(row.status in ("fail", "error") for row in result.rows) else 0
 
 
+def _finite(value: float | None) -> float | None:
+    """JSON has no NaN or inf: an error that is not a number is null."""
+    return value if value is not None and math.isfinite(value) else None
+
+
 def to_json(result: Result) -> dict:
     return {
         "path": result.path,
-        "checks": [{"function": row.function, "status": row.status, "max_rel_error": row.max_rel_error,
+        "checks": [{"function": row.function, "status": row.status, "max_rel_error": _finite(row.max_rel_error),
                     "diagnosis": list(row.diagnosis), "message": row.message} for row in result.rows],
-        "speedup_alt": result.speedup_alt,
+        "speedup_alt": _finite(result.speedup_alt),
     }
 
 

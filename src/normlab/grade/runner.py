@@ -13,6 +13,7 @@ unpickler that accepts plain data and NumPy arrays only.
 
 from __future__ import annotations
 
+import ast
 import io
 import os
 import pickle
@@ -59,6 +60,16 @@ class Loaded(NamedTuple):
     error: str | None
 
 
+def defined_names(path: Path, names: Sequence[str]) -> tuple[str, ...]:
+    """Names among ``names`` the file defines at top level, read without running it."""
+    try:
+        tree = ast.parse(Path(path).read_text(errors="replace"))
+    except (SyntaxError, ValueError):
+        return ()
+    defined = {node.name for node in tree.body if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))}
+    return tuple(n for n in names if n in defined)
+
+
 class _PlainUnpickler(pickle.Unpickler):
     """Accepts builtins' plain data and NumPy arrays; refuses every other class."""
 
@@ -83,10 +94,11 @@ class Worker:
     Use as a context manager (or call ``close``) so the process is always ended.
     """
 
-    def __init__(self, path: Path, names: Sequence[str], timeout: float):
+    def __init__(self, path: Path, names: Sequence[str], timeout: float, startup: float = STARTUP_S):
         self.path = Path(path).resolve()
         self.names = tuple(names)
         self.timeout = float(timeout)
+        self.startup = float(startup)
         self._proc: subprocess.Popen | None = None
         self._stderr = None
         self._loaded: Loaded | None = None
@@ -117,11 +129,12 @@ class Worker:
             [sys.executable, *flags, "-c", "from normlab.grade.worker import main; main()"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, start_new_session=True)
         self.starts += 1
-        reply = self._exchange({"op": "load", "path": str(self.path), "names": self.names}, STARTUP_S + self.timeout)
-        if reply.outcome == "ok":
-            self._loaded = Loaded(tuple(reply.value["functions"]), reply.value["error"])
-        else:  # the import itself hung or killed the process
-            self._loaded = Loaded((), f"importing the file: {reply.error}")
+        reply = self._exchange({"op": "load", "path": str(self.path), "names": self.names}, self.startup + self.timeout)
+        if reply.outcome == "ok" and reply.value["error"] is None:
+            self._loaded = Loaded(tuple(reply.value["functions"]), None)
+        else:  # the import raised, hung or killed the process: the functions are read from the source
+            error = reply.value["error"] if reply.outcome == "ok" else reply.error
+            self._loaded = Loaded(defined_names(self.path, self.names), error)
 
     def close(self) -> None:
         """End the worker (EOF, a moment to exit, then its process group is killed)."""

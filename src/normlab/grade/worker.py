@@ -15,7 +15,6 @@ cannot be pickled (or is large) never crosses the pipe.
 
 from __future__ import annotations
 
-import ast
 import importlib
 import importlib.util
 import os
@@ -90,16 +89,6 @@ def describe_exception(exc: BaseException, directory: Path) -> str:
 
 # ----------------------------------------------------------------------------- load
 
-def _defined_names(path: Path, names) -> list[str]:
-    """Names among ``names`` the file defines at top level (read without running it)."""
-    try:
-        tree = ast.parse(path.read_text(errors="replace"))
-    except SyntaxError:
-        return []
-    defined = {node.name for node in tree.body if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))}
-    return [n for n in names if n in defined]
-
-
 def _import(path: Path):
     """Import the file as a module; inside a package folder (``__init__.py``) as ``package.module``."""
     directory = path.parent
@@ -121,8 +110,7 @@ def _load(request):
     try:
         module = _import(path)
     except BaseException as exc:  # SystemExit included: the student's import ran exit()
-        return None, {"functions": _defined_names(path, request["names"]),
-                      "error": describe_exception(exc, path.parent)}
+        return None, {"functions": [], "error": describe_exception(exc, path.parent)}
     found = [n for n in request["names"] if callable(getattr(module, n, None))]
     return module, {"functions": found, "error": None}
 
