@@ -110,7 +110,7 @@ def test_wrong_formulas_start_from_the_right_one(kind):
     for case in cases.cases(kind):
         _, cache = cases.reference_forward(kind, case.x, case.gamma, case.beta, case.eps_value, case.groups)
         dx = cases.reference_backward(case.dout, cache)[0]
-        p = hypotheses._pieces(kind, case, cache)
+        p = hypotheses._pieces(kind, case)
         assert np.allclose(hypotheses._wrong_dx(p).reshape(dx.shape), dx, rtol=1e-9, atol=1e-12)
         assert not np.allclose(hypotheses._wrong_dx(p, mean_term="none").reshape(dx.shape), dx)
 
@@ -155,6 +155,15 @@ def test_one_cause_is_reported_once():
     assert "running" not in rows(graded("unbiased_variance.py"))["batchnorm_forward"].message
     # a backward fed by a broken forward says so
     assert "fix it first" in rows(graded("wrong_axis_spatial.py"))["spatial_batchnorm_backward"].message
+
+
+def test_backward_judged_on_top_of_its_forward_s_mistake():
+    result = graded("two_mistakes.py")
+    assert codes(result) == {"eps-outside-sqrt", "missing-mean-term"}
+    row = rows(result)["batchnorm_backward_alt"]
+    assert row.diagnosis == ("missing-mean-term",)
+    assert "on top of its forward's eps-outside-sqrt" in row.message
+    assert "dgamma: is right for what its forward computed (eps-outside-sqrt)" in row.message
 
 
 def test_mutation_names_the_argument():

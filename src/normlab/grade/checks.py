@@ -167,8 +167,12 @@ def check_forward(worker: Worker, norm: Norm, edition: str | None) -> Row:
 
 # ----------------------------------------------------------------------------- backward
 
-def backward_observations(worker: Worker, norm: Norm, function: str, edition, trouble: Trouble):
-    """Student's forward then ``function`` on every case. Returns (observations, cases the forward failed)."""
+def backward_observations(worker: Worker, norm: Norm, function: str, edition, trouble: Trouble,
+                          forward_codes=()):
+    """Student's forward then ``function`` on every case. Returns (observations, cases the forward failed).
+
+    forward_codes: the diagnosis of the forward whose cache the backward is fed (see hypotheses.backward).
+    """
     observations, forward_failed = [], []
     for case in cases(norm.kind):
         if trouble.stopped:
@@ -182,7 +186,8 @@ def backward_observations(worker: Worker, norm: Norm, function: str, edition, tr
         if not trouble.note(function, reply, case.label):
             continue
         shape = param_shape(norm, case.x.shape[1], edition)
-        for (quantity, (want, what_if)), got in zip(hypotheses.backward(norm.kind, case).items(), reply.value):
+        expected = hypotheses.backward(norm.kind, case, forward_codes)
+        for (quantity, (want, what_if)), got in zip(expected.items(), reply.value):
             if quantity != "dx":  # dgamma/dbeta come back in gamma's shape
                 want = want.reshape(shape)
             observations.append(Observation(quantity, case.label, as_array(got), want, what_if))
@@ -193,7 +198,8 @@ def check_backward(worker: Worker, norm: Norm, function: str, edition, forward_r
     if forward_row is None or forward_row.status == "missing":
         return Row(function, "error", None, (), f"not checked: {norm.forward} is needed for its cache")
     trouble = Trouble()
-    observations, forward_failed = backward_observations(worker, norm, function, edition, trouble)
+    observations, forward_failed = backward_observations(worker, norm, function, edition, trouble,
+                                                         forward_row.diagnosis)
     extra = []
     if forward_failed:
         extra.append(f"not checked where {norm.forward} failed ({len(forward_failed)} cases, first "

@@ -129,7 +129,17 @@ MISTAKES = {
 
 
 def mistake(key: str) -> Mistake:
-    """The mistake for a hypothesis key; ``dgamma-dbeta-axis:(axes)`` keys are built from the axes."""
+    """The mistake for a hypothesis key.
+
+    ``dgamma-dbeta-axis:(axes)`` keys are built from the axes; ``forward-code+key`` is the mistake
+    ``key`` of a backward fed by a forward with that code (``+none``: no mistake of its own).
+    """
+    if "+" in key:
+        forward, own = key.split("+", 1)
+        if own == "none":
+            return Mistake((), f"is right for what its forward computed ({forward})")
+        found = mistake(own)
+        return found._replace(detail=f"{found.detail} (on top of its forward's {forward})")
     if key.startswith("dgamma-dbeta-axis:"):
         axes = key.split(":", 1)[1]
         return _m("dgamma-dbeta-axis", "is not summed" if axes == "()" else f"is summed over axes {axes}")

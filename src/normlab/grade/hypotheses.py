@@ -33,15 +33,33 @@ class Pieces(NamedTuple):
     m: int                  # values per statistic
 
 
-def _pieces(kind: str, case: Case, cache) -> Pieces:
-    layout = cache.layout
-    n, g, k, l = layout.view
-    stat = (1, g, 1, 1) if layout.batch_stats else (n, g, 1, 1)
+def forward_variance(code: str, cache) -> np.ndarray | None:
+    """The variance a forward with this mistake normalizes with, as a variance for √(var + ε); None: no such mistake.
+
+    unbiased-variance: var·m/(m − 1). eps-outside-sqrt: √var + ε = √(var' + ε) for var' = (√var + ε)² − ε.
+    """
+    m = cache.layout.count
+    if code == "unbiased-variance":
+        return cache.var * (m / (m - 1))
+    if code == "eps-outside-sqrt":
+        return (np.sqrt(cache.var) + cache.eps) ** 2 - cache.eps
+    return None
+
+
+def _pieces(kind: str, case: Case, var: np.ndarray | None = None) -> Pieces:
+    """The reference's pieces; with ``var``, those of a forward that normalized with that variance."""
     # x̂ is normlab's forward without the affine.
-    xhat = reference_forward(kind, case.x, None, None, case.eps_value, case.groups)[0].reshape(layout.view)
+    xhat, cache = reference_forward(kind, case.x, None, None, case.eps_value, case.groups)
+    if var is not None:
+        xhat, cache = reference_forward(kind, case.x, None, None, case.eps_value, case.groups,
+                                        mean=cache.mean, var=var)
+    layout = cache.layout
+    n, g, k, _ = layout.view
+    stat = (1, g, 1, 1) if layout.batch_stats else (n, g, 1, 1)
     dxhat = case.dout.reshape(layout.view) * case.gamma.reshape(1, g, k, 1)
     axes = (0, 2, 3) if layout.batch_stats else (2, 3)
-    return Pieces(xhat, dxhat, cache.invstd.reshape(stat), cache.var.reshape(stat), case.eps_value, axes, layout.count)
+    return Pieces(xhat.reshape(layout.view), dxhat, cache.invstd.reshape(stat), cache.var.reshape(stat),
+                  case.eps_value, axes, layout.count)
 
 
 def _wrong_dx(p: Pieces, *, mean_term="sum", var_term="sum", var_factor=1.0, axes=None, m=None) -> np.ndarray:
@@ -127,28 +145,19 @@ def forward(kind: str, case: Case) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """The reference output of a train-mode forward and each mistake's output."""
     x, gamma, beta, eps, groups = case.x, case.gamma, case.beta, case.eps_value, case.groups
     out, cache = reference_forward(kind, x, gamma, beta, eps, groups)
-    m = cache.layout.count
 
     def given(var, g=gamma):
         return reference_forward(kind, x, g, beta, eps, groups, mean=cache.mean, var=var)[0]
 
-    what_if = {
-        "unbiased-variance": given(cache.var * (m / (m - 1))),
-        # sqrt(var) + eps == sqrt(var' + eps) for this var'
-        "eps-outside-sqrt": given((np.sqrt(cache.var) + eps) ** 2 - eps),
-        "gamma-not-applied": given(cache.var, np.ones_like(gamma)),
-    }
+    what_if = {code: given(forward_variance(code, cache)) for code in ("unbiased-variance", "eps-outside-sqrt")}
+    what_if["gamma-not-applied"] = given(cache.var, np.ones_like(gamma))
     what_if.update({key: values[0] for key, values in _wrong_axes(kind, case).items()})
     return out, what_if
 
 
-def backward(kind: str, case: Case) -> dict[str, tuple[np.ndarray, dict[str, np.ndarray]]]:
-    """Per gradient ("dx", "dgamma", "dbeta"): the reference (dgamma/dbeta (C,)) and each mistake's value."""
-    x, gamma, beta, dout, eps = case.x, case.gamma, case.beta, case.dout, case.eps_value
-    _, cache = reference_forward(kind, x, gamma, beta, eps, case.groups)
-    dx, dgamma, dbeta = reference_backward(dout, cache)
-    p = _pieces(kind, case, cache)
-    dx_if = {
+def _dx_what_ifs(kind: str, case: Case, p: Pieces) -> dict[str, np.ndarray]:
+    """dx of each slip in the closed form, from these pieces."""
+    what_if = {
         "missing-mean-term": _wrong_dx(p, mean_term="none"),
         "missing-variance-term": _wrong_dx(p, var_term="none"),
         "missing-both-terms": _wrong_dx(p, mean_term="none", var_term="none"),
@@ -157,38 +166,53 @@ def backward(kind: str, case: Case) -> dict[str, tuple[np.ndarray, dict[str, np.
         "variance-term-sign": _wrong_dx(p, var_factor=-1.0),
         "variance-term-exponent": _wrong_dx(p, var_factor=p.var + p.eps),
         "variance-term-not-summed": _wrong_dx(p, var_term="each"),
+        "gamma-not-applied": _wrong_dx(p._replace(dxhat=case.dout.reshape(p.xhat.shape))),
     }
     if kind in ("batch", "layer"):
         # The sums of the other norm's backward (layer norm written from batch norm's, or the reverse).
         other = (1, 2, 3) if kind == "batch" else (0, 1, 3)
-        m_other = x.shape[1] if kind == "batch" else x.shape[0]
-        dx_if["wrong-axis:backward-sums"] = _wrong_dx(p, axes=other)
-        dx_if["wrong-axis:backward-sums-and-count"] = _wrong_dx(p, axes=other, m=m_other)
-    dx_if = {key: value.reshape(x.shape) for key, value in dx_if.items()}
-    dx_if["dx-negated"] = -dx
-    dx_if["gamma-not-applied"] = reference_backward(dout, reference_forward(
-        kind, x, None, None, eps, case.groups)[1])[0]
-    alternatives = _wrong_axes(kind, case)
-    dx_if.update({key: values[1] for key, values in alternatives.items()})
-    xhat = p.xhat.reshape(x.shape)
-    return {
-        "dx": (dx, dx_if),
-        "dgamma": (dgamma, {**_sums_over_wrong_axes(dout * xhat),
-                            **{key: values[2] for key, values in alternatives.items()}}),
-        "dbeta": (dbeta, {**_sums_over_wrong_axes(dout),
-                          **{key: values[3] for key, values in alternatives.items()}}),
-    }
+        what_if["wrong-axis:backward-sums"] = _wrong_dx(p, axes=other)
+        what_if["wrong-axis:backward-sums-and-count"] = _wrong_dx(p, axes=other, m=case.x.shape[kind == "batch"])
+    return {key: value.reshape(case.x.shape) for key, value in what_if.items()}
 
 
-def _sums_over_wrong_axes(per_value: np.ndarray) -> dict[str, np.ndarray]:
-    """dgamma/dbeta summed over every set of axes but the right one (the axes except the channel's)."""
-    right = tuple(a for a in range(per_value.ndim) if a != 1)  # gamma lives on axis 1 in all four
-    what_if = {}
+def _param_sums(per_value: np.ndarray) -> dict[str, np.ndarray]:
+    """dgamma/dbeta summed over every set of axes; "right": over all but the channel axis (1 in all four)."""
+    right = tuple(a for a in range(per_value.ndim) if a != 1)
+    sums = {}
     for size in range(per_value.ndim + 1):
         for axes in itertools.combinations(range(per_value.ndim), size):
-            if axes != right:
-                what_if[f"dgamma-dbeta-axis:{axes}"] = per_value.sum(axis=axes) if axes else per_value
-    return what_if
+            key = "right" if axes == right else f"dgamma-dbeta-axis:{axes}"
+            sums[key] = per_value.sum(axis=axes) if axes else per_value
+    return sums
+
+
+def backward(kind: str, case: Case, forward_codes=()) -> dict[str, tuple[np.ndarray, dict[str, np.ndarray]]]:
+    """Per gradient ("dx", "dgamma", "dbeta"): the reference (dgamma/dbeta (C,)) and each mistake's value.
+
+    forward_codes: the diagnosis of the student's forward. A backward fed by the cache of a forward
+    that normalized with another variance is also judged as if that variance were right (keys
+    "forward-code+mistake", and "forward-code+none" for a backward that is right for its forward).
+    """
+    _, cache = reference_forward(kind, case.x, case.gamma, case.beta, case.eps_value, case.groups)
+    dx, dgamma, dbeta = reference_backward(case.dout, cache)
+    p = _pieces(kind, case)
+    alternatives = _wrong_axes(kind, case)
+    dx_if = {**_dx_what_ifs(kind, case, p), "dx-negated": -dx}
+    dgamma_if = _param_sums(case.dout * p.xhat.reshape(case.x.shape))
+    dbeta_if = _param_sums(case.dout)
+    for what_if, index in ((dx_if, 1), (dgamma_if, 2), (dbeta_if, 3)):
+        what_if.pop("right", None)
+        what_if.update({key: values[index] for key, values in alternatives.items()})
+    for code in forward_codes:
+        var = forward_variance(code, cache)
+        if var is not None:
+            q = _pieces(kind, case, var)
+            dx_if.update({f"{code}+{k}": v for k, v in _dx_what_ifs(kind, case, q).items()})
+            dx_if[f"{code}+none"] = _wrong_dx(q).reshape(case.x.shape)
+            sums = _param_sums(case.dout * q.xhat.reshape(case.x.shape))
+            dgamma_if.update({f"{code}+{'none' if k == 'right' else k}": v for k, v in sums.items()})
+    return {"dx": (dx, dx_if), "dgamma": (dgamma, dgamma_if), "dbeta": (dbeta, dbeta_if)}
 
 
 def running(kind: str, batch: np.ndarray, prev_mean: np.ndarray, prev_var: np.ndarray, momentum: float = MOMENTUM):
