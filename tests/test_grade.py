@@ -140,6 +140,15 @@ def test_every_code_explains_itself_and_its_fix():
     assert grade.CODES["alt-not-faster"].warning
 
 
+def test_docs_list_every_code_with_its_erratum():
+    text = (Path(__file__).parents[1] / "docs" / "grade.md").read_text()
+    for code in grade.CODES.values():
+        row = next(line for line in text.splitlines() if line.startswith(f"| `{code.id}` |"))
+        assert row.rstrip(" |").endswith(", ".join(code.errata) or "–"), row
+    for key in grade.diagnose.MISTAKES:
+        assert f"| `{key}` |" in text
+
+
 def test_running_stats_message_says_which_part():
     assert "swaps momentum" in rows(graded("running_momentum_swapped.py"))["batchnorm_forward"].message
     message = rows(graded("running_unbiased.py"))["batchnorm_forward"].message

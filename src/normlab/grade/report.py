@@ -54,7 +54,7 @@ def to_json(result: Result) -> dict:
 
 
 def write_json(result: Result, path) -> None:
-    Path(path).write_text(json.dumps(to_json(result), indent=2) + "\n")
+    Path(path).write_text(json.dumps(to_json(result), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def _speedup_cell(row: Row) -> str:
