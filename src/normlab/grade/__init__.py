@@ -12,12 +12,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from . import timing
 from .cases import FUNCTIONS, NORMS
 from .checks import Row, check_backward, check_forward, group_edition
 from .diagnose import CODES
 from .report import Result, exit_code, print_report, write_json
 from .runner import Worker
-from . import timing
 
 DEFAULT_TIMEOUT = 10.0
 

@@ -74,7 +74,7 @@ def _take_std_streams():
 # ----------------------------------------------------------------------------- exceptions
 
 def describe_exception(exc: BaseException, directory: Path) -> str:
-    """``Type: message (file.py:line in function: source)``, shortened; the frame is the last one in the student's folder."""
+    """``Type: message (file.py:line in function: source)``, shortened; the frame: the last in the student's folder."""
     message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     if len(message) > MESSAGE_CHARS:
         message = message[: MESSAGE_CHARS - 3] + "..."
