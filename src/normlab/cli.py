@@ -182,7 +182,8 @@ def experiment(name, out, **overrides):
 
 @main.command()
 @click.argument("path")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the result as JSON too.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
+              help="Write the result as JSON too.")
 @click.option("--only", default=None, help="Comma-separated function names to check [default: all it defines].")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
               help="Seconds a single call of the student's code may take.")
