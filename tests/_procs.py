@@ -1,11 +1,11 @@
-"""Process helpers the tests need: bounded commands and a port for torchrun-style launches."""
+"""Process helpers only the tests need: bounded commands and a port for torchrun-style launches."""
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
 import subprocess
+
+from normlab.procs import kill_group
 
 
 def run(cmd, *, timeout: float, **kwargs) -> subprocess.CompletedProcess:
@@ -27,14 +27,6 @@ def run(cmd, *, timeout: float, **kwargs) -> subprocess.CompletedProcess:
         finally:
             kill_group(proc)
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
-
-
-def kill_group(proc: subprocess.Popen) -> None:
-    """SIGKILL the process group of ``proc``, started with ``start_new_session=True``, if any of it is left."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)  # the session leader's pid is the group id
-    except (ProcessLookupError, PermissionError):
-        pass  # the group is already gone
 
 
 def free_port() -> int:

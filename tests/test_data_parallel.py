@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from _procs import free_port, kill_group
+from _procs import free_port
+from normlab.procs import kill_group
 from _procs import run as run_bounded
 from normlab import distributed, procs
 from normlab.gradcheck import rel_error

@@ -170,5 +170,19 @@ def _bench_cases(suite: str, cases: str | None):
     return parsed
 
 
+@main.command()
+@click.argument("path")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
+              help="Write the result as JSON too.")
+@click.option("--only", default=None, help="Comma-separated function names to check [default: all it defines].")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
+              help="Seconds a single call of the student's code may take.")
+def grade(path, json_path, only, timeout):
+    """Check a student's layers.py (or its folder) and diagnose what is wrong; exit 0 pass, 1 fail, 2 usage."""
+    from .grade import main as grade_main
+
+    sys.exit(grade_main(path, json_path=json_path, only=only, timeout=timeout))
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -9,6 +9,8 @@ then SIGKILL after a grace period, so a stopped or stuck one goes too) and
 optional. ``run_ranks`` does the same inside a torch.distributed gloo group
 whose ranks rendezvous through a file in a private directory
 (``local_rendezvous``): no TCP port is picked, so nothing races for one.
+``end_session(proc)`` ends a ``Popen`` started in its own session together
+with whatever it left behind in its process group.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import signal
+import subprocess
 import tempfile
 import time
 from datetime import timedelta
@@ -158,3 +162,26 @@ def run_ranks(fn: Callable, args: tuple, world_size: int, *, group_timeout: floa
         return spawn(_in_group, (world_size, init_method, group_timeout, fn, args), world_size,
                      timeout=timeout, env=env, what=what)
 
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL the process group of ``proc``, started with ``start_new_session=True``, if any of it is left."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # the session leader's pid is the group id
+    except (ProcessLookupError, PermissionError):
+        pass  # the group is already gone
+
+
+def end_session(proc: subprocess.Popen, grace: float = 0.0) -> int:
+    """Give ``proc`` up to ``grace`` seconds to exit, then SIGKILL its process group and reap it.
+
+    For a process started with ``start_new_session=True``: whatever it left
+    behind in its group is killed too. Returns the exit code (negative: the signal).
+    """
+    if grace > 0:
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            pass
+    kill_group(proc)
+    return proc.wait()

@@ -1,0 +1,251 @@
+"""What a student with exactly one known mistake would compute, case by case.
+
+Each what-if is built from the reference's pieces: normlab's forward with
+given statistics (an unbiased variance, eps outside the square root, the batch
+statistics in test mode), normlab's forward and backward on another layout (the
+wrong axes), and for the backward the closed form's pieces x̂, dx̂ = γ·dout, the
+two sums and invstd, recombined the way a wrong derivation recombines them.
+The correct values always come from normlab itself; only the wrong ones are
+written here. Keys name entries of ``diagnose.MISTAKES``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import NamedTuple
+
+import numpy as np
+
+from .. import norms
+from ..layers import blend_running_stats
+from .cases import MOMENTUM, Case, course_running_update, reference_backward, reference_forward
+
+
+class Pieces(NamedTuple):
+    """The backward's pieces in the canonical view (N, G, K, L); statistics broadcast against it."""
+
+    xhat: np.ndarray
+    dxhat: np.ndarray
+    invstd: np.ndarray
+    var: np.ndarray
+    eps: float
+    axes: tuple[int, ...]   # the reduced axes
+    m: int                  # values per statistic
+
+
+def forward_variance(code: str, cache) -> np.ndarray | None:
+    """The variance a forward with this mistake normalizes with, as a variance for √(var + ε); None: no such mistake.
+
+    unbiased-variance: var·m/(m − 1). eps-outside-sqrt: √var + ε = √(var' + ε) for var' = (√var + ε)² − ε.
+    """
+    m = cache.layout.count
+    if code == "unbiased-variance":
+        return cache.var * (m / (m - 1))
+    if code == "eps-outside-sqrt":
+        return (np.sqrt(cache.var) + cache.eps) ** 2 - cache.eps
+    return None
+
+
+def _pieces(kind: str, case: Case, var: np.ndarray | None = None) -> Pieces:
+    """The reference's pieces; with ``var``, those of a forward that normalized with that variance."""
+    # x̂ is normlab's forward without the affine.
+    xhat, cache = reference_forward(kind, case.x, None, None, case.eps_value, case.groups)
+    if var is not None:
+        xhat, cache = reference_forward(kind, case.x, None, None, case.eps_value, case.groups,
+                                        mean=cache.mean, var=var)
+    layout = cache.layout
+    n, g, k, _ = layout.view
+    stat = (1, g, 1, 1) if layout.batch_stats else (n, g, 1, 1)
+    dxhat = case.dout.reshape(layout.view) * case.gamma.reshape(1, g, k, 1)
+    axes = (0, 2, 3) if layout.batch_stats else (2, 3)
+    return Pieces(xhat.reshape(layout.view), dxhat, cache.invstd.reshape(stat), cache.var.reshape(stat),
+                  case.eps_value, axes, layout.count)
+
+
+def _wrong_dx(p: Pieces, *, mean_term="sum", var_term="sum", var_factor=1.0, axes=None, m=None) -> np.ndarray:
+    """dx = invstd/m·(m·dx̂ − [mean term] − x̂·[variance term]) with the terms as a mistake leaves them.
+
+    mean_term / var_term: "sum" (Σ over the reduced axes), "none" (dropped), "plus" (sign flipped,
+    mean term only), "each" (the sum forgotten: each value's own dx̂ or dx̂·x̂).
+    var_factor: multiplies the variance term (σ² + ε for the exponent slip).
+    """
+    axes = p.axes if axes is None else axes
+    m = p.m if m is None else m
+    mean = {"sum": p.dxhat.sum(axes, keepdims=True), "none": 0.0, "each": p.dxhat,
+            "plus": -p.dxhat.sum(axes, keepdims=True)}[mean_term]
+    product = p.dxhat * p.xhat
+    var = {"sum": product.sum(axes, keepdims=True), "none": 0.0, "each": product}[var_term]
+    return p.invstd / m * (m * p.dxhat - mean - var_factor * p.xhat * var)
+
+
+def _via(forward, x, gamma, beta, dout):
+    """(out, dx, dgamma, dbeta) of a normlab forward and its backward."""
+    out, cache = forward(x, gamma, beta)
+    return (out, *reference_backward(dout, cache))
+
+
+def _wrong_axes(kind: str, case: Case) -> dict[str, tuple]:
+    """Forward and backward of the norm over the wrong axes: (out, dx, dgamma, dbeta) per mistake.
+
+    A mistake whose statistics would have a single value each in this case (layer norm's for D = 1)
+    is left out: normlab refuses to normalize a single value, and the other cases decide.
+    """
+    x, gamma, beta, dout, eps = case.x, case.gamma, case.beta, case.dout, case.eps_value
+    c, n = x.shape[1], x.shape[0]
+    hw = x[0, 0].size
+
+    def groups(count):
+        return lambda xx, g, b: norms.groupnorm_forward(xx, g, b, count, eps, backend="numpy")
+
+    def layer(xx, g, b):
+        return norms.layernorm_forward(xx, g, b, eps, backend="numpy")
+
+    def batch(xx, g, b):
+        return norms.batchnorm_forward(xx, g, b, eps, backend="numpy")
+
+    def spatial(xx, g, b):
+        return norms.spatial_batchnorm_forward(xx, g, b, eps, backend="numpy")
+
+    def reshaped():  # x.reshape(-1, C) where x.transpose(0, 2, 3, 1).reshape(-1, C) belongs
+        out, dx, dg, db = _via(batch, x.reshape(-1, c), gamma, beta, dout.reshape(-1, c))
+        return out.reshape(x.shape), dx.reshape(x.shape), dg, db
+
+    def over_batch():  # statistics per (c, h, w): batch norm of (N, C*H*W) with gamma repeated
+        out, dx, dg, db = _via(batch, x.reshape(n, -1), np.repeat(gamma, hw), np.repeat(beta, hw),
+                               dout.reshape(n, -1))
+        return out.reshape(x.shape), dx.reshape(x.shape), dg.reshape(c, hw).sum(1), db.reshape(c, hw).sum(1)
+
+    def strided():  # groups of every G-th channel: permute the channels so they are contiguous
+        order = np.arange(c).reshape(c // case.groups, case.groups).T.reshape(-1)
+        back = np.argsort(order)
+        out, dx, dg, db = _via(groups(case.groups), x[:, order], gamma[order], beta[order], dout[:, order])
+        return out[:, back], dx[:, back], dg[back], db[back]
+
+    def plain(forward):
+        return lambda: _via(forward, x, gamma, beta, dout)
+
+    candidates = {
+        "batch": {"wrong-axis:per-sample": plain(layer)},
+        "layer": {"wrong-axis:per-feature": plain(batch)},
+        "spatial": {"wrong-axis:reshape-without-transpose": reshaped, "wrong-axis:over-batch-only": over_batch,
+                    "wrong-axis:per-sample-channel": plain(groups(c)), "wrong-axis:per-sample": plain(groups(1))},
+        "group": {"wrong-axis:per-sample": plain(groups(1)), "wrong-axis:per-channel": plain(groups(c)),
+                  "wrong-axis:batch-statistics": plain(spatial), "wrong-axis:strided-groups": strided},
+    }[kind]
+    what_if = {}
+    for key, compute in candidates.items():
+        try:
+            what_if[key] = compute()
+        except ValueError:  # a single value per statistic in this case
+            pass
+    return what_if
+
+
+def forward(kind: str, case: Case) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The reference output of a train-mode forward and each mistake's output."""
+    x, gamma, beta, eps, groups = case.x, case.gamma, case.beta, case.eps_value, case.groups
+    out, cache = reference_forward(kind, x, gamma, beta, eps, groups)
+
+    def given(var, g=gamma):
+        return reference_forward(kind, x, g, beta, eps, groups, mean=cache.mean, var=var)[0]
+
+    what_if = {code: given(forward_variance(code, cache)) for code in ("unbiased-variance", "eps-outside-sqrt")}
+    what_if["gamma-not-applied"] = given(cache.var, np.ones_like(gamma))
+    what_if.update({key: values[0] for key, values in _wrong_axes(kind, case).items()})
+    return out, what_if
+
+
+def _dx_what_ifs(kind: str, case: Case, p: Pieces) -> dict[str, np.ndarray]:
+    """dx of each slip in the closed form, from these pieces."""
+    what_if = {
+        "missing-mean-term": _wrong_dx(p, mean_term="none"),
+        "missing-variance-term": _wrong_dx(p, var_term="none"),
+        "missing-both-terms": _wrong_dx(p, mean_term="none", var_term="none"),
+        "mean-term-sign": _wrong_dx(p, mean_term="plus"),
+        "mean-term-not-summed": _wrong_dx(p, mean_term="each"),
+        "variance-term-sign": _wrong_dx(p, var_factor=-1.0),
+        "variance-term-exponent": _wrong_dx(p, var_factor=p.var + p.eps),
+        "variance-term-not-summed": _wrong_dx(p, var_term="each"),
+        "gamma-not-applied": _wrong_dx(p._replace(dxhat=case.dout.reshape(p.xhat.shape))),
+    }
+    if kind in ("batch", "layer"):
+        # The sums of the other norm's backward (layer norm written from batch norm's, or the reverse).
+        other = (1, 2, 3) if kind == "batch" else (0, 1, 3)
+        what_if["wrong-axis:backward-sums"] = _wrong_dx(p, axes=other)
+        what_if["wrong-axis:backward-sums-and-count"] = _wrong_dx(p, axes=other, m=case.x.shape[kind == "batch"])
+    return {key: value.reshape(case.x.shape) for key, value in what_if.items()}
+
+
+def _param_sums(per_value: np.ndarray) -> dict[str, np.ndarray]:
+    """dgamma/dbeta summed over every set of axes; "right": over all but the channel axis (1 in all four)."""
+    right = tuple(a for a in range(per_value.ndim) if a != 1)
+    sums = {}
+    for size in range(per_value.ndim + 1):
+        for axes in itertools.combinations(range(per_value.ndim), size):
+            key = "right" if axes == right else f"dgamma-dbeta-axis:{axes}"
+            sums[key] = per_value.sum(axis=axes) if axes else per_value
+    return sums
+
+
+def backward(kind: str, case: Case, forward_codes=()) -> dict[str, tuple[np.ndarray, dict[str, np.ndarray]]]:
+    """Per gradient ("dx", "dgamma", "dbeta"): the reference (dgamma/dbeta (C,)) and each mistake's value.
+
+    forward_codes: the diagnosis of the student's forward. A backward fed by the cache of a forward
+    that normalized with another variance is also judged as if that variance were right (keys
+    "forward-code+mistake", and "forward-code+none" for a backward that is right for its forward).
+    """
+    _, cache = reference_forward(kind, case.x, case.gamma, case.beta, case.eps_value, case.groups)
+    dx, dgamma, dbeta = reference_backward(case.dout, cache)
+    p = _pieces(kind, case)
+    alternatives = _wrong_axes(kind, case)
+    dx_if = {**_dx_what_ifs(kind, case, p), "dx-negated": -dx}
+    dgamma_if = _param_sums(case.dout * p.xhat.reshape(case.x.shape))
+    dbeta_if = _param_sums(case.dout)
+    for what_if, index in ((dx_if, 1), (dgamma_if, 2), (dbeta_if, 3)):
+        what_if.pop("right", None)
+        what_if.update({key: values[index] for key, values in alternatives.items()})
+    for code in forward_codes:
+        var = forward_variance(code, cache)
+        if var is not None:
+            q = _pieces(kind, case, var)
+            dx_if.update({f"{code}+{k}": v for k, v in _dx_what_ifs(kind, case, q).items()})
+            dx_if[f"{code}+none"] = _wrong_dx(q).reshape(case.x.shape)
+            sums = _param_sums(case.dout * q.xhat.reshape(case.x.shape))
+            dgamma_if.update({f"{code}+{'none' if k == 'right' else k}": v for k, v in sums.items()})
+    return {"dx": (dx, dx_if), "dgamma": (dgamma, dgamma_if), "dbeta": (dbeta, dbeta_if)}
+
+
+def running(kind: str, batch: np.ndarray, prev_mean: np.ndarray, prev_var: np.ndarray, momentum: float = MOMENTUM):
+    """Per running statistic after one train step from (prev_mean, prev_var): the course's value and each mistake's."""
+    _, cache = reference_forward(kind, batch, None, None, 1e-5)
+    mean, var, m = cache.mean, cache.var, cache.layout.count
+    what_if_mean = {"running:momentum-swapped": course_running_update(prev_mean, mean, 1.0 - momentum),
+                    "running:not-updated": prev_mean}
+    what_if_var = {
+        "running:momentum-swapped": course_running_update(prev_var, var, 1.0 - momentum),
+        # PyTorch's rule: the unbiased variance, with the course's or the swapped momentum
+        "running:unbiased-variance": blend_running_stats(prev_mean, prev_var, mean, var, m, 1.0 - momentum)[1],
+        "running:unbiased-and-swapped": blend_running_stats(prev_mean, prev_var, mean, var, m, momentum)[1],
+        "running:not-updated": prev_var,
+    }
+    if momentum != MOMENTUM:
+        what_if_mean["running:momentum-ignored"] = course_running_update(prev_mean, mean)
+        what_if_var["running:momentum-ignored"] = course_running_update(prev_var, var)
+    return {"running_mean": (course_running_update(prev_mean, mean, momentum), what_if_mean),
+            "running_var": (course_running_update(prev_var, var, momentum), what_if_var)}
+
+
+def inference(kind: str, case: Case, running_mean: np.ndarray, running_var: np.ndarray):
+    """A test-mode forward: the reference (running statistics) and each mistake's output."""
+    x, gamma, beta, eps = case.x, case.gamma, case.beta, case.eps_value
+    out = reference_forward(kind, x, gamma, beta, eps, mean=running_mean, var=running_var)[0]
+    what_if = {
+        "eps-outside-sqrt": reference_forward(kind, x, gamma, beta, eps, mean=running_mean,
+                                              var=(np.sqrt(running_var) + eps) ** 2 - eps)[0],
+        "running:test-uses-batch": reference_forward(kind, x, gamma, beta, eps)[0],
+    }
+    if kind == "spatial":
+        c = x.shape[1]
+        what_if["wrong-axis:reshape-without-transpose"] = norms.batchnorm_forward(
+            x.reshape(-1, c), gamma, beta, eps, mean=running_mean, var=running_var, backend="numpy")[0].reshape(x.shape)
+    return out, what_if

@@ -1,0 +1,9 @@
+"""layernorm_backward that sums dgamma and dbeta over the features (axis 1) instead of the batch."""
+from layers import layernorm_backward as _right
+from layers import layernorm_forward  # noqa: F401
+
+
+def layernorm_backward(dout, cache):
+    xhat = cache[0]
+    dx = _right(dout, cache)[0]
+    return dx, (dout * xhat).sum(axis=1), dout.sum(axis=1)
