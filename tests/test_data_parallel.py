@@ -20,7 +20,6 @@ import numpy as np
 import pytest
 
 from _procs import free_port
-from normlab.procs import kill_group
 from _procs import run as run_bounded
 from normlab import distributed, procs
 from normlab.gradcheck import rel_error
@@ -277,7 +276,7 @@ def test_a_failing_rank_ends_every_rank_clearly_and_quickly(tmp_path):
             outputs.append(p.communicate(timeout=90))
     finally:
         for p in ranks:
-            kill_group(p)
+            procs.kill_group(p)
             p.wait()
     (_, err0), (_, err1) = outputs
     assert ranks[1].returncode == 1 and "nowhere" in err1, err1
