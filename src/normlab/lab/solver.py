@@ -2,7 +2,7 @@
 
 The model needs ``params`` (dict of arrays), ``loss(X, y) -> (loss, grads)``
 in training mode and ``loss(X) -> scores`` in test mode (see
-:class:`normlab.FullyConnectedNet`). Running statistics
+:class:`normlab.lab.FullyConnectedNet`). Running statistics
 (``model.batch_stats``) and the model's dropout generator are checkpointed
 when present.
 
