@@ -6,15 +6,22 @@ one of them is run or listed: the lab registers ``train`` and ``experiment``
 (``normlab.lab.cli``), so the library never imports the lab. A plugged-in
 command that cannot be imported (the lab extra not installed) says in one
 line why and how to install it.
+
+Errors: a bad option is a usage error (exit 2), a failure a command expects
+(bad settings, data, checkpoints, processes) one ``Error:`` line (exit 1).
+Anything else is a bug: one line saying so (exit 1), and its traceback with
+``normlab --debug`` or ``NORMLAB_DEBUG=1``.
 """
 
 from __future__ import annotations
 
+import math
 import sys
 from importlib.metadata import entry_points
 
 import click
 
+from ._params import one_line, timeout_option
 from .bench import SUITES
 
 COMMAND_GROUP = "normlab.commands"
@@ -40,6 +47,19 @@ class _Main(click.Group):
         except ImportError as exc:  # e.g. the lab extra is missing
             return _not_installed(name, str(exc))
 
+    def invoke(self, ctx):
+        """Run the command; an exception no command expected becomes one line unless --debug is on."""
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as exc:
+            if ctx.params.get("debug"):
+                raise
+            raise click.ClickException(
+                f"internal error (a bug in normlab), {type(exc).__name__}: {one_line(exc)}; "
+                f"run with normlab --debug or NORMLAB_DEBUG=1 for the traceback") from exc
+
 
 def _not_installed(name: str, message: str) -> click.Command:
     """A stand-in for a command that cannot be imported: it says why and exits 1."""
@@ -52,13 +72,16 @@ def _not_installed(name: str, message: str) -> click.Command:
 
 @click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="normlab")
-def main():
+@click.option("--debug", is_flag=True, envvar="NORMLAB_DEBUG",
+              help="Show the traceback of an internal error (also NORMLAB_DEBUG=1).")
+def main(debug):
     """normlab: batch normalization and its siblings, derived, verified and fast."""
 
 
 @main.command()
 @click.option("--backend", default="auto", show_default=True, help="numpy, numba or auto.")
-@click.option("--seed", default=0, show_default=True, help="Seed of the random inputs and dout.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Seed of the random inputs and dout.")
 def check(backend, seed):
     """Check every norm's gradients and the derivation; exit 1 on any failure."""
     from rich.console import Console
@@ -109,18 +132,22 @@ def check(backend, seed):
               help="Blocks per implementation, taken in turn (spreads load from elsewhere over all of them).")
 @click.option("--threads", type=int, default=None,
               help="Threads for Numba and PyTorch alike [all cores; sync suite: 1 per rank].")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=600.0, show_default=True,
-              help="Sync suite: seconds before the ranks are stopped and the run fails.")
+@timeout_option("--timeout", default=600.0, help="Sync suite: seconds before the ranks are stopped and the run fails.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the result as JSON.")
 @click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False), default=None,
               help="Write the Markdown report.")
 def bench(suite, quick, cases, dtype, repeat, rounds, threads, timeout, json_path, markdown_path):
     """Time numpy, numba and PyTorch's native kernels; report ratios and the bandwidth bound (--suite for more)."""
+    from . import _checks
     from . import bench as bench_mod
     from .bench.runner import check_repeat
 
     try:
-        case_list = [bench_mod.parse_case(c) for c in cases.split(",")] if cases else None
+        case_list = [bench_mod.parse_case(c) for c in cases.split(",")] if cases is not None else None
+        for case in case_list or ():
+            # x, dout, y, dx and the NumPy backend's float64 temporaries: check before allocating any
+            _checks.check_allocation(8 * 8 * math.prod(case.shape), f"bench case {case.kind}{case.groups or ''}:"
+                                     f"{'x'.join(map(str, case.shape))}")
         if case_list and suite in ("torch", "sync", "all"):
             from .bench.torch_suite import batchnorm_case
             case_list = [batchnorm_case(c) for c in case_list]

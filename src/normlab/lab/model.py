@@ -106,16 +106,17 @@ class FullyConnectedNet:
         self.norm = get_normalization(normalization)
         if not isinstance(dropout, numbers.Real) or not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be a probability in [0, 1), got {dropout!r}")
-        if not isinstance(reg, numbers.Real) or reg < 0:
-            raise ValueError(f"reg must be a number >= 0, got {reg!r}")
-        if not isinstance(weight_scale, numbers.Real) or not weight_scale > 0:
-            raise ValueError(f"weight_scale must be a number > 0, got {weight_scale!r}")
+        if not isinstance(reg, numbers.Real) or not 0 <= reg < np.inf:
+            raise ValueError(f"reg must be a finite number >= 0, got {reg!r}")
+        if not isinstance(weight_scale, numbers.Real) or not 0 < weight_scale < np.inf:
+            raise ValueError(f"weight_scale must be a finite number > 0, got {weight_scale!r}")
         dtype = np.dtype(dtype)
         if dtype not in (np.float32, np.float64):
             raise ValueError(f"dtype must be float32 or float64, got {dtype}")
         _checks.check_momentum(momentum)
         _checks.check_eps(eps, training=True)
         seed = _checks.check_seed(seed)
+        _check_size(input_dim, hidden_dims, num_classes, dtype)
 
         self.hidden_dims = hidden_dims
         self.input_dim = input_dim
@@ -285,6 +286,19 @@ class FullyConnectedNet:
         X = np.asarray(X)
         preds = [np.argmax(self.loss(X[i:i + batch_size]), axis=1) for i in range(0, X.shape[0], batch_size)]
         return np.concatenate(preds) if preds else np.zeros(0, dtype=np.int64)
+
+
+#: Copies of the parameters training holds: parameters, gradients, the best epoch's, two optimizer buffers.
+TRAINING_COPIES = 5
+
+
+def _check_size(input_dim: int, hidden_dims: list[int], num_classes: int, dtype: np.dtype) -> None:
+    """Refuse a net whose training state does not fit in the memory available, before allocating any."""
+    dims = [input_dim, *hidden_dims, num_classes]
+    count = sum(a * b + 3 * b for a, b in zip(dims[:-1], dims[1:]))  # weights, bias or gamma and beta
+    _checks.check_allocation(TRAINING_COPIES * count * dtype.itemsize,
+                             f"a net with hidden_dims {hidden_dims} ({count:.3g} {dtype.name} parameters, held "
+                             f"{TRAINING_COPIES} times in training)")
 
 
 def _check_labels(y, n: int, x_shape, num_classes: int) -> None:
