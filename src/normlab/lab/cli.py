@@ -61,8 +61,8 @@ def train(quiet, hidden_dims, normalization, **options):
 
     if options["resume"] and options["checkpoint_dir"] is None:
         raise click.UsageError("--resume needs --checkpoint-dir: the directory of the run to continue")
-    config = lab_train.TrainConfig(hidden_dims=hidden_dims, normalization=None if normalization == "none" else normalization,
-                                   **options)
+    config = lab_train.TrainConfig(hidden_dims=hidden_dims,
+                                   normalization=None if normalization == "none" else normalization, **options)
     try:
         summary = lab_train.train(config, verbose=not quiet)
     except USER_ERRORS as exc:

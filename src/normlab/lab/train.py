@@ -66,7 +66,8 @@ def train(config: TrainConfig, *, verbose: bool = True, progress: str = "auto", 
         raise ValueError(f"nproc must be an integer >= 1, got {config.nproc!r}")
     if (isinstance(config.timeout, bool) or not isinstance(config.timeout, (int, float))
             or not 0 < config.timeout <= MAX_TIMEOUT_S):
-        raise ValueError(f"timeout must be a number of seconds > 0 and at most {MAX_TIMEOUT_S:g}, got {config.timeout!r}")
+        raise ValueError(f"timeout must be a number of seconds > 0 and at most {MAX_TIMEOUT_S:g}, "
+                         f"got {config.timeout!r}")
     if config.nproc > 1 or launch.launched_by_torchrun():
         single = dataclasses.replace(config, nproc=1)
         return launch.run_data_parallel(train_in_process, (single, verbose, progress, None, True),
