@@ -141,13 +141,16 @@ def check_affine_pair(gamma, beta) -> None:
 
 
 def check_stats(mean, var, name_shape: tuple[int, ...], what: str):
-    """Given inference statistics: both or neither, right shape, var >= 0."""
+    """Given inference statistics: both or neither, right shape, finite, var >= 0."""
     if (mean is None) != (var is None):
         raise ValueError("mean and var must both be given (inference) or both be None (batch statistics)")
     if mean is None:
         return None, None
     mean = check_param(mean, "mean", name_shape, what)
     var = check_param(var, "var", name_shape, what)
+    for name, stat in (("mean", mean), ("var", var)):
+        if not np.all(np.isfinite(stat)):  # a whole channel of NaN, or of zeros for var = inf
+            raise ValueError(f"{name} must be finite, got {int(np.sum(~np.isfinite(stat)))} NaN or inf value(s)")
     if np.any(var < 0):
         raise ValueError(f"var must be >= 0, got minimum {float(np.min(var))}")
     return mean, var
