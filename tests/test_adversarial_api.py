@@ -121,7 +121,8 @@ def _read_only(a):
 
 BAD_OUTS = {
     "read-only": (lambda x: _read_only(np.empty_like(x)), r"out \(shape \(6, 4\)\) is read-only"),
-    "float32 for float64": (lambda x: np.empty(x.shape, np.float32), r"dtype float64, got shape \(6, 4\) and dtype float32"),
+    "float32 for float64": (lambda x: np.empty(x.shape, np.float32),
+                            r"dtype float64, got shape \(6, 4\) and dtype float32"),
     "transposed shape": (lambda x: np.empty(x.shape[::-1]), r"x's shape \(6, 4\).*got shape \(4, 6\)"),
     "masked": (lambda x: np.ma.masked_array(np.empty_like(x)), "got MaskedArray"),
     "matrix": (lambda x: np.matrix(np.empty_like(x)), "got matrix"),

@@ -11,11 +11,9 @@ import errno
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +21,7 @@ import pytest
 from click.testing import CliRunner
 
 import normlab
+from _procs import kill_when
 from normlab.cli import main
 from normlab.lab import checkpoint as ckpt
 
@@ -151,6 +150,18 @@ def test_debug_shows_the_traceback_of_a_bug_and_not_otherwise(monkeypatch, how):
     result = (CliRunner().invoke(main, ["--debug", "check"]) if how == "flag"
               else CliRunner().invoke(main, ["check"], env={"NORMLAB_DEBUG": "1"}))
     assert isinstance(result.exception, ZeroDivisionError)
+
+
+def test_a_plugin_command_that_fails_to_load_is_one_line(monkeypatch):
+    from importlib.metadata import EntryPoint
+
+    import normlab.cli as cli
+
+    broken = EntryPoint("broken", "normlab.lab.cli:no_such_command", cli.COMMAND_GROUP)
+    monkeypatch.setattr(cli._Main, "_plugins", staticmethod(lambda: {"broken": broken}))
+    assert_one_line_error(invoke("broken"), 1, "the command 'broken' (normlab.lab.cli:no_such_command) cannot "
+                                               "be loaded, AttributeError")
+    assert isinstance(CliRunner().invoke(main, ["--debug", "broken"]).exception, AttributeError)
 
 
 # ----------------------------------------------------------------------------- checkpoint JSON
@@ -310,18 +321,8 @@ def test_sigkill_mid_save_leaves_at_most_one_pending_file(tmp_path):
     for attempt in range(4):
         proc = subprocess.Popen([sys.executable, "-c", SAVE_LOOP, str(tmp_path), str(attempt)], env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        try:
-            deadline = time.monotonic() + 60
-            while not ckpt.exists(tmp_path) and time.monotonic() < deadline:
-                time.sleep(0.01)
-            time.sleep(0.3 + 0.17 * attempt)  # somewhere in a save, a different moment each time
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=10)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(timeout=10)
-            proc.stderr.close()
+        # somewhere in a save, a different moment each time
+        kill_when(proc, lambda: ckpt.exists(tmp_path), after=0.3 + 0.17 * attempt)
         named = json.loads((tmp_path / ckpt.META_NAME).read_text())["arrays_file"]
         pending = [name for name in _files(tmp_path) if name not in (ckpt.META_NAME, named)]
         assert len(pending) <= 1, pending  # a temporary file, or arrays renamed just before the JSON

@@ -46,6 +46,11 @@ class _Main(click.Group):
             return plugin.load()
         except ImportError as exc:  # e.g. the lab extra is missing
             return _not_installed(name, str(exc))
+        except Exception as exc:  # a broken plugin: one line (its traceback under --debug)
+            if ctx.params.get("debug"):
+                raise
+            return _not_installed(name, f"the command {name!r} ({plugin.value}) cannot be loaded, "
+                                        f"{type(exc).__name__}: {one_line(exc)}")
 
     def invoke(self, ctx):
         """Run the command; an exception no command expected becomes one line unless --debug is on."""
