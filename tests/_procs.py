@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import time
 
 from normlab.procs import kill_group
 
@@ -34,3 +35,24 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def kill_when(proc: subprocess.Popen, ready, *, after: float, timeout: float = 60) -> None:
+    """SIGKILL ``proc`` ``after`` seconds once ``ready()`` holds (or ``timeout`` passed), and reap it.
+
+    Fails (AssertionError with its stderr) if the process ended by itself before the kill.
+    """
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and proc.poll() is None and not ready():
+            time.sleep(0.01)
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else proc.returncode
+        time.sleep(after)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        if proc.stderr:
+            proc.stderr.close()

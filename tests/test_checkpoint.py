@@ -6,13 +6,13 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import normlab
+from _procs import kill_when
 from normlab.lab import FullyConnectedNet, Solver
 from normlab.lab import checkpoint as ckpt
 
@@ -185,22 +185,9 @@ def test_resume_after_sigkill_mid_run(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(Path(normlab.__file__).parents[1])}
     proc = subprocess.Popen([sys.executable, "-c", script], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and proc.poll() is None:
-            meta = ckpt_dir / "checkpoint.json"
-            if meta.exists() and json.loads(meta.read_text() or "{}").get("epoch", 0) >= 3:
-                break
-            time.sleep(0.02)
-        assert proc.poll() is None, proc.stderr.read().decode()
-        time.sleep(0.05)  # let it get mid-epoch or mid-save; any moment must do
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
-        proc.stderr.close()
+    meta = ckpt_dir / "checkpoint.json"
+    # let it get mid-epoch or mid-save (0.05 s after epoch 3's checkpoint); any moment must do
+    kill_when(proc, lambda: meta.exists() and json.loads(meta.read_text() or "{}").get("epoch", 0) >= 3, after=0.05)
     assert proc.returncode == -signal.SIGKILL
 
     _, meta = ckpt.load(ckpt_dir)

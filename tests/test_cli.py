@@ -51,16 +51,23 @@ def test_without_the_lab_extra_lab_commands_say_how_to_install_it(monkeypatch):
             'Error: normlab.lab needs the lab extra (matplotlib not installed): pip install "normlab[lab]"']
 
 
-def test_lab_commands_keep_the_traceback_of_a_bug(monkeypatch):
-    # Only user errors become one-line messages; a bug (here a TypeError) propagates with its traceback.
+def test_lab_commands_keep_the_traceback_of_a_bug_for_debug(monkeypatch):
+    # User errors become one-line messages; a bug (here a TypeError) says it is one in one line, and
+    # propagates with its traceback under --debug or NORMLAB_DEBUG=1.
     from normlab.lab import train as lab_train
 
     def broken(config, **_):
         raise TypeError("unsupported operand type(s)")
 
     monkeypatch.setattr(lab_train, "train", broken)
-    result = CliRunner().invoke(main, ["train", "--epochs", "1"])
+    result = CliRunner().invoke(main, ["--debug", "train", "--epochs", "1"])
     assert isinstance(result.exception, TypeError)
+    result = CliRunner().invoke(main, ["train", "--epochs", "1"], env={"NORMLAB_DEBUG": "1"})
+    assert isinstance(result.exception, TypeError)
+    result = CliRunner().invoke(main, ["train", "--epochs", "1"])
+    assert result.exit_code == 1 and result.output.strip() == (
+        "Error: internal error (a bug in normlab), TypeError: unsupported operand type(s); "
+        "run with normlab --debug or NORMLAB_DEBUG=1 for the traceback")
     monkeypatch.setattr(lab_train, "train", lambda config, **_: (_ for _ in ()).throw(ValueError("bad setting")))
     result = CliRunner().invoke(main, ["train", "--epochs", "1"])
     assert result.exit_code == 1 and result.output.strip() == "Error: bad setting"

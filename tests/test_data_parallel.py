@@ -72,6 +72,17 @@ def _dp_worker(out_dir):
         Solver(FullyConnectedNet([8], 64, 10), data, batch_size=1, data_parallel=True)
     except ValueError as exc:
         Path(out_dir, f"batch-size-error-rank{rank}.txt").write_text(str(exc))
+    # Bad input on rank 1 only, in a net without normalization (no synchronized norm to notice NaN):
+    # every rank must raise the single-process path's error, none may wait for its peer.
+    start, stop = distributed.shard_bounds(10, rank, 2)
+    for bad in ("nan", "label"):
+        X, y = data["X_train"][start:stop].copy(), data["y_train"][start:stop].copy()
+        if rank == 1:
+            X[0, 3], y[0] = (np.nan, y[0]) if bad == "nan" else (X[0, 3], 10)
+        try:
+            FullyConnectedNet([8], 64, 10, seed=0).loss(X, y, shard=Shard(start, 10))
+        except ValueError as exc:
+            Path(out_dir, f"{bad}-error-rank{rank}.txt").write_text(str(exc))
 
 
 @pytest.fixture(scope="module")
@@ -113,6 +124,29 @@ def test_a_batch_smaller_than_the_world_is_refused_on_every_rank(two_rank_runs):
     for rank in range(2):
         message = (two_rank_runs / f"batch-size-error-rank{rank}.txt").read_text()
         assert "batch_size 1 is smaller than the 2 data-parallel processes" in message
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("nan", r"X \(shape \(\d, 64\)\) contains NaN or inf: 1 non-finite values over all ranks of the global batch"),
+    ("label", r"labels y must lie in \[0, 10\): 1 labels outside it over all ranks of the global batch"),
+])
+def test_bad_input_on_one_rank_raises_the_same_error_on_every_rank(two_rank_runs, bad, message):
+    errors = [(two_rank_runs / f"{bad}-error-rank{rank}.txt").read_text() for rank in range(2)]
+    assert re.fullmatch(message, errors[0]) and re.fullmatch(message, errors[1]), errors
+
+
+def _stop_rank_1(rank, directory):
+    if rank == 1:
+        os.kill(os.getpid(), signal.SIGSTOP)
+    time.sleep(1.0)
+    raise ValueError(f"rank {rank} gives up")
+
+
+def test_a_stopped_worker_is_ended_without_waiting_for_the_grace(tmp_path):
+    started = time.monotonic()
+    with pytest.raises(procs.WorkerError, match="failed on rank 0 of 2: ValueError: rank 0 gives up"):
+        procs.spawn(_stop_rank_1, (str(tmp_path),), 2, timeout=60)
+    assert time.monotonic() - started < procs.STOP_GRACE_S  # the stopped rank went on SIGTERM, not SIGKILL
 
 
 def test_data_parallel_needs_a_process_group_and_sane_settings():

@@ -9,6 +9,7 @@ layer. ValueError rather than assert: asserts vanish under ``python -O``.
 from __future__ import annotations
 
 import numbers
+import os
 
 import numpy as np
 
@@ -16,13 +17,19 @@ FLOAT_DTYPES = (np.float16, np.float32, np.float64)
 
 
 def as_float_array(value, name: str, *, min_ndim: int = 0) -> np.ndarray:
-    """Return ``value`` as a floating ndarray (no copy for ndarrays) or raise.
+    """Return ``value`` as a plain floating ndarray (no copy for ndarrays) or raise.
 
     Integer, bool and complex inputs are rejected rather than cast: a silent
-    cast hides a caller's bug (an image batch left as uint8, say).
+    cast hides a caller's bug (an image batch left as uint8, say). Array
+    subclasses are seen as the plain ndarray of their values (np.matrix,
+    np.memmap, read-only arrays: no copy), except masked arrays: no backend
+    could honour the mask, and dropping it would be a silent wrong answer.
     """
+    if isinstance(value, np.ma.MaskedArray):
+        raise TypeError(f"{name} is a numpy.ma.MaskedArray (shape {value.shape}): normalization would ignore "
+                        f"its mask; pass {name}.filled(...) or only the unmasked values")
     if isinstance(value, np.ndarray):
-        array = value
+        array = value if type(value) is np.ndarray else np.asarray(value)
     else:
         try:
             array = np.asarray(value)
@@ -38,6 +45,69 @@ def as_float_array(value, name: str, *, min_ndim: int = 0) -> np.ndarray:
             f"{name} must have at least {min_ndim} dimensions, got shape {array.shape}"
         )
     return array
+
+
+def check_out(out, x: np.ndarray, reads: dict | None = None) -> np.ndarray | None:
+    """An ``out=`` buffer: None, or a writeable ndarray of x's shape and dtype that shares no memory
+    with x or with the arrays in ``reads`` (name -> array the call still reads while it writes out).
+    Returns it as a plain ndarray (an np.memmap's view). Every problem is a ValueError naming it.
+
+    The cache keeps a reference to x, not a copy, and the fused backend
+    recomputes xhat from it in backward: writing y or dx over x would make
+    every later gradient silently wrong.
+    """
+    if out is None:
+        return None
+    if not isinstance(out, np.ndarray) or isinstance(out, (np.ma.MaskedArray, np.matrix)):
+        raise ValueError(f"out must be an array with x's shape {x.shape} and dtype {x.dtype} (a numpy.ndarray), "
+                         f"got {type(out).__name__}")
+    if out.shape != x.shape or out.dtype != x.dtype:
+        raise ValueError(f"out must be an array with x's shape {x.shape} and dtype {x.dtype}, got shape "
+                         f"{out.shape} and dtype {out.dtype}")
+    if not out.flags.writeable:
+        raise ValueError(f"out (shape {out.shape}) is read-only")
+    for name, array in {"x": x, **(reads or {})}.items():
+        if array is not None and np.may_share_memory(out, array):
+            raise ValueError(f"out must not share memory with {name}: the call reads {name} while it writes out"
+                             + (", and the cache reads x again in backward" if name == "x" else ""))
+    return out if type(out) is np.ndarray else out.view(np.ndarray)
+
+
+def check_normalized_shape(value) -> tuple[int, ...]:
+    """normalized_shape: an int (NumPy integers too) or a non-empty sequence of them, as a tuple of positive ints."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        value = (value,)
+    try:
+        dims = tuple(value)
+    except TypeError:
+        raise TypeError(f"normalized_shape must be an int or a sequence of ints, got {value!r}") from None
+    if not dims:
+        raise ValueError("normalized_shape must not be empty")
+    return tuple(check_positive_int(d, "normalized_shape entries") for d in dims)
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux's MemAvailable), None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):  # pragma: no cover - not POSIX
+        return None
+
+
+def check_allocation(nbytes: int, what: str) -> None:
+    """Refuse, before allocating, ``nbytes`` for ``what`` when the machine does not have them available:
+    a ValueError saying how much, instead of a MemoryError traceback or the machine swapping."""
+    available = available_memory()
+    if available is not None and nbytes > available:
+        raise ValueError(f"{what} needs about {nbytes / 2**30:.3g} GiB of memory, more than the "
+                         f"{available / 2**30:.3g} GiB available on this machine")
 
 
 def check_eps(eps, *, training: bool) -> float:
@@ -71,13 +141,16 @@ def check_affine_pair(gamma, beta) -> None:
 
 
 def check_stats(mean, var, name_shape: tuple[int, ...], what: str):
-    """Given inference statistics: both or neither, right shape, var >= 0."""
+    """Given inference statistics: both or neither, right shape, finite, var >= 0."""
     if (mean is None) != (var is None):
         raise ValueError("mean and var must both be given (inference) or both be None (batch statistics)")
     if mean is None:
         return None, None
     mean = check_param(mean, "mean", name_shape, what)
     var = check_param(var, "var", name_shape, what)
+    for name, stat in (("mean", mean), ("var", var)):
+        if not np.all(np.isfinite(stat)):  # a whole channel of NaN, or of zeros for var = inf
+            raise ValueError(f"{name} must be finite, got {int(np.sum(~np.isfinite(stat)))} NaN or inf value(s)")
     if np.any(var < 0):
         raise ValueError(f"var must be >= 0, got minimum {float(np.min(var))}")
     return mean, var

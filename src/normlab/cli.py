@@ -6,15 +6,22 @@ one of them is run or listed: the lab registers ``train`` and ``experiment``
 (``normlab.lab.cli``), so the library never imports the lab. A plugged-in
 command that cannot be imported (the lab extra not installed) says in one
 line why and how to install it.
+
+Errors: a bad option is a usage error (exit 2), a failure a command expects
+(bad settings, data, checkpoints, processes) one ``Error:`` line (exit 1).
+Anything else is a bug: one line saying so (exit 1), and its traceback with
+``normlab --debug`` or ``NORMLAB_DEBUG=1``.
 """
 
 from __future__ import annotations
 
+import math
 import sys
 from importlib.metadata import entry_points
 
 import click
 
+from ._params import one_line, timeout_option
 from .bench import SUITES
 
 COMMAND_GROUP = "normlab.commands"
@@ -39,6 +46,24 @@ class _Main(click.Group):
             return plugin.load()
         except ImportError as exc:  # e.g. the lab extra is missing
             return _not_installed(name, str(exc))
+        except Exception as exc:  # a broken plugin: one line (its traceback under --debug)
+            if ctx.params.get("debug"):
+                raise
+            return _not_installed(name, f"the command {name!r} ({plugin.value}) cannot be loaded, "
+                                        f"{type(exc).__name__}: {one_line(exc)}")
+
+    def invoke(self, ctx):
+        """Run the command; an exception no command expected becomes one line unless --debug is on."""
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as exc:
+            if ctx.params.get("debug"):
+                raise
+            raise click.ClickException(
+                f"internal error (a bug in normlab), {type(exc).__name__}: {one_line(exc)}; "
+                f"run with normlab --debug or NORMLAB_DEBUG=1 for the traceback") from exc
 
 
 def _not_installed(name: str, message: str) -> click.Command:
@@ -52,13 +77,16 @@ def _not_installed(name: str, message: str) -> click.Command:
 
 @click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="normlab")
-def main():
+@click.option("--debug", is_flag=True, envvar="NORMLAB_DEBUG",
+              help="Show the traceback of an internal error (also NORMLAB_DEBUG=1).")
+def main(debug):
     """normlab: batch normalization and its siblings, derived, verified and fast."""
 
 
 @main.command()
 @click.option("--backend", default="auto", show_default=True, help="numpy, numba or auto.")
-@click.option("--seed", default=0, show_default=True, help="Seed of the random inputs and dout.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Seed of the random inputs and dout.")
 def check(backend, seed):
     """Check every norm's gradients and the derivation; exit 1 on any failure."""
     from rich.console import Console
@@ -115,8 +143,8 @@ def check(backend, seed):
 @click.option("--env", "environments", default="default", show_default=True,
               help="Models suite: comma-separated environments, each a fresh process: default (no thread "
                    "variables), passive (OMP_WAIT_POLICY=PASSIVE), default+load (a busy process beside it).")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=600.0, show_default=True,
-              help="Sync and models suites: seconds before the processes are stopped and the run fails.")
+@timeout_option("--timeout", default=600.0,
+                help="Sync and models suites: seconds before the processes are stopped and the run fails.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the result as JSON.")
 @click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False), default=None,
               help="Write the Markdown report.")
@@ -151,7 +179,7 @@ def bench(suite, quick, cases, dtype, repeat, rounds, threads, environments, tim
 
 def _bench_cases(suite: str, cases: str | None):
     """--cases as the suite reads it: model names (models), batch-norm cases (torch, sync), any case (kernels)."""
-    if not cases:
+    if cases is None:
         return None
     items = [c.strip() for c in cases.split(",")]
     if suite == "models":
@@ -162,8 +190,13 @@ def _bench_cases(suite: str, cases: str | None):
         return items
     if suite == "all":
         raise ValueError("--cases needs one --suite: kernel cases and model names differ")
+    from . import _checks
     from . import bench as bench_mod
     parsed = [bench_mod.parse_case(c) for c in items]
+    for case in parsed:
+        # x, dout, y, dx and the NumPy backend's float64 temporaries: check before allocating any
+        _checks.check_allocation(8 * 8 * math.prod(case.shape), f"bench case {case.kind}{case.groups or ''}:"
+                                 f"{'x'.join(map(str, case.shape))}")
     if suite in ("torch", "sync"):
         from .bench.torch_suite import batchnorm_case
         parsed = [batchnorm_case(c) for c in parsed]

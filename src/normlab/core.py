@@ -33,7 +33,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from . import _checks
-from .backends import get_backend
+from .backends import get_backend, numpy_backend
 
 
 class Layout(NamedTuple):
@@ -88,23 +88,6 @@ class NormCache(NamedTuple):
     saved: Any = None
 
 
-def _check_out(out, x: np.ndarray) -> None:
-    """An out= buffer must match x and must not overlap it.
-
-    The cache keeps a reference to x, not a copy, and the fused backend
-    recomputes xhat from it in backward: writing y or dx over x would make
-    every later gradient silently wrong. (For the same reason x must not be
-    changed in place between forward and backward.)
-    """
-    if out is None:
-        return
-    if not isinstance(out, np.ndarray) or out.shape != x.shape or out.dtype != x.dtype:
-        raise ValueError(f"out must be an array with x's shape {x.shape} and dtype {x.dtype}, got "
-                         f"{getattr(out, 'shape', type(out).__name__)} {getattr(out, 'dtype', '')}")
-    if np.may_share_memory(out, x):
-        raise ValueError("out must not share memory with x: the cache reads x again in backward")
-
-
 def normalize_forward(x, gamma, beta, layout: Layout, eps: float, *, mean=None, var=None,
                       backend: str = "auto", out: np.ndarray | None = None):
     """Standardize x over the layout's reduced axes and apply gamma/beta.
@@ -128,7 +111,7 @@ def normalize_forward(x, gamma, beta, layout: Layout, eps: float, *, mean=None, 
             f"{x.shape} (each statistic reduces over {layout.count} value): normalizing a single value "
             f"always gives 0; use a larger batch, or given statistics (eval mode)"
         )
-    _check_out(out, x)
+    out = _checks.check_out(out, x, {"gamma": gamma, "beta": beta})
     if stats_given and var is not None and eps == 0 and np.any(var == 0):
         raise ValueError("eps == 0 with a given var that is 0 somewhere would divide by zero")
 
@@ -143,13 +126,12 @@ def normalize_forward(x, gamma, beta, layout: Layout, eps: float, *, mean=None, 
     out4 = None if out is None else out.reshape(layout.view)
     out4, stat_mean, stat_var, invstd, saved = impl.forward(
         x4, g, b, eps, layout.batch_stats, given=given, out=out4, center=layout.center)
-    if not stats_given and not (np.all(np.isfinite(stat_mean)) and np.all(np.isfinite(stat_var))):
-        # NaN/inf in x poisons every statistic it touches; checking the O(C)
-        # statistics catches it without another pass over x.
-        bad = int(np.sum(~(np.isfinite(stat_mean) & np.isfinite(stat_var))))
-        raise ValueError(
-            f"x (shape {x.shape}) contains NaN or inf: {bad} of {stat_mean.size} batch statistics are not finite"
-        )
+    if not stats_given and not _all_finite(stat_mean, stat_var):
+        # Statistics of finite x whose sums overflowed: computed again scaled, and the
+        # output with them (backward still treats them as batch statistics).
+        rescued = _rescaled_statistics(x, x4, layout, stat_mean, stat_var)
+        out4, stat_mean, stat_var, invstd, saved = impl.forward(
+            x4, g, b, eps, layout.batch_stats, given=rescued, out=out4, center=layout.center)
     cache = NormCache(
         x=x, layout=layout, gamma=gamma,
         mean=stat_mean.reshape(layout.stat_shape), var=stat_var.reshape(layout.stat_shape),
@@ -164,6 +146,32 @@ def normalize_forward(x, gamma, beta, layout: Layout, eps: float, *, mean=None, 
     return y, cache
 
 
+def _all_finite(*arrays) -> bool:
+    return all(bool(np.all(np.isfinite(a))) for a in arrays)
+
+
+def _rescaled_statistics(x, x4, layout: Layout, mean, var):
+    """Batch statistics that came out non-finite, explained or computed again on x / max|x|.
+
+    NaN/inf in x poisons every statistic it touches: checking the O(C)
+    statistics first means finite input pays no extra pass over x. Finite x
+    whose float64 sums overflowed (|x| beyond about 1e154) gets statistics
+    computed scaled; a variance beyond float64's range is an error that says so.
+    """
+    bad = int(np.sum(~(np.isfinite(mean) & np.isfinite(var))))
+    if not np.all(np.isfinite(x)):
+        raise ValueError(f"x (shape {x.shape}) contains NaN or inf: {bad} of {mean.size} batch statistics "
+                         f"are not finite")
+    mean, var = numpy_backend.scaled_moments(x4, layout.batch_stats, layout.center)
+    if not np.all(np.isfinite(var)):
+        over = int(np.sum(~np.isfinite(var)))
+        raise ValueError(
+            f"the variance of x (shape {x.shape}, |x| up to {float(np.max(np.abs(x))):.3g}) overflows float64 in "
+            f"{over} of {var.size} batch statistics (float64 holds up to {np.finfo(np.float64).max:.3g}): "
+            f"scale x down; normalization does not depend on x's scale beyond eps")
+    return mean, var
+
+
 def normalize_backward(dout, cache: NormCache, *, out: np.ndarray | None = None):
     """Closed-form backward. Returns (dx, dgamma, dbeta); the last two are None without affine.
 
@@ -174,7 +182,7 @@ def normalize_backward(dout, cache: NormCache, *, out: np.ndarray | None = None)
         raise TypeError(f"cache must be the NormCache returned by a forward, got {type(cache).__name__}")
     x, layout = cache.x, cache.layout
     dout = _checks.check_dout(dout, x.shape)
-    _check_out(out, x)
+    out = _checks.check_out(out, x, {"dout": dout})
     impl = get_backend(cache.backend)
     shape_int = layout.internal_stat_shape
     g = None if cache.gamma is None else cache.gamma.reshape(-1)
@@ -205,8 +213,13 @@ def moments(x, layout: Layout, backend: str = "auto"):
     """Mean and biased var of x over the layout's reduced axes: float64 of ``layout.stat_shape``.
 
     x: float array with ``x.size == prod(layout.view)``, at least one value per statistic.
+    Finite x whose sums overflow float64 gets statistics computed on x / max|x|
+    (var inf only where the variance itself is beyond float64's range).
     """
-    mean, var = get_backend(backend).moments(x.reshape(layout.view), layout.batch_stats)
+    x4 = x.reshape(layout.view)
+    mean, var = get_backend(backend).moments(x4, layout.batch_stats)
+    if not _all_finite(mean, var) and np.all(np.isfinite(x)):  # finite x whose sums overflowed
+        mean, var = numpy_backend.scaled_moments(x4, layout.batch_stats)
     return mean.reshape(layout.stat_shape), var.reshape(layout.stat_shape)
 
 
@@ -233,7 +246,7 @@ def apply_gradient(dout, cache: NormCache, sums, count, *, out: np.ndarray | Non
     channel (possibly more than this x holds: the global batch).
     """
     dout4, x4, impl = _batch_pieces(dout, cache)
-    _check_out(out, cache.x)
+    out = _checks.check_out(out, cache.x, {"dout": dout})
     g = None if cache.gamma is None else cache.gamma.reshape(-1)
     sum_dy, sum_dy_xhat = (np.asarray(s, np.float64).reshape(-1) for s in sums)
     dx4 = impl.grad_apply(dout4, x4, g, cache.mean.reshape(-1), cache.invstd.reshape(-1), sum_dy, sum_dy_xhat,

@@ -253,7 +253,8 @@ def sync_batchnorm_forward(x, gamma, beta, eps=1e-5, *, group=None, backend="aut
             f"(this rank's x has shape {x.shape})"
         )
     if not (np.all(np.isfinite(moments.mean)) and np.all(np.isfinite(moments.m2))):
-        raise ValueError(f"the global batch contains NaN or inf (this rank's x has shape {x.shape})")
+        raise ValueError(f"the global batch contains NaN or inf, or its variance overflows float64 "
+                         f"(this rank's x has shape {x.shape})")
     if x.size == 0:
         return np.empty_like(x), moments, SyncCache(None, total, num_channels, gamma, group)
     out, norm = normalize_forward(x, gamma, beta, layout, eps, mean=moments.mean, var=moments.var, backend=backend)

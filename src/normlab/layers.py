@@ -10,7 +10,6 @@ contract exactly, so a state dict means the same thing in both.
 
 from __future__ import annotations
 
-import numbers
 
 import numpy as np
 
@@ -80,9 +79,20 @@ class RunningStats:
                 "num_batches_tracked": np.asarray(self.num_batches_tracked, dtype=np.int64)}
 
     def load_state_dict(self, state: dict) -> None:
-        """Load the three buffers; checks every entry before changing any."""
+        """Load the three buffers; checks every entry before changing any.
+
+        Refused with a ValueError/TypeError naming the key: a missing entry, a
+        wrong shape, a non-float dtype, a non-finite value (after the cast to
+        the statistics' dtype), a negative running_var, a num_batches_tracked
+        that is not an integer >= 0. Eval with such statistics would return
+        NaN or garbage for every input without a word.
+        """
+        if not isinstance(state, dict):
+            raise TypeError(f"state must be a dict of arrays, got {type(state).__name__}")
         mean = _checked_entry(state, "running_mean", self.mean)
         var = _checked_entry(state, "running_var", self.var)
+        if np.any(var < 0):
+            raise ValueError(f"state dict entry 'running_var' must be >= 0, got minimum {float(np.min(var))}")
         tracked = np.asarray(state["num_batches_tracked"]) if "num_batches_tracked" in state else None
         if tracked is None or tracked.shape != () or not np.issubdtype(tracked.dtype, np.integer) or tracked < 0:
             raise ValueError(f"state dict entry 'num_batches_tracked' must be an integer >= 0, "
@@ -91,26 +101,18 @@ class RunningStats:
 
 
 def _checked_entry(state: dict, key: str, like: np.ndarray) -> np.ndarray:
-    """state[key] as an array of like's shape and dtype, or a ValueError naming the key."""
+    """state[key] as a finite float array of like's shape and dtype (a copy), or an error naming the key."""
     if key not in state:
         raise ValueError(f"state dict has no entry {key!r}")
-    value = np.asarray(state[key])
+    value = _checks.as_float_array(state[key], f"state dict entry {key!r}")
     if value.shape != like.shape:
         raise ValueError(f"state dict entry {key!r} has shape {value.shape}, expected {like.shape}")
-    return value.astype(like.dtype)
-
-
-def _normalized_shape(value) -> tuple[int, ...]:
-    """An int or a sequence of ints (NumPy integers too) as a tuple of positive ints."""
-    if isinstance(value, numbers.Integral):
-        value = (value,)
-    try:
-        dims = tuple(value)
-    except TypeError:
-        raise TypeError(f"normalized_shape must be an int or a sequence of ints, got {value!r}") from None
-    if not dims:
-        raise ValueError("normalized_shape must not be empty")
-    return tuple(_checks.check_positive_int(d, "normalized_shape entries") for d in dims)
+    with np.errstate(over="ignore"):
+        value = value.astype(like.dtype)  # always a copy: the layer never aliases the caller's arrays
+    if not np.all(np.isfinite(value)):
+        raise ValueError(f"state dict entry {key!r} holds {int(np.sum(~np.isfinite(value)))} NaN or inf value(s)"
+                         + (f" in {like.dtype}" if value.dtype != np.asarray(state[key]).dtype else ""))
+    return value
 
 
 def _channels_first_input(x, layer: str, channels: int) -> np.ndarray:
@@ -286,7 +288,7 @@ class LayerNorm(_NormLayer):
 
     def __init__(self, normalized_shape, eps: float = 1e-5, elementwise_affine: bool = True, *,
                  dtype=np.float64, backend: str = "auto"):
-        self.normalized_shape = _normalized_shape(normalized_shape)
+        self.normalized_shape = _checks.check_normalized_shape(normalized_shape)
         super().__init__(self.normalized_shape, elementwise_affine, eps, dtype, backend)
 
     def layout(self, x):
@@ -376,7 +378,7 @@ class RMSNorm(_NormLayer):
 
     def __init__(self, normalized_shape, eps: float | None = None, elementwise_affine: bool = True, *,
                  dtype=np.float64, backend: str = "auto"):
-        self.normalized_shape = _normalized_shape(normalized_shape)
+        self.normalized_shape = _checks.check_normalized_shape(normalized_shape)
         super().__init__(self.normalized_shape, False, 0.0 if eps is None else eps, dtype, backend)
         self.eps = None if eps is None else float(eps)
         if elementwise_affine:

@@ -71,6 +71,14 @@ def _input(x, name="x", *, ndim=None, min_ndim=2):
     return x
 
 
+def _normalized_shape(normalized_shape, gamma, x) -> tuple[int, ...]:
+    """The trailing shape a layer or RMS norm reduces over: given, else gamma's (an array of at least one
+    dimension; a scalar gamma is then reported against x's last axis), else x's last axis."""
+    if normalized_shape is not None:
+        return _checks.check_normalized_shape(normalized_shape)
+    return tuple(np.shape(gamma)) if gamma is not None and np.ndim(gamma) > 0 else x.shape[-1:]
+
+
 def batchnorm_forward(x, gamma, beta, eps=1e-5, *, mean=None, var=None, backend="auto", out=None):
     """Batch norm on x (N, D): statistics per feature over the batch.
 
@@ -102,11 +110,8 @@ def layernorm_forward(x, gamma, beta, eps=1e-5, *, normalized_shape=None, mean=N
     per leading index, e.g. (N,). Returns (out, cache).
     """
     x = _input(x)
-    if normalized_shape is None:
-        normalized_shape = np.shape(gamma) if gamma is not None else x.shape[-1:]
-    elif isinstance(normalized_shape, int):
-        normalized_shape = (normalized_shape,)
-    return normalize_forward(x, gamma, beta, layer_layout(x.shape, tuple(normalized_shape)), eps,
+    normalized_shape = _normalized_shape(normalized_shape, gamma, x)
+    return normalize_forward(x, gamma, beta, layer_layout(x.shape, normalized_shape), eps,
                              mean=mean, var=var, backend=backend, out=out)
 
 
@@ -139,13 +144,10 @@ def rmsnorm_forward(x, gamma, beta=None, eps=1e-6, *, normalized_shape=None, bac
     defaults to gamma's shape, or x's last axis. Returns (out, cache).
     """
     x = _input(x)
-    if normalized_shape is None:
-        normalized_shape = np.shape(gamma) if gamma is not None else x.shape[-1:]
-    elif isinstance(normalized_shape, int):
-        normalized_shape = (normalized_shape,)
+    normalized_shape = _normalized_shape(normalized_shape, gamma, x)
     if gamma is not None and beta is None:
         beta = np.zeros(np.shape(gamma), dtype=np.result_type(gamma))
-    return normalize_forward(x, gamma, beta, rms_layout(x.shape, tuple(normalized_shape)), eps,
+    return normalize_forward(x, gamma, beta, rms_layout(x.shape, normalized_shape), eps,
                              backend=backend, out=out)
 
 

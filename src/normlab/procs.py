@@ -123,10 +123,16 @@ def _collect(processes, results, timeout, what) -> list:
 
 
 def stop(processes, grace: float = STOP_GRACE_S) -> None:
-    """SIGTERM the live processes, SIGKILL those still alive ``grace`` seconds later, and reap them."""
+    """SIGTERM the live processes, SIGKILL those still alive ``grace`` seconds later, and reap them.
+
+    A stopped process (SIGSTOP, Ctrl-Z) holds a SIGTERM pending until it runs
+    again, so each also gets SIGCONT: it ends at once instead of after the grace.
+    """
     for process in processes:
         if process.is_alive():
             process.terminate()
+            with contextlib.suppress(ProcessLookupError, AttributeError):  # gone already; no SIGCONT on Windows
+                os.kill(process.pid, signal.SIGCONT)
     end = time.monotonic() + grace
     for process in processes:
         process.join(max(0.0, end - time.monotonic()))

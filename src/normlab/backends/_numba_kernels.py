@@ -17,11 +17,15 @@ Every normalization is served by one of three loop shapes over a C-contiguous vi
     reduced and written while still in cache, per-thread slabs for dgamma
     and dbeta.
 
-Sums are float64 whatever the input dtype (the writing passes compute in
-x's dtype, with the mean split into hi + lo parts so that x - mean stays
-exact near the mean), and shifted by a pivot (a sample
-value of the same statistic) so that a large common offset cancels before it
-is squared. Every kernel exists twice: parallel (``prange`` over threads) and
+Everything is computed in float64 whatever the input dtype, and rounded
+once, when an output element is written: x - mean of float32 input can
+exceed float32's range (x = [f32max, -f32max]), and the backward's products
+underflow in float32 long before they do in float64. The kernels are
+memory-bound, so the wider arithmetic costs little (docs/benchmarks.md).
+Reductions are shifted by a pivot (a sample value of the same statistic) so
+that a large common offset cancels before it is squared, and the backward's
+sums are taken over dy*xhat, xhat = (x - mean)*invstd, so they stay O(dy)
+however large x is. Every kernel exists twice: parallel (``prange`` over threads) and
 serial (the same source compiled without ``parallel``), because launching the
 thread pool costs more than the whole job on small inputs.
 
@@ -94,10 +98,8 @@ def _twins(fn):
 
 
 # ----------------------------------------------------------------------------- rows (R, L)
-# Coefficients are per row. Apply kernels compute in x's dtype (float32 math
-# has twice the SIMD width): the mean comes split as mh + ml (hi and lo parts
-# in x's dtype), so x - mh is exact near the mean and a large offset costs no
-# accuracy; reductions always accumulate in float64.
+# Coefficients are per row, float64; x - mean and the products are formed in
+# float64 and rounded once when written to out (x's dtype).
 
 def _row_moments(x, pivot, s1, s2):
     """s1[r] = sum(x[r] - pivot[r]), s2[r] = sum((x[r] - pivot[r])**2), float64."""
@@ -114,44 +116,44 @@ def _row_moments(x, pivot, s1, s2):
         s2[r] = b
 
 
-def _row_apply(x, mh, ml, scale, shift, out):
-    """out[r] = ((x[r] - mh[r]) - ml[r]) * scale[r] + shift[r]."""
-    rows, length = x.shape
-    for r in prange(rows):
-        m0 = mh[r]
-        m1 = ml[r]
-        a = scale[r]
-        b = shift[r]
-        for i in range(length):
-            out[r, i] = ((x[r, i] - m0) - m1) * a + b
-
-
-def _row_grad_sums(x, dy, mu, t1, t2):
-    """t1[r] = sum(dy[r]), t2[r] = sum(dy[r] * (x[r] - mu[r])), float64."""
+def _row_apply(x, mu, scale, shift, out):
+    """out[r] = (x[r] - mu[r]) * scale[r] + shift[r]."""
     rows, length = x.shape
     for r in prange(rows):
         m = mu[r]
+        a = scale[r]
+        b = shift[r]
+        for i in range(length):
+            out[r, i] = (np.float64(x[r, i]) - m) * a + b
+
+
+def _row_grad_sums(x, dy, mu, invstd, t1, t2):
+    """t1[r] = sum(dy[r]), t2[r] = sum(dy[r] * xhat[r]), xhat = (x - mu)*invstd, float64."""
+    rows, length = x.shape
+    for r in prange(rows):
+        m = mu[r]
+        s = invstd[r]
         a = 0.0
         b = 0.0
         for i in range(length):
             d = np.float64(dy[r, i])
             a += d
-            b += d * (np.float64(x[r, i]) - m)
+            b += d * ((np.float64(x[r, i]) - m) * s)
         t1[r] = a
         t2[r] = b
 
 
-def _row_grad_apply(x, dy, mh, ml, k1, k2, k3, dx):
-    """dx[r] = k1[r]*dy[r] + k2[r]*(x[r] - mh[r] - ml[r]) + k3[r]."""
+def _row_grad_apply(x, dy, mu, invstd, k1, k2, k3, dx):
+    """dx[r] = k1[r]*dy[r] + k2[r]*xhat[r] + k3[r], xhat = (x - mu)*invstd."""
     rows, length = x.shape
     for r in prange(rows):
-        m0 = mh[r]
-        m1 = ml[r]
+        m = mu[r]
+        s = invstd[r]
         a = k1[r]
         b = k2[r]
         c = k3[r]
         for i in range(length):
-            dx[r, i] = a * dy[r, i] + b * ((x[r, i] - m0) - m1) + c
+            dx[r, i] = a * np.float64(dy[r, i]) + b * ((np.float64(x[r, i]) - m) * s) + c
 
 
 # ----------------------------------------------------------------------------- cols (N, M)
@@ -186,16 +188,16 @@ def _col_moments(x, pivot, s1, s2):
                 a2[j] += d * d
 
 
-def _col_apply(x, mh, ml, scale, shift, out):
-    """out[i, j] = ((x[i, j] - mh[j]) - ml[j]) * scale[j] + shift[j]."""
+def _col_apply(x, mu, scale, shift, out):
+    """out[i, j] = (x[i, j] - mu[j]) * scale[j] + shift[j]."""
     n, width = x.shape
     for i in prange(n):
         for j in range(width):
-            out[i, j] = ((x[i, j] - mh[j]) - ml[j]) * scale[j] + shift[j]
+            out[i, j] = (np.float64(x[i, j]) - mu[j]) * scale[j] + shift[j]
 
 
-def _col_grad_sums(x, dy, mu, c1, c2):
-    """c1[t, j] += dy[i, j], c2[t, j] += dy[i, j] * (x[i, j] - mu[j]) over block t's rows."""
+def _col_grad_sums(x, dy, mu, invstd, c1, c2):
+    """c1[t, j] += dy[i, j], c2[t, j] += dy[i, j] * xhat[i, j] over block t's rows, xhat = (x - mu)*invstd."""
     n, width = x.shape
     blocks = c1.shape[0]
     for t in prange(blocks):
@@ -207,27 +209,28 @@ def _col_grad_sums(x, dy, mu, c1, c2):
         while i + 4 <= hi:
             for j in range(width):
                 m = mu[j]
+                s = invstd[j]
                 d0 = np.float64(dy[i, j])
                 d1 = np.float64(dy[i + 1, j])
                 d2 = np.float64(dy[i + 2, j])
                 d3 = np.float64(dy[i + 3, j])
                 a1[j] += (d0 + d1) + (d2 + d3)
-                a2[j] += ((d0 * (np.float64(x[i, j]) - m) + d1 * (np.float64(x[i + 1, j]) - m))
-                          + (d2 * (np.float64(x[i + 2, j]) - m) + d3 * (np.float64(x[i + 3, j]) - m)))
+                a2[j] += ((d0 * ((np.float64(x[i, j]) - m) * s) + d1 * ((np.float64(x[i + 1, j]) - m) * s))
+                          + (d2 * ((np.float64(x[i + 2, j]) - m) * s) + d3 * ((np.float64(x[i + 3, j]) - m) * s)))
             i += 4
         for r in range(i, hi):
             for j in range(width):
                 d = np.float64(dy[r, j])
                 a1[j] += d
-                a2[j] += d * (np.float64(x[r, j]) - mu[j])
+                a2[j] += d * ((np.float64(x[r, j]) - mu[j]) * invstd[j])
 
 
-def _col_grad_apply(x, dy, mh, ml, k1, k2, k3, dx):
-    """dx[i, j] = k1[j]*dy[i, j] + k2[j]*(x[i, j] - mh[j] - ml[j]) + k3[j]."""
+def _col_grad_apply(x, dy, mu, invstd, k1, k2, k3, dx):
+    """dx[i, j] = k1[j]*dy[i, j] + k2[j]*xhat[i, j] + k3[j], xhat = (x - mu)*invstd."""
     n, width = x.shape
     for i in prange(n):
         for j in range(width):
-            dx[i, j] = k1[j] * dy[i, j] + k2[j] * ((x[i, j] - mh[j]) - ml[j]) + k3[j]
+            dx[i, j] = k1[j] * np.float64(dy[i, j]) + k2[j] * ((np.float64(x[i, j]) - mu[j]) * invstd[j]) + k3[j]
 
 
 # ----------------------------------------------------------------------------- fused rows (R, M)
@@ -235,8 +238,8 @@ def _col_grad_apply(x, dy, mh, ml, k1, k2, k3, dx):
 # sample's group), parameters per column run. Each row is reduced and then
 # written while it is still in L1/L2 (a layer-norm row is a few KiB, a group
 # of a (32, 64, 56, 56) input 100 KiB), so x crosses the memory bus once
-# forward, and x and dout once backward. ``gam``/``bet`` are (G, P) with P
-# runs of length L = M // P per row (P = M, L = 1 for per-element parameters).
+# forward, and x and dout once backward. ``gam``/``bet`` are (G, P) float64
+# with P runs of length L = M // P per row (P = M, L = 1 for per-element parameters).
 
 # How the fused-row kernels get a row's statistics: from the row (mean and
 # variance), given by the caller (inference), or from the row without a mean
@@ -245,11 +248,10 @@ def _col_grad_apply(x, dy, mh, ml, k1, k2, k3, dx):
 STATS_BATCH, STATS_GIVEN, STATS_RMS = 0, 1, 2
 
 
-def _fused_rows_forward(x, gam, bet, eps, mode, mean, var, invstd, mh, ml, sx, out):
+def _fused_rows_forward(x, gam, bet, eps, mode, mean, var, invstd, out):
     """Row r (group g = r % G): statistics per ``mode`` (STATS_*), then
-    out = ((x - mh) - ml) * (invstd*gam[g, p]) + bet[g, p] in x's dtype.
-    mean, var, invstd: float64 (R,), outputs (inputs mean/var when given);
-    mh, ml, sx: (R,) scratch in x's dtype (the split mean and invstd)."""
+    out = (x - mean) * (invstd*gam[g, p]) + bet[g, p], rounded to out's dtype.
+    mean, var, invstd: float64 (R,), outputs (inputs mean/var when given)."""
     rows, width = x.shape
     groups, runs = gam.shape
     length = width // runs
@@ -271,53 +273,46 @@ def _fused_rows_forward(x, gam, bet, eps, mode, mean, var, invstd, mh, ml, sx, o
                 mean[r] = 0.0
                 var[r] = b / width
         invstd[r] = 1.0 / np.sqrt(var[r] + eps)
-        mh[r] = mean[r]
-        ml[r] = mean[r] - mh[r]
-        sx[r] = invstd[r]
-        m0 = mh[r]
-        m1 = ml[r]
-        s0 = sx[r]
+        m = mean[r]
+        s = invstd[r]
         if length == 1:
             w = gam[g]
             c = bet[g]
             for j in range(width):
-                out[r, j] = ((x[r, j] - m0) - m1) * (s0 * w[j]) + c[j]
+                out[r, j] = (np.float64(x[r, j]) - m) * (s * w[j]) + c[j]
         else:
             for q in range(runs):
-                sq = s0 * gam[g, q]
+                sq = s * gam[g, q]
                 bq = bet[g, q]
                 xq = x[r, q * length:(q + 1) * length]  # a view: indices from 0 keep the loop vectorized
                 oq = out[r, q * length:(q + 1) * length]
                 for i in range(length):
-                    oq[i] = ((xq[i] - m0) - m1) * sq + bq
+                    oq[i] = (np.float64(xq[i]) - m) * sq + bq
 
 
-def _row_coefficients(r, s, a, b, width, mode, mh, ml, kx, mu):
-    """Store row r's split mean and dx coefficients in x's dtype (see _fused_rows_backward)."""
-    mh[r] = mu
-    ml[r] = mu - mh[r]
+def _row_coefficients(r, s, a, b, width, mode, kx):
+    """Store row r's dx coefficients (see _fused_rows_backward): a = sum(dxhat), b = sum(dxhat*xhat)."""
     kx[0, r] = s
     if mode == STATS_GIVEN:
         kx[1, r] = 0.0
         kx[2, r] = 0.0
     else:
-        kx[1, r] = -s * s * s * b / width  # -invstd**2 * sum(dxhat*xhat)/m, and sum(dxhat*xhat) = s*b
-        kx[2, r] = -s * a / width if mode == STATS_BATCH else 0.0  # -invstd * sum(dxhat)/m
+        kx[1, r] = -s * (b / width)  # -invstd * mean(dxhat*xhat), the coefficient of xhat
+        kx[2, r] = -s * (a / width) if mode == STATS_BATCH else 0.0  # -invstd * mean(dxhat)
 
 
 _row_coefficients = numba.njit(cache=CACHE, inline="always")(_row_coefficients)
 
 
-def _fused_rows_backward(x, dy, gam64, gamx, mean, invstd, mode, dgp, dbp, mh, ml, kx, dx):
+def _fused_rows_backward(x, dy, gam, mean, invstd, mode, dgp, dbp, kx, dx):
     """Rows with parameters per run of length L > 1 (group norm): per row r, the closed
     form's two sums, then dx while the row is in cache; dbeta/dgamma partials per thread block.
 
-    gam64/gamx: gamma (G, P) in float64 (sums) and x's dtype (dx); dgp/dbp
-    (T, G, P) float64 zeroed slabs; mh, ml (R,) and kx (3, R) scratch in x's dtype.
-    dx = invstd*gam*dy + k2*(x - mean) + k3, k2 = -invstd**2*sum(dxhat*xhat)/m,
-    k3 = -invstd*sum(dxhat)/m (both 0 when the statistics were given, k3 0 for RMS)."""
+    gam: gamma (G, P) float64; dgp/dbp (T, G, P) float64 zeroed slabs; kx (3, R) float64 scratch.
+    dx = invstd*gam*dy + k2*xhat + k3, xhat = (x - mean)*invstd, k2 = -invstd*mean(dxhat*xhat),
+    k3 = -invstd*mean(dxhat) (both 0 when the statistics were given, k3 0 for RMS)."""
     rows, width = x.shape
-    groups, runs = gam64.shape
+    groups, runs = gam.shape
     length = width // runs
     blocks = dgp.shape[0]
     for t in prange(blocks):
@@ -337,27 +332,27 @@ def _fused_rows_backward(x, dy, gam64, gamx, mean, invstd, mode, dgp, dbp, mh, m
                 for i in range(length):
                     d = np.float64(dq[i])
                     aq += d
-                    bq += d * (np.float64(xq[i]) - mu)
-                a += gam64[g, q] * aq
-                b += gam64[g, q] * bq
+                    bq += d * ((np.float64(xq[i]) - mu) * s)
+                a += gam[g, q] * aq
+                b += gam[g, q] * bq
                 dbp[t, g, q] += aq
-                dgp[t, g, q] += bq * s
-            _row_coefficients(r, s, a, b, width, mode, mh, ml, kx, mu)
-            m0, m1, s0, k2, k3 = mh[r], ml[r], kx[0, r], kx[1, r], kx[2, r]
+                dgp[t, g, q] += bq
+            _row_coefficients(r, s, a, b, width, mode, kx)
+            k2, k3 = kx[1, r], kx[2, r]
             for q in range(runs):
-                aq = s0 * gamx[g, q]
+                aq = s * gam[g, q]
                 xq = x[r, q * length:(q + 1) * length]
                 dq = dy[r, q * length:(q + 1) * length]
                 oq = dx[r, q * length:(q + 1) * length]
                 for i in range(length):
-                    oq[i] = aq * dq[i] + k2 * ((xq[i] - m0) - m1) + k3
+                    oq[i] = aq * np.float64(dq[i]) + k2 * ((np.float64(xq[i]) - mu) * s) + k3
 
 
-def _fused_rows_backward_elementwise(x, dy, gam64, gamx, mean, invstd, mode, dgp, dbp, mh, ml, kx, dx):
+def _fused_rows_backward_elementwise(x, dy, gam, mean, invstd, mode, dgp, dbp, kx, dx):
     """As _fused_rows_backward with parameters per element (layer norm; P = M): four rows
     per sweep so the dgamma/dbeta slab entries are loaded and stored once per four rows."""
     rows, width = x.shape
-    groups = gam64.shape[0]
+    groups = gam.shape[0]
     blocks = dgp.shape[0]
     for t in prange(blocks):
         lo = t * rows // blocks
@@ -372,18 +367,18 @@ def _fused_rows_backward_elementwise(x, dy, gam64, gamx, mean, invstd, mode, dgp
                 b0 = b1 = b2 = b3 = 0.0
                 pb = dbp[t, 0]
                 pg = dgp[t, 0]
-                w = gam64[0]
+                w = gam[0]
                 for j in range(width):
                     d0 = np.float64(dy[r, j])
                     d1 = np.float64(dy[r + 1, j])
                     d2 = np.float64(dy[r + 2, j])
                     d3 = np.float64(dy[r + 3, j])
-                    e0 = d0 * (np.float64(x[r, j]) - m0)
-                    e1 = d1 * (np.float64(x[r + 1, j]) - m1)
-                    e2 = d2 * (np.float64(x[r + 2, j]) - m2)
-                    e3 = d3 * (np.float64(x[r + 3, j]) - m3)
+                    e0 = d0 * ((np.float64(x[r, j]) - m0) * s0)
+                    e1 = d1 * ((np.float64(x[r + 1, j]) - m1) * s1)
+                    e2 = d2 * ((np.float64(x[r + 2, j]) - m2) * s2)
+                    e3 = d3 * ((np.float64(x[r + 3, j]) - m3) * s3)
                     pb[j] += (d0 + d1) + (d2 + d3)
-                    pg[j] += (e0 * s0 + e1 * s1) + (e2 * s2 + e3 * s3)
+                    pg[j] += (e0 + e1) + (e2 + e3)
                     wj = w[j]
                     a0 += wj * d0
                     a1 += wj * d1
@@ -393,10 +388,10 @@ def _fused_rows_backward_elementwise(x, dy, gam64, gamx, mean, invstd, mode, dgp
                     b1 += wj * e1
                     b2 += wj * e2
                     b3 += wj * e3
-                _row_coefficients(r, s0, a0, b0, width, mode, mh, ml, kx, m0)
-                _row_coefficients(r + 1, s1, a1, b1, width, mode, mh, ml, kx, m1)
-                _row_coefficients(r + 2, s2, a2, b2, width, mode, mh, ml, kx, m2)
-                _row_coefficients(r + 3, s3, a3, b3, width, mode, mh, ml, kx, m3)
+                _row_coefficients(r, s0, a0, b0, width, mode, kx)
+                _row_coefficients(r + 1, s1, a1, b1, width, mode, kx)
+                _row_coefficients(r + 2, s2, a2, b2, width, mode, kx)
+                _row_coefficients(r + 3, s3, a3, b3, width, mode, kx)
             else:
                 g = r % groups
                 mu = mean[r]
@@ -405,21 +400,21 @@ def _fused_rows_backward_elementwise(x, dy, gam64, gamx, mean, invstd, mode, dgp
                 b = 0.0
                 pb = dbp[t, g]
                 pg = dgp[t, g]
-                w = gam64[g]
+                w = gam[g]
                 for j in range(width):
                     d = np.float64(dy[r, j])
-                    e = d * (np.float64(x[r, j]) - mu)
+                    e = d * ((np.float64(x[r, j]) - mu) * s)
                     a += w[j] * d
                     b += w[j] * e
                     pb[j] += d
-                    pg[j] += e * s
-                _row_coefficients(r, s, a, b, width, mode, mh, ml, kx, mu)
+                    pg[j] += e
+                _row_coefficients(r, s, a, b, width, mode, kx)
             for rr in range(r, r + step):  # dx while the rows are still in L1/L2
                 g = rr % groups
-                c0, c1, k1, k2, k3 = mh[rr], ml[rr], kx[0, rr], kx[1, rr], kx[2, rr]
-                wx = gamx[g]
+                mu, s, k2, k3 = mean[rr], kx[0, rr], kx[1, rr], kx[2, rr]
+                w = gam[g]
                 for j in range(width):
-                    dx[rr, j] = (k1 * wx[j]) * dy[rr, j] + k2 * ((x[rr, j] - c0) - c1) + k3
+                    dx[rr, j] = (s * w[j]) * np.float64(dy[rr, j]) + k2 * ((np.float64(x[rr, j]) - mu) * s) + k3
             r += step
 
 

@@ -1,11 +1,12 @@
 """The fused Numba backend: two passes over x forward, two over (x, dout) backward.
 
 Forward: pass 1 reduces x to shifted float64 sums per statistic, pass 2
-writes ``(x - mean) * (invstd*gamma) + beta`` in x's dtype (into ``out`` when
+writes ``(x - mean) * (invstd*gamma) + beta``, computed in float64 and
+rounded once to x's dtype (into ``out`` when
 given, so a training loop can reuse one buffer instead of paying page faults
 on a fresh allocation). Backward: pass 1 reduces (x, dout) to the two sums
 of the closed form (which are also dgamma and dbeta), pass 2 writes dx,
-recomputing xhat from x, mean and invstd.
+recomputing xhat from x, mean and invstd (float64 again, rounded once).
 
 Memory: the cache holds a reference to x plus the O(C) float64 statistics
 (mean, var, invstd); ``saved`` is None. (The NumPy backend keeps xhat too, a
@@ -73,16 +74,6 @@ def _affine(gamma, beta, channels):
     return gam, bet
 
 
-def _split(mu, dtype):
-    """mu (float64) as hi + lo in ``dtype``: x - hi is exact near the mean, lo restores the rest."""
-    hi = np.ascontiguousarray(mu, dtype=dtype)
-    return hi, np.ascontiguousarray(mu - hi, dtype=dtype)
-
-
-def _as(a, dtype):
-    return np.ascontiguousarray(a, dtype=dtype)
-
-
 def _channel_moments(xw, n, c, l):
     """Mean and biased var per channel of xw (N, C, 1, L), float64 (C,)."""
     m = n * l
@@ -139,13 +130,11 @@ def _forward(x4, gamma, beta, eps, batch_stats, given, out, center):
     invstd = 1.0 / np.sqrt(var + eps)
     scale = invstd * gam
     if l >= ROWS_MIN_LENGTH:  # rows (n, c) of length L
-        mh, ml = _split(np.tile(mean, n), dt)
-        _pick(_k.row_apply, size)(xw.reshape(n * g, l), mh, ml, _as(np.tile(scale, n), dt),
-                                  _as(np.tile(bet, n), dt), y.reshape(n * g, l))
+        _pick(_k.row_apply, size)(xw.reshape(n * g, l), np.tile(mean, n), np.tile(scale, n), np.tile(bet, n),
+                                  y.reshape(n * g, l))
     else:  # columns (c, l) of an (N, C*L) matrix
-        mh, ml = _split(np.repeat(mean, l), dt)
-        _pick(_k.col_apply, size)(xw.reshape(n, g * l), mh, ml, _as(np.repeat(scale, l), dt),
-                                  _as(np.repeat(bet, l), dt), y.reshape(n, g * l))
+        _pick(_k.col_apply, size)(xw.reshape(n, g * l), np.repeat(mean, l), np.repeat(scale, l),
+                                  np.repeat(bet, l), y.reshape(n, g * l))
     return _finish(y, out, direct, x4), mean, var, invstd, None
 
 
@@ -165,14 +154,13 @@ def _param_runs(param, g, k, l):
 
 def _fused_rows_forward(xw, gam, bet, eps, given, mode, y, n, g, k, l):
     """Layer/group norm forward: one (n, g) row per statistic; returns float64 (N, G) stats."""
-    dt, rows = xw.dtype, n * g
+    rows = n * g
     mean, var = (np.empty(rows), np.empty(rows)) if given is None else (_f64(given[0]).reshape(-1).copy(),
                                                                          _f64(given[1]).reshape(-1).copy())
     invstd = np.empty(rows)
     _pick(_k.fused_rows_forward, xw.size)(
-        xw.reshape(rows, k * l), _as(_param_runs(gam, g, k, l), dt), _as(_param_runs(bet, g, k, l), dt),
-        float(eps), mode, mean, var, invstd, np.empty(rows, dt), np.empty(rows, dt),
-        np.empty(rows, dt), y.reshape(rows, k * l))
+        xw.reshape(rows, k * l), _f64(_param_runs(gam, g, k, l)), _f64(_param_runs(bet, g, k, l)),
+        float(eps), mode, mean, var, invstd, y.reshape(rows, k * l))
     return mean.reshape(n, g), var.reshape(n, g), invstd.reshape(n, g)
 
 
@@ -190,14 +178,13 @@ def backward(dout4, x4, gamma, mean, invstd, batch_stats, stats_given, saved, ou
 
     if batch_stats:
         m = n * l
-        dbeta, dxc = _batch_grad_sums(xw, dyw, mean, n, g, l)
-        dgamma = dxc * invstd  # sum(dout * xhat)
+        dbeta, dgamma = _batch_grad_sums(xw, dyw, mean, invstd, n, g, l)
         k1 = gam * invstd
         if stats_given:  # mean and var are constants: dx = dout * gamma * invstd
             k2, k3 = np.zeros(g), np.zeros(g)
         else:  # gamma*invstd*(dout - dbeta/m - xhat*dgamma/m)
-            k2, k3 = -k1 * invstd * dgamma / m, -k1 * dbeta / m
-        _batch_grad_apply(xw, dyw, mean, k1, k2, k3, dx, n, g, l)
+            k2, k3 = -k1 * (dgamma / m), -k1 * (dbeta / m)
+        _batch_grad_apply(xw, dyw, mean, invstd, k1, k2, k3, dx, n, g, l)
     else:
         rows = n * g
         gam_runs = _param_runs(gam, g, k, l)
@@ -205,10 +192,9 @@ def backward(dout4, x4, gamma, mean, invstd, batch_stats, stats_given, saved, ou
         dgp, dbp = np.zeros((blocks, *gam_runs.shape)), np.zeros((blocks, *gam_runs.shape))
         kernels = _k.fused_rows_backward if l >= ROWS_MIN_LENGTH else _k.fused_rows_backward_elementwise
         _pick(kernels, size)(
-            xw.reshape(rows, k * l), dyw.reshape(rows, k * l), gam_runs, _as(gam_runs, dt), mean.reshape(-1),
+            xw.reshape(rows, k * l), dyw.reshape(rows, k * l), _f64(gam_runs), mean.reshape(-1),
             invstd.reshape(-1), _stats_mode(True if stats_given else None, center), dgp, dbp,
-            np.empty(rows, dt), np.empty(rows, dt),
-            np.empty((3, rows), dt), dx.reshape(rows, k * l))
+            np.empty((3, rows)), dx.reshape(rows, k * l))
         runs = gam_runs.shape[1] // k  # 1, or L when the parameters were repeated per element
         dgamma = dgp.sum(axis=0).reshape(g, k, runs).sum(axis=2).reshape(-1)
         dbeta = dbp.sum(axis=0).reshape(g, k, runs).sum(axis=2).reshape(-1)
@@ -220,28 +206,29 @@ def backward(dout4, x4, gamma, mean, invstd, batch_stats, stats_given, saved, ou
     return dx, dgamma, dbeta
 
 
-def _batch_grad_sums(xw, dyw, mean, n, g, l):
-    """Per channel of (N, G, 1, L): sum(dy) and sum(dy*(x - mean)), float64 (G,)."""
+def _batch_grad_sums(xw, dyw, mean, invstd, n, g, l):
+    """Per channel of (N, G, 1, L): sum(dy) and sum(dy*xhat), float64 (G,)."""
     if l >= ROWS_MIN_LENGTH:  # rows (n, c) of length L
         t1, t2 = np.empty(n * g), np.empty(n * g)
-        _pick(_k.row_grad_sums, xw.size)(xw.reshape(n * g, l), dyw.reshape(n * g, l), np.tile(mean, n), t1, t2)
+        _pick(_k.row_grad_sums, xw.size)(xw.reshape(n * g, l), dyw.reshape(n * g, l), np.tile(mean, n),
+                                         np.tile(invstd, n), t1, t2)
         return t1.reshape(n, g).sum(axis=0), t2.reshape(n, g).sum(axis=0)
     # columns (c, l) of an (N, C*L) matrix
     blocks = _blocks(xw.size, n)
     c1, c2 = np.zeros((blocks, g * l)), np.zeros((blocks, g * l))
-    _pick(_k.col_grad_sums, xw.size)(xw.reshape(n, g * l), dyw.reshape(n, g * l), np.repeat(mean, l), c1, c2)
+    _pick(_k.col_grad_sums, xw.size)(xw.reshape(n, g * l), dyw.reshape(n, g * l), np.repeat(mean, l),
+                                     np.repeat(invstd, l), c1, c2)
     return c1.sum(axis=0).reshape(g, l).sum(axis=1), c2.sum(axis=0).reshape(g, l).sum(axis=1)
 
 
-def _batch_grad_apply(xw, dyw, mean, k1, k2, k3, dx, n, g, l):
-    """dx = k1*dy + k2*(x - mean) + k3 with per-channel float64 coefficients (G,), into dx."""
-    dt, rows = xw.dtype, l >= ROWS_MIN_LENGTH
+def _batch_grad_apply(xw, dyw, mean, invstd, k1, k2, k3, dx, n, g, l):
+    """dx = k1*dy + k2*xhat + k3 with per-channel float64 coefficients (G,), into dx."""
+    rows = l >= ROWS_MIN_LENGTH
     shape2 = (n * g, l) if rows else (n, g * l)
     spread = (lambda a: np.tile(a, n)) if rows else (lambda a: np.repeat(a, l))
-    mh, ml = _split(spread(mean), dt)
     kernel = _pick(_k.row_grad_apply if rows else _k.col_grad_apply, xw.size)
-    kernel(xw.reshape(shape2), dyw.reshape(shape2), mh, ml, _as(spread(k1), dt), _as(spread(k2), dt),
-           _as(spread(k3), dt), dx.reshape(shape2))
+    kernel(xw.reshape(shape2), dyw.reshape(shape2), spread(mean), spread(invstd), spread(k1), spread(k2),
+           spread(k3), dx.reshape(shape2))
 
 
 # ----------------------------------------------------------------------------- pieces
@@ -269,10 +256,8 @@ def grad_sums(dout4, x4, mean, invstd, batch_stats):
     _require_batch_stats(batch_stats)
     n, g, _, l = x4.shape
     dt = _work_dtype(x4, dout4)
-    invstd = _f64(invstd)
-    sum_dy, sum_dy_xc = _batch_grad_sums(np.ascontiguousarray(x4, dtype=dt), np.ascontiguousarray(dout4, dtype=dt),
-                                         _f64(mean), n, g, l)
-    return sum_dy, sum_dy_xc * invstd
+    return _batch_grad_sums(np.ascontiguousarray(x4, dtype=dt), np.ascontiguousarray(dout4, dtype=dt),
+                            _f64(mean), _f64(invstd), n, g, l)
 
 
 def grad_apply(dout4, x4, gamma, mean, invstd, sum_dy, sum_dy_xhat, count, batch_stats, out=None):
@@ -285,7 +270,7 @@ def grad_apply(dout4, x4, gamma, mean, invstd, sum_dy, sum_dy_xhat, count, batch
     invstd = _f64(invstd)
     gam, _ = _affine(gamma, None, g)
     k1 = gam * invstd
-    k2, k3 = -k1 * invstd * _f64(sum_dy_xhat) / count, -k1 * _f64(sum_dy) / count
+    k2, k3 = -k1 * (_f64(sum_dy_xhat) / count), -k1 * (_f64(sum_dy) / count)
     _batch_grad_apply(np.ascontiguousarray(x4, dtype=dt), np.ascontiguousarray(dout4, dtype=dt), _f64(mean),
-                      k1, k2, k3, dx, n, g, l)
+                      invstd, k1, k2, k3, dx, n, g, l)
     return _finish(dx, out, direct, x4)

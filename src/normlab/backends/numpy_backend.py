@@ -28,8 +28,8 @@ def forward(x4, gamma, beta, eps, batch_stats, given=None, out=None, center=True
     n, g, k, l = x4.shape
     axes = _stat_axes(batch_stats)
     xw = x4.astype(np.float64, copy=False)
-    # inf - inf warnings are silenced: the core rejects non-finite batch statistics.
-    with np.errstate(invalid="ignore"):
+    # inf - inf and overflow warnings are silenced: the core explains non-finite batch statistics.
+    with np.errstate(invalid="ignore", over="ignore"):
         if given is None and center:
             mean = xw.mean(axis=axes, keepdims=True)
             xhat = xw - mean
@@ -105,9 +105,29 @@ def moments(x4, batch_stats):
     """Mean and biased var, float64 of shape (G,) or (N, G); two-pass in float64."""
     axes = _stat_axes(batch_stats)
     xw = x4.astype(np.float64, copy=False)
-    with np.errstate(invalid="ignore"):
+    with np.errstate(invalid="ignore", over="ignore"):
         mean = xw.mean(axis=axes, keepdims=True)
         var = np.mean(np.square(xw - mean), axis=axes, keepdims=True)
+    shape = (x4.shape[1],) if batch_stats else x4.shape[:2]
+    return mean.reshape(shape), var.reshape(shape)
+
+
+def scaled_moments(x4, batch_stats, center=True):
+    """Mean and biased var (or the mean square, ``center`` False) computed on x / max|x| per statistic.
+
+    For finite x whose float64 sums overflow (|x| near 1e154 and beyond):
+    the scaled values are at most 1 in magnitude, so nothing overflows until
+    the result is scaled back; a var beyond float64's range comes back inf.
+    """
+    axes = _stat_axes(batch_stats)
+    xw = x4.astype(np.float64, copy=False)
+    scale = np.max(np.abs(xw), axis=axes, keepdims=True)
+    scale[scale == 0] = 1.0  # an all-zero statistic: mean 0, var 0 either way
+    y = xw / scale
+    mean = y.mean(axis=axes, keepdims=True) if center else np.zeros_like(scale)
+    var = np.mean(np.square(y - mean), axis=axes, keepdims=True)
+    with np.errstate(over="ignore"):
+        mean, var = mean * scale, (var * scale) * scale
     shape = (x4.shape[1],) if batch_stats else x4.shape[:2]
     return mean.reshape(shape), var.reshape(shape)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import click
 
+from .._params import FiniteFloatRange, PositiveIntList, one_line, timeout_option
 from .data import DATASETS, DatasetError
 from .experiments import EXPERIMENTS
 from .launch import DataParallelError, TorchMissingError
@@ -25,17 +26,18 @@ _DATA_DIR_HELP = "CIFAR-10: the cifar-10-batches-py directory (default: $NORMLAB
 @click.command()
 @click.option("--dataset", type=click.Choice(DATASETS), default="digits", show_default=True)
 @click.option("--data-dir", default=None, help=_DATA_DIR_HELP)
-@click.option("--hidden-dims", default="100,100", show_default=True, help="Hidden layer sizes, comma-separated.")
+@click.option("--hidden-dims", default="100,100", show_default=True, type=PositiveIntList(),
+              help="Hidden layer sizes, comma-separated.")
 @click.option("--normalization", type=click.Choice(list(NORMALIZATIONS)), default="none", show_default=True)
-@click.option("--dropout", default=0.0, show_default=True, type=click.FloatRange(0, 1, max_open=True),
+@click.option("--dropout", default=0.0, show_default=True, type=FiniteFloatRange(0, 1, max_open=True),
               help="Probability of dropping a hidden unit.")
-@click.option("--reg", default=0.0, show_default=True, type=click.FloatRange(min=0), help="L2 regularization strength.")
-@click.option("--weight-scale", default=5e-2, show_default=True, type=click.FloatRange(min=0, min_open=True),
+@click.option("--reg", default=0.0, show_default=True, type=FiniteFloatRange(min=0), help="L2 regularization strength.")
+@click.option("--weight-scale", default=5e-2, show_default=True, type=FiniteFloatRange(min=0, min_open=True),
               help="Std of the normal weight init.")
 @click.option("--dtype", type=click.Choice(["float64", "float32"]), default="float64", show_default=True)
 @click.option("--update-rule", type=click.Choice(list(UPDATE_RULES)), default="adam", show_default=True)
-@click.option("--learning-rate", "--lr", default=1e-3, show_default=True, type=click.FloatRange(min=0))
-@click.option("--lr-decay", default=1.0, show_default=True, type=click.FloatRange(0, 1, min_open=True),
+@click.option("--learning-rate", "--lr", default=1e-3, show_default=True, type=FiniteFloatRange(min=0))
+@click.option("--lr-decay", default=1.0, show_default=True, type=FiniteFloatRange(0, 1, min_open=True),
               help="Learning-rate factor per epoch.")
 @click.option("--batch-size", default=100, show_default=True, type=click.IntRange(min=1))
 @click.option("--epochs", default=10, show_default=True, type=click.IntRange(min=1),
@@ -50,8 +52,8 @@ _DATA_DIR_HELP = "CIFAR-10: the cifar-10-batches-py directory (default: $NORMLAB
               help="Iterations between log lines (no terminal).")
 @click.option("--nproc", default=1, show_default=True, type=click.IntRange(min=1),
               help="Data-parallel processes on this machine (gloo over 127.0.0.1; needs PyTorch).")
-@click.option("--timeout", default=120.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
-              help="Data-parallel: seconds a process waits for its peers before failing.")
+@timeout_option("--timeout", default=120.0,
+                help="Data-parallel: seconds a process waits for its peers before the run fails.")
 @click.option("--quiet", is_flag=True, help="No progress output, only the summary.")
 def train(quiet, hidden_dims, normalization, **options):
     """Train one fully-connected net, checkpoint it, and print a summary."""
@@ -59,17 +61,12 @@ def train(quiet, hidden_dims, normalization, **options):
 
     if options["resume"] and options["checkpoint_dir"] is None:
         raise click.UsageError("--resume needs --checkpoint-dir: the directory of the run to continue")
-    try:
-        dims = tuple(int(h) for h in hidden_dims.split(",") if h.strip())
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated integers, got {hidden_dims!r}",
-                                 param_hint="--hidden-dims") from None
-    config = lab_train.TrainConfig(hidden_dims=dims, normalization=None if normalization == "none" else normalization,
-                                   **options)
+    config = lab_train.TrainConfig(hidden_dims=hidden_dims,
+                                   normalization=None if normalization == "none" else normalization, **options)
     try:
         summary = lab_train.train(config, verbose=not quiet)
     except USER_ERRORS as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise click.ClickException(one_line(exc)) from exc
     if summary is None:  # a rank other than 0 under torchrun: rank 0 prints the summary
         return
     for line in lab_train.format_summary(summary):
@@ -98,7 +95,7 @@ def experiment(name, out, **overrides):
         try:
             paths = run_experiment(each, out, log=lambda line: click.echo(line), **overrides)
         except USER_ERRORS as exc:  # bad settings or a missing/corrupt dataset
-            raise click.ClickException(str(exc)) from exc
+            raise click.ClickException(one_line(exc)) from exc
         click.echo(f"report: {paths['report']}")
 
 

@@ -106,16 +106,17 @@ class FullyConnectedNet:
         self.norm = get_normalization(normalization)
         if not isinstance(dropout, numbers.Real) or not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be a probability in [0, 1), got {dropout!r}")
-        if not isinstance(reg, numbers.Real) or reg < 0:
-            raise ValueError(f"reg must be a number >= 0, got {reg!r}")
-        if not isinstance(weight_scale, numbers.Real) or not weight_scale > 0:
-            raise ValueError(f"weight_scale must be a number > 0, got {weight_scale!r}")
+        if not isinstance(reg, numbers.Real) or not 0 <= reg < np.inf:
+            raise ValueError(f"reg must be a finite number >= 0, got {reg!r}")
+        if not isinstance(weight_scale, numbers.Real) or not 0 < weight_scale < np.inf:
+            raise ValueError(f"weight_scale must be a finite number > 0, got {weight_scale!r}")
         dtype = np.dtype(dtype)
         if dtype not in (np.float32, np.float64):
             raise ValueError(f"dtype must be float32 or float64, got {dtype}")
         _checks.check_momentum(momentum)
         _checks.check_eps(eps, training=True)
         seed = _checks.check_seed(seed)
+        _check_size(input_dim, hidden_dims, num_classes, dtype)
 
         self.hidden_dims = hidden_dims
         self.input_dim = input_dim
@@ -194,8 +195,8 @@ class FullyConnectedNet:
         if shard is not None and not isinstance(shard, Shard):
             raise TypeError(f"shard must be a normlab.lab.sharding.Shard, got {type(shard).__name__}")
         placement = LOCAL if shard is None else shard
-        X = self._check_inputs(X, y, training=training, check_finite=placement.checks_finite)
-        placement.check(X.shape[0], y)
+        placement.check(np.shape(X)[0] if np.ndim(X) else 0, y)
+        X = self._check_inputs(X, y, training=training, placement=placement)
         rng = copy.deepcopy(self.dropout_rng) if training and self.dropout else self.dropout_rng
         scores, caches, new_stats = self._forward(X, training, placement, rng)
         if y is None:
@@ -253,23 +254,30 @@ class FullyConnectedNet:
                 grads[f"W{i}"] = grads[f"W{i}"] + self.reg * w
         return float(total[0]) + reg_loss, grads
 
-    def _check_inputs(self, X, y, *, training: bool, check_finite: bool) -> np.ndarray:
+    def _check_inputs(self, X, y, *, training: bool, placement) -> np.ndarray:
         """X as (N, D) in the model's dtype, after checking X and y; raises before any state changes.
 
-        check_finite: also reject non-finite X here. A data-parallel call leaves that to the
-        synchronized norm, which checks the global batch's moments so that every rank raises
-        together instead of one rank leaving its peers waiting in a collective.
+        Non-finite X (in training) and labels out of range are counted and the counts agreed over the
+        placement's ranks before any other collective, so a data-parallel call raises the same error on
+        every rank (a rank that raised alone would leave its peers waiting in a collective).
         """
         X = _checks.as_float_array(X, "X", min_ndim=2)
         X2 = X.reshape(X.shape[0], -1)
         if X2.shape[1] != self.input_dim:
             raise ValueError(f"X must have {self.input_dim} features per sample, got shape {X.shape} "
                              f"({X2.shape[1]} features)")
-        if check_finite and training and not np.all(np.isfinite(X2)):
-            raise ValueError(f"X (shape {X.shape}) contains NaN or inf: "
-                             f"{int(np.sum(~np.isfinite(X2)))} non-finite values")
         if y is not None:
-            _check_labels(y, X2.shape[0], X.shape, self.num_classes)
+            y = _check_label_array(y, X2.shape[0], X.shape)
+        nonfinite = int(np.sum(~np.isfinite(X2))) if training else 0
+        outside = 0 if y is None else int(np.sum((y < 0) | (y >= self.num_classes)))
+        nonfinite, outside = (int(c) for c in placement.agree(np.array([nonfinite, outside], dtype=np.float64)))
+        where = "" if placement is LOCAL else " over all ranks of the global batch"
+        if nonfinite:
+            raise ValueError(f"X (shape {X.shape}) contains NaN or inf: {nonfinite} non-finite values{where}")
+        if outside:
+            span = f", got range [{y.min()}, {y.max()}] (y shape {y.shape})" if placement is LOCAL else ""
+            raise ValueError(f"labels y must lie in [0, {self.num_classes}){span}: {outside} labels outside "
+                             f"it{where}")
         return X2.astype(self.dtype, copy=False)
 
     def _commit(self, new_stats: dict, rng: np.random.Generator) -> None:
@@ -287,12 +295,24 @@ class FullyConnectedNet:
         return np.concatenate(preds) if preds else np.zeros(0, dtype=np.int64)
 
 
-def _check_labels(y, n: int, x_shape, num_classes: int) -> None:
+#: Copies of the parameters training holds: parameters, gradients, the best epoch's, two optimizer buffers.
+TRAINING_COPIES = 5
+
+
+def _check_size(input_dim: int, hidden_dims: list[int], num_classes: int, dtype: np.dtype) -> None:
+    """Refuse a net whose training state does not fit in the memory available, before allocating any."""
+    dims = [input_dim, *hidden_dims, num_classes]
+    count = sum(a * b + 3 * b for a, b in zip(dims[:-1], dims[1:]))  # weights, bias or gamma and beta
+    _checks.check_allocation(TRAINING_COPIES * count * dtype.itemsize,
+                             f"a net with hidden_dims {hidden_dims} ({count:.3g} {dtype.name} parameters, held "
+                             f"{TRAINING_COPIES} times in training)")
+
+
+def _check_label_array(y, n: int, x_shape) -> np.ndarray:
+    """y as an integer array of shape (n,), one label per row of X; the range is checked by the caller."""
     y = np.asarray(y)
     if y.shape != (n,):
         raise ValueError(f"y must have shape ({n},), one label per row of X (shape {x_shape}), got shape {y.shape}")
     if not np.issubdtype(y.dtype, np.integer):
         raise TypeError(f"y must hold integer class labels, got dtype {y.dtype} with shape {y.shape}")
-    if y.size and (y.min() < 0 or y.max() >= num_classes):
-        raise ValueError(f"labels y must lie in [0, {num_classes}), got range [{y.min()}, {y.max()}] "
-                         f"(y shape {y.shape})")
+    return y

@@ -12,9 +12,10 @@ where data parallelism differs are asked of the batch's placement:
     this shard's share of the global batch's mean loss;
 ``reduce(arrays)``
     the sum over ranks of the loss and gradients (ONE all_reduce);
-``checks_finite``
-    whether non-finite inputs are rejected here, or left to the synchronized
-    norm, which sees the global batch so that every rank raises together.
+``agree(counts)``
+    the input checks' counts of bad values summed over ranks (one small
+    all_reduce before any other collective), so that every rank raises the
+    same error instead of one rank leaving its peers waiting in a collective.
 """
 
 from __future__ import annotations
@@ -31,10 +32,11 @@ from . import ops
 class Local:
     """The whole batch is in this process: nothing to synchronize."""
 
-    checks_finite = True
-
     def check(self, n: int, y) -> None:
         pass
+
+    def agree(self, counts: np.ndarray) -> np.ndarray:
+        return counts
 
     def norm(self, layer):
         return layer
@@ -64,8 +66,6 @@ class Shard(NamedTuple):
     total: int
     group: object = None
 
-    checks_finite = False
-
     def check(self, n: int, y) -> None:
         """This rank's n rows must lie inside the global batch; labels are required."""
         if y is None:
@@ -74,6 +74,10 @@ class Shard(NamedTuple):
                 and 0 <= self.start and self.start + n <= self.total and n > 0):
             raise ValueError(f"shard must place this rank's {n} rows (at least 1) inside the global batch, "
                              f"got start {self.start!r}, total {self.total!r}")
+
+    def agree(self, counts: np.ndarray) -> np.ndarray:
+        return distributed.all_reduce_arrays([counts], self.group,
+                                             what="data-parallel training: all_reduce of the input checks")[0]
 
     def norm(self, layer):
         return distributed.synchronized(layer, self.group)

@@ -32,6 +32,24 @@ from .sharding import Shard
 DATA_KEYS = ("X_train", "y_train", "X_val", "y_val")
 
 
+def _hyperparameters(state) -> bool:
+    """An optimizer state's JSON part: a dict of finite numbers (the arrays are in the npz)."""
+    return isinstance(state, dict) and all(ckpt.number()(v) for v in state.values())
+
+
+# What the checkpoint JSON of a Solver must hold (model, solver and data are compared, not ranged).
+_META_RULES = {
+    "epoch": ckpt.integer(0),
+    "num_epochs": ckpt.integer(1),
+    "best_val_acc": lambda v: ckpt.number(0, 1)(v) or v == -math.inf,  # -inf: no epoch evaluated yet
+    "train_time": ckpt.number(0),
+    "optim_state": lambda v: isinstance(v, dict) and all(_hyperparameters(s) for s in v.values()),
+    "num_batches_tracked": lambda v: isinstance(v, dict) and all(ckpt.integer(0)(n) for n in v.values()),
+    "rng": lambda v: isinstance(v, dict),
+    "dropout_rng": lambda v: v is None or isinstance(v, dict),
+}
+
+
 class Solver:
     """Train ``model`` on ``data`` with a pure update rule.
 
@@ -294,6 +312,7 @@ class Solver:
         directory = self.checkpoint_dir if directory is None else directory
         arrays, meta = ckpt.load(directory)
         where = f"checkpoint in {directory}"
+        ckpt.check_fields(meta, _META_RULES, where)
         model_config = self.model.config() if hasattr(self.model, "config") else None
         if meta.get("model") != model_config:
             raise ckpt.CheckpointError(f"{where} was written for model {meta.get('model')}, "
@@ -325,6 +344,9 @@ class Solver:
                         state[name[len(prefix):]] = _take(arrays, name, w)
                 optim_states[key] = state
             histories = [arrays[k].tolist() for k in ("loss_history", "train_acc_history", "val_acc_history")]
+            if not len(histories[1]) == len(histories[2]) == meta["epoch"]:
+                raise ValueError(f"accuracy histories of {len(histories[1])} and {len(histories[2])} epochs "
+                                 f"for epoch {meta['epoch']}")
             rng = np.random.default_rng()
             rng.bit_generator.state = meta["rng"]
             dropout_state = meta["dropout_rng"]
@@ -344,7 +366,7 @@ class Solver:
         self.rng = rng
         self.epoch = epoch
         self.best_val_acc = float(meta["best_val_acc"])
-        self.train_time = float(meta.get("train_time", 0.0))
+        self.train_time = float(meta["train_time"])
         return epoch
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import distributed
+from .._params import MAX_TIMEOUT_S
 from . import checkpoint as ckpt
 from . import launch
 from .data import load_dataset, num_classes
@@ -63,8 +64,10 @@ def train(config: TrainConfig, *, verbose: bool = True, progress: str = "auto", 
     """
     if isinstance(config.nproc, bool) or not isinstance(config.nproc, int) or config.nproc < 1:
         raise ValueError(f"nproc must be an integer >= 1, got {config.nproc!r}")
-    if isinstance(config.timeout, bool) or not isinstance(config.timeout, (int, float)) or not config.timeout > 0:
-        raise ValueError(f"timeout must be a number of seconds > 0, got {config.timeout!r}")
+    if (isinstance(config.timeout, bool) or not isinstance(config.timeout, (int, float))
+            or not 0 < config.timeout <= MAX_TIMEOUT_S):
+        raise ValueError(f"timeout must be a number of seconds > 0 and at most {MAX_TIMEOUT_S:g}, "
+                         f"got {config.timeout!r}")
     if config.nproc > 1 or launch.launched_by_torchrun():
         single = dataclasses.replace(config, nproc=1)
         return launch.run_data_parallel(train_in_process, (single, verbose, progress, None, True),
