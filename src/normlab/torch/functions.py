@@ -19,7 +19,6 @@ from typing import NamedTuple
 
 import torch
 
-from .. import _checks
 from ..backends import get_backend
 from ..layers import blend_running_stats
 from . import closed_form, ops
@@ -125,6 +124,18 @@ class NormFunction(torch.autograd.Function):
                 None, None, None)
 
 
+def check_eps(eps, batch_stats: bool, what: str) -> None:
+    """eps >= 0, and > 0 with batch statistics (the core's rule, ``normlab._checks.check_eps``).
+
+    Plain Python comparisons on a float, so torch.compile folds them away.
+    """
+    if not isinstance(eps, numbers.Real) or isinstance(eps, bool):
+        raise TypeError(f"{what}: eps must be a real number, got {type(eps).__name__}")
+    if not math.isfinite(eps) or eps < 0 or (batch_stats and eps == 0):
+        bound = "positive (statistics come from the batch)" if batch_stats else "non-negative"
+        raise ValueError(f"{what}: eps must be {bound} and finite, but got {eps}")
+
+
 def normalize(x, weight, bias, spec: Spec, mean=None, var=None):
     """-> (out, mean, var, invstd) through NormFunction, after the checks both paths share.
 
@@ -135,7 +146,7 @@ def normalize(x, weight, bias, spec: Spec, mean=None, var=None):
     check_tensor(x, "input")
     layout = ops.layout_of(spec.kind, x, spec.arg)  # also checks x's shape against the norm
     batch_stats = mean is None
-    _checks.check_eps(spec.eps, training=batch_stats)
+    check_eps(spec.eps, batch_stats, f"{spec.kind} norm")
     if batch_stats and layout.center and 0 < x.numel() and layout.count < 2:
         raise ValueError(
             f"expected more than 1 value per statistic to compute batch statistics, got input shape "
@@ -177,14 +188,6 @@ def _unbatched(input, normalized_shape):
 
 # ----------------------------------------------------------------------------- torch.nn.functional's API
 
-def _check_batch_norm_eps(eps, training):
-    # torch.nn.functional.batch_norm's own rule, in its words (eps is a float it never validates further).
-    if training and eps <= 0.0:
-        raise ValueError(f"batch_norm eps must be positive during training, but got {eps}")
-    if eps < 0.0:
-        raise ValueError(f"batch_norm eps must be non-negative, but got {eps}")
-
-
 def _no_channels(input, *per_channel):
     """torch's batch_norm on a 1-d input: there is no channel axis, so only an empty input (and stats) pass."""
     sizes = [t.numel() for t in per_channel if t is not None]
@@ -204,7 +207,7 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     input's shape and dtype (N = 0 gives an empty output).
     """
     check_tensor(input, "input")
-    _check_batch_norm_eps(eps, training)
+    check_eps(eps, training, "batch_norm")
     if input.dim() == 1:
         return _no_channels(input, running_mean, running_var, weight, bias)
     spec = Spec("batch", (), eps, backend)
@@ -271,6 +274,6 @@ def rms_norm(input, normalized_shape, weight=None, eps=None, *, backend="auto"):
     return out if x is input else out.squeeze(0)
 
 
-__all__ = ["BACKENDS", "NormFunction", "Spec", "batch_norm", "check_backend", "check_tensor", "group_norm",
+__all__ = ["BACKENDS", "NormFunction", "Spec", "batch_norm", "check_backend", "check_eps", "check_tensor", "group_norm",
            "instance_norm", "layer_norm", "normalize", "normalized_shape_tuple", "rms_norm",
            "update_running_stats"]

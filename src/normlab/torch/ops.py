@@ -188,7 +188,8 @@ def _vmap_by_slices(op):
         size = info.batch_size
         results = []
         for b in range(size):
-            sliced = [a.select(d, b) if d is not None else a for a, d in zip(args, in_dims)]
+            sliced = [a.select(d, b) if isinstance(a, torch.Tensor) and d is not None else a
+                      for a, d in zip(args, in_dims)]
             results.append(op(*sliced))
         return tuple(torch.stack(parts) for parts in zip(*results)), (0,) * len(results[0])
     return rule

@@ -22,7 +22,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from .. import distributed
 from ..norms import batch_layout
 from . import closed_form
-from .functions import _check_batch_norm_eps, check_tensor, update_running_stats
+from .functions import check_eps, check_tensor, update_running_stats
 from .modules import BatchNorm
 
 _DOUBLE_BACKWARD = ("normlab.torch.SyncBatchNorm: double backward (create_graph=True) across ranks is not "
@@ -176,7 +176,7 @@ class SyncBatchNorm(BatchNorm):
         check_tensor(input, "input")
         self._check_input_dim(input)
         self._check_channels(input)
-        _check_batch_norm_eps(self.eps, True)
+        check_eps(self.eps, True, type(self).__name__)
         out, mean, var, count = _sync_batch_norm(input, self.weight, self.bias, self.eps, self.process_group,
                                                  self.backend)
         if self._counts_batch():
