@@ -63,10 +63,10 @@ def _restore(t: torch.Tensor, x: torch.Tensor, rows: bool, kind: str) -> torch.T
     """A torch-ops result of the canonical view back in x's shape and the memory format torch.nn gives."""
     if rows:  # (N*spatial, C) -> (N, C, *spatial), channels-last in memory like x
         return t.reshape(x.shape[0], *x.shape[2:], x.shape[1]).movedim(-1, 1)
-    if x.is_contiguous():
+    if x.is_contiguous() and t.is_contiguous():
         return t
     out = ops.empty_like_output(x, kind)
-    return out.copy_(t) if not out.is_contiguous() else t
+    return t if t.stride() == out.stride() else out.copy_(t)
 
 
 def _closed_form_grads(dout, x, weight, mean, invstd, spec: Spec, stats_given: bool, given=None):
@@ -147,6 +147,11 @@ def normalize(x, weight, bias, spec: Spec, mean=None, var=None):
     layout = ops.layout_of(spec.kind, x, spec.arg)  # also checks x's shape against the norm
     batch_stats = mean is None
     check_eps(spec.eps, batch_stats, f"{spec.kind} norm")
+    for name, t, shape in (("weight", weight, layout.param_shape), ("bias", bias, layout.param_shape),
+                           ("running_mean", mean, layout.stat_shape), ("running_var", var, layout.stat_shape)):
+        if t is not None and tuple(t.shape) != shape:
+            raise ValueError(f"{spec.kind} norm: {name} must have shape {shape} for input shape "
+                             f"{tuple(x.shape)}, got {tuple(t.shape)}")
     if batch_stats and layout.center and 0 < x.numel() and layout.count < 2:
         raise ValueError(
             f"expected more than 1 value per statistic to compute batch statistics, got input shape "
