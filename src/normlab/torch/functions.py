@@ -161,10 +161,11 @@ def normalize(x, weight, bias, spec: Spec, mean=None, var=None):
     return NormFunction.apply(x, weight, bias, mean, var, spec)
 
 
-def update_running_stats(running_mean, running_var, batch_mean, batch_var, count: int, factor: float) -> None:
+def update_running_stats(running_mean, running_var, batch_mean, batch_var, count: int, factor) -> None:
     """Update torch buffers in place with torch.nn.BatchNorm's rule (``normlab.layers.blend_running_stats``).
 
-    batch_mean/batch_var: the batch's statistics (var biased over ``count`` values per channel).
+    batch_mean/batch_var: the batch's statistics (var biased over ``count`` values per channel);
+    factor: a number or a 0-d tensor.
     """
     with torch.no_grad():
         old_mean = batch_mean if running_mean is None else running_mean.to(batch_mean.dtype)
@@ -220,7 +221,7 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
         out, mean, var, _ = normalize(input, weight, bias, spec)
         if (running_mean is not None or running_var is not None) and input.numel():
             count = input.numel() // input.shape[1]
-            update_running_stats(running_mean, running_var, mean, var, count, float(momentum))
+            update_running_stats(running_mean, running_var, mean, var, count, momentum)
         return out
     if running_mean is None or running_var is None:
         raise ValueError("batch_norm with training=False needs running_mean and running_var")
@@ -241,7 +242,7 @@ def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=
         out, mean, var, _ = normalize(input, weight, bias, spec)
         if (running_mean is not None or running_var is not None) and input.numel():
             update_running_stats(running_mean, running_var, mean.mean(0), var.mean(0),
-                                 math.prod(input.shape[2:]), float(momentum))
+                                 math.prod(input.shape[2:]), momentum)
         return out
     if running_mean is None or running_var is None:
         raise ValueError("instance_norm with use_input_stats=False needs running_mean and running_var")

@@ -49,11 +49,14 @@ class BatchNorm(_BatchNorm):
         """Does this forward count a batch in num_batches_tracked (and update the running stats)?"""
         return self.training and self.track_running_stats and self.num_batches_tracked is not None
 
-    def _update_factor(self) -> float:
-        """torch.nn.BatchNorm's running-stat factor: momentum, or 1/num_batches for momentum None."""
+    def _update_factor(self):
+        """torch.nn.BatchNorm's running-stat factor: momentum, or 1/num_batches for momentum None.
+
+        The latter stays a (float64) tensor: torch.compile need not read num_batches_tracked back.
+        """
         if self.momentum is not None:
             return self.momentum
-        return 1.0 / float(self.num_batches_tracked + 1) if self._counts_batch() else 0.0
+        return 1.0 / (self.num_batches_tracked.double() + 1) if self._counts_batch() else 0.0
 
     def forward(self, input):
         check_tensor(input, "input")
