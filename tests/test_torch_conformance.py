@@ -25,6 +25,12 @@ import normlab.torch as nt  # noqa: E402
 DELIBERATE = {
     "eps < 0": "a negative eps can make var + eps negative and the output NaN; normlab raises a ValueError "
                "(torch computes with it; its batch_norm raises too)",
+    "eps == 0 with batch statistics": "a constant row or channel would divide 0 by 0; normlab raises a ValueError "
+                                      "for layer, group, instance and RMS norm as for batch norm (torch computes NaN; "
+                                      "its batch_norm raises too)",
+    "NaN or inf in training (CPU)": "the core checks the O(C) statistics and raises a ValueError instead of "
+                                    "returning NaN everywhere (the torch-ops path propagates them, as torch does); "
+                                    "no test input holds NaN",
     "single value": "batch statistics over a single value normalize it to 0 whatever it is; normlab raises a "
                     "ValueError (torch returns the bias for layer and group norm; its batch and instance norm "
                     "raise too)",
@@ -100,7 +106,7 @@ def _assert_same_failure(ours_exc, theirs_exc, what):
 def _assert_deliberate(reason, ours_exc, what):
     assert reason in DELIBERATE
     assert isinstance(ours_exc, ValueError), f"{what} ({reason}): normlab must raise a ValueError, got {ours_exc!r}"
-    words = "eps" if reason == "eps < 0" else "more than 1 value"
+    words = "more than 1 value" if reason == "single value" else "eps"
     assert words in str(ours_exc), f"{what} ({reason}): {ours_exc}"
 
 
@@ -213,6 +219,8 @@ def _deliberate_for_sample(name, sample):
     if eps is not None and eps < 0:
         return "eps < 0"
     x = sample.input
+    if eps == 0 and name != "nn.functional.batch_norm" and sample.kwargs.get("use_input_stats", True):
+        return "eps == 0 with batch statistics"
     if name == "nn.functional.layer_norm" and x.numel() and math.prod(sample.args[0]) == 1:
         return "single value"
     if name == "nn.functional.group_norm" and x.numel() and x.shape[1] // sample.args[0] * x[0, 0].numel() == 1:
