@@ -15,6 +15,9 @@ import functools
 import numpy as np
 
 from .. import norms
+# The ground truth and formulas of dxhat, dgamma and dbeta do not depend on how xhat is formed:
+# batch norm's serve any graph, this one too.
+from .batchnorm import _truth_dbeta, _truth_dgamma, _truth_dxhat, step_dbeta, step_dgamma, step_dxhat
 from .graph import Graph, forward_graph, half, require_sympy
 from .steps import Derivation, Step
 
@@ -57,12 +60,6 @@ def _truth_local_dms_dx(G: RMSGraph):
     return tuple(sp.diff(G.variance(), xi) for xi in G.x)
 
 
-def _truth_dxhat(G: RMSGraph):
-    sp = require_sympy()
-    l = G.loss(G.xhat_node)
-    return tuple(sp.diff(l, xh) for xh in G.xhat_node)
-
-
 def _truth_dms(G: RMSGraph):
     """dl/ds with x held fixed: s feeds only xhat."""
     sp = require_sympy()
@@ -79,14 +76,6 @@ def _truth_dx_cached(m: int):
 
 def _truth_dx(G: RMSGraph):
     return _truth_dx_cached(G.m)
-
-
-def _truth_dgamma(G: RMSGraph):
-    return (require_sympy().diff(G.full_loss(), G.gamma),)
-
-
-def _truth_dbeta(G: RMSGraph):
-    return (require_sympy().diff(G.full_loss(), G.beta),)
 
 
 def _truth_sum(G: RMSGraph):
@@ -115,11 +104,6 @@ def step_local_dms_dx(G: RMSGraph):
     return tuple(2 * xi / G.m for xi in G.x)
 
 
-def step_dxhat(G: RMSGraph):
-    r"""$\partial l/\partial\hat x_i = \text{dout}_i\,\gamma$."""
-    return tuple(gi * G.gamma for gi in G.g)
-
-
 def step_dms(G: RMSGraph):
     r"""$\partial l/\partial s = -\tfrac12\sum_i d\hat x_i\,x_i\,(s+\epsilon)^{-3/2}$."""
     dxhat, local = step_dxhat(G), step_local_dxhat_dms(G)
@@ -137,16 +121,6 @@ def step_dx_closed(G: RMSGraph):
     dxhat, xhat, m = step_dxhat(G), G.xhat(), G.m
     s2 = sum(d * xh for d, xh in zip(dxhat, xhat))
     return tuple(G.inverse() / m * (m * d - xh * s2) for d, xh in zip(dxhat, xhat))
-
-
-def step_dgamma(G: RMSGraph):
-    r"""$\partial l/\partial\gamma = \sum_i \text{dout}_i\hat x_i$."""
-    return (sum(gi * xh for gi, xh in zip(G.g, G.xhat())),)
-
-
-def step_dbeta(G: RMSGraph):
-    r"""$\partial l/\partial\beta = \sum_i \text{dout}_i$."""
-    return (sum(G.g),)
 
 
 def step_sum(G: RMSGraph):
