@@ -138,6 +138,15 @@ def forward_graph(m: int) -> Graph:
     )
 
 
+@functools.lru_cache(maxsize=None)
+def loss_gradient(graph_of, m: int) -> tuple:
+    """dl/dx_i of the full loss of ``graph_of(m)``: every derivation's costliest truth, computed once."""
+    sp = require_sympy()
+    G = graph_of(m)
+    l = G.full_loss()
+    return tuple(sp.diff(l, xi) for xi in G.x)
+
+
 # ----------------------------------------------------------------------------- exact points
 
 def _random_rational(rng: random.Random, lo: int = -30, hi: int = 30, max_den: int = 9, *, nonzero=True):

@@ -18,7 +18,7 @@ from .. import norms
 # The ground truth and formulas of dxhat, dgamma and dbeta do not depend on how xhat is formed:
 # batch norm's serve any graph, this one too.
 from .batchnorm import _truth_dbeta, _truth_dgamma, _truth_dxhat, step_dbeta, step_dgamma, step_dxhat
-from .graph import Graph, forward_graph, half, require_sympy
+from .graph import Graph, forward_graph, half, loss_gradient, require_sympy
 from .steps import Derivation, Step
 
 
@@ -66,16 +66,9 @@ def _truth_dms(G: RMSGraph):
     return (sp.diff(G.loss(G.xhat()), G.sigma2),)
 
 
-@functools.lru_cache(maxsize=None)
-def _truth_dx_cached(m: int):
-    sp = require_sympy()
-    G = rms_graph(m)
-    l = G.full_loss()
-    return tuple(sp.diff(l, xi) for xi in G.x)
-
-
 def _truth_dx(G: RMSGraph):
-    return _truth_dx_cached(G.m)
+    """dl/dx_i of the full loss."""
+    return loss_gradient(rms_graph, G.m)
 
 
 def _truth_sum(G: RMSGraph):
