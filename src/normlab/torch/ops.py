@@ -122,9 +122,8 @@ def normalize(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor |
     _into(out, rows, compute)
     cache = caches[0]
     # Given statistics come back as the caller's arrays: an operator's outputs must not alias its inputs.
-    if mean is not None:
-        return out, torch.from_numpy(cache.mean.copy()), torch.from_numpy(cache.var.copy()), torch.from_numpy(cache.invstd)
-    return out, torch.from_numpy(cache.mean), torch.from_numpy(cache.var), torch.from_numpy(cache.invstd)
+    stat_mean, stat_var = (cache.mean.copy(), cache.var.copy()) if mean is not None else (cache.mean, cache.var)
+    return out, torch.from_numpy(stat_mean), torch.from_numpy(stat_var), torch.from_numpy(cache.invstd)
 
 
 @normalize.register_fake
