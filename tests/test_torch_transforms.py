@@ -147,6 +147,15 @@ COMPILE_SCRIPT = """
             torch._dynamo.reset()
             explained = torch._dynamo.explain(copy.deepcopy(twin))(x)  # explain runs it: a copy's state changes
             print(f"momentum={momentum} {mode} graph_breaks={explained.graph_break_count}")
+
+    # Symbolic batch and height (the width is LayerNorm(8)'s): one graph serves both shapes.
+    net = Net(0.1).double()
+    twin = copy.deepcopy(net)
+    compiled = torch.compile(net, dynamic=True, fullgraph=True)
+    for n, height in ((3, 8), (5, 6)):
+        xn = torch.randn(n, 3, height, 8, dtype=torch.float64)
+        torch.testing.assert_close(compiled(xn), twin(xn), rtol=1e-9, atol=1e-11)
+    print("dynamic shapes ok")
 """
 
 
@@ -156,6 +165,7 @@ def test_torch_compile_in_a_fresh_process_with_no_graph_breaks():
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.split()
     assert [line for line in lines if line.startswith("graph_breaks=")] == ["graph_breaks=0"] * 4, result.stdout
+    assert "dynamic shapes ok" in result.stdout
 
 
 def test_operators_pass_torch_library_opcheck():

@@ -124,16 +124,19 @@ class NormFunction(torch.autograd.Function):
                 None, None, None)
 
 
-def check_eps(eps, batch_stats: bool, what: str) -> None:
-    """eps >= 0, and > 0 with batch statistics (the core's rule, ``normlab._checks.check_eps``).
+def check_eps(eps, batch_stats: bool, what: str) -> float:
+    """eps as a float: >= 0, and > 0 with batch statistics (the core's rule, ``normlab._checks.check_eps``).
 
-    Plain Python comparisons on a float, so torch.compile folds them away.
+    Plain Python comparisons on a float, so torch.compile folds them away
+    (a symbolic eps, which dynamo may make of a module's attribute, becomes a constant).
     """
-    if not isinstance(eps, numbers.Real) or isinstance(eps, bool):
+    if not isinstance(eps, (numbers.Real, torch.SymFloat, torch.SymInt)) or isinstance(eps, bool):
         raise TypeError(f"{what}: eps must be a real number, got {type(eps).__name__}")
-    if not math.isfinite(eps) or eps < 0 or (batch_stats and eps == 0):
+    eps = float(eps)
+    if not 0 <= eps < math.inf or (batch_stats and eps == 0):  # comparisons only: also false for NaN
         bound = "positive (statistics come from the batch)" if batch_stats else "non-negative"
         raise ValueError(f"{what}: eps must be {bound} and finite, but got {eps}")
+    return eps
 
 
 def normalize(x, weight, bias, spec: Spec, mean=None, var=None):
@@ -144,15 +147,17 @@ def normalize(x, weight, bias, spec: Spec, mean=None, var=None):
     square): normlab raises where torch would return the bias or NaN.
     """
     check_tensor(x, "input")
+    if x.dim() < 2:
+        raise ValueError(f"{spec.kind} norm expects an input (N, C, *) or (N, *normalized_shape) with at least "
+                         f"2 dimensions, got shape {tuple(x.shape)}")
+    spec = spec._replace(eps=check_eps(spec.eps, mean is None, f"{spec.kind} norm"))
     layout = ops.layout_of(spec.kind, x, spec.arg)  # also checks x's shape against the norm
-    batch_stats = mean is None
-    check_eps(spec.eps, batch_stats, f"{spec.kind} norm")
     for name, t, shape in (("weight", weight, layout.param_shape), ("bias", bias, layout.param_shape),
                            ("running_mean", mean, layout.stat_shape), ("running_var", var, layout.stat_shape)):
         if t is not None and tuple(t.shape) != shape:
             raise ValueError(f"{spec.kind} norm: {name} must have shape {shape} for input shape "
                              f"{tuple(x.shape)}, got {tuple(t.shape)}")
-    if batch_stats and layout.center and 0 < x.numel() and layout.count < 2:
+    if mean is None and layout.center and 0 < x.numel() and layout.count < 2:
         raise ValueError(
             f"expected more than 1 value per statistic to compute batch statistics, got input shape "
             f"{tuple(x.shape)} (each statistic reduces over {layout.count} value): normalizing a single "
@@ -177,11 +182,18 @@ def update_running_stats(running_mean, running_var, batch_mean, batch_var, count
             running_var.copy_(new_var)
 
 
+def _constant_int(value, name: str) -> int:
+    """An int argument as a Python int; torch.compile may pass a module's int as a symbol: int() fixes it."""
+    if isinstance(value, bool) or not isinstance(value, (numbers.Integral, torch.SymInt)):
+        raise TypeError(f"{name} must be an int or a sequence of ints, got {value!r}")
+    return int(value)
+
+
 def normalized_shape_tuple(normalized_shape) -> tuple[int, ...]:
     """torch's normalized_shape (an int or a sequence of ints, at least one) as a tuple."""
-    if isinstance(normalized_shape, numbers.Integral):
-        return (int(normalized_shape),)
-    shape = tuple(int(d) for d in normalized_shape)
+    if isinstance(normalized_shape, (numbers.Integral, torch.SymInt)):
+        return (_constant_int(normalized_shape, "normalized_shape"),)
+    shape = tuple(_constant_int(d, "normalized_shape") for d in normalized_shape)
     if not shape:
         raise ValueError("normalized_shape must have at least one dimension, got ()")
     return shape
@@ -263,7 +275,8 @@ def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5, *, backend="
     if input.dim() < 2:
         raise ValueError(f"group_norm expects input (N, C, *) with at least 2 dimensions, got shape "
                          f"{tuple(input.shape)}")
-    return normalize(input, weight, bias, Spec("group", (num_groups,), eps, backend))[0]
+    groups = _constant_int(num_groups, "num_groups")
+    return normalize(input, weight, bias, Spec("group", (groups,), eps, backend))[0]
 
 
 def rms_norm(input, normalized_shape, weight=None, eps=None, *, backend="auto"):

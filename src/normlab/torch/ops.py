@@ -34,6 +34,8 @@ LAYOUTS = {
     "instance": lambda shape, arg: instance_layout(shape),
     "rms": lambda shape, arg: rms_layout(shape, tuple(arg)),
 }
+# Norms whose arg is normalized_shape (axis 1 may be a sequence); the others have channels on axis 1.
+_NORMALIZED_SHAPE_KINDS = frozenset({"layer", "rms"})
 # torch.nn's output memory format per norm (batch/group/RMS keep channels_last, the others do not).
 _KEEPS_FORMAT = {"batch": True, "group": True, "rms": True, "layer": False, "instance": False}
 
@@ -53,8 +55,20 @@ def canonical(t: torch.Tensor, rows: bool) -> torch.Tensor:
 
 
 def layout_of(kind: str, x: torch.Tensor, arg, rows: bool = False):
-    shape = (x.shape[0] * math.prod(x.shape[2:]), x.shape[1]) if rows else tuple(x.shape)
-    return LAYOUTS[kind](shape, arg)
+    """The norm's Layout for x (its (N*spatial, C) matrix when ``rows``).
+
+    int(): under torch.compile(dynamic=True) sizes arrive as symbols; the layout
+    fixes the channel count and a group count (what a module's parameters fix
+    anyway) with a guard, while the batch, spatial and a layer norm's leading
+    (e.g. sequence) sizes stay symbolic.
+    """
+    arg = [int(a) for a in arg]
+    if rows:
+        return LAYOUTS[kind]((x.shape[0] * math.prod(x.shape[2:]), int(x.shape[1])), arg)
+    shape = list(x.shape)
+    if kind not in _NORMALIZED_SHAPE_KINDS:
+        shape[1] = int(shape[1])
+    return LAYOUTS[kind](tuple(shape), arg)
 
 
 def empty_like_output(x: torch.Tensor, kind: str) -> torch.Tensor:
