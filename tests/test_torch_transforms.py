@@ -237,3 +237,22 @@ def test_empty_batch_counts_and_leaves_the_running_statistics():
         torch.testing.assert_close(a, b, msg=key)
     assert int(ours.num_batches_tracked) == 2
     torch.testing.assert_close(ours.weight.grad, theirs.weight.grad)
+
+
+def test_channels_last_batch_norm_reaches_the_core_without_a_copy(monkeypatch):
+    """Batch norm on NHWC memory is batch norm on its (N*H*W, C) matrix: x and the output are not copied."""
+    from normlab.torch import ops
+
+    seen = {}
+    core_forward = ops.core_forward
+
+    def spy(x, gamma, beta, layout, eps, **kwargs):
+        seen.update(x=x.ctypes.data, out=kwargs["out"].ctypes.data, view=layout.view)
+        return core_forward(x, gamma, beta, layout, eps, **kwargs)
+
+    monkeypatch.setattr(ops, "core_forward", spy)
+    x = torch.randn(2, 3, 4, 5).contiguous(memory_format=torch.channels_last)
+    out = nt.batch_norm(x, None, None, training=True, backend="numpy")
+    assert seen == {"x": x.data_ptr(), "out": out.data_ptr(), "view": (40, 3, 1, 1)}
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, F.batch_norm(x, None, None, training=True))
