@@ -66,7 +66,7 @@ CASES = [  # (reference class, per-sample shape (C, *spatial), constructor kwarg
 ]
 
 
-def _check_case(rank, shards, reference_cls, sample_shape, kwargs, seed):
+def _check_case(rank, shards, reference_cls, sample_shape, kwargs, seed, backend):
     g = torch.Generator().manual_seed(seed)
     c = sample_shape[0]
     total = sum(shards)
@@ -75,7 +75,7 @@ def _check_case(rank, shards, reference_cls, sample_shape, kwargs, seed):
     with torch.no_grad():
         for p in ref.parameters():
             p.copy_(torch.rand(p.shape, generator=g, dtype=torch.float64) + 0.5)
-    ours = nt.SyncBatchNorm(c, **kwargs).double()
+    ours = nt.SyncBatchNorm(c, **kwargs, backend=backend).double()
     ours.load_state_dict(ref.state_dict())
     params, ref_params = list(ours.parameters()), list(ref.parameters())
 
@@ -117,8 +117,10 @@ def _check_case(rank, shards, reference_cls, sample_shape, kwargs, seed):
 def _equivalence_worker(rank, world_size, init_method, shards):
     _init(rank, world_size, init_method, 30)
     try:
-        for i, (reference_cls, sample_shape, kwargs) in enumerate(CASES):
-            _check_case(rank, shards, reference_cls, sample_shape, kwargs, seed=100 + i)
+        # "auto": the core on NumPy views; "torch": the closed form in torch ops, as on GPUs.
+        for backend in ("auto", "torch"):
+            for i, (reference_cls, sample_shape, kwargs) in enumerate(CASES):
+                _check_case(rank, shards, reference_cls, sample_shape, kwargs, seed=100 + i, backend=backend)
         # The collectives take NumPy arrays and tensors alike, and return float64 NumPy arrays.
         mine = torch.tensor([rank, 1.0], dtype=torch.float32, requires_grad=True)
         assert np.array_equal(distributed.all_reduce_sum(mine), [sum(range(world_size)), world_size])

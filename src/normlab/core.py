@@ -105,7 +105,8 @@ def normalize_forward(x, gamma, beta, layout: Layout, eps: float, *, mean=None, 
     mean, var = _checks.check_stats(mean, var, layout.stat_shape, what)
     stats_given = mean is not None
     eps = _checks.check_eps(eps, training=not stats_given)
-    if not stats_given and layout.count < 2:
+    # RMS norm's statistic (a mean square) is meaningful over one value; a variance is not.
+    if not stats_given and layout.center and layout.count < 2:
         raise ValueError(
             f"expected more than 1 value per statistic to compute batch statistics, got input shape "
             f"{x.shape} (each statistic reduces over {layout.count} value): normalizing a single value "

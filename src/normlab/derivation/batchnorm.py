@@ -9,12 +9,10 @@ record ``normlab.derivation.DERIVATIONS`` registers under "batchnorm".
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 
 from .. import norms
-from .graph import Graph, forward_graph, half, require_sympy
+from .graph import Graph, forward_graph, half, loss_gradient, require_sympy
 from .steps import Derivation, Step
 
 # ----------------------------------------------------------------------------- ground truth
@@ -45,17 +43,9 @@ def _truth_dmu(G: Graph):
     return (sp.diff(l, G.mu),)
 
 
-@functools.lru_cache(maxsize=None)
-def _truth_dx_cached(m: int):
-    sp = require_sympy()
-    G = forward_graph(m)
-    l = G.full_loss()
-    return tuple(sp.diff(l, xi) for xi in G.x)
-
-
 def _truth_dx(G: Graph):
     """dl/dx_i of the full loss: the quantity the whole derivation is after."""
-    return _truth_dx_cached(G.m)
+    return loss_gradient(forward_graph, G.m)
 
 
 def _truth_dgamma(G: Graph):

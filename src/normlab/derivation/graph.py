@@ -138,6 +138,15 @@ def forward_graph(m: int) -> Graph:
     )
 
 
+@functools.lru_cache(maxsize=None)
+def loss_gradient(graph_of, m: int) -> tuple:
+    """dl/dx_i of the full loss of ``graph_of(m)``: every derivation's costliest truth, computed once."""
+    sp = require_sympy()
+    G = graph_of(m)
+    l = G.full_loss()
+    return tuple(sp.diff(l, xi) for xi in G.x)
+
+
 # ----------------------------------------------------------------------------- exact points
 
 def _random_rational(rng: random.Random, lo: int = -30, hi: int = 30, max_den: int = 9, *, nonzero=True):
@@ -181,9 +190,9 @@ def rational_point(G: Graph, seed: int, *, on_graph: bool = True) -> dict:
     while abs(gamma) == 1:  # gamma = +-1 would hide a missing or dropped gamma factor
         gamma = _random_rational(rng)
     beta = _random_rational(rng)
-    if on_graph:
-        mu = sum(xs) / G.m
-        sigma2 = sum((xi - mu) ** 2 for xi in xs) / G.m
+    if on_graph:  # the graph's own forward values (batch norm: mean and biased variance of x)
+        at_x = dict(zip(G.x, xs))
+        mu, sigma2 = (sp.sympify(v).xreplace(at_x) for v in (G.on_graph()[G.mu], G.on_graph()[G.sigma2]))
     else:
         mu = _random_rational(rng)
         sigma2 = abs(_random_rational(rng))

@@ -2,12 +2,17 @@
 
 Requires the optional extra: ``pip install "normlab[torch]"`` (torch 2.13).
 
-- ``batch_norm``, ``layer_norm``, ``group_norm``: drop-ins for the
-  torch.nn.functional ones whose backward is normlab's closed form.
-- ``BatchNorm``, ``LayerNorm``, ``GroupNorm``: modules with torch.nn's
-  parameters, buffers, state_dict keys and semantics.
+- ``batch_norm``, ``instance_norm``, ``layer_norm``, ``group_norm``,
+  ``rms_norm``: drop-ins for the torch.nn.functional ones whose backward is
+  normlab's closed form.
+- ``BatchNorm`` (any (N, C, *)) and ``BatchNorm1d/2d/3d``, ``InstanceNorm1d/2d/3d``,
+  ``LayerNorm``, ``GroupNorm``, ``RMSNorm``: modules with torch.nn's
+  constructors, parameters, buffers, state_dict keys and semantics.
 - ``SyncBatchNorm``, ``convert_sync_batchnorm``: batch norm synchronized over
   torch.distributed, on CPU tensors (gloo) as well.
+
+CPU tensors run normlab's core (NumPy/Numba); tensors on any other device,
+and ``backend="torch"``, run the same closed form in torch ops.
 - ``fold_batchnorm``: fold eval-mode batch norms into the preceding Linear/Conv.
 """
 
@@ -22,18 +27,28 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
     ) from exc
 
 from .fold import fold_batchnorm
-from .functions import batch_norm, group_norm, layer_norm
-from .modules import BatchNorm, GroupNorm, LayerNorm
+from .functions import batch_norm, group_norm, instance_norm, layer_norm, rms_norm
+from .modules import (BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d, GroupNorm, InstanceNorm1d,
+                      InstanceNorm2d, InstanceNorm3d, LayerNorm, RMSNorm)
 from .sync_batchnorm import SyncBatchNorm, convert_sync_batchnorm
 
 __all__ = [
     "BatchNorm",
+    "BatchNorm1d",
+    "BatchNorm2d",
+    "BatchNorm3d",
     "GroupNorm",
+    "InstanceNorm1d",
+    "InstanceNorm2d",
+    "InstanceNorm3d",
     "LayerNorm",
+    "RMSNorm",
     "SyncBatchNorm",
     "batch_norm",
     "convert_sync_batchnorm",
     "fold_batchnorm",
     "group_norm",
+    "instance_norm",
     "layer_norm",
+    "rms_norm",
 ]

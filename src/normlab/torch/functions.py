@@ -1,117 +1,218 @@
-"""Autograd Functions whose forward and backward are normlab's core.
+"""torch.nn.functional's norms on normlab's core: one autograd Function for all of them.
 
-CPU tensors enter the core as zero-copy NumPy views (non-contiguous ones are
-made contiguous first), so the same kernels, and whichever backend "auto"
-picks, serve NumPy and PyTorch users, forward and backward alike
-(docs/benchmarks.md measures them against torch.nn).
+CPU tensors run the core (NumPy/Numba) through the operators of
+``normlab.torch.ops``; tensors on other devices, and ``backend="torch"``,
+run the same closed form in torch ops (``normlab.torch.closed_form``).
 
-Double backward is not supported: the backward runs outside autograd, so
-``create_graph=True`` through these functions raises a RuntimeError that says
-so. Use torch.nn.functional's norms where second derivatives are needed.
+Gradients: first-order backward is the closed form (the core's kernels on
+CPU). Double backward (``create_graph=True``, and torch.func transforms,
+which always build a graph) runs the closed form in torch ops with the
+statistics recomputed from x, and autograd differentiates it: exact second
+derivatives without a second hand-derived formula to keep in step.
 """
 
 from __future__ import annotations
 
-import numpy as np
+import math
+import numbers
+from typing import NamedTuple
+
 import torch
 
-from ..core import Layout, normalize_backward, normalize_forward
+from ..backends import get_backend
 from ..layers import blend_running_stats
-from ..norms import batch_layout, group_layout, layer_layout
+from . import closed_form, ops
 
-_FLOAT_DTYPES = (torch.float16, torch.float32, torch.float64)
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+BACKENDS = ("auto", "numpy", "numba", "torch")
 
-DOUBLE_BACKWARD_MESSAGE = (
-    "normlab.torch: double backward (create_graph=True) through {name} is not supported; its closed-form "
-    "backward runs in normlab's core outside autograd. Use torch.nn.functional.{name} where second "
-    "derivatives are needed."
-)
+
+def check_backend(backend: str) -> str:
+    """A backend name normlab.torch knows; "torch" is the closed form in torch ops (any device)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
+    if backend != "torch":
+        get_backend(backend)  # ImportError now, not at the first forward, if e.g. numba is missing
+    return backend
 
 
 def check_tensor(tensor: torch.Tensor, name: str) -> None:
-    """TypeError/ValueError unless ``tensor`` is a float16/32/64 CPU tensor."""
+    """TypeError unless ``tensor`` is a floating tensor normlab.torch computes with (any device)."""
     if not isinstance(tensor, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
-    if tensor.device.type != "cpu":
-        raise ValueError(f"{name} must be a CPU tensor for normlab.torch, got device {tensor.device} "
-                         f"(shape {tuple(tensor.shape)})")
     if tensor.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"{name} must be float16, float32 or float64, got {tensor.dtype} "
+        raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {tensor.dtype} "
                         f"with shape {tuple(tensor.shape)}")
 
 
-def as_numpy(tensor: torch.Tensor, name: str) -> np.ndarray:
-    """A NumPy view of a CPU float tensor (zero-copy when contiguous)."""
-    check_tensor(tensor, name)
-    return tensor.detach().contiguous().numpy()
+class Spec(NamedTuple):
+    """Which norm (a key of ``ops.LAYOUTS``), its argument (normalized_shape or (groups,)), eps, backend."""
+
+    kind: str
+    arg: tuple[int, ...]
+    eps: float
+    backend: str
 
 
-def _optional_numpy(tensor, name):
-    return None if tensor is None else as_numpy(tensor, name)
+def _uses_core(x: torch.Tensor, backend: str) -> bool:
+    # An empty input has no statistics to compute: the torch-ops path returns its empty result.
+    return x.device.type == "cpu" and backend != "torch" and x.numel() > 0
 
 
-def check_once_differentiable(name: str) -> None:
-    """Raise if autograd is recording the backward itself (create_graph=True)."""
-    if torch.is_grad_enabled():
-        raise RuntimeError(DOUBLE_BACKWARD_MESSAGE.format(name=name))
+def _restore(t: torch.Tensor, x: torch.Tensor, rows: bool, kind: str) -> torch.Tensor:
+    """A torch-ops result of the canonical view back in x's shape and the memory format torch.nn gives."""
+    if rows:  # (N*spatial, C) -> (N, C, *spatial), channels-last in memory like x
+        return t.reshape(x.shape[0], *x.shape[2:], x.shape[1]).movedim(-1, 1)
+    if x.is_contiguous() and t.is_contiguous():
+        return t
+    out = ops.empty_like_output(x, kind)
+    return t if t.stride() == out.stride() else out.copy_(t)
+
+
+def _closed_form_grads(dout, x, weight, mean, invstd, spec: Spec, stats_given: bool, given=None):
+    rows = ops.channels_last_rows(x, spec.kind)
+    xc = ops.canonical(x, rows)
+    layout = ops.layout_of(spec.kind, x, spec.arg, rows)
+    if given is not None:  # create_graph: statistics as functions of x, so autograd sees through them
+        mean, _, invstd = closed_form.statistics(xc, layout, spec.eps, *given)
+    dx, dw, db = closed_form.backward(ops.canonical(dout, rows), xc, weight, mean, invstd, layout, stats_given)
+    return _restore(dx, x, rows, spec.kind), dw, db
 
 
 class NormFunction(torch.autograd.Function):
-    """out, mean, var = NormFunction.apply(x, weight, bias, layout, eps, mean, var, backend, name).
+    """out, mean, var, invstd = NormFunction.apply(x, weight, bias, mean, var, spec).
 
-    One Function for all three norms, as the core is one: ``layout`` says
-    which. mean/var are the given statistics (NumPy, inference) or None; the
-    returned mean/var (float64, non-differentiable) are the ones used.
+    mean/var: given statistics (inference) or None (computed from x). The
+    returned statistics (non-differentiable) are the ones used; var is biased.
     """
 
-    @staticmethod
-    def forward(ctx, x, weight, bias, layout: Layout, eps, mean, var, backend, name):
-        x_np = as_numpy(x, "input")
-        gamma = _optional_numpy(weight, "weight")
-        beta = _optional_numpy(bias, "bias")
-        if gamma is not None and beta is None:  # torch allows weight without bias (LayerNorm(bias=False))
-            beta = np.zeros_like(gamma)
-        out, cache = normalize_forward(x_np, gamma, beta, layout, eps, mean=mean, var=var, backend=backend)
-        ctx.cache = cache
-        ctx.name = name
-        ctx.save_for_backward(x)  # lets autograd detect in-place changes of x before backward
-        stats = torch.from_numpy(np.ascontiguousarray(cache.mean)), torch.from_numpy(np.ascontiguousarray(cache.var))
-        ctx.mark_non_differentiable(*stats)
-        return (torch.from_numpy(out), *stats)
+    generate_vmap_rule = True  # forward and backward are torch ops or operators with vmap rules
 
     @staticmethod
-    def backward(ctx, dout, _dmean, _dvar):
-        check_once_differentiable(ctx.name)
-        ctx.saved_tensors  # noqa: B018 - raises if x was modified in place since forward
-        dx, dgamma, dbeta = normalize_backward(as_numpy(dout, "grad_output"), ctx.cache)
+    def forward(x, weight, bias, mean, var, spec: Spec):
+        if _uses_core(x, spec.backend):
+            return ops.normalize(x, weight, bias, mean, var, spec.kind, list(spec.arg), spec.eps, spec.backend)
+        rows = ops.channels_last_rows(x, spec.kind)
+        layout = ops.layout_of(spec.kind, x, spec.arg, rows)
+        out, *stats = closed_form.forward(ops.canonical(x, rows), weight, bias, layout, spec.eps, mean, var)
+        return (_restore(out, x, rows, spec.kind), *stats)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, weight, bias, mean, var, spec = inputs
+        _, batch_mean, batch_var, invstd = output
+        ctx.mark_non_differentiable(batch_mean, batch_var, invstd)
+        ctx.save_for_backward(x, weight, batch_mean, invstd, mean, var)
+        ctx.spec = spec
+        ctx.affine = weight is not None or bias is not None
+
+    @staticmethod
+    def backward(ctx, dout, _dmean, _dvar, _dinvstd):
+        x, weight, mean, invstd, given_mean, given_var = ctx.saved_tensors
+        spec, stats_given = ctx.spec, given_mean is not None
+        if torch.is_grad_enabled():  # create_graph=True: a backward autograd can differentiate
+            dx, dw, db = _closed_form_grads(dout, x, weight, mean, invstd, spec, stats_given,
+                                            given=(given_mean, given_var))
+        elif _uses_core(x, spec.backend):
+            dx, dw, db = ops.normalize_backward(dout, x, weight, mean, invstd, spec.kind, list(spec.arg),
+                                                stats_given, ctx.affine, spec.backend)
+        else:
+            dx, dw, db = _closed_form_grads(dout, x, weight, mean, invstd, spec, stats_given)
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        return (torch.from_numpy(dx) if need_x else None,
-                torch.from_numpy(dgamma) if need_w else None,
-                torch.from_numpy(dbeta) if need_b else None,
-                None, None, None, None, None, None)
+        pdtype = weight.dtype if weight is not None else x.dtype
+        return (dx if need_x else None, dw.to(pdtype) if need_w else None, db.to(pdtype) if need_b else None,
+                None, None, None)
 
 
-def _apply(x, weight, bias, layout, eps, mean=None, var=None, backend="auto", name="batch_norm"):
-    return NormFunction.apply(x, weight, bias, layout, eps, mean, var, backend, name)
+def check_eps(eps, batch_stats: bool, what: str) -> float:
+    """eps as a float: >= 0, and > 0 with batch statistics (the core's rule, ``normlab._checks.check_eps``).
+
+    Plain Python comparisons on a float, so torch.compile folds them away
+    (a symbolic eps, which dynamo may make of a module's attribute, becomes a constant).
+    """
+    if not isinstance(eps, (numbers.Real, torch.SymFloat, torch.SymInt)) or isinstance(eps, bool):
+        raise TypeError(f"{what}: eps must be a real number, got {type(eps).__name__}")
+    eps = float(eps)
+    if not 0 <= eps < math.inf or (batch_stats and eps == 0):  # comparisons only: also false for NaN
+        bound = "positive (statistics come from the batch)" if batch_stats else "non-negative"
+        raise ValueError(f"{what}: eps must be {bound} and finite, but got {eps}")
+    return eps
 
 
-def update_running_stats(running_mean, running_var, batch_mean, batch_var, count: int, factor: float) -> None:
-    """Update torch buffers in place with torch.nn.BatchNorm's rule (``normlab.layers.blend_running_stats``)."""
+def normalize(x, weight, bias, spec: Spec, mean=None, var=None):
+    """-> (out, mean, var, invstd) through NormFunction, after the checks both paths share.
+
+    eps: >= 0, and > 0 with batch statistics; batch statistics need more
+    than one value each (except for RMS norm, whose statistic is a mean
+    square): normlab raises where torch would return the bias or NaN.
+    """
+    check_tensor(x, "input")
+    if x.dim() < 2:
+        raise ValueError(f"{spec.kind} norm expects an input (N, C, *) or (N, *normalized_shape) with at least "
+                         f"2 dimensions, got shape {tuple(x.shape)}")
+    spec = spec._replace(eps=check_eps(spec.eps, mean is None, f"{spec.kind} norm"))
+    layout = ops.layout_of(spec.kind, x, spec.arg)  # also checks x's shape against the norm
+    for name, t, shape in (("weight", weight, layout.param_shape), ("bias", bias, layout.param_shape),
+                           ("running_mean", mean, layout.stat_shape), ("running_var", var, layout.stat_shape)):
+        if t is not None and tuple(t.shape) != shape:
+            raise ValueError(f"{spec.kind} norm: {name} must have shape {shape} for input shape "
+                             f"{tuple(x.shape)}, got {tuple(t.shape)}")
+    if mean is None and layout.center and 0 < x.numel() and layout.count < 2:
+        raise ValueError(
+            f"expected more than 1 value per statistic to compute batch statistics, got input shape "
+            f"{tuple(x.shape)} (each statistic reduces over {layout.count} value): normalizing a single "
+            f"value always gives 0"
+        )
+    return NormFunction.apply(x, weight, bias, mean, var, spec)
+
+
+def update_running_stats(running_mean, running_var, batch_mean, batch_var, count: int, factor) -> None:
+    """Update torch buffers in place with torch.nn.BatchNorm's rule (``normlab.layers.blend_running_stats``).
+
+    batch_mean/batch_var: the batch's statistics (var biased over ``count`` values per channel);
+    factor: a number or a 0-d tensor.
+    """
     with torch.no_grad():
-        batch_mean, batch_var = np.asarray(batch_mean, np.float64), np.asarray(batch_var, np.float64)
-        old_mean = batch_mean if running_mean is None else running_mean.double().numpy()
-        old_var = batch_var if running_var is None else running_var.double().numpy()
+        old_mean = batch_mean if running_mean is None else running_mean.to(batch_mean.dtype)
+        old_var = batch_var if running_var is None else running_var.to(batch_var.dtype)
         new_mean, new_var = blend_running_stats(old_mean, old_var, batch_mean, batch_var, count, factor)
         if running_mean is not None:
-            running_mean.copy_(torch.from_numpy(new_mean))
+            running_mean.copy_(new_mean)
         if running_var is not None:
-            running_var.copy_(torch.from_numpy(new_var))
+            running_var.copy_(new_var)
 
 
-def _input_dims(x, name, min_ndim=2):
-    check_tensor(x, name)
-    if x.dim() < min_ndim:
-        raise ValueError(f"{name} must have at least {min_ndim} dimensions, got shape {tuple(x.shape)}")
+def _constant_int(value, name: str) -> int:
+    """An int argument as a Python int; torch.compile may pass a module's int as a symbol: int() fixes it."""
+    if isinstance(value, bool) or not isinstance(value, (numbers.Integral, torch.SymInt)):
+        raise TypeError(f"{name} must be an int or a sequence of ints, got {value!r}")
+    return int(value)
+
+
+def normalized_shape_tuple(normalized_shape) -> tuple[int, ...]:
+    """torch's normalized_shape (an int or a sequence of ints, at least one) as a tuple."""
+    if isinstance(normalized_shape, (numbers.Integral, torch.SymInt)):
+        return (_constant_int(normalized_shape, "normalized_shape"),)
+    shape = tuple(_constant_int(d, "normalized_shape") for d in normalized_shape)
+    if not shape:
+        raise ValueError("normalized_shape must have at least one dimension, got ()")
+    return shape
+
+
+def _unbatched(input, normalized_shape):
+    """torch accepts an input that is just normalized_shape (one sample): give it a leading axis."""
+    return input.unsqueeze(0) if input.dim() == len(normalized_shape) else input
+
+
+# ----------------------------------------------------------------------------- torch.nn.functional's API
+
+def _no_channels(input, *per_channel):
+    """torch's batch_norm on a 1-d input: there is no channel axis, so only an empty input (and stats) pass."""
+    sizes = [t.numel() for t in per_channel if t is not None]
+    if input.numel() or any(sizes):
+        raise ValueError(f"batch_norm expects input (N, C, *); a 1-d input has no channel axis, got input shape "
+                         f"{tuple(input.shape)} with {max(sizes, default=0)} per-channel values")
+    return input.clone()
 
 
 def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1,
@@ -119,41 +220,79 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     """torch.nn.functional.batch_norm on normlab's core; input (N, C, *), the rest (C,).
 
     training: normalize with batch statistics and, if running_mean/var are
-    given, update them in place (factor ``momentum``); otherwise normalize
-    with running_mean/var. Returns the output, of input's shape and dtype.
+    given and the batch is not empty, update them in place (factor ``momentum``);
+    otherwise normalize with running_mean/var. Returns the output, of
+    input's shape and dtype (N = 0 gives an empty output).
     """
-    _input_dims(input, "input")
-    layout = batch_layout(tuple(input.shape))
+    check_tensor(input, "input")
+    check_eps(eps, training, "batch_norm")
+    if input.dim() == 1:
+        return _no_channels(input, running_mean, running_var, weight, bias)
+    spec = Spec("batch", (), eps, backend)
     if training:
-        out, mean, var = _apply(input, weight, bias, layout, eps, backend=backend, name="batch_norm")
-        if running_mean is not None or running_var is not None:
-            update_running_stats(running_mean, running_var, mean, var, layout.count, float(momentum))
+        out, mean, var, _ = normalize(input, weight, bias, spec)
+        if (running_mean is not None or running_var is not None) and input.numel():
+            count = input.numel() // input.shape[1]
+            update_running_stats(running_mean, running_var, mean, var, count, momentum)
         return out
     if running_mean is None or running_var is None:
         raise ValueError("batch_norm with training=False needs running_mean and running_var")
-    out, _, _ = _apply(input, weight, bias, layout, eps, as_numpy(running_mean, "running_mean"),
-                       as_numpy(running_var, "running_var"), backend, "batch_norm")
-    return out
+    return normalize(input, weight, bias, spec, running_mean, running_var)[0]
+
+
+def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=None, use_input_stats=True,
+                  momentum=0.1, eps=1e-5, *, backend="auto"):
+    """torch.nn.functional.instance_norm on normlab's core: input (N, C, *spatial), statistics per (n, c).
+
+    use_input_stats: normalize each instance with its own statistics and, if
+    running_mean/var are given, fold the batch's average instance mean and
+    (unbiased) variance into them (factor ``momentum``); otherwise normalize
+    every instance with running_mean/var.
+    """
+    spec = Spec("instance", (), eps, backend)
+    if use_input_stats:
+        out, mean, var, _ = normalize(input, weight, bias, spec)
+        if (running_mean is not None or running_var is not None) and input.numel():
+            update_running_stats(running_mean, running_var, mean.mean(0), var.mean(0),
+                                 math.prod(input.shape[2:]), momentum)
+        return out
+    if running_mean is None or running_var is None:
+        raise ValueError("instance_norm with use_input_stats=False needs running_mean and running_var")
+    shape = tuple(input.shape[:2])
+    return normalize(input, weight, bias, spec, running_mean.expand(shape), running_var.expand(shape))[0]
 
 
 def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5, *, backend="auto"):
     """torch.nn.functional.layer_norm on normlab's core: statistics over the trailing normalized_shape."""
-    _input_dims(input, "input", 1)
-    if isinstance(normalized_shape, int):
-        normalized_shape = (normalized_shape,)
-    normalized_shape = tuple(int(d) for d in normalized_shape)
-    shape = tuple(input.shape)
-    if len(shape) == len(normalized_shape):  # torch accepts an unbatched input: one sample
-        shape = (1, *shape)
-    layout = layer_layout(shape, normalized_shape)
-    return _apply(input, weight, bias, layout, eps, backend=backend, name="layer_norm")[0]
+    shape = normalized_shape_tuple(normalized_shape)
+    x = _unbatched(input, shape)
+    out = normalize(x, weight, bias, Spec("layer", shape, eps, backend))[0]
+    return out if x is input else out.squeeze(0)
 
 
 def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5, *, backend="auto"):
     """torch.nn.functional.group_norm on normlab's core: input (N, C, *), statistics per (n, group)."""
-    _input_dims(input, "input")
-    layout = group_layout(tuple(input.shape), num_groups)
-    return _apply(input, weight, bias, layout, eps, backend=backend, name="group_norm")[0]
+    if input.dim() < 2:
+        raise ValueError(f"group_norm expects input (N, C, *) with at least 2 dimensions, got shape "
+                         f"{tuple(input.shape)}")
+    groups = _constant_int(num_groups, "num_groups")
+    return normalize(input, weight, bias, Spec("group", (groups,), eps, backend))[0]
 
 
-__all__ = ["NormFunction", "as_numpy", "check_tensor", "batch_norm", "group_norm", "layer_norm", "update_running_stats"]
+def rms_norm(input, normalized_shape, weight=None, eps=None, *, backend="auto"):
+    """torch.nn.functional.rms_norm on normlab's core: x / sqrt(mean(x**2) + eps) * weight.
+
+    eps None is the machine epsilon of the dtype the statistics are taken in
+    (float32 for float16/bfloat16 input), as in torch.
+    """
+    shape = normalized_shape_tuple(normalized_shape)
+    if eps is None:
+        eps = torch.finfo(input.dtype if input.dtype == torch.float64 else torch.float32).eps
+    x = _unbatched(input, shape)
+    out = normalize(x, weight, None, Spec("rms", shape, eps, backend))[0]
+    return out if x is input else out.squeeze(0)
+
+
+__all__ = ["BACKENDS", "NormFunction", "Spec", "batch_norm", "check_backend", "check_eps", "check_tensor", "group_norm",
+           "instance_norm", "layer_norm", "normalize", "normalized_shape_tuple", "rms_norm",
+           "update_running_stats"]

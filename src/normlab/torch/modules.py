@@ -1,10 +1,13 @@
-"""BatchNorm, LayerNorm and GroupNorm modules on normlab's core.
+"""torch.nn's normalization modules on normlab's core.
 
-Each subclasses its torch.nn counterpart and overrides only ``forward``, so
-parameters (weight, bias), buffers (running_mean, running_var,
-num_batches_tracked), state_dict keys, ``reset_parameters``, loading of old
-checkpoints and the constructor arguments are torch.nn's own: a state dict
-moves between the two in both directions.
+Each subclasses its torch.nn counterpart and replaces only the call into
+torch.nn.functional, so parameters (weight, bias), buffers (running_mean,
+running_var, num_batches_tracked), state_dict keys, ``reset_parameters``,
+loading of old checkpoints and the constructor arguments (keyword-only
+``bias``, ``device``, ``dtype``) are torch.nn's own: a state dict moves
+between the two in both directions. Each takes one more keyword,
+``backend`` ("auto", "numpy", "numba", or "torch": the closed form in torch
+ops, which tensors off the CPU always use).
 """
 
 from __future__ import annotations
@@ -12,32 +15,33 @@ from __future__ import annotations
 import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .functions import batch_norm, check_tensor, group_norm, layer_norm
+from .functions import batch_norm, check_backend, check_tensor, group_norm, instance_norm, layer_norm, rms_norm
 
 
 class BatchNorm(_BatchNorm):
-    """Batch norm over channel axis 1 of (N, C), (N, C, L) or (N, C, H, W), like torch.nn.BatchNorm1d/2d.
+    """Batch norm over channel axis 1 of any (N, C, *), like torch.nn.BatchNorm1d/2d/3d.
 
     Training mode normalizes with batch statistics and updates the running
     ones (momentum None: cumulative average over ``num_batches_tracked``);
     eval mode uses the running statistics, or batch statistics when
-    ``track_running_stats`` is False (then the buffers are None).
+    ``track_running_stats`` is False (then the buffers are None). A batch
+    with N = 0 gives an empty output and counts in num_batches_tracked,
+    leaving the running statistics as they are (as torch does).
     """
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True,
-                 device=None, dtype=None, *, backend="auto"):
-        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
-        self.backend = backend
+                 device=None, dtype=None, *, bias=True, backend="auto"):
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype, bias=bias)
+        self.backend = check_backend(backend)
 
     def _check_input_dim(self, input):
-        check_tensor(input, "input")
-        if input.dim() not in (2, 3, 4):
-            raise ValueError(f"expected a 2-, 3- or 4-d input (N, C), (N, C, L) or (N, C, H, W), "
-                             f"got shape {tuple(input.shape)}")
-        self._check_channels(input)
+        if input.dim() < 2:
+            raise ValueError(f"expected an input (N, C, *) with at least 2 dimensions, got shape "
+                             f"{tuple(input.shape)}")
 
     def _check_channels(self, input):
-        if input.shape[1] != self.num_features:
+        # Only where torch would fail too: without weight or buffers any C normalizes.
+        if (self.weight is not None or self.running_mean is not None) and input.shape[1] != self.num_features:
             raise ValueError(f"{type(self).__name__}(num_features={self.num_features}) expects "
                              f"{self.num_features} channels on axis 1, got input shape {tuple(input.shape)}")
 
@@ -45,14 +49,19 @@ class BatchNorm(_BatchNorm):
         """Does this forward count a batch in num_batches_tracked (and update the running stats)?"""
         return self.training and self.track_running_stats and self.num_batches_tracked is not None
 
-    def _update_factor(self) -> float:
-        """torch.nn.BatchNorm's running-stat factor: momentum, or 1/num_batches for momentum None."""
+    def _update_factor(self):
+        """torch.nn.BatchNorm's running-stat factor: momentum, or 1/num_batches for momentum None.
+
+        The latter stays a (float64) tensor: torch.compile need not read num_batches_tracked back.
+        """
         if self.momentum is not None:
             return self.momentum
-        return 1.0 / float(self.num_batches_tracked + 1) if self._counts_batch() else 0.0
+        return 1.0 / (self.num_batches_tracked.double() + 1) if self._counts_batch() else 0.0
 
     def forward(self, input):
+        check_tensor(input, "input")
         self._check_input_dim(input)
+        self._check_channels(input)
         use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
         tracked = not self.training or self.track_running_stats
         out = batch_norm(input, self.running_mean if tracked else None, self.running_var if tracked else None,
@@ -64,13 +73,31 @@ class BatchNorm(_BatchNorm):
         return out
 
 
+class BatchNorm1d(BatchNorm, torch.nn.BatchNorm1d):
+    """normlab's BatchNorm for (N, C) or (N, C, L), an instance of torch.nn.BatchNorm1d as well."""
+
+    _check_input_dim = torch.nn.BatchNorm1d._check_input_dim
+
+
+class BatchNorm2d(BatchNorm, torch.nn.BatchNorm2d):
+    """normlab's BatchNorm for (N, C, H, W), an instance of torch.nn.BatchNorm2d as well."""
+
+    _check_input_dim = torch.nn.BatchNorm2d._check_input_dim
+
+
+class BatchNorm3d(BatchNorm, torch.nn.BatchNorm3d):
+    """normlab's BatchNorm for (N, C, D, H, W), an instance of torch.nn.BatchNorm3d as well."""
+
+    _check_input_dim = torch.nn.BatchNorm3d._check_input_dim
+
+
 class LayerNorm(torch.nn.LayerNorm):
     """Layer norm over the trailing ``normalized_shape``, like torch.nn.LayerNorm."""
 
     def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, bias=True, device=None,
                  dtype=None, *, backend="auto"):
         super().__init__(normalized_shape, eps, elementwise_affine, bias, device, dtype)
-        self.backend = backend
+        self.backend = check_backend(backend)
 
     def forward(self, input):
         return layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps, backend=self.backend)
@@ -80,9 +107,52 @@ class GroupNorm(torch.nn.GroupNorm):
     """Group norm over (N, C, *) with ``num_groups`` groups of channels, like torch.nn.GroupNorm."""
 
     def __init__(self, num_groups, num_channels, eps=1e-5, affine=True, device=None, dtype=None, *,
-                 backend="auto"):
-        super().__init__(num_groups, num_channels, eps, affine, device, dtype)
-        self.backend = backend
+                 bias=True, backend="auto"):
+        super().__init__(num_groups, num_channels, eps, affine, device, dtype, bias=bias)
+        self.backend = check_backend(backend)
 
     def forward(self, input):
         return group_norm(input, self.num_groups, self.weight, self.bias, self.eps, backend=self.backend)
+
+
+class RMSNorm(torch.nn.RMSNorm):
+    """RMS norm over the trailing ``normalized_shape``, like torch.nn.RMSNorm (eps None: the dtype's epsilon)."""
+
+    def __init__(self, normalized_shape, eps=None, elementwise_affine=True, device=None, dtype=None, *,
+                 backend="auto"):
+        super().__init__(normalized_shape, eps, elementwise_affine, device, dtype)
+        self.backend = check_backend(backend)
+
+    def forward(self, x):
+        return rms_norm(x, self.normalized_shape, self.weight, self.eps, backend=self.backend)
+
+
+class _InstanceNorm:
+    """torch.nn.InstanceNorm*d's forward (dims, unbatched input, num_features) with normlab's instance norm."""
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=False, track_running_stats=False,
+                 device=None, dtype=None, *, bias=True, backend="auto"):
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype, bias=bias)
+        self.backend = check_backend(backend)
+
+    def _apply_instance_norm(self, input):
+        # torch's rule: batch statistics in training or without running ones; momentum None leaves them.
+        return instance_norm(input, self.running_mean, self.running_var, self.weight, self.bias,
+                             self.training or not self.track_running_stats,
+                             self.momentum if self.momentum is not None else 0.0, self.eps, backend=self.backend)
+
+
+class InstanceNorm1d(_InstanceNorm, torch.nn.InstanceNorm1d):
+    """Instance norm of (N, C, L) or unbatched (C, L), like torch.nn.InstanceNorm1d."""
+
+
+class InstanceNorm2d(_InstanceNorm, torch.nn.InstanceNorm2d):
+    """Instance norm of (N, C, H, W) or unbatched (C, H, W), like torch.nn.InstanceNorm2d."""
+
+
+class InstanceNorm3d(_InstanceNorm, torch.nn.InstanceNorm3d):
+    """Instance norm of (N, C, D, H, W) or unbatched (C, D, H, W), like torch.nn.InstanceNorm3d."""
+
+
+__all__ = ["BatchNorm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "GroupNorm", "InstanceNorm1d",
+           "InstanceNorm2d", "InstanceNorm3d", "LayerNorm", "RMSNorm"]

@@ -1,11 +1,17 @@
-"""Batch norm synchronized over torch.distributed, on CPU tensors (gloo) and any backend.
+"""Batch norm synchronized over torch.distributed, on CPU tensors (gloo) and on any other device.
 
-torch.nn.SyncBatchNorm refuses CPU tensors; this one is built on
-``normlab.distributed``: per step and layer ONE all_gather of per-rank
-(count, mean, M2) in the forward, merged with Chan's formula in float64, and
-ONE all_reduce of per-channel [sum dy, sum dy*xhat] in the backward. Ranks may
-hold different batch sizes, also 0 or 1 samples. Nothing is communicated in
-eval mode, or without an initialized process group, or with one rank.
+torch.nn.SyncBatchNorm refuses CPU tensors; this one takes them and any
+other: per step and layer ONE all_gather of per-rank (count, mean, M2) in
+the forward, merged with Chan's formula in float64, and ONE all_reduce of
+per-channel [sum dy, sum dy*xhat] in the backward. Ranks may hold different
+batch sizes, also 0 or 1 samples. Nothing is communicated in eval mode, or
+without an initialized process group, or with one rank.
+
+CPU tensors go through ``normlab.distributed`` (the core's kernels on NumPy
+views, collectives on CPU float64 buffers); tensors on other devices, and
+``backend="torch"``, through the same two collectives on the device's
+tensors with the closed form in torch ops (``closed_form``), so a CUDA model
+synchronizes over NCCL without a trip through host memory.
 """
 
 from __future__ import annotations
@@ -14,12 +20,25 @@ import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .. import distributed
-from .functions import as_numpy, check_once_differentiable, check_tensor, update_running_stats
+from ..norms import batch_layout
+from . import closed_form
+from .functions import check_eps, check_tensor, update_running_stats
 from .modules import BatchNorm
+
+_DOUBLE_BACKWARD = ("normlab.torch.SyncBatchNorm: double backward (create_graph=True) across ranks is not "
+                    "supported (nor is it by torch.nn.SyncBatchNorm)")
+
+
+def _numpy(t):
+    """A float32/64 NumPy view of a CPU tensor (float16/bfloat16 compute in float32)."""
+    if t is None:
+        return None
+    t = t.detach()
+    return (t if t.dtype in (torch.float32, torch.float64) else t.float()).contiguous().numpy()
 
 
 class SyncBatchNormFunction(torch.autograd.Function):
-    """out, mean, var, count = apply(x, weight, bias, eps, group, backend).
+    """out, mean, var, count = apply(x, weight, bias, eps, group, backend): the core's kernels on CPU.
 
     mean, var (biased) and count are the global batch statistics, identical
     on every rank (non-differentiable; for the running statistics).
@@ -27,60 +46,139 @@ class SyncBatchNormFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, eps, group, backend):
-        gamma = None if weight is None else as_numpy(weight, "weight")
-        beta = None if bias is None else as_numpy(bias, "bias")
+        gamma, beta = _numpy(weight), _numpy(bias)
+        if gamma is None and beta is not None:
+            gamma = beta * 0 + 1
         if gamma is not None and beta is None:
             beta = gamma * 0
-        out, moments, cache = distributed.sync_batchnorm_forward(
-            as_numpy(x, "input"), gamma, beta, eps, group=group, backend=backend)
+        out, moments, cache = distributed.sync_batchnorm_forward(_numpy(x), gamma, beta, eps, group=group,
+                                                                 backend=backend)
         ctx.cache = cache
+        ctx.param_dtype = (weight if weight is not None else x).dtype
         ctx.save_for_backward(x)
         stats = torch.from_numpy(moments.mean), torch.from_numpy(moments.var), torch.tensor(cache.count)
         ctx.mark_non_differentiable(*stats)
-        return (torch.from_numpy(out), *stats)
+        return (torch.from_numpy(out).to(x.dtype), *stats)
 
     @staticmethod
     def backward(ctx, dout, _dmean, _dvar, _dcount):
-        check_once_differentiable("batch_norm")
-        ctx.saved_tensors  # noqa: B018 - raises if x was modified in place since forward
+        if torch.is_grad_enabled():
+            raise RuntimeError(_DOUBLE_BACKWARD)
+        (x,) = ctx.saved_tensors  # raises if x was modified in place since forward
         # Every rank runs this one all_reduce, whichever gradients it needs.
-        dx, dgamma, dbeta = distributed.sync_batchnorm_backward(as_numpy(dout, "grad_output"), ctx.cache)
+        dx, dgamma, dbeta = distributed.sync_batchnorm_backward(_numpy(dout), ctx.cache)
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        return (torch.from_numpy(dx) if need_x else None,
-                torch.from_numpy(dgamma) if need_w and dgamma is not None else None,
-                torch.from_numpy(dbeta) if need_b and dbeta is not None else None,
+        pdtype = ctx.param_dtype
+        return (torch.from_numpy(dx).to(x.dtype) if need_x else None,
+                torch.from_numpy(dgamma).to(pdtype) if need_w and dgamma is not None else None,
+                torch.from_numpy(dbeta).to(pdtype) if need_b and dbeta is not None else None,
                 None, None, None)
+
+
+def _all_gather(t: torch.Tensor, group) -> torch.Tensor:
+    import torch.distributed as dist
+
+    parts = [torch.empty_like(t) for _ in range(dist.get_world_size(group))]
+    try:
+        dist.all_gather(parts, t, group=group)
+    except RuntimeError as exc:
+        raise distributed._collective_failed("synchronized batch norm: all_gather of per-rank batch statistics",
+                                             group, exc) from exc
+    return torch.stack(parts)
+
+
+def _all_reduce(t: torch.Tensor, group) -> torch.Tensor:
+    import torch.distributed as dist
+
+    try:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
+    except RuntimeError as exc:
+        raise distributed._collective_failed("synchronized batch norm: all_reduce of per-channel gradient sums",
+                                             group, exc) from exc
+    return t
+
+
+def _global_moments(x, layout, group):
+    """(count, mean, biased var) of the global batch: ``distributed.merge_moments`` in torch ops, on x's device."""
+    c, dtype = x.shape[1], closed_form.compute_dtype(x.device)
+    count = torch.full((c,), float(layout.count), dtype=dtype, device=x.device)
+    if x.numel():
+        mean, var, _ = closed_form.statistics(x, layout, 0.0)
+    else:
+        mean = var = torch.zeros(c, dtype=dtype, device=x.device)
+    parts = _all_gather(torch.stack([count, mean, var * count]), group)  # (R, 3, C)
+    counts, means, m2s = parts.unbind(1)
+    total = counts.sum(0)
+    weights = torch.where(total > 0, counts / total.clamp(min=1), 0.0)
+    global_mean = (weights * means).sum(0)
+    m2 = m2s.sum(0) + (counts * (means - global_mean).square()).sum(0)
+    return int(total[0]), global_mean, m2 / total.clamp(min=1)
+
+
+class TorchSyncBatchNormFunction(torch.autograd.Function):
+    """SyncBatchNormFunction's contract on any device: the closed form in torch ops, collectives on x's device."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps, group):
+        layout = batch_layout(tuple(x.shape))
+        total, mean, var = _global_moments(x, layout, group)
+        if total < 2:  # the same on every rank: all raise alike
+            raise ValueError(f"expected more than 1 value per channel over all ranks to compute batch statistics, "
+                             f"got {total} (this rank's x has shape {tuple(x.shape)})")
+        out, _, _, invstd = closed_form.forward(x, weight, bias, layout, eps, mean, var)
+        ctx.save_for_backward(x, weight, mean, invstd)
+        ctx.layout, ctx.total, ctx.group = layout, total, group
+        stats = mean, var, torch.tensor(total)
+        ctx.mark_non_differentiable(*stats)
+        return (out, *stats)
+
+    @staticmethod
+    def backward(ctx, dout, _dmean, _dvar, _dcount):
+        if torch.is_grad_enabled():
+            raise RuntimeError(_DOUBLE_BACKWARD)
+        x, weight, mean, invstd = ctx.saved_tensors
+        sums = torch.stack(closed_form.grad_sums(dout, x, mean, invstd, ctx.layout))
+        sums = _all_reduce(sums, ctx.group)  # every rank, whichever gradients it needs
+        dx, dw, db = closed_form.backward(dout, x, weight, mean, invstd, ctx.layout, True,
+                                          sums=(sums.unbind(0), ctx.total))
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        pdtype = weight.dtype if weight is not None else x.dtype
+        return dx if need_x else None, dw.to(pdtype) if need_w else None, db.to(pdtype) if need_b else None, None, None
+
+
+@torch.compiler.disable  # collectives and NumPy: compiled models run this part eagerly
+def _sync_batch_norm(x, weight, bias, eps, group, backend):
+    if x.device.type == "cpu" and backend != "torch":
+        return SyncBatchNormFunction.apply(x, weight, bias, eps, group, backend)
+    return TorchSyncBatchNormFunction.apply(x, weight, bias, eps, group)
 
 
 class SyncBatchNorm(BatchNorm):
     """Batch norm whose training statistics are those of the batch over all ranks of ``process_group``.
 
-    Same parameters, buffers and state_dict as torch.nn.BatchNorm*d; input
-    (N, C), (N, C, L) or (N, C, H, W), N may be 0 on some ranks. Running
-    statistics are updated from the global mean and the global unbiased
-    variance (global count). Every rank of the group must call forward and
-    backward for every batch, as with torch.nn.SyncBatchNorm.
+    torch.nn.SyncBatchNorm's constructor; parameters, buffers and state_dict
+    as torch.nn.BatchNorm*d; input (N, C, *), N may be 0 on some ranks.
+    Running statistics are updated from the global mean and the global
+    unbiased variance (global count). Every rank of the group must call
+    forward and backward for every batch, as with torch.nn.SyncBatchNorm.
     """
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True,
-                 process_group=None, device=None, dtype=None, *, backend="auto"):
-        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype,
+                 process_group=None, device=None, dtype=None, *, bias=True, backend="auto"):
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype, bias=bias,
                          backend=backend)
         self.process_group = process_group
-
-    def _check_input_dim(self, input):
-        check_tensor(input, "input")
-        if input.dim() < 2:
-            raise ValueError(f"expected at least a 2-d input (N, C, *), got shape {tuple(input.shape)}")
-        self._check_channels(input)
 
     def forward(self, input):
         # torch.nn.SyncBatchNorm's rule: synchronize only when training (with batch statistics).
         if not (self.training and distributed.world_size(self.process_group) > 1):
             return super().forward(input)
+        check_tensor(input, "input")
         self._check_input_dim(input)
-        out, mean, var, count = SyncBatchNormFunction.apply(input, self.weight, self.bias, self.eps,
-                                                            self.process_group, self.backend)
+        self._check_channels(input)
+        check_eps(self.eps, True, type(self).__name__)
+        out, mean, var, count = _sync_batch_norm(input, self.weight, self.bias, self.eps, self.process_group,
+                                                 self.backend)
         if self._counts_batch():
             update_running_stats(self.running_mean, self.running_var, mean, var, int(count),
                                  self._update_factor())
@@ -103,7 +201,7 @@ def _copy_state(source: _BatchNorm, target: _BatchNorm) -> None:
 
 def convert_sync_batchnorm(module: torch.nn.Module, process_group=None) -> torch.nn.Module:
     """Replace every batch norm in ``module`` (torch.nn.BatchNorm1d/2d/3d, torch.nn.SyncBatchNorm,
-    normlab.torch.BatchNorm) by a normlab.torch.SyncBatchNorm sharing its parameters and buffers.
+    normlab.torch.BatchNorm*) by a normlab.torch.SyncBatchNorm sharing its parameters and buffers.
 
     Works in place on containers, like torch.nn.SyncBatchNorm.convert_sync_batchnorm, and
     returns the converted module (a new one if ``module`` itself is a batch norm).
@@ -119,4 +217,4 @@ def convert_sync_batchnorm(module: torch.nn.Module, process_group=None) -> torch
     return module
 
 
-__all__ = ["SyncBatchNorm", "SyncBatchNormFunction", "convert_sync_batchnorm"]
+__all__ = ["SyncBatchNorm", "SyncBatchNormFunction", "TorchSyncBatchNormFunction", "convert_sync_batchnorm"]
