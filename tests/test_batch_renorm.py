@@ -114,7 +114,8 @@ def test_clipped_r_d_do_not_depend_on_x_so_plain_centred_differences_agree():
 def test_running_statistics_are_the_papers_and_eval_uses_them():
     rng = np.random.default_rng(4)
     x, running = rng.normal(2.0, 3.0, (8, 3, 5)), _running(rng)
-    layer = normlab.BatchRenorm(3, momentum=0.25)
+    running.momentum = 0.25  # the statistics' own momentum counts (a lab net keeps them), as for batch norm
+    layer = normlab.BatchRenorm(3)
     mean_before, var_before = running.mean.copy(), running.var.copy()
     _, _, new = layer.apply(x, None, None, running)
     np.testing.assert_array_equal(running.mean, mean_before)  # apply changes nothing

@@ -124,7 +124,8 @@ class BatchRenorm(BatchNorm):
     def _updated(self, running: RunningStats, cache: NormCache, batch_std: np.ndarray) -> RunningStats:
         """The paper's moving averages of the mean and of the standard deviation (stored as var = σ² − eps)."""
         tracked = running.num_batches_tracked + 1
-        alpha = 1.0 / tracked if self.momentum is None else self.momentum
+        # The statistics' own momentum, as RunningStats.updated takes it (the lab's nets hold their own).
+        alpha = 1.0 / tracked if running.momentum is None else running.momentum
         std = np.sqrt(running.var.astype(np.float64) + self.eps)
         new_std = alpha * batch_std + (1.0 - alpha) * std
         new = running.copy()
