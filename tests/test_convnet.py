@@ -183,3 +183,35 @@ def test_float32():
     assert np.isfinite(loss) and all(g.dtype == np.float32 for g in grads.values())
     assert net.loss(X).dtype == np.float32
     assert isinstance(net.norms["layer1"], normlab.GroupNorm)
+
+
+def test_normlab_train_model_convnet_with_resume(tmp_path):
+    import re
+
+    from click.testing import CliRunner
+
+    from normlab.cli import main
+
+    def run(*args):
+        fast = ["train", "--model", "convnet", "--conv-channels", "8,8", "--hidden-dims", "", "--num-train", "300",
+                "--batch-size", "50", "--quiet", "--normalization", "groupnorm", "--groups", "2", "--lr", "0.01"]
+        return CliRunner().invoke(main, [*fast, *args], catch_exceptions=False)
+
+    def value(output, label):
+        return re.search(rf"^{label}\s+(.+)$", output, re.MULTILINE).group(1)
+
+    straight = run("--epochs", "3")
+    assert straight.exit_code == 0, straight.output
+    assert value(straight.output, "net") == "conv [8, 8], hidden [], normalization groupnorm"
+    assert float(value(straight.output, "best val acc").rstrip("%")) > 50  # digits: well above chance
+    assert run("--epochs", "2", "--checkpoint-dir", str(tmp_path)).exit_code == 0
+    resumed = run("--epochs", "3", "--checkpoint-dir", str(tmp_path), "--resume")
+    assert value(resumed.output, "epochs") == "3 (18 iterations, resumed from epoch 2)"
+    for label in ("final loss", "best val acc", r"test acc \(best\)"):
+        assert value(resumed.output, label) == value(straight.output, label)
+    for args, message in ((["--model", "fc", "--normalization", "groupnorm"], "unknown normalization 'groupnorm'"),
+                          (["--dropout", "0.5"], "the convnet model has no dropout"),
+                          (["--groups", "3"], r"num_groups \(3\) must divide num_channels \(8\)")):
+        result = CliRunner().invoke(main, ["train", "--model", "convnet", "--conv-channels", "8,8",
+                                           "--normalization", "groupnorm", *args])
+        assert result.exit_code == 1 and re.search(message, result.output), result.output
