@@ -9,6 +9,7 @@ Requires the optional extra: ``pip install "normlab[torch]"`` (torch 2.13).
 - ``SyncBatchNorm``, ``convert_sync_batchnorm``: batch norm synchronized over
   torch.distributed, on CPU tensors (gloo) as well.
 - ``fold_batchnorm``: fold eval-mode batch norms into the preceding Linear/Conv.
+- ``update_bn_stats``: precise BN, running statistics set to the population statistics of data.
 """
 
 # Inside this package, ``import torch`` still means the top-level torch
@@ -24,6 +25,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
 from .fold import fold_batchnorm
 from .functions import batch_norm, group_norm, layer_norm
 from .modules import BatchNorm, GroupNorm, LayerNorm
+from .precise_bn import update_bn_stats
 from .sync_batchnorm import SyncBatchNorm, convert_sync_batchnorm
 
 __all__ = [
@@ -36,4 +38,5 @@ __all__ = [
     "fold_batchnorm",
     "group_norm",
     "layer_norm",
+    "update_bn_stats",
 ]
