@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -72,6 +73,39 @@ def check_positive_ints(values, name):
     return tuple(check_positive_int(v, f"{name} entries") for v in values)
 
 
+def check_names(known: tuple[str, ...]):
+    """A check (for ``BaseConfig._check``) of a non-empty sequence of names from ``known``, as a tuple."""
+    def check(values, name):
+        values = tuple(values)
+        unknown = [v for v in values if v not in known]
+        if not values or unknown:
+            raise ValueError(f"{name} must be a non-empty sequence of {', '.join(known)}; got {values!r}")
+        return values
+    return check
+
+
+@contextlib.contextmanager
+def single_threaded():
+    """Run the fused kernels and BLAS on one thread inside the block (both restored after).
+
+    The conv nets' per-layer tensors are small: on a 2-core machine shared
+    with other work, two Numba threads per kernel were measured 3-4x slower
+    per training step than one, and so is multi-threaded BLAS in evaluation
+    (the Solver keeps BLAS at one thread while it trains, for the same reason).
+    """
+    from threadpoolctl import threadpool_limits
+
+    from ... import threads
+
+    before = threads.get_num_threads()
+    threads.set_num_threads(1)
+    try:
+        with threadpool_limits(limits=1, user_api="blas"):
+            yield
+    finally:
+        threads.set_num_threads(before)
+
+
 def epochs_to_reach(accuracies, threshold):
     """The first epoch (1-based) whose accuracy is >= threshold, or None if none is."""
     for epoch, acc in enumerate(accuracies, start=1):
@@ -89,12 +123,24 @@ def load_data(config: BaseConfig) -> dict:
 
 def train_run(data: dict, *, hidden_dims, normalization, weight_scale, learning_rate, batch_size, epochs,
               seed, update_rule="adam", label="", log: Log = _quiet) -> dict:
-    """Train one FullyConnectedNet with a Solver and return its histories as JSON-able lists.
+    """Train one FullyConnectedNet with a Solver (see :func:`fit`) and return its histories as JSON-able lists.
 
     The model and the minibatch order are seeded with the same ``seed`` for
     every variant, so two variants of one experiment start from the same
     weights and see the same minibatches: they differ only in what the
     experiment varies.
+    """
+    from .. import FullyConnectedNet
+
+    model = FullyConnectedNet(list(hidden_dims), data["X_train"].shape[1], num_classes(data),
+                              normalization=normalization, weight_scale=float(weight_scale), seed=seed)
+    return fit(model, data, learning_rate=learning_rate, batch_size=batch_size, epochs=epochs, seed=seed,
+               update_rule=update_rule, label=label or normalization or "baseline", log=log)
+
+
+def fit(model, data: dict, *, learning_rate, batch_size, epochs, seed, update_rule="adam", label="",
+        log: Log = _quiet) -> dict:
+    """Train ``model`` with a Solver seeded with ``seed``; the model ends with the best epoch's state.
 
     Returns ``loss`` (per iteration), ``epoch_loss`` (mean training loss per
     epoch), ``train_acc`` and ``val_acc`` (per epoch), ``best_val_acc``,
@@ -102,10 +148,8 @@ def train_run(data: dict, *, hidden_dims, normalization, weight_scale, learning_
     epoch's parameters) and ``seconds`` (wall time, the only field that is not
     reproducible).
     """
-    from .. import FullyConnectedNet, Solver
+    from .. import Solver
 
-    model = FullyConnectedNet(list(hidden_dims), data["X_train"].shape[1], num_classes(data),
-                              normalization=normalization, weight_scale=float(weight_scale), seed=seed)
     solver = Solver(model, data, update_rule=update_rule, optim_config={"learning_rate": float(learning_rate)},
                     batch_size=int(batch_size), num_epochs=int(epochs), seed=seed, verbose=False)
     started = time.perf_counter()
@@ -114,9 +158,7 @@ def train_run(data: dict, *, hidden_dims, normalization, weight_scale, learning_
     loss = [float(v) for v in solver.loss_history]
     per_epoch = solver.iterations_per_epoch
     epoch_loss = [float(np.mean(loss[i:i + per_epoch])) for i in range(0, len(loss), per_epoch)]
-    test_acc = None
-    if "X_test" in data:  # solver.train() left the best epoch's parameters in the model
-        test_acc = float(np.mean(model.predict(data["X_test"]) == data["y_test"]))
+    test_acc = accuracy(model, data, "test") if "X_test" in data else None  # the best epoch's parameters
     result = {
         "loss": loss,
         "epoch_loss": epoch_loss,
@@ -129,9 +171,14 @@ def train_run(data: dict, *, hidden_dims, normalization, weight_scale, learning_
         "iterations_per_epoch": per_epoch,
         "seconds": seconds,
     }
-    log(f"{label or normalization or 'baseline'}: best val acc {result['best_val_acc']:.3f}, "
+    log(f"{label}: best val acc {result['best_val_acc']:.3f}, "
         f"final train loss {result['final_train_loss']:.3f}, test acc {_fmt(test_acc)} ({seconds:.1f} s)")
     return result
+
+
+def accuracy(model, data: dict, split: str) -> float:
+    """Test-mode accuracy of ``model`` on ``data``'s split ("train", "val" or "test")."""
+    return float(np.mean(model.predict(data[f"X_{split}"]) == data[f"y_{split}"]))
 
 
 def sweep_batch_sizes(module, config, log: Log = _quiet) -> dict:
