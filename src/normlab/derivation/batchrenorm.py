@@ -20,6 +20,7 @@ import numpy as np
 
 from ..layers import RunningStats
 from ..renorm import BatchRenorm
+from .batchnorm import closed_form_dx
 from .graph import Graph, forward_graph, require_sympy
 from .steps import Derivation, Step
 
@@ -112,10 +113,7 @@ def step_dxhat(G: RenormGraph):
 
 def step_dx_closed(G: RenormGraph):
     r"""Batch norm's closed form with $d\hat x_i = \text{dout}_i\,\gamma r$."""
-    dxhat, xhat, m = step_dxhat(G), G.xhat(), G.m
-    sum_d = sum(dxhat)
-    sum_dx = sum(dh * xh for dh, xh in zip(dxhat, xhat))
-    return tuple(G.inverse() / m * (m * dh - sum_d - xh * sum_dx) for dh, xh in zip(dxhat, xhat))
+    return closed_form_dx(G, step_dxhat(G))
 
 
 def step_dgamma(G: RenormGraph):

@@ -1,16 +1,19 @@
 """Precise BN for the lab's nets: running statistics replaced by the population statistics of data.
 
 ``update_bn_stats(model, batches)`` runs the net's training-mode forward on
-each batch (every norm normalizes with the batch's statistics, as in
-training, and no state changes), records the per-channel moments of the
-input of every norm that keeps running statistics, pools them over all
-batches weighted by their counts (``normlab.population``), and then sets
-those running statistics to the pooled mean and variance, all at once. So
-the running mean and variance become exactly the mean and variance of every
+each batch (no state changes), records the per-channel moments of the input
+of every norm that keeps running statistics, pools them over all batches
+weighted by their counts (``normlab.population``), and then sets those
+running statistics to the pooled mean and variance, all at once. So the
+running mean and variance become exactly the mean and variance of every
 value the layer saw, instead of a moving average of noisy batch statistics.
-Use batches larger than the training batches: later layers see features
-normalized with each batch's statistics at the earlier layers, as in
-``torch.optim.swa_utils.update_bn``.
+
+During the pass those norms normalize with the statistics of the whole
+batch, as plain batch norm (batch renorm without its correction, ghost
+batch norm without chunks): with batches larger than the training batches,
+the features reaching later layers are then close to what they are at
+inference, where every layer uses population statistics. (Per-sample norms
+run as in training.)
 """
 
 from __future__ import annotations
@@ -18,21 +21,24 @@ from __future__ import annotations
 from typing import Callable, Iterable
 
 from ..distributed import local_moments
+from ..layers import BatchNorm
 from ..population import PooledMoments, check_num_batches, run_batches
 from .net import Net
 from .sharding import Local
 
 
 class _Recording:
-    """A norm that records its input's per-channel moments before it normalizes (nothing else changes)."""
+    """A batch-statistics norm that records its input's per-channel moments and normalizes it as plain batch
+    norm with the batch's statistics (nothing else changes)."""
 
-    def __init__(self, layer, name: str, pool: PooledMoments):
+    stats_over_batch = True
+
+    def __init__(self, layer: BatchNorm, name: str, pool: PooledMoments):
         self.layer, self.name, self.pool = layer, name, pool
-        self.stats_over_batch = layer.stats_over_batch
 
     def apply(self, x, gamma, beta, running=None, *, training=True):
         self.pool.add(self.name, local_moments(x, backend=self.layer.backend))
-        return self.layer.apply(x, gamma, beta, running, training=training)
+        return BatchNorm.apply(self.layer, x, gamma, beta, None, training=True)
 
 
 class _Recorder(Local):

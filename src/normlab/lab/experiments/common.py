@@ -65,6 +65,36 @@ class SweepConfig(BaseConfig):
         self._check("batch_sizes", check_positive_ints)
 
 
+@dataclass(frozen=True)
+class CNNConfig(BaseConfig):
+    """The conv experiments' CNN, by default the MNIST-1D paper's: three stride-2 convolutions of 25
+    channels with kernels 5, 3, 3, no pooling; groups: group norm's groups per layer; trained with
+    ``update_rule`` at ``learning_rate`` (the paper's Adam at 1e-2)."""
+
+    dataset: str = "mnist1d"
+    conv_channels: tuple = (25, 25, 25)
+    kernel_size: tuple = (5, 3, 3)
+    stride: int = 2
+    groups: int = 5
+    update_rule: str = "adam"
+    learning_rate: float = 1e-2
+
+    def __post_init__(self):
+        super().__post_init__()
+        self._check("conv_channels", check_positive_ints)
+        self._check("kernel_size", check_positive_ints)
+
+
+def build_cnn(config: CNNConfig, data: dict, normalization: str, **options):
+    """The config's CNN for ``data`` (one sample's shape from the dataset), seeded with ``config.seed``."""
+    from .. import ConvNet
+    from ..data import INPUT_SHAPES
+
+    return ConvNet(INPUT_SHAPES[config.dataset], num_classes(data), list(config.conv_channels),
+                   kernel_size=list(config.kernel_size), stride=config.stride, pool=None,
+                   normalization=normalization, groups=config.groups, seed=config.seed, **options)
+
+
 def check_positive_ints(values, name):
     """A non-empty sequence of positive integers, as a tuple of plain ints."""
     values = tuple(values)

@@ -34,29 +34,19 @@ NOTES = ("Where this setup differs from the paper's, and why our numbers can lan
 
 
 @dataclass(frozen=True)
-class Config(common.BaseConfig):
-    """conv_channels, kernel_size, stride: the CNN (the paper's: 25 channels, kernels 5, 3, 3, stride 2);
-    groups: group norm's groups per layer; mlp_hidden_dims: the MLP (the paper's: two layers of 100);
-    normalizations: the CNN variants; weight_scale: std of the MLP's and logistic regression's init
-    (the CNN uses He init)."""
+class Config(common.CNNConfig):
+    """mlp_hidden_dims: the MLP (the paper's: two layers of 100); normalizations: the CNN variants;
+    weight_scale: std of the MLP's and logistic regression's init (the CNN uses He init)."""
 
-    dataset: str = "mnist1d"
     epochs: int = 60
-    conv_channels: tuple = (25, 25, 25)
-    kernel_size: tuple = (5, 3, 3)
-    stride: int = 2
-    groups: int = 5
     mlp_hidden_dims: tuple = (100, 100)
     normalizations: tuple = ("none", "batchnorm", "groupnorm", "layernorm")
     weight_scale: float = 0.1
-    update_rule: str = "adam"
-    learning_rate: float = 1e-2
     batch_size: int = 100
 
     def __post_init__(self):
         super().__post_init__()
-        for name in ("conv_channels", "kernel_size", "mlp_hidden_dims"):
-            self._check(name, common.check_positive_ints)
+        self._check("mlp_hidden_dims", common.check_positive_ints)
         self._check("batch_size", common.check_positive_int)
         self._check("normalizations", common.check_names(("none", "batchnorm", "groupnorm", "layernorm",
                                                            "instancenorm", "batchrenorm")))
@@ -68,8 +58,8 @@ def cnn_label(normalization: str) -> str:
 
 def run(config: Config, log: common.Log = print) -> dict:
     """Train logistic regression, the MLP and one CNN per normalization; ``variants[label]`` is one run."""
-    from .. import ConvNet, FullyConnectedNet
-    from ..data import INPUT_SHAPES, num_classes
+    from .. import FullyConnectedNet
+    from ..data import num_classes
 
     started = time.perf_counter()
     data = common.load_data(config)
@@ -80,9 +70,7 @@ def run(config: Config, log: common.Log = print) -> dict:
                                  seed=config.seed),
     }
     for norm in config.normalizations:
-        models[cnn_label(norm)] = ConvNet(
-            INPUT_SHAPES[config.dataset], classes, list(config.conv_channels), kernel_size=list(config.kernel_size),
-            stride=config.stride, pool=None, normalization=norm, groups=config.groups, seed=config.seed)
+        models[cnn_label(norm)] = common.build_cnn(config, data, norm)
     runs = {}
     with common.single_threaded():
         for label, model in models.items():

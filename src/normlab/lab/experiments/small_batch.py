@@ -52,30 +52,23 @@ NOTES = ("The reference shape: Wu & He (2018) report ResNet-50 on ImageNet with 
 
 
 @dataclass(frozen=True)
-class Config(common.BaseConfig):
+class Config(common.CNNConfig):
     """batch_sizes: the x axis; ghost_batch_size: ghost batch norm's real batch (statistics per chunk of
-    each batch size) and the batch at which the learning rate is ``learning_rate``; renorm_warmup_epochs: batch renorm is batch norm for the first of these epochs, then its
-    limits rise to rmax, dmax over the second; precise_batch_size: the batches of the precise-BN pass."""
+    each batch size) and the batch at which the learning rate is ``learning_rate``; renorm_warmup_epochs:
+    batch renorm is batch norm for the first of these epochs, then its limits rise to rmax, dmax over the
+    second; precise_batch_size: the batches of the precise-BN pass."""
 
-    dataset: str = "mnist1d"
     epochs: int = 10
     batch_sizes: tuple = (64, 32, 16, 8, 4, 2)
-    conv_channels: tuple = (25, 25, 25)
-    kernel_size: tuple = (5, 3, 3)
-    stride: int = 2
-    groups: int = 5
     ghost_batch_size: int = 64
     rmax: float = 3.0
     dmax: float = 5.0
     renorm_warmup_epochs: tuple = (1, 2)
-    update_rule: str = "adam"
-    learning_rate: float = 1e-2
     precise_batch_size: int = 200
 
     def __post_init__(self):
         super().__post_init__()
-        for name in ("batch_sizes", "conv_channels", "kernel_size"):
-            self._check(name, common.check_positive_ints)
+        self._check("batch_sizes", common.check_positive_ints)
         for name in ("ghost_batch_size", "precise_batch_size"):
             self._check(name, common.check_positive_int)
         bad = [b for b in self.batch_sizes if b > self.ghost_batch_size or self.ghost_batch_size % b]
@@ -87,15 +80,10 @@ class Config(common.BaseConfig):
 
 def _model(config: Config, data: dict, variant: str, stats_batch: int, train_batch: int):
     """The CNN of ``variant`` trained at ``train_batch``; ghost batch norm's statistics per chunk of ``stats_batch``."""
-    from .. import ConvNet
-    from ..data import INPUT_SHAPES, num_classes
-
     steps = len(data["y_train"]) // train_batch  # the Solver's steps per epoch: batch renorm's warm-up counts them
     hold, ramp = config.renorm_warmup_epochs
-    return ConvNet(INPUT_SHAPES[config.dataset], num_classes(data), list(config.conv_channels),
-                   kernel_size=list(config.kernel_size), stride=config.stride, pool=None, normalization=variant,
-                   groups=config.groups, virtual_batch_size=stats_batch, rmax=config.rmax, dmax=config.dmax,
-                   warmup=(hold * steps, ramp * steps), seed=config.seed)
+    return common.build_cnn(config, data, variant, virtual_batch_size=stats_batch, rmax=config.rmax,
+                            dmax=config.dmax, warmup=(hold * steps, ramp * steps))
 
 
 def learning_rate(config: Config, batch_size: int) -> float:
