@@ -93,6 +93,10 @@ def test_lab_empty_short_and_failing_iterables():
     with pytest.raises(ValueError, match="num_batches"):
         update_bn_stats(net, [X], num_batches=0)
     assert update_bn_stats(FullyConnectedNet([5], 6, 3, normalization="layernorm"), [X]) == 1  # nothing to update
+    with pytest.raises(TypeError, match="normlab.torch.update_bn_stats"):
+        update_bn_stats(_torch_model(), [X])
+    with pytest.raises(TypeError, match="normlab.lab.precise_bn.update_bn_stats"):
+        nt.update_bn_stats(net, [X])
 
 
 # ----------------------------------------------------------------------------- torch

@@ -67,6 +67,9 @@ def update_bn_stats(model: Net, batches: Iterable, num_batches: int | None = Non
     latter); params and the dropout generator are not touched. If a batch
     raises, nothing changes.
     """
+    if not isinstance(model, Net):
+        raise TypeError(f"model must be a normlab.lab net (FullyConnectedNet, ConvNet), got {type(model).__name__}; "
+                        f"for torch models use normlab.torch.update_bn_stats")
     num_batches = check_num_batches(num_batches)
     pool = PooledMoments()
     recorder = _Recorder(model, pool)

@@ -52,6 +52,9 @@ def update_bn_stats(model: torch.nn.Module, batches: Iterable, num_batches: int 
     every batch norm has its momentum and ``num_batches_tracked``, and
     parameters are untouched; if a batch raises, the buffers are restored.
     """
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}; for normlab.lab nets use "
+                        f"normlab.lab.precise_bn.update_bn_stats")
     num_batches = check_num_batches(num_batches)
     bns = _batch_norms(model)
     modes = {m: m.training for m in model.modules()}
