@@ -37,12 +37,12 @@ def read(path):
 
 
 def test_registry_names_and_configs():
-    assert list(EXPERIMENTS) == ["batchnorm", "weight-scale", "batch-size", "layernorm"]
+    assert list(EXPERIMENTS) == ["batchnorm", "weight-scale", "batch-size", "layernorm", "convnet", "small-batch"]
     assert DEFAULT_EXPERIMENT == "batchnorm"
     for name, exp in EXPERIMENTS.items():
         assert dataclasses.is_dataclass(exp.config)
         config = exp.config()
-        assert config.dataset == "digits" and config.seed == 0
+        assert config.dataset == ("mnist1d" if name in ("convnet", "small-batch") else "digits") and config.seed == 0
         with pytest.raises(dataclasses.FrozenInstanceError):
             config.epochs = 3
 
@@ -236,4 +236,4 @@ def test_cli_all_runs_every_experiment(tmp_path):
         results = read(tmp_path / name / "results.json")
         assert results["experiment"] == name and results["config"]["seed"] == 3
         assert (tmp_path / name / "report.md").is_file()
-    assert result.output.count("report: ") == 4
+    assert result.output.count("report: ") == len(EXPERIMENTS)

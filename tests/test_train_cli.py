@@ -67,7 +67,7 @@ def test_resume_with_other_settings_or_damage_fails_clearly(tmp_path):
 
 @pytest.mark.parametrize("args,message", [
     (["--hidden-dims", "24,x"], "comma-separated integers"),
-    (["--normalization", "groupnorm"], "'groupnorm' is not one of"),
+    (["--normalization", "rmsnorm"], "'rmsnorm' is not one of"),
     (["--update-rule", "lbfgs"], "'lbfgs' is not one of"),
 ])
 def test_bad_options_are_reported(args, message):

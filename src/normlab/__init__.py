@@ -4,7 +4,8 @@ Functional API: ``*_forward(x, gamma, beta, ...) -> (out, cache)`` for batch,
 spatial batch, layer, group, instance and RMS norm, all on one core, and one closed-form
 backward for all of them, ``normalize_backward(dout, cache) -> (dx, dgamma,
 dbeta)`` (also under the per-norm names ``batchnorm_backward``, ...).
-Layers with state: ``BatchNorm``, ``LayerNorm``, ``GroupNorm``, ``InstanceNorm``, ``RMSNorm``.
+Layers with state: ``BatchNorm``, ``LayerNorm``, ``GroupNorm``, ``InstanceNorm``, ``RMSNorm``, and for
+small or split batches ``BatchRenorm`` (batch renormalization) and ``GhostBatchNorm`` (statistics per chunk).
 
 The lab (nets, training, experiments) is ``normlab.lab``, installed with the
 ``lab`` extra; this package never imports it.
@@ -14,6 +15,7 @@ from . import gradcheck
 from .backends import available_backends, get_backend
 from .core import Layout, NormCache, normalize_backward
 from .fold import fold_batchnorm
+from .ghost import GhostBatchNorm
 from .layers import BatchNorm, GroupNorm, InstanceNorm, LayerNorm, RMSNorm, RunningStats
 from .norms import (
     batchnorm_backward,
@@ -30,12 +32,15 @@ from .norms import (
     spatial_batchnorm_backward,
     spatial_batchnorm_forward,
 )
+from .renorm import BatchRenorm
 from .threads import get_num_threads, set_num_threads
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BatchNorm",
+    "BatchRenorm",
+    "GhostBatchNorm",
     "GroupNorm",
     "InstanceNorm",
     "LayerNorm",

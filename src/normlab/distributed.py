@@ -327,7 +327,15 @@ class SyncBatchNorm(BatchNorm):
 
 def synchronized(layer, group=None):
     """``layer`` as data-parallel training needs it: a SyncBatchNorm for a norm whose statistics
-    reduce over the batch, the layer itself for per-sample norms (layer and group norm)."""
+    reduce over the batch, the layer itself for per-sample norms (layer and group norm).
+
+    Other norms with batch statistics (batch renorm, ghost batch norm) have no synchronized form: a
+    ValueError, rather than a SyncBatchNorm that would silently train a different norm."""
     if not layer.stats_over_batch:
         return layer
-    return layer if isinstance(layer, SyncBatchNorm) and layer.group is group else SyncBatchNorm.like(layer, group)
+    if isinstance(layer, SyncBatchNorm) and layer.group is group:
+        return layer
+    if type(layer) not in (BatchNorm, SyncBatchNorm):
+        raise ValueError(f"{type(layer).__name__} has no synchronized form for data-parallel training; "
+                         f"train it in one process")
+    return SyncBatchNorm.like(layer, group)

@@ -18,7 +18,7 @@ ImportError that names the extra.
 
 from __future__ import annotations
 
-from . import batchnorm, errata, rmsnorm, steps
+from . import batchnorm, batchrenorm, errata, rmsnorm, steps
 from .errata import ERRATA, ERRATA_BATCH_SIZE, Erratum
 from .graph import POINTS_PER_SIZE, Graph, forward_graph, is_identity, rational_point, require_sympy
 from .numeric import NUMERIC_TOLERANCE, check_closed_form_exact, numerical_check
@@ -56,6 +56,7 @@ __all__ = [
 DERIVATIONS: dict[str, Derivation] = {
     "batchnorm": batchnorm.DERIVATION,
     "rmsnorm": rmsnorm.DERIVATION,
+    "batchrenorm": batchrenorm.DERIVATION,
 }
 
 #: Batch norm's steps: the equations of docs/derivation.md, in its order.

@@ -147,12 +147,17 @@ def step_dx(G: Graph):
                  for d, c in zip(step_dxhat(G), G.centred()))
 
 
-def step_dx_closed(G: Graph):
-    r"""The boxed closed form $\frac{(\sigma^2+\epsilon)^{-1/2}}{m}[m\,d\hat x_i - \sum_j d\hat x_j - \hat x_i\sum_j d\hat x_j\hat x_j]$."""
-    dxhat, xhat, m = step_dxhat(G), G.xhat(), G.m
+def closed_form_dx(G: Graph, dxhat) -> tuple:
+    r"""$\frac{(\sigma^2+\epsilon)^{-1/2}}{m}[m\,d\hat x_i - \sum_j d\hat x_j - \hat x_i\sum_j d\hat x_j\hat x_j]$ for the given $d\hat x$."""
+    xhat, m = G.xhat(), G.m
     sum_d = sum(dxhat)
     sum_dx = sum(d * xh for d, xh in zip(dxhat, xhat))
     return tuple(G.inverse() / m * (m * d - sum_d - xh * sum_dx) for d, xh in zip(dxhat, xhat))
+
+
+def step_dx_closed(G: Graph):
+    r"""The boxed closed form $\frac{(\sigma^2+\epsilon)^{-1/2}}{m}[m\,d\hat x_i - \sum_j d\hat x_j - \hat x_i\sum_j d\hat x_j\hat x_j]$."""
+    return closed_form_dx(G, step_dxhat(G))
 
 
 def step_dgamma(G: Graph):

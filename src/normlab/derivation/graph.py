@@ -113,6 +113,13 @@ class Graph:
         mu = self.mean()
         return self.loss(self.xhat(mu, self.variance(mu)))
 
+    def constants(self) -> tuple:
+        """Further symbols the loss treats as constants (none for batch norm; batch renorm's r, d).
+
+        ``rational_point`` gives each a random rational, positive where the symbol is.
+        """
+        return ()
+
     def on_graph(self) -> dict:
         """The forward values of the node symbols: mu and sigma2 as expressions in x."""
         mean = self.mean()
@@ -202,6 +209,11 @@ def rational_point(G: Graph, seed: int, *, on_graph: bool = True) -> dict:
     values.update(zip(G.x, xs))
     values.update(zip(G.g, gs))
     values.update(zip(G.xhat_node, [(xi - mu) / q for xi in xs]))
+    for symbol in G.constants():  # drawn last, so a graph without constants gets the same points as before
+        value = _random_rational(rng)
+        while abs(value) == 1:  # +-1 would hide a missing factor
+            value = _random_rational(rng)
+        values[symbol] = abs(value) if symbol.is_positive else value
     return values
 
 

@@ -33,7 +33,7 @@ def check_closed_form_exact(derivation: Derivation, batch_sizes: tuple[int, ...]
         G = derivation.graph(m)
         values = rational_point(G, 0)
         floats = [np.array([float(values[s]) for s in symbols]) for symbols in (G.x, G.g)]
-        scalars = [float(values[s]) for s in (G.gamma, G.beta, G.eps)]
+        scalars = [float(values[s]) for s in (G.gamma, G.beta, G.eps, *G.constants())]
         got = derivation.library(*floats, *scalars)
         exact = [np.array([float(v) for v in evaluate(e, values)]) for e in derivation.exact(G)]
         for a, b in zip(got, exact):

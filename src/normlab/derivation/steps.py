@@ -40,9 +40,10 @@ class Derivation(NamedTuple):
     steps: the equations, in the order of the document.
     exact: Graph -> (dx, dgamma, dbeta) as exact expressions: the ground
         truth the library's closed form is compared with.
-    library: (x, dout, gamma, beta, eps) -> (dx, dgamma, dbeta) from the
-        library's closed form, for one feature: x, dout, dx (m,) float64;
-        gamma, beta floats; dgamma, dbeta (1,).
+    library: (x, dout, gamma, beta, eps, *constants) -> (dx, dgamma, dbeta)
+        from the library's closed form, for one feature: x, dout, dx (m,)
+        float64; gamma, beta, eps and the values of ``Graph.constants()``
+        floats; dgamma, dbeta (1,).
     prefix: put before every check name, so that rows of different norms
         differ; empty for batch norm, the derivation of docs/derivation.md.
     """

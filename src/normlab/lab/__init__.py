@@ -1,6 +1,8 @@
 """The normlab lab: nets with and without normalization, trained end to end (``pip install "normlab[lab]"``).
 
-``ops`` (layers in the ``(out, cache)`` style), ``model`` (FullyConnectedNet),
+``ops`` and ``conv_ops`` (layers in the ``(out, cache)`` style), ``net`` (what
+the nets share), ``model`` (FullyConnectedNet), ``convnet`` (ConvNet),
+``precise_bn`` (population statistics after training),
 ``optim`` (pure update rules), ``solver`` (Solver), ``checkpoint`` (atomic
 .npz + JSON), ``data`` (offline datasets), ``sharding`` and ``launch``
 (data-parallel training), ``experiments`` (the classic normalization
@@ -28,8 +30,9 @@ if _missing():
     raise ImportError(f"normlab.lab needs the lab extra ({', '.join(_missing())} not installed): "
                       f"pip install \"normlab[lab]\"")
 
+from .convnet import CONV_NORMALIZATIONS, ConvNet  # noqa: E402
 from .model import NORMALIZATIONS, FullyConnectedNet  # noqa: E402
 from .optim import UPDATE_RULES  # noqa: E402
 from .solver import Solver  # noqa: E402
 
-__all__ = ["FullyConnectedNet", "NORMALIZATIONS", "Solver", "UPDATE_RULES"]
+__all__ = ["CONV_NORMALIZATIONS", "ConvNet", "FullyConnectedNet", "NORMALIZATIONS", "Solver", "UPDATE_RULES"]

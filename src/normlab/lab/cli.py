@@ -9,11 +9,13 @@ from __future__ import annotations
 import click
 
 from .._params import FiniteFloatRange, PositiveIntList, one_line, timeout_option
+from .convnet import CONV_NORMALIZATIONS
 from .data import DATASETS, DatasetError
 from .experiments import EXPERIMENTS
 from .launch import DataParallelError, TorchMissingError
 from .model import NORMALIZATIONS
 from .optim import UPDATE_RULES
+from .train import MODELS
 
 #: What a lab command turns into a one-line error (exit 1): bad settings, data, checkpoints (CheckpointError
 #: is a ValueError), processes.
@@ -26,9 +28,17 @@ _DATA_DIR_HELP = "CIFAR-10: the cifar-10-batches-py directory (default: $NORMLAB
 @click.command()
 @click.option("--dataset", type=click.Choice(DATASETS), default="digits", show_default=True)
 @click.option("--data-dir", default=None, help=_DATA_DIR_HELP)
+@click.option("--model", type=click.Choice(list(MODELS)), default="fc", show_default=True,
+              help="fc: fully-connected net; convnet: conv layers, then the hidden layers.")
+@click.option("--conv-channels", default="16,32", show_default=True, type=PositiveIntList(),
+              help="convnet: channels of the conv layers (3x3, each followed by 2x max pooling), comma-separated.")
+@click.option("--groups", default=4, show_default=True, type=click.IntRange(min=1),
+              help="convnet with groupnorm: groups per conv layer.")
 @click.option("--hidden-dims", default="100,100", show_default=True, type=PositiveIntList(),
               help="Hidden layer sizes, comma-separated.")
-@click.option("--normalization", type=click.Choice(list(NORMALIZATIONS)), default="none", show_default=True)
+@click.option("--normalization", type=click.Choice(list(dict.fromkeys([*NORMALIZATIONS, *CONV_NORMALIZATIONS]))),
+              default="none", show_default=True,
+              help=f"fc: {', '.join(NORMALIZATIONS)}; convnet: {', '.join(CONV_NORMALIZATIONS)}.")
 @click.option("--dropout", default=0.0, show_default=True, type=FiniteFloatRange(0, 1, max_open=True),
               help="Probability of dropping a hidden unit.")
 @click.option("--reg", default=0.0, show_default=True, type=FiniteFloatRange(min=0), help="L2 regularization strength.")
@@ -55,13 +65,13 @@ _DATA_DIR_HELP = "CIFAR-10: the cifar-10-batches-py directory (default: $NORMLAB
 @timeout_option("--timeout", default=120.0,
                 help="Data-parallel: seconds a process waits for its peers before the run fails.")
 @click.option("--quiet", is_flag=True, help="No progress output, only the summary.")
-def train(quiet, hidden_dims, normalization, **options):
-    """Train one fully-connected net, checkpoint it, and print a summary."""
+def train(quiet, hidden_dims, conv_channels, normalization, **options):
+    """Train one net (fully-connected or convolutional), checkpoint it, and print a summary."""
     from . import train as lab_train
 
     if options["resume"] and options["checkpoint_dir"] is None:
         raise click.UsageError("--resume needs --checkpoint-dir: the directory of the run to continue")
-    config = lab_train.TrainConfig(hidden_dims=hidden_dims,
+    config = lab_train.TrainConfig(hidden_dims=hidden_dims, conv_channels=conv_channels,
                                    normalization=None if normalization == "none" else normalization, **options)
     try:
         summary = lab_train.train(config, verbose=not quiet)

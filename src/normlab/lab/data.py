@@ -26,6 +26,9 @@ from .._files import write_atomic
 
 DATASETS = ("digits", "mnist1d", "cifar10")
 
+#: One sample's shape, channels first, per dataset (X comes flattened; conv nets reshape it to this).
+INPUT_SHAPES = {"digits": (1, 8, 8), "mnist1d": (1, 40), "cifar10": (3, 32, 32)}
+
 #: Fraction of the labelled training pool held out for validation, per dataset.
 DEFAULT_VAL_FRACTION = {"digits": 0.2, "mnist1d": 0.2, "cifar10": 0.02}
 

@@ -4,33 +4,16 @@ Architecture, for ``hidden_dims = [H1, ..., HL]``::
 
     {affine - [norm] - relu - [dropout]} x L  ->  affine  ->  softmax
 
-Three kinds of state are kept apart, as Flax keeps its collections apart:
-
-``params``
-    the learnable arrays an optimizer updates: ``W1, b1, gamma1, beta1, ...,
-    W{L+1}, b{L+1}`` (gamma/beta only with a normalization, the output
-    layer has none; with batch norm the hidden layers have no ``b``, see
-    :class:`Normalization`). ``grads`` from :meth:`FullyConnectedNet.loss` use the
-    same keys.
-``batch_stats``
-    running statistics, one :class:`normlab.RunningStats` per hidden layer
-    (``"layer1"``, ...), only for batch norm; an optimizer never sees them.
-``dropout_rng``
-    the model's own ``np.random.Generator`` for dropout masks.
-
-The normalization of a hidden layer is a normlab layer used as a function
-(``normlab.BatchNorm(...).apply``): the model keeps the parameters and the
-running statistics, the library's layer does the arithmetic.
-
-Data parallelism: :meth:`FullyConnectedNet.loss` with a
-:class:`~normlab.lab.sharding.Shard` takes one rank's rows of a global batch
-and returns the loss and gradients of the whole global batch, identical on
-every rank; the placement decides what differs (``normlab.lab.sharding``).
+Parameters ``W1, b1, gamma1, beta1, ..., W{L+1}, b{L+1}`` (gamma/beta only
+with a normalization, the output layer has none; with batch norm the hidden
+layers have no ``b``, see :class:`Normalization`), running statistics per
+hidden layer (``"layer1"``, ...) only for batch norm, and the net's own
+dropout generator: the state, the training step and data parallelism are
+the lab's :class:`~normlab.lab.net.Net`'s.
 """
 
 from __future__ import annotations
 
-import copy
 import numbers
 from typing import Callable, NamedTuple
 
@@ -39,7 +22,7 @@ import numpy as np
 from .. import _checks
 from ..layers import BatchNorm, LayerNorm, RunningStats
 from . import ops
-from .sharding import LOCAL, Shard
+from .net import Net, check_net_args, check_size
 
 
 class Normalization(NamedTuple):
@@ -73,15 +56,20 @@ NORMALIZATIONS: dict[str, Normalization] = {
 }
 
 
-def get_normalization(name: str | None) -> Normalization:
-    """Look up a normalization by name (None means "none"); unknown names list the known ones."""
+def lookup(registry: dict, name: str | None):
+    """Look up a normalization by name in ``registry`` (None means "none"); unknown names list the known ones."""
     key = "none" if name is None else name
-    if not isinstance(key, str) or key not in NORMALIZATIONS:
-        raise ValueError(f"unknown normalization {name!r}; known: None, {', '.join(map(repr, NORMALIZATIONS))}")
-    return NORMALIZATIONS[key]
+    if not isinstance(key, str) or key not in registry:
+        raise ValueError(f"unknown normalization {name!r}; known: None, {', '.join(map(repr, registry))}")
+    return registry[key]
 
 
-class FullyConnectedNet:
+def get_normalization(name: str | None) -> Normalization:
+    """Look up a fully-connected net's normalization by name (None means "none")."""
+    return lookup(NORMALIZATIONS, name)
+
+
+class FullyConnectedNet(Net):
     """Fully-connected classifier with optional normalization, dropout and L2 regularization.
 
     hidden_dims: sizes of the hidden layers, e.g. ``[100, 100, 100]``.
@@ -106,20 +94,14 @@ class FullyConnectedNet:
         self.norm = get_normalization(normalization)
         if not isinstance(dropout, numbers.Real) or not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be a probability in [0, 1), got {dropout!r}")
-        if not isinstance(reg, numbers.Real) or not 0 <= reg < np.inf:
-            raise ValueError(f"reg must be a finite number >= 0, got {reg!r}")
-        if not isinstance(weight_scale, numbers.Real) or not 0 < weight_scale < np.inf:
-            raise ValueError(f"weight_scale must be a finite number > 0, got {weight_scale!r}")
-        dtype = np.dtype(dtype)
-        if dtype not in (np.float32, np.float64):
-            raise ValueError(f"dtype must be float32 or float64, got {dtype}")
-        _checks.check_momentum(momentum)
-        _checks.check_eps(eps, training=True)
-        seed = _checks.check_seed(seed)
-        _check_size(input_dim, hidden_dims, num_classes, dtype)
+        dtype, seed = check_net_args(reg, weight_scale, dtype, momentum, eps, seed)
+        dims = [input_dim, *hidden_dims, num_classes]
+        check_size(sum(a * b + 3 * b for a, b in zip(dims[:-1], dims[1:])), dtype,  # weights, bias or gamma and beta
+                   f"a net with hidden_dims {hidden_dims}")
 
         self.hidden_dims = hidden_dims
         self.input_dim = input_dim
+        self.input_shape = (input_dim,)
         self.num_classes = num_classes
         self.normalization = None if normalization in (None, "none") else normalization
         self.dropout = float(dropout)
@@ -165,47 +147,6 @@ class FullyConnectedNet:
             "momentum": self.momentum, "eps": self.eps,
         }
 
-    def __repr__(self):
-        args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
-        return f"FullyConnectedNet({args})"
-
-    def loss(self, X, y=None, *, training: bool | None = None, shard: Shard | None = None):
-        """Forward (and backward when y is given).
-
-        X: (N, D) (or (N, ...) with D features). y: (N,) int labels, or None.
-        training: None means training mode when y is given, test mode when it
-            is not. Training mode uses batch statistics and updates the running
-            ones (batch norm) and applies dropout; test mode uses the running
-            statistics and no dropout. Pass ``training=False`` with y for a
-            validation loss that leaves all state alone.
-        shard: data parallelism: X, y are rows ``start:start+N`` of a global
-            batch of ``total`` rows split over the ranks of ``group``, and
-            every rank calls this together. Batch statistics are those of the
-            global batch, dropout masks are this shard's rows of the global
-            batch's masks, and every rank gets the loss and grads of the
-            global batch (see ``normlab.lab.sharding``).
-        Returns scores (N, C) when y is None, else (loss, grads) with grads
-        keyed like ``params``.
-
-        State changes only once the whole call has succeeded: the running
-        statistics and the dropout generator are committed at the end, so a
-        call that raises anywhere leaves the model bit-identical.
-        """
-        training = (y is not None) if training is None else bool(training)
-        if shard is not None and not isinstance(shard, Shard):
-            raise TypeError(f"shard must be a normlab.lab.sharding.Shard, got {type(shard).__name__}")
-        placement = LOCAL if shard is None else shard
-        placement.check(np.shape(X)[0] if np.ndim(X) else 0, y)
-        X = self._check_inputs(X, y, training=training, placement=placement)
-        rng = copy.deepcopy(self.dropout_rng) if training and self.dropout else self.dropout_rng
-        scores, caches, new_stats = self._forward(X, training, placement, rng)
-        if y is None:
-            self._commit(new_stats, rng)
-            return scores
-        loss, grads = self._backward(scores, y, caches, placement)
-        self._commit(new_stats, rng)
-        return loss, grads
-
     def _forward(self, X, training: bool, placement, rng):
         """Scores (N, C), the caches of every layer, and the running statistics to commit."""
         p, caches, new_stats = self.params, [], {}
@@ -215,7 +156,7 @@ class FullyConnectedNet:
             if not self.norms:
                 h, cache = ops.affine_relu_forward(h, p[f"W{i}"], p[f"b{i}"])
             else:
-                norm = placement.norm(self.norms[name]) if training else self.norms[name]
+                norm = self._norm_layer(name, training, placement)
                 h, cache, stats = ops.affine_norm_relu_forward(
                     h, p[f"W{i}"], p.get(f"b{i}"), p[f"gamma{i}"], p[f"beta{i}"], norm,
                     self.batch_stats.get(name), training=training)
@@ -230,89 +171,14 @@ class FullyConnectedNet:
         caches.append(out_cache)
         return scores, caches, new_stats
 
-    def _backward(self, scores, y, caches, placement):
-        """(loss, grads) of the batch (the global batch's, for a shard) from the forward's caches."""
+    def _backward_layers(self, dscores, caches) -> dict:
         p, L = self.params, self.num_layers
-        data_loss, dscores = ops.softmax_loss(scores, y)
-        weight = placement.weight(scores.shape[0])  # this shard's share of the global batch's mean
         grads = {}
-        dh, grads[f"W{L}"], grads[f"b{L}"] = ops.affine_backward(dscores * weight, caches[-1])
+        dh, grads[f"W{L}"], grads[f"b{L}"] = ops.affine_backward(dscores, caches[-1])
         for i in range(L - 1, 0, -1):
             cache, drop_cache = caches[i - 1]
             dh = ops.dropout_backward(dh, drop_cache)
             dh, grads[f"W{i}"], grads[f"b{i}"], dgamma, dbeta = ops.sandwich_backward(dh, cache)
             if dgamma is not None:
                 grads[f"gamma{i}"], grads[f"beta{i}"] = dgamma, dbeta
-        keys = list(p)  # drops db of bias-free layers
-        # One reduction for the whole step: every gradient and the loss together.
-        *summed, total = placement.reduce([grads[k] for k in keys] + [np.array([data_loss * weight])])
-        grads = {k: g.astype(self.dtype, copy=False) for k, g in zip(keys, summed)}
-        weights = [p[f"W{i}"] for i in range(1, L + 1)]
-        reg_loss = 0.5 * self.reg * sum(float(np.sum(w * w)) for w in weights)
-        if self.reg:  # added after the reduction, once
-            for i, w in enumerate(weights, start=1):
-                grads[f"W{i}"] = grads[f"W{i}"] + self.reg * w
-        return float(total[0]) + reg_loss, grads
-
-    def _check_inputs(self, X, y, *, training: bool, placement) -> np.ndarray:
-        """X as (N, D) in the model's dtype, after checking X and y; raises before any state changes.
-
-        Non-finite X (in training) and labels out of range are counted and the counts agreed over the
-        placement's ranks before any other collective, so a data-parallel call raises the same error on
-        every rank (a rank that raised alone would leave its peers waiting in a collective).
-        """
-        X = _checks.as_float_array(X, "X", min_ndim=2)
-        X2 = X.reshape(X.shape[0], -1)
-        if X2.shape[1] != self.input_dim:
-            raise ValueError(f"X must have {self.input_dim} features per sample, got shape {X.shape} "
-                             f"({X2.shape[1]} features)")
-        if y is not None:
-            y = _check_label_array(y, X2.shape[0], X.shape)
-        nonfinite = int(np.sum(~np.isfinite(X2))) if training else 0
-        outside = 0 if y is None else int(np.sum((y < 0) | (y >= self.num_classes)))
-        nonfinite, outside = (int(c) for c in placement.agree(np.array([nonfinite, outside], dtype=np.float64)))
-        where = "" if placement is LOCAL else " over all ranks of the global batch"
-        if nonfinite:
-            raise ValueError(f"X (shape {X.shape}) contains NaN or inf: {nonfinite} non-finite values{where}")
-        if outside:
-            span = f", got range [{y.min()}, {y.max()}] (y shape {y.shape})" if placement is LOCAL else ""
-            raise ValueError(f"labels y must lie in [0, {self.num_classes}){span}: {outside} labels outside "
-                             f"it{where}")
-        return X2.astype(self.dtype, copy=False)
-
-    def _commit(self, new_stats: dict, rng: np.random.Generator) -> None:
-        """Take the running statistics with this batch folded in, and advance the dropout generator."""
-        for name, stats in new_stats.items():
-            self.batch_stats[name].assign(stats)
-        if rng is not self.dropout_rng:
-            # Set the state rather than swap the object: callers holding model.dropout_rng see it advance.
-            self.dropout_rng.bit_generator.state = rng.bit_generator.state
-
-    def predict(self, X, batch_size: int = 1000) -> np.ndarray:
-        """Class predictions (N,) in test mode, in chunks of ``batch_size`` rows."""
-        X = np.asarray(X)
-        preds = [np.argmax(self.loss(X[i:i + batch_size]), axis=1) for i in range(0, X.shape[0], batch_size)]
-        return np.concatenate(preds) if preds else np.zeros(0, dtype=np.int64)
-
-
-#: Copies of the parameters training holds: parameters, gradients, the best epoch's, two optimizer buffers.
-TRAINING_COPIES = 5
-
-
-def _check_size(input_dim: int, hidden_dims: list[int], num_classes: int, dtype: np.dtype) -> None:
-    """Refuse a net whose training state does not fit in the memory available, before allocating any."""
-    dims = [input_dim, *hidden_dims, num_classes]
-    count = sum(a * b + 3 * b for a, b in zip(dims[:-1], dims[1:]))  # weights, bias or gamma and beta
-    _checks.check_allocation(TRAINING_COPIES * count * dtype.itemsize,
-                             f"a net with hidden_dims {hidden_dims} ({count:.3g} {dtype.name} parameters, held "
-                             f"{TRAINING_COPIES} times in training)")
-
-
-def _check_label_array(y, n: int, x_shape) -> np.ndarray:
-    """y as an integer array of shape (n,), one label per row of X; the range is checked by the caller."""
-    y = np.asarray(y)
-    if y.shape != (n,):
-        raise ValueError(f"y must have shape ({n},), one label per row of X (shape {x_shape}), got shape {y.shape}")
-    if not np.issubdtype(y.dtype, np.integer):
-        raise TypeError(f"y must hold integer class labels, got dtype {y.dtype} with shape {y.shape}")
-    return y
+        return grads

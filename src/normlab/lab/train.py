@@ -1,4 +1,4 @@
-"""``normlab train``: train one configured FullyConnectedNet, with checkpoints, and summarize.
+"""``normlab train``: train one configured net (``MODELS``: fc or convnet), with checkpoints, and summarize.
 
 :func:`train` is the whole command without the command line: a
 :class:`TrainConfig` in, a summary dict out (the CLI in ``normlab.cli`` only
@@ -17,7 +17,8 @@ from .. import distributed
 from .._params import MAX_TIMEOUT_S
 from . import checkpoint as ckpt
 from . import launch
-from .data import load_dataset, num_classes
+from .convnet import ConvNet
+from .data import INPUT_SHAPES, load_dataset, num_classes
 from .model import FullyConnectedNet
 from .solver import Solver
 
@@ -28,6 +29,9 @@ class TrainConfig:
 
     dataset: str = "digits"
     data_dir: str | None = None
+    model: str = "fc"
+    conv_channels: tuple[int, ...] = (16, 32)
+    groups: int = 4
     hidden_dims: tuple[int, ...] = (100, 100)
     normalization: str | None = None
     dropout: float = 0.0
@@ -87,10 +91,7 @@ def train_in_process(config: TrainConfig, verbose: bool = True, progress: str = 
     if data_parallel:
         verbose = verbose and distributed.rank() == 0
     data = load_dataset(config.dataset, seed=config.seed, data_dir=config.data_dir, num_train=config.num_train)
-    model = FullyConnectedNet(
-        list(config.hidden_dims), data["X_train"].shape[1], num_classes(data),
-        normalization=config.normalization, dropout=config.dropout, reg=config.reg,
-        weight_scale=config.weight_scale, dtype=np.dtype(config.dtype), seed=config.seed)
+    model = get_model(config.model)(config, data)
     solver = Solver(model, data, update_rule=config.update_rule,
                     optim_config={"learning_rate": config.learning_rate}, lr_decay=config.lr_decay,
                     batch_size=config.batch_size, num_epochs=config.epochs, seed=config.seed,
@@ -102,9 +103,37 @@ def train_in_process(config: TrainConfig, verbose: bool = True, progress: str = 
     return _summary(config, solver, model, data, started, resumed_from)
 
 
+def _fully_connected(config: TrainConfig, data: dict) -> FullyConnectedNet:
+    return FullyConnectedNet(
+        list(config.hidden_dims), data["X_train"].shape[1], num_classes(data),
+        normalization=config.normalization, dropout=config.dropout, reg=config.reg,
+        weight_scale=config.weight_scale, dtype=np.dtype(config.dtype), seed=config.seed)
+
+
+def _convnet(config: TrainConfig, data: dict) -> ConvNet:
+    if config.dropout:
+        raise ValueError("the convnet model has no dropout; leave --dropout at 0")
+    return ConvNet(INPUT_SHAPES[config.dataset], num_classes(data), list(config.conv_channels),
+                   list(config.hidden_dims), normalization=config.normalization, groups=config.groups,
+                   reg=config.reg, weight_scale=config.weight_scale, dtype=np.dtype(config.dtype), seed=config.seed)
+
+
+#: model name -> builder(config, data) of the net ``normlab train --model`` trains.
+MODELS = {"fc": _fully_connected, "convnet": _convnet}
+
+
+def get_model(name: str):
+    """The builder of model ``name``; unknown names list the known ones."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(MODELS)}")
+    return MODELS[name]
+
+
 def _summary(config, solver, model, data, started, resumed_from) -> dict:
     return {
         "dataset": config.dataset,
+        "model": config.model,
+        "conv_channels": list(config.conv_channels) if config.model == "convnet" else None,
         "normalization": config.normalization or "none",
         "hidden_dims": list(config.hidden_dims),
         "epochs": solver.epoch,
@@ -129,7 +158,8 @@ def format_summary(summary: dict) -> list[str]:
 
     rows = [
         ("dataset", summary["dataset"]),
-        ("net", f"hidden {summary['hidden_dims']}, normalization {summary['normalization']}"),
+        ("net", (f"conv {summary['conv_channels']}, " if summary.get("conv_channels") else "")
+         + f"hidden {summary['hidden_dims']}, normalization {summary['normalization']}"),
         ("epochs", f"{summary['epochs']} ({summary['iterations']} iterations"
                    + (f", resumed from epoch {summary['resumed_from_epoch']})" if summary["resumed_from_epoch"]
                       is not None else ")")),

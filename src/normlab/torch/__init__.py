@@ -11,9 +11,11 @@ Requires the optional extra: ``pip install "normlab[torch]"`` (torch 2.13).
 - ``SyncBatchNorm``, ``convert_sync_batchnorm``: batch norm synchronized over
   torch.distributed, on CPU tensors (gloo) as well.
 
+- ``fold_batchnorm``: fold eval-mode batch norms into the preceding Linear/Conv.
+- ``update_bn_stats``: precise BN, running statistics set to the population statistics of data.
+
 CPU tensors run normlab's core (NumPy/Numba); tensors on any other device,
 and ``backend="torch"``, run the same closed form in torch ops.
-- ``fold_batchnorm``: fold eval-mode batch norms into the preceding Linear/Conv.
 """
 
 # Inside this package, ``import torch`` still means the top-level torch
@@ -30,6 +32,7 @@ from .fold import fold_batchnorm
 from .functions import batch_norm, group_norm, instance_norm, layer_norm, rms_norm
 from .modules import (BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d, GroupNorm, InstanceNorm1d,
                       InstanceNorm2d, InstanceNorm3d, LayerNorm, RMSNorm)
+from .precise_bn import update_bn_stats
 from .sync_batchnorm import SyncBatchNorm, convert_sync_batchnorm
 
 __all__ = [
@@ -51,4 +54,5 @@ __all__ = [
     "instance_norm",
     "layer_norm",
     "rms_norm",
+    "update_bn_stats",
 ]

@@ -14,7 +14,7 @@ import dataclasses
 from pathlib import Path
 from typing import Callable, NamedTuple
 
-from . import batch_size, batchnorm, layernorm, weight_scale
+from . import batch_size, batchnorm, convnet, layernorm, small_batch, weight_scale
 from .common import strip_timing
 
 
@@ -31,7 +31,7 @@ class Experiment(NamedTuple):
 
 EXPERIMENTS: dict[str, Experiment] = {
     module.NAME: Experiment(module.Config, module.run, module.plot, module.table, module.DESCRIPTION)
-    for module in (batchnorm, weight_scale, batch_size, layernorm)
+    for module in (batchnorm, weight_scale, batch_size, layernorm, convnet, small_batch)
 }
 DEFAULT_EXPERIMENT = "batchnorm"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -64,12 +65,75 @@ class SweepConfig(BaseConfig):
         self._check("batch_sizes", check_positive_ints)
 
 
+@dataclass(frozen=True)
+class CNNConfig(BaseConfig):
+    """The conv experiments' CNN, by default the MNIST-1D paper's: three stride-2 convolutions of 25
+    channels with kernels 5, 3, 3, no pooling; groups: group norm's groups per layer; trained with
+    ``update_rule`` at ``learning_rate`` (the paper's Adam at 1e-2)."""
+
+    dataset: str = "mnist1d"
+    conv_channels: tuple = (25, 25, 25)
+    kernel_size: tuple = (5, 3, 3)
+    stride: int = 2
+    groups: int = 5
+    update_rule: str = "adam"
+    learning_rate: float = 1e-2
+
+    def __post_init__(self):
+        super().__post_init__()
+        self._check("conv_channels", check_positive_ints)
+        self._check("kernel_size", check_positive_ints)
+
+
+def build_cnn(config: CNNConfig, data: dict, normalization: str, **options):
+    """The config's CNN for ``data`` (one sample's shape from the dataset), seeded with ``config.seed``."""
+    from .. import ConvNet
+    from ..data import INPUT_SHAPES
+
+    return ConvNet(INPUT_SHAPES[config.dataset], num_classes(data), list(config.conv_channels),
+                   kernel_size=list(config.kernel_size), stride=config.stride, pool=None,
+                   normalization=normalization, groups=config.groups, seed=config.seed, **options)
+
+
 def check_positive_ints(values, name):
     """A non-empty sequence of positive integers, as a tuple of plain ints."""
     values = tuple(values)
     if not values:
         raise ValueError(f"{name} must not be empty")
     return tuple(check_positive_int(v, f"{name} entries") for v in values)
+
+
+def check_names(known: tuple[str, ...]):
+    """A check (for ``BaseConfig._check``) of a non-empty sequence of names from ``known``, as a tuple."""
+    def check(values, name):
+        values = tuple(values)
+        unknown = [v for v in values if v not in known]
+        if not values or unknown:
+            raise ValueError(f"{name} must be a non-empty sequence of {', '.join(known)}; got {values!r}")
+        return values
+    return check
+
+
+@contextlib.contextmanager
+def single_threaded():
+    """Run the fused kernels and BLAS on one thread inside the block (both restored after).
+
+    The conv nets' per-layer tensors are small: on a 2-core machine shared
+    with other work, two Numba threads per kernel were measured 3-4x slower
+    per training step than one, and so is multi-threaded BLAS in evaluation
+    (the Solver keeps BLAS at one thread while it trains, for the same reason).
+    """
+    from threadpoolctl import threadpool_limits
+
+    from ... import threads
+
+    before = threads.get_num_threads()
+    threads.set_num_threads(1)
+    try:
+        with threadpool_limits(limits=1, user_api="blas"):
+            yield
+    finally:
+        threads.set_num_threads(before)
 
 
 def epochs_to_reach(accuracies, threshold):
@@ -89,12 +153,24 @@ def load_data(config: BaseConfig) -> dict:
 
 def train_run(data: dict, *, hidden_dims, normalization, weight_scale, learning_rate, batch_size, epochs,
               seed, update_rule="adam", label="", log: Log = _quiet) -> dict:
-    """Train one FullyConnectedNet with a Solver and return its histories as JSON-able lists.
+    """Train one FullyConnectedNet with a Solver (see :func:`fit`) and return its histories as JSON-able lists.
 
     The model and the minibatch order are seeded with the same ``seed`` for
     every variant, so two variants of one experiment start from the same
     weights and see the same minibatches: they differ only in what the
     experiment varies.
+    """
+    from .. import FullyConnectedNet
+
+    model = FullyConnectedNet(list(hidden_dims), data["X_train"].shape[1], num_classes(data),
+                              normalization=normalization, weight_scale=float(weight_scale), seed=seed)
+    return fit(model, data, learning_rate=learning_rate, batch_size=batch_size, epochs=epochs, seed=seed,
+               update_rule=update_rule, label=label or normalization or "baseline", log=log)
+
+
+def fit(model, data: dict, *, learning_rate, batch_size, epochs, seed, update_rule="adam", label="",
+        log: Log = _quiet) -> dict:
+    """Train ``model`` with a Solver seeded with ``seed``; the model ends with the best epoch's state.
 
     Returns ``loss`` (per iteration), ``epoch_loss`` (mean training loss per
     epoch), ``train_acc`` and ``val_acc`` (per epoch), ``best_val_acc``,
@@ -102,10 +178,8 @@ def train_run(data: dict, *, hidden_dims, normalization, weight_scale, learning_
     epoch's parameters) and ``seconds`` (wall time, the only field that is not
     reproducible).
     """
-    from .. import FullyConnectedNet, Solver
+    from .. import Solver
 
-    model = FullyConnectedNet(list(hidden_dims), data["X_train"].shape[1], num_classes(data),
-                              normalization=normalization, weight_scale=float(weight_scale), seed=seed)
     solver = Solver(model, data, update_rule=update_rule, optim_config={"learning_rate": float(learning_rate)},
                     batch_size=int(batch_size), num_epochs=int(epochs), seed=seed, verbose=False)
     started = time.perf_counter()
@@ -114,9 +188,7 @@ def train_run(data: dict, *, hidden_dims, normalization, weight_scale, learning_
     loss = [float(v) for v in solver.loss_history]
     per_epoch = solver.iterations_per_epoch
     epoch_loss = [float(np.mean(loss[i:i + per_epoch])) for i in range(0, len(loss), per_epoch)]
-    test_acc = None
-    if "X_test" in data:  # solver.train() left the best epoch's parameters in the model
-        test_acc = float(np.mean(model.predict(data["X_test"]) == data["y_test"]))
+    test_acc = accuracy(model, data, "test") if "X_test" in data else None  # the best epoch's parameters
     result = {
         "loss": loss,
         "epoch_loss": epoch_loss,
@@ -129,9 +201,14 @@ def train_run(data: dict, *, hidden_dims, normalization, weight_scale, learning_
         "iterations_per_epoch": per_epoch,
         "seconds": seconds,
     }
-    log(f"{label or normalization or 'baseline'}: best val acc {result['best_val_acc']:.3f}, "
+    log(f"{label}: best val acc {result['best_val_acc']:.3f}, "
         f"final train loss {result['final_train_loss']:.3f}, test acc {_fmt(test_acc)} ({seconds:.1f} s)")
     return result
+
+
+def accuracy(model, data: dict, split: str) -> float:
+    """Test-mode accuracy of ``model`` on ``data``'s split ("train", "val" or "test")."""
+    return float(np.mean(model.predict(data[f"X_{split}"]) == data[f"y_{split}"]))
 
 
 def sweep_batch_sizes(module, config, log: Log = _quiet) -> dict:

@@ -12,7 +12,11 @@ from pathlib import Path
 import numpy as np
 
 #: Colours of the named variants, so one variant looks the same in every figure.
-VARIANT_COLORS = {"baseline": "#d62728", "batchnorm": "#1f77b4", "layernorm": "#2ca02c"}
+VARIANT_COLORS = {"baseline": "#d62728", "batchnorm": "#1f77b4", "layernorm": "#2ca02c", "groupnorm": "#ff7f0e",
+                  "batchrenorm": "#9467bd", "ghostbatchnorm": "#8c564b", "instancenorm": "#e377c2",
+                  "logistic": "#7f7f7f", "mlp": "#d62728", "cnn": "#17becf", "cnn + batchnorm": "#1f77b4",
+                  "cnn + groupnorm": "#ff7f0e", "cnn + layernorm": "#2ca02c", "cnn + instancenorm": "#e377c2",
+                  "cnn + batchrenorm": "#9467bd"}
 
 
 def _figure(ncols, width=5.0, height=4.0):
@@ -108,5 +112,62 @@ def plot_by_batch_size(batch_sizes, runs: dict, path, title: str) -> Path:
         ax.grid(True, alpha=0.3)
     ax_loss.set_yscale("log")
     ax_acc.legend(loc="lower right", fontsize="small")
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_accuracy_bars(labels, ours, reference, path, title: str, reference_label: str = "paper") -> Path:
+    """Horizontal bars of our accuracies, one per label, with a reference accuracy marked on each bar."""
+    fig, (ax,) = _figure(1, width=8.5, height=0.55 * len(labels) + 2.0)
+    rows = np.arange(len(labels))[::-1]
+    colors = [VARIANT_COLORS.get(label, f"C{i}") for i, label in enumerate(labels)]
+    ax.barh(rows, ours, color=colors, alpha=0.85, label="ours (test)")
+    ax.scatter(reference, rows, marker="|", s=600, color="black", linewidths=2.5, zorder=3, label=reference_label)
+    for row, value, ref in zip(rows, ours, reference):
+        ax.text(min(value, 1.0) - 0.01, row, f"{value:.1%}", ha="right", va="center", color="white",
+                fontweight="bold", fontsize="small")
+        ax.text(ref + 0.012, row, f"{ref:.0%}", ha="left", va="center", fontsize="x-small")
+    ax.set_yticks(rows, labels)
+    ax.set(xlim=(0, 1.06), xlabel="test accuracy")
+    ax.grid(True, axis="x", alpha=0.3)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, fontsize="small", frameon=False)
+    ax.set_title(title, fontsize="small")
+    return _save(fig, path)
+
+
+def _batch_axis(ax, batch_sizes, title: str, xlabel: str) -> None:
+    """Batch size on a log axis, largest on the left (as the Group Norm paper draws it); error in % upwards."""
+    ax.set_xscale("log")
+    ax.set_xticks(list(batch_sizes), [str(b) for b in batch_sizes])
+    ax.minorticks_off()
+    ax.set_xlim(max(batch_sizes) * 1.3, min(batch_sizes) / 1.3)
+    ax.set(title=title, xlabel=xlabel, ylabel="validation error (%)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="upper left", fontsize="small")
+
+
+def plot_small_batch(batch_sizes, errors: dict, paper: dict, path, title: str, ghost_batch: int) -> Path:
+    """Three panels: our validation error by batch size per norm; running vs precise statistics; the GN paper's.
+
+    errors: label -> validation error (%) per batch size; labels "<norm> (precise)" go to the middle panel.
+    paper: {"batch_sizes", "batchnorm", "groupnorm"}, the Group Norm paper's ImageNet numbers.
+    """
+    fig, (ax_ours, ax_precise, ax_paper) = _figure(3, width=4.8, height=4.2)
+    names = {"ghostbatchnorm": f"ghost BN (batch {ghost_batch}, chunks of b)"}
+    for label, values in errors.items():
+        norm = label.removesuffix(" (precise)")
+        color = VARIANT_COLORS.get(norm)
+        if label == norm:
+            ax_ours.plot(batch_sizes, values, marker="o", color=color, label=names.get(norm, norm))
+        if norm in {n.removesuffix(" (precise)") for n in errors if n.endswith("(precise)")}:
+            precise = label != norm
+            ax_precise.plot(batch_sizes, values, marker="s" if precise else "o", color=color,
+                            linestyle="--" if precise else "-",
+                            label=f"{norm}, {'precise' if precise else 'running'} statistics")
+    for norm in ("batchnorm", "groupnorm"):
+        ax_paper.plot(paper["batch_sizes"], paper[norm], marker="o", color=VARIANT_COLORS[norm], label=norm)
+    _batch_axis(ax_ours, batch_sizes, "Ours: best validation error", "batch size b")
+    _batch_axis(ax_precise, batch_sizes, "Eval with running vs precise statistics", "batch size b")
+    _batch_axis(ax_paper, paper["batch_sizes"], "Reference shape: GN paper, ResNet-50 ImageNet", "images per GPU")
     fig.suptitle(title)
     return _save(fig, path)

@@ -61,6 +61,8 @@ def write_report(out_dir, *, name: str, results: dict, figures, headers, rows, c
     ]
     if results.get("finding"):
         parts += [results["finding"], ""]
+    if results.get("notes"):  # what the numbers are compared with, and what differs from there
+        parts += [results["notes"], ""]
     parts += ["## Figures", ""]
     for fig in figures:
         fig = Path(fig)
