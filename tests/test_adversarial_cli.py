@@ -86,7 +86,8 @@ TRAIN_USAGE = [
     ("--num-train", "0", "is not in the range x>=1"),
     ("--checkpoint-every", "0", "is not in the range x>=1"),
     ("--batch-size", "1.5", "is not a valid integer"),
-    ("--normalization", "groupnorm", "'groupnorm' is not one of"),
+    ("--normalization", "groupnorm", "'groupnorm' is not one of the fc net's normalizations"),
+    ("--hidden-dims", "none", "a fully-connected net needs at least one hidden layer"),
     ("--dtype", "float16", "'float16' is not one of"),
 ]
 

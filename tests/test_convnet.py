@@ -166,7 +166,7 @@ def test_bad_arguments():
         ConvNet((1, 8, 8), 3, conv_channels=(4, 4, 4, 4))  # 8 -> 4 -> 2 -> 1 -> pooling a 1x1 map
     with pytest.raises(ValueError, match="kernel_size"):
         ConvNet((1, 8), 3, conv_channels=(4, 4), kernel_size=(3,))
-    with pytest.raises(ValueError, match="weight_scale must be a number > 0 or None"):
+    with pytest.raises(ValueError, match="weight_scale must be a finite number > 0 or None"):
         ConvNet((1, 8), 3, weight_scale=0)
     with pytest.raises(ValueError, match="rmax"):
         ConvNet((1, 8), 3, normalization="batchrenorm", rmax=0.5)
@@ -193,7 +193,7 @@ def test_normlab_train_model_convnet_with_resume(tmp_path):
     from normlab.cli import main
 
     def run(*args):
-        fast = ["train", "--model", "convnet", "--conv-channels", "8,8", "--hidden-dims", "", "--num-train", "300",
+        fast = ["train", "--model", "convnet", "--conv-channels", "8,8", "--hidden-dims", "none", "--num-train", "300",
                 "--batch-size", "50", "--quiet", "--normalization", "groupnorm", "--groups", "2", "--lr", "0.01"]
         return CliRunner().invoke(main, [*fast, *args], catch_exceptions=False)
 
@@ -209,9 +209,10 @@ def test_normlab_train_model_convnet_with_resume(tmp_path):
     assert value(resumed.output, "epochs") == "3 (18 iterations, resumed from epoch 2)"
     for label in ("final loss", "best val acc", r"test acc \(best\)"):
         assert value(resumed.output, label) == value(straight.output, label)
-    for args, message in ((["--model", "fc", "--normalization", "groupnorm"], "unknown normalization 'groupnorm'"),
-                          (["--dropout", "0.5"], "the convnet model has no dropout"),
-                          (["--groups", "3"], r"num_groups \(3\) must divide num_channels \(8\)")):
+    for args, code, message in ((["--model", "fc", "--normalization", "groupnorm"], 2,
+                                 "'groupnorm' is not one of the fc net's normalizations"),
+                                (["--dropout", "0.5"], 1, "the convnet model has no dropout"),
+                                (["--groups", "3"], 1, r"num_groups \(3\) must divide num_channels \(8\)")):
         result = CliRunner().invoke(main, ["train", "--model", "convnet", "--conv-channels", "8,8",
                                            "--normalization", "groupnorm", *args])
-        assert result.exit_code == 1 and re.search(message, result.output), result.output
+        assert result.exit_code == code and re.search(message, result.output), result.output

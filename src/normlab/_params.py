@@ -29,13 +29,22 @@ class FiniteFloatRange(click.FloatRange):
 
 
 class PositiveIntList(click.ParamType):
-    """Comma-separated integers >= 1, at least one, no empty items: "100,100" -> (100, 100)."""
+    """Comma-separated integers >= 1, at least one, no empty items: "100,100" -> (100, 100).
+
+    allow_none: the word "none" means an empty list (a net without hidden layers), said
+    explicitly so that an empty or mistyped value is never read as one.
+    """
 
     name = "int,int,..."
+
+    def __init__(self, allow_none: bool = False):
+        self.allow_none = allow_none
 
     def convert(self, value, param, ctx):
         if isinstance(value, tuple):
             return value
+        if self.allow_none and str(value).strip().lower() == "none":
+            return ()
         items = str(value).split(",")
         if not str(value).strip() or any(not item.strip() for item in items):
             self.fail(f"expected comma-separated integers >= 1 like 100,100, got {value!r} "

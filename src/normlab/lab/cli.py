@@ -34,8 +34,8 @@ _DATA_DIR_HELP = "CIFAR-10: the cifar-10-batches-py directory (default: $NORMLAB
               help="convnet: channels of the conv layers (3x3, each followed by 2x max pooling), comma-separated.")
 @click.option("--groups", default=4, show_default=True, type=click.IntRange(min=1),
               help="convnet with groupnorm: groups per conv layer.")
-@click.option("--hidden-dims", default="100,100", show_default=True, type=PositiveIntList(),
-              help="Hidden layer sizes, comma-separated.")
+@click.option("--hidden-dims", default="100,100", show_default=True, type=PositiveIntList(allow_none=True),
+              help="Hidden layer sizes, comma-separated; convnet: none for no hidden layer after the convs.")
 @click.option("--normalization", type=click.Choice(list(dict.fromkeys([*NORMALIZATIONS, *CONV_NORMALIZATIONS]))),
               default="none", show_default=True,
               help=f"fc: {', '.join(NORMALIZATIONS)}; convnet: {', '.join(CONV_NORMALIZATIONS)}.")
@@ -71,6 +71,12 @@ def train(quiet, hidden_dims, conv_channels, normalization, **options):
 
     if options["resume"] and options["checkpoint_dir"] is None:
         raise click.UsageError("--resume needs --checkpoint-dir: the directory of the run to continue")
+    fitting = {"fc": NORMALIZATIONS, "convnet": CONV_NORMALIZATIONS}[options["model"]]
+    if normalization not in fitting:
+        raise click.BadParameter(f"{normalization!r} is not one of the {options['model']} net's normalizations: "
+                                 f"{', '.join(fitting)}", param_hint="'--normalization'")
+    if not hidden_dims and options["model"] == "fc":
+        raise click.BadParameter("a fully-connected net needs at least one hidden layer", param_hint="'--hidden-dims'")
     config = lab_train.TrainConfig(hidden_dims=hidden_dims, conv_channels=conv_channels,
                                    normalization=None if normalization == "none" else normalization, **options)
     try:
