@@ -214,3 +214,21 @@ def test_bad_input_raises_and_changes_no_state():
         nt.group_norm(torch.randn(2, 5, 3), 2)
     with pytest.raises(ValueError, match="backend must be one of 'auto', 'numpy', 'numba', 'torch'"):
         nt.LayerNorm(3, backend="cuda")
+
+
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
+def test_a_retained_graph_gives_the_same_gradients_twice(backend):
+    # The eager path drops the core's cache after the first backward (so x is freed with the node);
+    # a second backward of a retained graph rebuilds it from the saved tensors.
+    torch.manual_seed(3)
+    x = (torch.randn(6, 4, 5, dtype=torch.float64) * 3 + 2).requires_grad_()
+    bn = nt.BatchNorm1d(4, backend=backend).double()
+    dout = torch.randn(6, 4, 5, dtype=torch.float64)
+    out = bn(x)
+    first = torch.autograd.grad(out, [x, bn.weight, bn.bias], dout, retain_graph=True)
+    second = torch.autograd.grad(out, [x, bn.weight, bn.bias], dout)
+    reference = torch.nn.BatchNorm1d(4).double()
+    expected = torch.autograd.grad(reference(x), [x, reference.weight, reference.bias], dout)
+    for a, b, e in zip(first, second, expected):
+        assert torch.equal(a, b)
+        torch.testing.assert_close(a, e, rtol=1e-12, atol=1e-12)

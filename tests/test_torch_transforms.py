@@ -244,13 +244,13 @@ def test_channels_last_batch_norm_reaches_the_core_without_a_copy(monkeypatch):
     from normlab.torch import ops
 
     seen = {}
-    core_forward = ops.core_forward
+    run_forward = ops.run_forward
 
-    def spy(x, gamma, beta, layout, eps, **kwargs):
-        seen.update(x=x.ctypes.data, out=kwargs["out"].ctypes.data, view=layout.view)
-        return core_forward(x, gamma, beta, layout, eps, **kwargs)
+    def spy(x, gamma, beta, layout, eps, mean, var, backend, out):
+        seen.update(x=x.ctypes.data, out=out.ctypes.data, view=layout.view)
+        return run_forward(x, gamma, beta, layout, eps, mean, var, backend, out)
 
-    monkeypatch.setattr(ops, "core_forward", spy)
+    monkeypatch.setattr(ops, "run_forward", spy)
     x = torch.randn(2, 3, 4, 5).contiguous(memory_format=torch.channels_last)
     out = nt.batch_norm(x, None, None, training=True, backend="numpy")
     assert seen == {"x": x.data_ptr(), "out": out.data_ptr(), "view": (40, 3, 1, 1)}

@@ -116,11 +116,18 @@ def normalize_forward(x, gamma, beta, layout: Layout, eps: float, *, mean=None, 
     if stats_given and var is not None and eps == 0 and np.any(var == 0):
         raise ValueError("eps == 0 with a given var that is 0 somewhere would divide by zero")
 
+    return run_forward(x, gamma, beta, layout, eps, mean, var, backend, out)
+
+
+def run_forward(x, gamma, beta, layout: Layout, eps: float, mean, var, backend: str, out):
+    """:func:`normalize_forward` after its checks: the arguments are trusted (the PyTorch bridge validates
+    them once per input signature and calls this directly). mean/var: given statistics or both None."""
     impl = get_backend(backend)
     x4 = x.reshape(layout.view)
-    shape_int = layout.internal_stat_shape
+    stats_given = mean is not None
     given = None
     if stats_given:
+        shape_int = layout.internal_stat_shape
         given = (np.asarray(mean, np.float64).reshape(shape_int), np.asarray(var, np.float64).reshape(shape_int))
     g = None if gamma is None else gamma.reshape(-1)
     b = None if beta is None else beta.reshape(-1)
@@ -140,15 +147,15 @@ def normalize_forward(x, gamma, beta, layout: Layout, eps: float, *, mean=None, 
         backend=impl.NAME, saved=saved,
     )
     y = out4.reshape(x.shape)
-    if out is not None and not np.may_share_memory(y, out):
+    if out is not None and not out.flags.c_contiguous and not np.may_share_memory(y, out):
         # reshape copied a non-contiguous out: fill the caller's buffer.
         np.copyto(out, y)
         y = out
     return y, cache
 
 
-def _all_finite(*arrays) -> bool:
-    return all(bool(np.all(np.isfinite(a))) for a in arrays)
+def _all_finite(mean, var) -> bool:
+    return bool(np.isfinite(mean).all()) and bool(np.isfinite(var).all())
 
 
 def _rescaled_statistics(x, x4, layout: Layout, mean, var):
@@ -184,6 +191,12 @@ def normalize_backward(dout, cache: NormCache, *, out: np.ndarray | None = None)
     x, layout = cache.x, cache.layout
     dout = _checks.check_dout(dout, x.shape)
     out = _checks.check_out(out, x, {"dout": dout})
+    return run_backward(dout, cache, out)
+
+
+def run_backward(dout, cache: NormCache, out):
+    """:func:`normalize_backward` after its checks: dout and out are trusted."""
+    x, layout = cache.x, cache.layout
     impl = get_backend(cache.backend)
     shape_int = layout.internal_stat_shape
     g = None if cache.gamma is None else cache.gamma.reshape(-1)
@@ -195,7 +208,7 @@ def normalize_backward(dout, cache: NormCache, *, out: np.ndarray | None = None)
         **({} if out is None else {"out": out.reshape(layout.view)}),
     )
     dx = dx4.reshape(x.shape).astype(x.dtype, copy=False)
-    if out is not None and not np.may_share_memory(dx, out):
+    if out is not None and not out.flags.c_contiguous and not np.may_share_memory(dx, out):
         # reshape copied a non-contiguous out: fill the caller's buffer.
         np.copyto(out, dx)
         dx = out

@@ -16,17 +16,7 @@ import numpy as np
 from . import _checks
 from .core import Layout, normalize_backward, normalize_forward
 from .norms import batch_layout, group_layout, instance_layout, layer_layout, rms_layout
-
-
-def blend_running_stats(old_mean, old_var, batch_mean, batch_var, count: int, factor: float):
-    """torch.nn.BatchNorm's update: new = f*batch + (1 - f)*old, in the order ATen computes it.
-
-    batch_var is the biased variance over ``count`` values; the running
-    variance takes the unbiased one, batch_var * count/(count - 1).
-    Returns (new_mean, new_var) as new arrays.
-    """
-    unbiased = batch_var * (count / (count - 1))
-    return factor * batch_mean + (1.0 - factor) * old_mean, factor * unbiased + (1.0 - factor) * old_var
+from .running_rule import blend_running_stats
 
 
 class RunningStats:

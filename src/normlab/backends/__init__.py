@@ -23,6 +23,9 @@ the passes); grad_sums/grad_apply are for batch_stats=True (K == 1) only:
 ``grad_apply(dout4, x4, gamma, mean, invstd, sum_dy, sum_dy_xhat, count, batch_stats, out=None)``
     -> dx4 = gamma*invstd*(dy - sum_dy/count - xhat*sum_dy_xhat/count) in
     x's dtype, count being how many values the sums were taken over.
+``update_running(running_mean, running_var, batch_mean, batch_var, count, factor)``
+    folds a batch's float64 (C,) statistics into running (C,) arrays in place
+    (``normlab.running_rule.blend_running_stats`` in float64, rounded once).
 
 ``"auto"`` picks the fastest backend that imports on this machine.
 """
@@ -56,10 +59,14 @@ def available_backends() -> list[str]:
 
 def get_backend(name: str = "auto") -> ModuleType:
     """Return the backend module called ``name`` ("auto" picks the fastest that imports)."""
+    loaded = _loaded.get(name)
+    if loaded is not None:  # every call of every forward asks: answer from the dict
+        return loaded
     if name == "auto":
         for candidate in _AUTO_ORDER:
             try:
-                return get_backend(candidate)
+                _loaded["auto"] = get_backend(candidate)
+                return _loaded["auto"]
             except ImportError:
                 continue
         raise ImportError("no normalization backend imports")  # pragma: no cover - numpy always does

@@ -46,11 +46,19 @@ NAME = "numba"
 ROWS_MIN_LENGTH = 32
 #: Inputs with fewer values run serially (the thread pool's start-up costs more).
 SERIAL_BELOW = 1 << 15
+#: Batch norm on (N, C) with fewer values takes the fused columns kernels (one launch per direction).
+COLUMNS_FUSED_BELOW = 1 << 18
+
+
+_F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
 
 
 def _work_dtype(*arrays) -> np.dtype:
     """float64 if any input is float64, else float32 (float16 computes in float32)."""
-    return np.dtype(np.float64 if any(a.dtype == np.float64 for a in arrays) else np.float32)
+    for a in arrays:
+        if a.dtype == _F64:
+            return _F64
+    return _F32
 
 
 def _pick(twins, size):
@@ -105,9 +113,89 @@ def _require_centered(batch_stats, center):
 
 def forward(x4, gamma, beta, eps, batch_stats, given=None, out=None, center=True):
     _require_centered(batch_stats, center)
+    kind = _fused_kind(*x4.shape[:2], x4.shape[3], x4.size) if batch_stats else None
+    if kind is not None:  # no NumPy arithmetic to keep quiet: skip errstate's cost
+        return _fused_forward(kind, x4, gamma, beta, eps, given, out)
     # NaN/inf in x must reach the statistics (the core reports them), quietly.
     with np.errstate(invalid="ignore", over="ignore"):
         return _forward(x4, gamma, beta, eps, batch_stats, given, out, center)
+
+
+def _fused_kind(n, c, l, size):
+    """Which fused batch-statistics kernels serve (N, C, 1, L), or None for the two-kernel paths.
+
+    Measured on 2 cores: the fused kernels (one launch, no NumPy glue) win for
+    every (N, C) up to COLUMNS_FUSED_BELOW values and for every run length
+    L >= ROWS_MIN_LENGTH; a large (N, C) is faster on the row-block kernels.
+    """
+    if l == 1:
+        return "columns" if size < COLUMNS_FUSED_BELOW else None
+    if l >= ROWS_MIN_LENGTH or size < SERIAL_BELOW:
+        return "channels" if c >= _threads(size) else None
+    return None
+
+
+def _threads(size):
+    return 1 if size < SERIAL_BELOW else numba.get_num_threads()
+
+
+def _column_width(c, size):
+    """Channels per thread block of the columns kernels: one block per thread, a multiple of 16."""
+    threads = _threads(size)
+    if threads == 1:
+        return c
+    per_thread = -(-c // threads)  # ceil
+    return max(16, (per_thread + 15) // 16 * 16)
+
+
+def _fused_forward(kind, x4, gamma, beta, eps, given, out):
+    """Batch statistics and the output in one kernel launch."""
+    n, g, _, l = x4.shape
+    dt = _work_dtype(x4)
+    xw = x4 if x4.dtype == dt and x4.flags.c_contiguous else np.ascontiguousarray(x4, dtype=dt)
+    direct = out is not None and out.dtype == dt and out.flags.c_contiguous
+    y = out if direct else np.empty(x4.shape, dt)
+    stats = np.empty((3, g))  # mean, var, invstd
+    if given is not None:
+        stats[0], stats[1] = given
+    size = xw.size
+    args = (_param(gamma, 1.0, g), _param(beta, 0.0, g), float(eps), given is not None, stats[0], stats[1], stats[2])
+    if kind == "columns":
+        _pick(_k.columns_forward, size)(xw.reshape(n, g), *args, y.reshape(n, g), _column_width(g, size))
+    else:
+        _pick(_k.channels_forward, size)(xw.reshape(n, g, l), *args, y.reshape(n, g, l))
+    return _finish(y, out, direct, x4), stats[0], stats[1], stats[2], None
+
+
+def _fused_backward(kind, dout4, x4, gamma, mean, invstd, stats_given, out):
+    """The closed form of batch statistics in one kernel launch."""
+    n, g, _, l = x4.shape
+    dt = _work_dtype(x4, dout4)
+    xw = x4 if x4.dtype == dt and x4.flags.c_contiguous else np.ascontiguousarray(x4, dtype=dt)
+    dyw = dout4 if dout4.dtype == dt and dout4.flags.c_contiguous else np.ascontiguousarray(dout4, dtype=dt)
+    direct = out is not None and out.dtype == dt and out.flags.c_contiguous
+    dx = out if direct else np.empty(x4.shape, dt)
+    dgamma, dbeta = np.empty((2, g))
+    size = xw.size
+    args = (_param(gamma, 1.0, g), _f64(mean), _f64(invstd), bool(stats_given), dgamma, dbeta)
+    if kind == "columns":
+        _pick(_k.columns_backward, size)(xw.reshape(n, g), dyw.reshape(n, g), *args, dx.reshape(n, g),
+                                         _column_width(g, size))
+    else:
+        _pick(_k.channels_backward, size)(xw.reshape(n, g, l), dyw.reshape(n, g, l), *args, dx.reshape(n, g, l))
+    if out is not None and not direct:
+        np.copyto(out, dx, casting="unsafe")
+        dx = out
+    return (dx, None, None) if gamma is None else (dx, dgamma, dbeta)
+
+
+def _param(p, fill: float, channels: int) -> np.ndarray:
+    """gamma or beta as the fused kernels take it: its own contiguous float array, or a constant."""
+    if p is None:
+        return np.full(channels, fill)
+    if p.flags.c_contiguous and (p.dtype == _F32 or p.dtype == _F64):
+        return p
+    return _f64(p)  # float16 (which the kernels do not take), or a strided view
 
 
 def _forward(x4, gamma, beta, eps, batch_stats, given, out, center):
@@ -166,6 +254,9 @@ def _fused_rows_forward(xw, gam, bet, eps, given, mode, y, n, g, k, l):
 
 def backward(dout4, x4, gamma, mean, invstd, batch_stats, stats_given, saved, out=None, center=True):
     _require_centered(batch_stats, center)
+    kind = _fused_kind(*x4.shape[:2], x4.shape[3], x4.size) if batch_stats else None
+    if kind is not None:
+        return _fused_backward(kind, dout4, x4, gamma, mean, invstd, stats_given, out)
     n, g, k, l = x4.shape
     dt = _work_dtype(x4, dout4)
     xw = np.ascontiguousarray(x4, dtype=dt)
@@ -274,3 +365,8 @@ def grad_apply(dout4, x4, gamma, mean, invstd, sum_dy, sum_dy_xhat, count, batch
     _batch_grad_apply(np.ascontiguousarray(x4, dtype=dt), np.ascontiguousarray(dout4, dtype=dt), _f64(mean),
                       invstd, k1, k2, k3, dx, n, g, l)
     return _finish(dx, out, direct, x4)
+
+
+def update_running(running_mean, running_var, batch_mean, batch_var, count, factor):
+    """Fold a batch's float64 (C,) statistics into running (C,) arrays in place (the NumPy backend's rule)."""
+    _k.update_running(running_mean, running_var, _f64(batch_mean), _f64(batch_var), int(count), float(factor))

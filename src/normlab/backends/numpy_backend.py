@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..running_rule import blend_running_stats
+
 NAME = "numpy"
 
 
@@ -152,3 +154,12 @@ def grad_apply(dout4, x4, gamma, mean, invstd, sum_dy, sum_dy_xhat, count, batch
         return dx.astype(x4.dtype, copy=False)
     np.copyto(out, dx, casting="unsafe")
     return out
+
+
+def update_running(running_mean, running_var, batch_mean, batch_var, count, factor):
+    """Fold a batch's float64 (C,) statistics into running (C,) arrays in place, with
+    ``normlab.running_rule.blend_running_stats`` computed in float64 and rounded once."""
+    new_mean, new_var = blend_running_stats(running_mean.astype(np.float64), running_var.astype(np.float64),
+                                            batch_mean, batch_var, count, factor)
+    running_mean[...] = new_mean
+    running_var[...] = new_var

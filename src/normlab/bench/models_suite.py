@@ -127,6 +127,9 @@ ENVIRONMENTS = {
     "default": ({}, 0),
     "passive": ({"OMP_WAIT_POLICY": "PASSIVE"}, 0),
     "default+load": ({}, 1),
+    "workqueue": ({"NUMBA_THREADING_LAYER": "workqueue"}, 0),
+    "omp": ({"NUMBA_THREADING_LAYER": "omp"}, 0),
+    "numba-1-thread": ({"NUMBA_NUM_THREADS": "1"}, 0),
 }
 
 
@@ -267,7 +270,8 @@ def run_models(models=None, repeat: int = 7, rounds: int = 3, environments=("def
 
 
 def _child_run(models, repeat, rounds, variables, timeout_s, log) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "NUMBA_THREADING_LAYER")}
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("OMP_WAIT_POLICY", "NUMBA_THREADING_LAYER", "NUMBA_NUM_THREADS")}
     env.update(variables)
     code = ("import json, sys; from normlab.bench.models_suite import run_here; "
             f"r = run_here({list(models) if models else None!r}, {repeat}, {rounds}, "

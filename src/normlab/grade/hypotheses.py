@@ -17,7 +17,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import norms
-from ..layers import blend_running_stats
+from ..running_rule import blend_running_stats
 from .cases import MOMENTUM, Case, course_running_update, reference_backward, reference_forward
 
 

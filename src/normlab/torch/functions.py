@@ -13,6 +13,7 @@ derivatives without a second hand-derived formula to keep in step.
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from typing import NamedTuple
@@ -20,7 +21,7 @@ from typing import NamedTuple
 import torch
 
 from ..backends import get_backend
-from ..layers import blend_running_stats
+from ..running_rule import blend_running_stats
 from . import closed_form, ops
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -79,11 +80,35 @@ def _closed_form_grads(dout, x, weight, mean, invstd, spec: Spec, stats_given: b
     return _restore(dx, x, rows, spec.kind), dw, db
 
 
+def _grads(ctx, dout, x, weight, mean, invstd, given_mean, given_var, eager: bool = False, core_cache=None):
+    """The backward both Functions share: the core's closed form, or torch ops when a graph is recorded."""
+    spec, stats_given = ctx.spec, given_mean is not None
+    if torch.is_grad_enabled():  # create_graph=True: a backward autograd can differentiate
+        dx, dw, db = _closed_form_grads(dout, x, weight, mean, invstd, spec, stats_given,
+                                        given=(given_mean, given_var))
+    elif core_cache is not None:
+        dx, dw, db = ops.core_backward(dout, core_cache, x, spec.kind, weight, ctx.affine)
+    elif eager:  # a second backward of the eager path: the operator's body, without its dispatch
+        dx, dw, db = ops.backward_from_tensors(dout, x, weight, mean, invstd, spec.kind, spec.arg, stats_given,
+                                               ctx.affine, spec.backend)
+    elif _uses_core(x, spec.backend):
+        dx, dw, db = ops.normalize_backward(dout, x, weight, mean, invstd, spec.kind, list(spec.arg),
+                                            stats_given, ctx.affine, spec.backend)
+    else:
+        dx, dw, db = _closed_form_grads(dout, x, weight, mean, invstd, spec, stats_given)
+    need_x, need_w, need_b = ctx.needs_input_grad[:3]
+    pdtype = weight.dtype if weight is not None else x.dtype
+    return (dx if need_x else None, dw.to(pdtype) if need_w else None, db.to(pdtype) if need_b else None,
+            None, None, None)
+
+
 class NormFunction(torch.autograd.Function):
     """out, mean, var, invstd = NormFunction.apply(x, weight, bias, mean, var, spec).
 
     mean/var: given statistics (inference) or None (computed from x). The
     returned statistics (non-differentiable) are the ones used; var is biased.
+    This form (forward without ctx, ``setup_context``, a vmap rule) is what
+    torch.compile and torch.func need; plain eager calls take :class:`EagerNormFunction`.
     """
 
     generate_vmap_rule = True  # forward and backward are torch ops or operators with vmap rules
@@ -108,20 +133,42 @@ class NormFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout, _dmean, _dvar, _dinvstd):
-        x, weight, mean, invstd, given_mean, given_var = ctx.saved_tensors
-        spec, stats_given = ctx.spec, given_mean is not None
-        if torch.is_grad_enabled():  # create_graph=True: a backward autograd can differentiate
-            dx, dw, db = _closed_form_grads(dout, x, weight, mean, invstd, spec, stats_given,
-                                            given=(given_mean, given_var))
-        elif _uses_core(x, spec.backend):
-            dx, dw, db = ops.normalize_backward(dout, x, weight, mean, invstd, spec.kind, list(spec.arg),
-                                                stats_given, ctx.affine, spec.backend)
-        else:
-            dx, dw, db = _closed_form_grads(dout, x, weight, mean, invstd, spec, stats_given)
-        need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        pdtype = weight.dtype if weight is not None else x.dtype
-        return (dx if need_x else None, dw.to(pdtype) if need_w else None, db.to(pdtype) if need_b else None,
-                None, None, None)
+        return _grads(ctx, dout, *ctx.saved_tensors)
+
+
+class EagerNormFunction(torch.autograd.Function):
+    """:class:`NormFunction` for plain eager CPU calls: the core directly, its cache kept for backward.
+
+    torch's ``Function.apply`` binds the arguments with ``inspect.signature`` on
+    every call of a Function with ``setup_context`` (tens of microseconds), a
+    custom operator adds its dispatch, and every output costs autograd
+    bookkeeping; a training step calls a norm dozens of times. So the eager
+    path uses the classic ``forward(ctx, ...)`` form, calls ``ops.core_forward``
+    itself and returns only the output: the statistics go to ``sink`` (the
+    core's cache), from which :func:`normalize` makes plain tensors.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, mean, var, spec: Spec, sink: list):
+        out, cache = ops.core_forward(x, weight, bias, mean, var, spec.kind, spec.arg, spec.eps, spec.backend)
+        sink.append(cache)
+        ctx.save_for_backward(x, weight, torch.from_numpy(cache.mean), torch.from_numpy(cache.invstd), mean, var)
+        ctx.spec, ctx.affine, ctx.core_cache = spec, weight is not None or bias is not None, cache
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        # The core's cache serves the first backward and is dropped with it: held on ctx it would keep
+        # x (and the NumPy backend's x-sized xhat) alive until the whole graph dies, where autograd frees
+        # saved tensors as soon as this node is done. A second backward (retain_graph) rebuilds it.
+        cache, ctx.core_cache = ctx.core_cache, None
+        return (*_grads(ctx, dout, *ctx.saved_tensors, eager=True, core_cache=cache), None)
+
+
+def _eager_core(x: torch.Tensor, backend: str) -> bool:
+    """Whether this call can take :class:`EagerNormFunction` (neither compiled nor under a torch.func transform)."""
+    return (_uses_core(x, backend) and not torch.compiler.is_compiling()
+            and not torch._C._are_functorch_transforms_active())
 
 
 def check_eps(eps, batch_stats: bool, what: str) -> float:
@@ -145,33 +192,57 @@ def normalize(x, weight, bias, spec: Spec, mean=None, var=None):
     eps: >= 0, and > 0 with batch statistics; batch statistics need more
     than one value each (except for RMS norm, whose statistic is a mean
     square): normlab raises where torch would return the bias or NaN.
+    In eager mode the checks run once per input signature (cached).
     """
     check_tensor(x, "input")
-    if x.dim() < 2:
+    shapes = tuple(None if t is None else tuple(t.shape) for t in (weight, bias, mean, var))
+    if _eager_core(x, spec.backend):
+        spec = _checked(spec, tuple(x.shape), mean is None, shapes)  # cached: shapes, eps and counts
+        sink = []
+        out = EagerNormFunction.apply(x, weight, bias, mean, var, spec, sink)
+        cache = sink[0]
+        return out, torch.from_numpy(cache.mean), torch.from_numpy(cache.var), torch.from_numpy(cache.invstd)
+    spec = _check(spec, tuple(x.shape), mean is None, shapes)
+    return NormFunction.apply(x, weight, bias, mean, var, spec)
+
+
+def _check(spec: Spec, shape: tuple, batch_stats: bool, shapes: tuple) -> Spec:
+    """The checks of :func:`normalize` on shapes alone; returns spec with eps as a float."""
+    if len(shape) < 2:
         raise ValueError(f"{spec.kind} norm expects an input (N, C, *) or (N, *normalized_shape) with at least "
-                         f"2 dimensions, got shape {tuple(x.shape)}")
-    spec = spec._replace(eps=check_eps(spec.eps, mean is None, f"{spec.kind} norm"))
-    layout = ops.layout_of(spec.kind, x, spec.arg)  # also checks x's shape against the norm
-    for name, t, shape in (("weight", weight, layout.param_shape), ("bias", bias, layout.param_shape),
-                           ("running_mean", mean, layout.stat_shape), ("running_var", var, layout.stat_shape)):
-        if t is not None and tuple(t.shape) != shape:
-            raise ValueError(f"{spec.kind} norm: {name} must have shape {shape} for input shape "
-                             f"{tuple(x.shape)}, got {tuple(t.shape)}")
-    if mean is None and layout.center and 0 < x.numel() and layout.count < 2:
+                         f"2 dimensions, got shape {shape}")
+    spec = spec._replace(eps=check_eps(spec.eps, batch_stats, f"{spec.kind} norm"))
+    layout = ops.layout_of_shape(spec.kind, shape, spec.arg)  # also checks x's shape against the norm
+    names = ("weight", "bias", "running_mean", "running_var")
+    for name, got, want in zip(names, shapes, (layout.param_shape,) * 2 + (layout.stat_shape,) * 2):
+        if got is not None and got != want:
+            raise ValueError(f"{spec.kind} norm: {name} must have shape {want} for input shape "
+                             f"{shape}, got {got}")
+    if batch_stats and layout.center and 0 < math.prod(shape) and layout.count < 2:
         raise ValueError(
             f"expected more than 1 value per statistic to compute batch statistics, got input shape "
-            f"{tuple(x.shape)} (each statistic reduces over {layout.count} value): normalizing a single "
+            f"{shape} (each statistic reduces over {layout.count} value): normalizing a single "
             f"value always gives 0"
         )
-    return NormFunction.apply(x, weight, bias, mean, var, spec)
+    return spec
+
+
+_checked = functools.lru_cache(maxsize=1024)(_check)
 
 
 def update_running_stats(running_mean, running_var, batch_mean, batch_var, count: int, factor) -> None:
     """Update torch buffers in place with torch.nn.BatchNorm's rule (``normlab.layers.blend_running_stats``).
 
     batch_mean/batch_var: the batch's statistics (var biased over ``count`` values per channel);
-    factor: a number or a 0-d tensor.
+    factor: a number or a 0-d tensor. In eager mode on CPU buffers the O(C)
+    arithmetic runs on NumPy views (a handful of torch calls cost more than it).
     """
+    if (running_mean is not None and running_var is not None and not torch.compiler.is_compiling()
+            and _numpy_view_ok(running_mean) and _numpy_view_ok(running_var)
+            and batch_mean.device.type == "cpu" and (not isinstance(factor, torch.Tensor) or factor.device.type == "cpu")):
+        get_backend().update_running(running_mean.numpy(), running_var.numpy(), batch_mean.numpy(),
+                                     batch_var.numpy(), count, float(factor))
+        return
     with torch.no_grad():
         old_mean = batch_mean if running_mean is None else running_mean.to(batch_mean.dtype)
         old_var = batch_var if running_var is None else running_var.to(batch_var.dtype)
@@ -180,6 +251,12 @@ def update_running_stats(running_mean, running_var, batch_mean, batch_var, count
             running_mean.copy_(new_mean)
         if running_var is not None:
             running_var.copy_(new_var)
+
+
+def _numpy_view_ok(t: torch.Tensor) -> bool:
+    """A CPU float32/64 tensor outside autograd whose memory NumPy can read and write."""
+    return (t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) and not t.requires_grad
+            and t.is_contiguous())
 
 
 def _constant_int(value, name: str) -> int:

@@ -19,12 +19,13 @@ need nothing else.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
 import torch
 
-from ..core import NormCache, normalize_backward as core_backward, normalize_forward as core_forward
+from ..core import NormCache, run_backward, run_forward
 from ..norms import batch_layout, group_layout, instance_layout, layer_layout, rms_layout
 
 LAYOUTS = {
@@ -60,15 +61,26 @@ def layout_of(kind: str, x: torch.Tensor, arg, rows: bool = False):
     int(): under torch.compile(dynamic=True) sizes arrive as symbols; the layout
     fixes the channel count and a group count (what a module's parameters fix
     anyway) with a guard, while the batch, spatial and a layer norm's leading
-    (e.g. sequence) sizes stay symbolic.
+    (e.g. sequence) sizes stay symbolic. In eager mode layouts are cached per
+    shape: a training loop asks for the same few every step.
     """
+    if not torch.compiler.is_compiling():
+        return _cached_layout(kind, tuple(x.shape), tuple(arg), rows)
+    return layout_of_shape(kind, tuple(x.shape), arg, rows)
+
+
+def layout_of_shape(kind: str, shape: tuple, arg, rows: bool = False):
+    """:func:`layout_of` for an input of ``shape``."""
     arg = [int(a) for a in arg]
     if rows:
-        return LAYOUTS[kind]((x.shape[0] * math.prod(x.shape[2:]), int(x.shape[1])), arg)
-    shape = list(x.shape)
+        return LAYOUTS[kind]((shape[0] * math.prod(shape[2:]), int(shape[1])), arg)
+    shape = list(shape)
     if kind not in _NORMALIZED_SHAPE_KINDS:
         shape[1] = int(shape[1])
     return LAYOUTS[kind](tuple(shape), arg)
+
+
+_cached_layout = functools.lru_cache(maxsize=1024)(layout_of_shape)
 
 
 def empty_like_output(x: torch.Tensor, kind: str) -> torch.Tensor:
@@ -88,7 +100,10 @@ def _numpy(t, dtype=None):
     """A NumPy view of a CPU tensor (a copy only when it must be made contiguous or cast)."""
     if t is None:
         return None
-    return t.detach().to(dtype or _compute_dtype(t)).contiguous().numpy()
+    dtype = dtype or _compute_dtype(t)
+    if t.dtype == dtype and t.is_contiguous():  # the common case: one call, no copy
+        return t.detach().numpy()
+    return t.detach().to(dtype).contiguous().numpy()
 
 
 def _affine(weight, bias, shape, dtype: torch.dtype):
@@ -101,13 +116,51 @@ def _affine(weight, bias, shape, dtype: torch.dtype):
     return gamma, beta
 
 
-def _into(target: torch.Tensor, rows: bool, compute):
-    """Run compute(out_array or None) -> array and land the result in ``target`` (zero-copy when possible)."""
+def _result_view(target: torch.Tensor, rows: bool, dtype: torch.dtype):
+    """(the canonical view of ``target``, its NumPy view, or None when the core must write elsewhere first)."""
     view = canonical(target, rows)
-    direct = view.is_contiguous() and view.dtype in (torch.float32, torch.float64)
-    result = compute(view.numpy() if direct else None)
-    if not direct:
+    return view, (view.numpy() if view.dtype == dtype and view.is_contiguous() else None)
+
+
+def _land(view: torch.Tensor, direct, result: np.ndarray) -> None:
+    """Copy the core's result into the output tensor's view unless the core wrote there itself."""
+    if direct is None:
         view.copy_(torch.from_numpy(result).reshape(view.shape))
+
+
+def core_forward(x: torch.Tensor, weight, bias, mean, var, kind: str, arg, eps: float, backend: str):
+    """-> (out tensor, the core's NormCache): the core's forward on NumPy views of x (validated by the caller).
+
+    The eager path of ``normlab.torch.functions`` calls this directly and keeps the cache for backward;
+    the ``normalize`` operator wraps it for torch.compile.
+    """
+    rows = channels_last_rows(x, kind)
+    layout = layout_of(kind, x, arg, rows)
+    dtype = _compute_dtype(x)
+    x_np = _numpy(canonical(x, rows), dtype)
+    gamma, beta = _affine(weight, bias, layout.param_shape, dtype)
+    given_mean, given_var = (None, None) if mean is None else (_numpy(mean, torch.float64), _numpy(var, torch.float64))
+    out = empty_like_output(x, kind)
+    view, direct = _result_view(out, rows, dtype)
+    y, cache = run_forward(x_np, gamma, beta, layout, eps, given_mean, given_var, backend, direct)
+    _land(view, direct, y)
+    return out, cache
+
+
+def core_backward(dout: torch.Tensor, cache: NormCache, x: torch.Tensor, kind: str, weight, affine: bool):
+    """-> (dx tensor, dweight, dbias): the core's closed form for a cache of :func:`core_forward`
+    (dweight/dbias empty (0,) tensors unless ``affine``)."""
+    rows = channels_last_rows(x, kind)
+    dtype = _compute_dtype(x)
+    dout_np = _numpy(canonical(dout, rows), dtype)
+    dx = empty_like_output(x, kind)
+    view, direct = _result_view(dx, rows, dtype)
+    dx_np, dgamma, dbeta = run_backward(dout_np, cache, direct)
+    _land(view, direct, dx_np)
+    if not affine:
+        return dx, x.new_empty(0), x.new_empty(0)
+    pdtype = (weight if weight is not None else x).dtype
+    return dx, torch.from_numpy(dgamma).to(pdtype), torch.from_numpy(dbeta).to(pdtype)
 
 
 @torch.library.custom_op("normlab::normalize", mutates_args=(), device_types="cpu")
@@ -118,23 +171,7 @@ def normalize(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor |
 
     The statistics are float64 of the layout's stat_shape; var is biased.
     """
-    rows = channels_last_rows(x, kind)
-    layout = layout_of(kind, x, arg, rows)
-    dtype = _compute_dtype(x)
-    x_np = _numpy(canonical(x, rows), dtype).reshape(layout.view)
-    gamma, beta = _affine(weight, bias, layout.param_shape, dtype)
-    given = {} if mean is None else {"mean": _numpy(mean, torch.float64), "var": _numpy(var, torch.float64)}
-    out = empty_like_output(x, kind)
-    caches = []
-
-    def compute(out_np):
-        buf = None if out_np is None else out_np.reshape(layout.view)
-        y, cache = core_forward(x_np, gamma, beta, layout, eps, backend=backend, out=buf, **given)
-        caches.append(cache)
-        return y
-
-    _into(out, rows, compute)
-    cache = caches[0]
+    out, cache = core_forward(x, weight, bias, mean, var, kind, arg, eps, backend)
     # Given statistics come back as the caller's arrays: an operator's outputs must not alias its inputs.
     stat_mean, stat_var = (cache.mean.copy(), cache.var.copy()) if mean is not None else (cache.mean, cache.var)
     return out, torch.from_numpy(stat_mean), torch.from_numpy(stat_var), torch.from_numpy(cache.invstd)
@@ -147,36 +184,27 @@ def _(x, weight, bias, mean, var, kind, arg, eps, backend):
     return empty_like_output(x, kind), stat, torch.empty_like(stat), torch.empty_like(stat)
 
 
+def backward_from_tensors(dout: torch.Tensor, x: torch.Tensor, weight, mean: torch.Tensor, invstd: torch.Tensor,
+                          kind: str, arg, stats_given: bool, affine: bool, backend: str):
+    """-> (dx, dweight, dbias): the core's closed form from the saved tensors (x, float64 mean and invstd)."""
+    rows = channels_last_rows(x, kind)
+    layout = layout_of(kind, x, arg, rows)
+    dtype = _compute_dtype(x)
+    gamma = _numpy(weight, dtype)
+    if gamma is None and affine:
+        gamma = np.ones(layout.param_shape, _np_dtype(dtype))
+    cache = NormCache(x=_numpy(canonical(x, rows), dtype).reshape(layout.view), layout=layout, gamma=gamma,
+                      mean=_numpy(mean, torch.float64), var=None, invstd=_numpy(invstd, torch.float64), eps=0.0,
+                      stats_given=stats_given, backend=backend, saved=None)
+    return core_backward(dout, cache, x, kind, weight, affine)
+
+
 @torch.library.custom_op("normlab::normalize_backward", mutates_args=(), device_types="cpu")
 def normalize_backward(dout: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None, mean: torch.Tensor,
                        invstd: torch.Tensor, kind: str, arg: list[int], stats_given: bool, affine: bool,
                        backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """-> (dx, dweight, dbias): the core's closed form; dweight/dbias are empty (0,) unless ``affine``."""
-    rows = channels_last_rows(x, kind)
-    layout = layout_of(kind, x, arg, rows)
-    dtype = _compute_dtype(x)
-    np_dtype = _np_dtype(dtype)
-    x_np = _numpy(canonical(x, rows), dtype).reshape(layout.view)
-    dout_np = _numpy(canonical(dout, rows), dtype).reshape(layout.view)
-    gamma = _numpy(weight, dtype)
-    if gamma is None and affine:
-        gamma = np.ones(layout.param_shape, np_dtype)
-    cache = NormCache(x=x_np, layout=layout, gamma=gamma, mean=_numpy(mean, torch.float64), var=None,
-                      invstd=_numpy(invstd, torch.float64), eps=0.0, stats_given=stats_given,
-                      backend=backend, saved=None)
-    dx = empty_like_output(x, kind)
-    grads = []
-
-    def compute(out_np):
-        grads.append(core_backward(dout_np, cache, out=None if out_np is None else out_np.reshape(layout.view)))
-        return grads[0][0]
-
-    _into(dx, rows, compute)
-    _, dgamma, dbeta = grads[0]
-    if not affine:
-        return dx, x.new_empty(0), x.new_empty(0)
-    pdtype = (weight if weight is not None else x).dtype
-    return dx, torch.from_numpy(dgamma).to(pdtype), torch.from_numpy(dbeta).to(pdtype)
+    return backward_from_tensors(dout, x, weight, mean, invstd, kind, arg, stats_given, affine, backend)
 
 
 @normalize_backward.register_fake
@@ -211,5 +239,6 @@ def _vmap_by_slices(op):
 normalize.register_vmap(_vmap_by_slices(normalize))
 normalize_backward.register_vmap(_vmap_by_slices(normalize_backward))
 
-__all__ = ["LAYOUTS", "canonical", "channels_last_rows", "empty_like_output", "layout_of", "normalize",
-           "normalize_backward"]
+__all__ = ["LAYOUTS", "backward_from_tensors", "canonical", "channels_last_rows", "core_backward", "core_forward",
+           "empty_like_output",
+           "layout_of", "normalize", "normalize_backward"]
