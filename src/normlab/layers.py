@@ -220,19 +220,10 @@ class _NormLayer:
         return f"{type(self).__name__}({self.extra_repr()})"
 
 
-class BatchNorm(_NormLayer):
-    """Batch norm for x of shape (N, C), (N, C, L) or (N, C, H, W), channels on axis 1.
+class _ChannelStats(_NormLayer):
+    """A norm with parameters per channel (axis 1) and optional running statistics per channel."""
 
-    Training mode normalizes with batch statistics and updates the running
-    ones; eval mode uses the running statistics (batch statistics when
-    ``track_running_stats`` is False). gamma/beta and the buffers are (C,).
-    """
-
-    stats_over_batch = True
-
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
-                 affine: bool = True, track_running_stats: bool = True, *, dtype=np.float64,
-                 backend: str = "auto"):
+    def __init__(self, num_features, eps, momentum, affine, track_running_stats, dtype, backend):
         self.num_features = _checks.check_positive_int(num_features, "num_features")
         super().__init__((self.num_features,), affine, eps, dtype, backend)
         self.momentum = _checks.check_momentum(momentum)
@@ -252,6 +243,26 @@ class BatchNorm(_NormLayer):
     def num_batches_tracked(self):
         return None if self._running is None else self._running.num_batches_tracked
 
+    def extra_repr(self):
+        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={bool(self.params)}, "
+                f"track_running_stats={self.track_running_stats}")
+
+
+class BatchNorm(_ChannelStats):
+    """Batch norm for x of shape (N, C), (N, C, L) or (N, C, H, W), channels on axis 1.
+
+    Training mode normalizes with batch statistics and updates the running
+    ones; eval mode uses the running statistics (batch statistics when
+    ``track_running_stats`` is False). gamma/beta and the buffers are (C,).
+    """
+
+    stats_over_batch = True
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
+                 affine: bool = True, track_running_stats: bool = True, *, dtype=np.float64,
+                 backend: str = "auto"):
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, dtype, backend)
+
     def layout(self, x):
         return batch_layout(_channels_first_input(x, "BatchNorm(num_features", self.num_features).shape)
 
@@ -267,10 +278,6 @@ class BatchNorm(_NormLayer):
         out, cache = normalize_forward(x, gamma, beta, layout, self.eps, mean=running.mean, var=running.var,
                                        backend=self.backend)
         return out, cache, None
-
-    def extra_repr(self):
-        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={bool(self.params)}, "
-                f"track_running_stats={self.track_running_stats}")
 
 
 class LayerNorm(_NormLayer):
@@ -308,7 +315,7 @@ class GroupNorm(_NormLayer):
         return f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={bool(self.params)}"
 
 
-class InstanceNorm(_NormLayer):
+class InstanceNorm(_ChannelStats):
     """Instance norm for x (N, C, *spatial): statistics per sample and channel, like torch.nn.InstanceNorm1d/2d/3d.
 
     Group norm with one channel per group. Defaults follow torch: no affine,
@@ -320,15 +327,7 @@ class InstanceNorm(_NormLayer):
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = False,
                  track_running_stats: bool = False, *, dtype=np.float64, backend: str = "auto"):
-        self.num_features = _checks.check_positive_int(num_features, "num_features")
-        super().__init__((self.num_features,), affine, eps, dtype, backend)
-        self.momentum = _checks.check_momentum(momentum)
-        self.track_running_stats = bool(track_running_stats)
-        if track_running_stats:
-            self._running = RunningStats(self.num_features, self.momentum, dtype)
-
-    running_mean, running_var, num_batches_tracked = (BatchNorm.running_mean, BatchNorm.running_var,
-                                                      BatchNorm.num_batches_tracked)
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, dtype, backend)
 
     def layout(self, x):
         x = _channels_first_input(x, "InstanceNorm(num_features", self.num_features)
@@ -354,10 +353,6 @@ class InstanceNorm(_NormLayer):
                                        mean=np.broadcast_to(running.mean, (n, self.num_features)),
                                        var=np.broadcast_to(running.var, (n, self.num_features)))
         return out, cache, None
-
-    def extra_repr(self):
-        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={bool(self.params)}, "
-                f"track_running_stats={self.track_running_stats}")
 
 
 class RMSNorm(_NormLayer):

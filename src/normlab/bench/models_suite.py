@@ -28,6 +28,7 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
+from .runner import _times as timed_runs
 from .runner import check_repeat, machine_info
 
 
@@ -184,15 +185,6 @@ def _stepper(model, x, y, mode: str):
     return step
 
 
-def _times(fn, count: int) -> list[float]:
-    out = []
-    for _ in range(count):
-        start = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - start)
-    return out
-
-
 def time_model(spec: Model, repeat: int, rounds: int, seed: int = 0) -> dict:
     """Median step ms of the torch.nn model and its normlab twin, in alternating blocks; and their ratio."""
     import torch
@@ -203,10 +195,10 @@ def time_model(spec: Model, repeat: int, rounds: int, seed: int = 0) -> dict:
              "normlab.torch": _stepper(normlab_twin(model), x, y, spec.mode)}
     samples = {name: [] for name in steps}
     for step in steps.values():  # warm-up: compilation, caches, allocator
-        _times(step, 3)
+        timed_runs(step, 3, warmup=0)
     for _ in range(rounds):
         for name, step in steps.items():
-            samples[name] += _times(step, repeat)
+            samples[name] += timed_runs(step, repeat, warmup=0)
     ms = {name: statistics.median(t) * 1e3 for name, t in samples.items()}
     return {"model": spec.name, "description": spec.description, "mode": spec.mode,
             "torch_ms": ms["torch.nn"], "normlab_ms": ms["normlab.torch"],
