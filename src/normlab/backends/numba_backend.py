@@ -31,6 +31,8 @@ once to C order; float16 computes in float32 and returns float16.
 
 from __future__ import annotations
 
+from typing import Callable, NamedTuple
+
 try:
     import numba
 
@@ -113,9 +115,9 @@ def _require_centered(batch_stats, center):
 
 def forward(x4, gamma, beta, eps, batch_stats, given=None, out=None, center=True):
     _require_centered(batch_stats, center)
-    kind = _fused_kind(*x4.shape[:2], x4.shape[3], x4.size) if batch_stats else None
-    if kind is not None:  # no NumPy arithmetic to keep quiet: skip errstate's cost
-        return _fused_forward(kind, x4, gamma, beta, eps, given, out)
+    plan = fused_plan(x4.shape) if batch_stats else None
+    if plan is not None:  # no NumPy arithmetic to keep quiet: skip errstate's cost
+        return _fused_forward(plan, x4, gamma, beta, eps, given, out)
     # NaN/inf in x must reach the statistics (the core reports them), quietly.
     with np.errstate(invalid="ignore", over="ignore"):
         return _forward(x4, gamma, beta, eps, batch_stats, given, out, center)
@@ -148,9 +150,37 @@ def _column_width(c, size):
     return max(16, (per_thread + 15) // 16 * 16)
 
 
-def _fused_forward(kind, x4, gamma, beta, eps, given, out):
+class FusedPlan(NamedTuple):
+    """The one-launch kernels for a batch-statistics view (N, C, 1, L), bound to their loop shape.
+
+    ``forward(x, gamma, beta, eps, given, mean, var, invstd, out, *extra)`` and
+    ``backward(x, dy, gamma, mean, invstd, given, dgamma, dbeta, dx, *extra)``
+    take arrays reshaped to ``view``: (N, C) for the columns kernels, (N, C, L)
+    for the channels kernels. Statistics and parameter gradients are float64 (C,).
+    """
+
+    view: tuple
+    forward: Callable
+    backward: Callable
+    extra: tuple
+
+
+def fused_plan(view4) -> FusedPlan | None:
+    """The fused kernels serving batch statistics of a (N, C, 1, L) view, or None (two-kernel paths)."""
+    n, c, _, l = view4
+    size = n * c * l
+    kind = _fused_kind(n, c, l, size)
+    if kind == "columns":
+        return FusedPlan((n, c), _pick(_k.columns_forward, size), _pick(_k.columns_backward, size),
+                         (_column_width(c, size),))
+    if kind == "channels":
+        return FusedPlan((n, c, l), _pick(_k.channels_forward, size), _pick(_k.channels_backward, size), ())
+    return None
+
+
+def _fused_forward(plan, x4, gamma, beta, eps, given, out):
     """Batch statistics and the output in one kernel launch."""
-    n, g, _, l = x4.shape
+    g = x4.shape[1]
     dt = _work_dtype(x4)
     xw = x4 if x4.dtype == dt and x4.flags.c_contiguous else np.ascontiguousarray(x4, dtype=dt)
     direct = out is not None and out.dtype == dt and out.flags.c_contiguous
@@ -158,31 +188,22 @@ def _fused_forward(kind, x4, gamma, beta, eps, given, out):
     stats = np.empty((3, g))  # mean, var, invstd
     if given is not None:
         stats[0], stats[1] = given
-    size = xw.size
-    args = (_param(gamma, 1.0, g), _param(beta, 0.0, g), float(eps), given is not None, stats[0], stats[1], stats[2])
-    if kind == "columns":
-        _pick(_k.columns_forward, size)(xw.reshape(n, g), *args, y.reshape(n, g), _column_width(g, size))
-    else:
-        _pick(_k.channels_forward, size)(xw.reshape(n, g, l), *args, y.reshape(n, g, l))
+    plan.forward(xw.reshape(plan.view), _param(gamma, 1.0, g), _param(beta, 0.0, g), float(eps), given is not None,
+                 stats[0], stats[1], stats[2], y.reshape(plan.view), *plan.extra)
     return _finish(y, out, direct, x4), stats[0], stats[1], stats[2], None
 
 
-def _fused_backward(kind, dout4, x4, gamma, mean, invstd, stats_given, out):
+def _fused_backward(plan, dout4, x4, gamma, mean, invstd, stats_given, out):
     """The closed form of batch statistics in one kernel launch."""
-    n, g, _, l = x4.shape
+    g = x4.shape[1]
     dt = _work_dtype(x4, dout4)
     xw = x4 if x4.dtype == dt and x4.flags.c_contiguous else np.ascontiguousarray(x4, dtype=dt)
     dyw = dout4 if dout4.dtype == dt and dout4.flags.c_contiguous else np.ascontiguousarray(dout4, dtype=dt)
     direct = out is not None and out.dtype == dt and out.flags.c_contiguous
     dx = out if direct else np.empty(x4.shape, dt)
     dgamma, dbeta = np.empty((2, g))
-    size = xw.size
-    args = (_param(gamma, 1.0, g), _f64(mean), _f64(invstd), bool(stats_given), dgamma, dbeta)
-    if kind == "columns":
-        _pick(_k.columns_backward, size)(xw.reshape(n, g), dyw.reshape(n, g), *args, dx.reshape(n, g),
-                                         _column_width(g, size))
-    else:
-        _pick(_k.channels_backward, size)(xw.reshape(n, g, l), dyw.reshape(n, g, l), *args, dx.reshape(n, g, l))
+    plan.backward(xw.reshape(plan.view), dyw.reshape(plan.view), _param(gamma, 1.0, g), _f64(mean), _f64(invstd),
+                  bool(stats_given), dgamma, dbeta, dx.reshape(plan.view), *plan.extra)
     if out is not None and not direct:
         np.copyto(out, dx, casting="unsafe")
         dx = out
@@ -254,9 +275,9 @@ def _fused_rows_forward(xw, gam, bet, eps, given, mode, y, n, g, k, l):
 
 def backward(dout4, x4, gamma, mean, invstd, batch_stats, stats_given, saved, out=None, center=True):
     _require_centered(batch_stats, center)
-    kind = _fused_kind(*x4.shape[:2], x4.shape[3], x4.size) if batch_stats else None
-    if kind is not None:
-        return _fused_backward(kind, dout4, x4, gamma, mean, invstd, stats_given, out)
+    plan = fused_plan(x4.shape) if batch_stats else None
+    if plan is not None:
+        return _fused_backward(plan, dout4, x4, gamma, mean, invstd, stats_given, out)
     n, g, k, l = x4.shape
     dt = _work_dtype(x4, dout4)
     xw = np.ascontiguousarray(x4, dtype=dt)

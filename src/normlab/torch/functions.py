@@ -18,11 +18,12 @@ import math
 import numbers
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
 from ..backends import get_backend
 from ..running_rule import blend_running_stats
-from . import closed_form, ops
+from . import closed_form, fused, ops
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 BACKENDS = ("auto", "numpy", "numba", "torch")
@@ -137,32 +138,54 @@ class NormFunction(torch.autograd.Function):
 
 
 class EagerNormFunction(torch.autograd.Function):
-    """:class:`NormFunction` for plain eager CPU calls: the core directly, its cache kept for backward.
+    """:class:`NormFunction` for plain eager CPU calls: the kernels directly, their statistics kept for backward.
 
     torch's ``Function.apply`` binds the arguments with ``inspect.signature`` on
     every call of a Function with ``setup_context`` (tens of microseconds), a
     custom operator adds its dispatch, and every output costs autograd
     bookkeeping; a training step calls a norm dozens of times. So the eager
-    path uses the classic ``forward(ctx, ...)`` form, calls ``ops.core_forward``
-    itself and returns only the output: the statistics go to ``sink`` (the
-    core's cache), from which :func:`normalize` makes plain tensors.
+    path uses the classic ``forward(ctx, ...)`` form and returns only the
+    output: the statistics, a float64 (3, *stat_shape) stack of mean, var and
+    invstd, go to ``sink``. ``plan``: batch norm's fused kernels
+    (``normlab.torch.fused``), or None for the core's general route.
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, mean, var, spec: Spec, sink: list):
-        out, cache = ops.core_forward(x, weight, bias, mean, var, spec.kind, spec.arg, spec.eps, spec.backend)
-        sink.append(cache)
-        ctx.save_for_backward(x, weight, torch.from_numpy(cache.mean), torch.from_numpy(cache.invstd), mean, var)
-        ctx.spec, ctx.affine, ctx.core_cache = spec, weight is not None or bias is not None, cache
+    def forward(ctx, x, weight, bias, mean, var, spec: Spec, plan, sink: list):
+        fast = None if plan is None else fused.forward(plan, x, weight, bias, spec.eps, mean, var)
+        if fast is None:
+            out, cache = ops.core_forward(x, weight, bias, mean, var, spec.kind, spec.arg, spec.eps, spec.backend)
+            stats, plan = np.stack((cache.mean, cache.var, cache.invstd)), None
+        else:
+            out, stats, cache = fast  # cache: the kernels' operands, NumPy views of x and weight
+        sink.append(stats)
+        ctx.save_for_backward(x, weight, mean, var)
+        ctx.spec, ctx.affine, ctx.plan, ctx.stats, ctx.core_cache = spec, weight is not None or bias is not None, \
+            plan, stats, cache
         return out
 
     @staticmethod
     def backward(ctx, dout):
-        # The core's cache serves the first backward and is dropped with it: held on ctx it would keep
-        # x (and the NumPy backend's x-sized xhat) alive until the whole graph dies, where autograd frees
-        # saved tensors as soon as this node is done. A second backward (retain_graph) rebuilds it.
+        x, weight, mean, var = ctx.saved_tensors  # (unpacking checks that none was changed in place)
+        # The core's cache (or the fused kernels' operands) serves the first backward and is dropped with
+        # it: held on ctx it would keep x (and the NumPy backend's x-sized xhat) alive until the whole graph
+        # dies, where autograd frees saved tensors as soon as this node is done. A second backward
+        # (retain_graph) rebuilds it.
         cache, ctx.core_cache = ctx.core_cache, None
-        return (*_grads(ctx, dout, *ctx.saved_tensors, eager=True, core_cache=cache), None)
+        if ctx.plan is not None and not torch.is_grad_enabled():
+            if cache is None:
+                cache = (x.detach().numpy().reshape(ctx.plan.view), fused.param(weight, 1.0, x.shape[1]))
+            dx, dweight, dbias = fused.backward(ctx.plan, dout, x, cache, ctx.stats, mean is not None)
+            need_x, need_w, need_b = ctx.needs_input_grad[:3]
+            pdtype = np.float32 if (weight if weight is not None else x).dtype == torch.float32 else np.float64
+            return (dx if need_x else None, torch.from_numpy(dweight.astype(pdtype, copy=False)) if need_w else None,
+                    torch.from_numpy(dbias.astype(pdtype, copy=False)) if need_b else None,
+                    None, None, None, None, None)
+        if ctx.plan is not None:
+            cache = None  # the operands of the fused kernels are no core cache
+        stat_mean, stat_invstd = torch.from_numpy(ctx.stats[0]), torch.from_numpy(ctx.stats[2])
+        return (*_grads(ctx, dout, x, weight, stat_mean, stat_invstd, mean, var, eager=True, core_cache=cache),
+                None, None)
 
 
 def _eager_core(x: torch.Tensor, backend: str) -> bool:
@@ -177,6 +200,8 @@ def check_eps(eps, batch_stats: bool, what: str) -> float:
     Plain Python comparisons on a float, so torch.compile folds them away
     (a symbolic eps, which dynamo may make of a module's attribute, becomes a constant).
     """
+    if eps.__class__ is float and 0 < eps < math.inf:  # the common case, answered first (every forward asks)
+        return eps
     if not isinstance(eps, (numbers.Real, torch.SymFloat, torch.SymInt)) or isinstance(eps, bool):
         raise TypeError(f"{what}: eps must be a real number, got {type(eps).__name__}")
     eps = float(eps)
@@ -194,16 +219,27 @@ def normalize(x, weight, bias, spec: Spec, mean=None, var=None):
     square): normlab raises where torch would return the bias or NaN.
     In eager mode the checks run once per input signature (cached).
     """
+    out, stats = _normalize(x, weight, bias, spec, mean, var)
+    if isinstance(stats, np.ndarray):
+        return out, torch.from_numpy(stats[0]), torch.from_numpy(stats[1]), torch.from_numpy(stats[2])
+    return (out, *stats)
+
+
+def _normalize(x, weight, bias, spec: Spec, mean, var):
+    """:func:`normalize` -> (out, stats): stats a float64 NumPy stack (mean, var, invstd) on the eager
+    CPU path (whose callers mostly go on in NumPy), else a tuple of the three tensors."""
     check_tensor(x, "input")
-    shapes = tuple(None if t is None else tuple(t.shape) for t in (weight, bias, mean, var))
+    shapes = tuple(None if t is None else t.shape for t in (weight, bias, mean, var))
     if _eager_core(x, spec.backend):
-        spec = _checked(spec, tuple(x.shape), mean is None, shapes)  # cached: shapes, eps and counts
+        spec, plan = _prepared(spec, x.shape, mean is None, shapes, x.dtype)  # cached per signature
+        if plan is not None and not fused.usable(x, weight, bias, mean, var):
+            plan = None
         sink = []
-        out = EagerNormFunction.apply(x, weight, bias, mean, var, spec, sink)
-        cache = sink[0]
-        return out, torch.from_numpy(cache.mean), torch.from_numpy(cache.var), torch.from_numpy(cache.invstd)
+        out = EagerNormFunction.apply(x, weight, bias, mean, var, spec, plan, sink)
+        return out, sink[0]
     spec = _check(spec, tuple(x.shape), mean is None, shapes)
-    return NormFunction.apply(x, weight, bias, mean, var, spec)
+    out, *stats = NormFunction.apply(x, weight, bias, mean, var, spec)
+    return out, stats
 
 
 def _check(spec: Spec, shape: tuple, batch_stats: bool, shapes: tuple) -> Spec:
@@ -227,22 +263,32 @@ def _check(spec: Spec, shape: tuple, batch_stats: bool, shapes: tuple) -> Spec:
     return spec
 
 
-_checked = functools.lru_cache(maxsize=1024)(_check)
+@functools.lru_cache(maxsize=1024)
+def _prepared(spec: Spec, shape: tuple, batch_stats: bool, shapes: tuple, dtype: torch.dtype):
+    """The eager path's per-signature work: :func:`_check`, and the fused kernels' plan (or None)."""
+    spec = _check(spec, tuple(shape), batch_stats, tuple(None if t is None else tuple(t) for t in shapes))
+    return spec, fused.plan_for(spec.kind, tuple(shape), dtype, spec.backend)
 
 
 def update_running_stats(running_mean, running_var, batch_mean, batch_var, count: int, factor) -> None:
-    """Update torch buffers in place with torch.nn.BatchNorm's rule (``normlab.layers.blend_running_stats``).
+    """Update torch buffers in place with torch.nn.BatchNorm's rule (``normlab.running_rule.blend_running_stats``).
 
-    batch_mean/batch_var: the batch's statistics (var biased over ``count`` values per channel);
-    factor: a number or a 0-d tensor. In eager mode on CPU buffers the O(C)
-    arithmetic runs on NumPy views (a handful of torch calls cost more than it).
+    batch_mean/batch_var: the batch's statistics (var biased over ``count``
+    values per channel), tensors or float64 NumPy arrays; factor: a number or
+    a 0-d tensor. In eager mode on CPU buffers the O(C) arithmetic runs on
+    NumPy views in one compiled call (a handful of torch calls cost more than it).
     """
     if (running_mean is not None and running_var is not None and not torch.compiler.is_compiling()
             and _numpy_view_ok(running_mean) and _numpy_view_ok(running_var)
-            and batch_mean.device.type == "cpu" and (not isinstance(factor, torch.Tensor) or factor.device.type == "cpu")):
-        get_backend().update_running(running_mean.numpy(), running_var.numpy(), batch_mean.numpy(),
-                                     batch_var.numpy(), count, float(factor))
+            and (isinstance(batch_mean, np.ndarray) or batch_mean.device.type == "cpu")
+            and (not isinstance(factor, torch.Tensor) or factor.device.type == "cpu")):
+        if not isinstance(batch_mean, np.ndarray):
+            batch_mean, batch_var = batch_mean.numpy(), batch_var.numpy()
+        get_backend().update_running(running_mean.numpy(), running_var.numpy(), batch_mean, batch_var, count,
+                                     float(factor))
         return
+    if isinstance(batch_mean, np.ndarray):
+        batch_mean, batch_var = torch.from_numpy(batch_mean), torch.from_numpy(batch_var)
     with torch.no_grad():
         old_mean = batch_mean if running_mean is None else running_mean.to(batch_mean.dtype)
         old_var = batch_var if running_var is None else running_var.to(batch_var.dtype)
@@ -307,14 +353,14 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
         return _no_channels(input, running_mean, running_var, weight, bias)
     spec = Spec("batch", (), eps, backend)
     if training:
-        out, mean, var, _ = normalize(input, weight, bias, spec)
+        out, stats = _normalize(input, weight, bias, spec, None, None)
         if (running_mean is not None or running_var is not None) and input.numel():
             count = input.numel() // input.shape[1]
-            update_running_stats(running_mean, running_var, mean, var, count, momentum)
+            update_running_stats(running_mean, running_var, stats[0], stats[1], count, momentum)
         return out
     if running_mean is None or running_var is None:
         raise ValueError("batch_norm with training=False needs running_mean and running_var")
-    return normalize(input, weight, bias, spec, running_mean, running_var)[0]
+    return _normalize(input, weight, bias, spec, running_mean, running_var)[0]
 
 
 def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=None, use_input_stats=True,

@@ -39,9 +39,9 @@ class BatchNorm(_BatchNorm):
             raise ValueError(f"expected an input (N, C, *) with at least 2 dimensions, got shape "
                              f"{tuple(input.shape)}")
 
-    def _check_channels(self, input):
+    def _check_channels(self, input, weight, running_mean):
         # Only where torch would fail too: without weight or buffers any C normalizes.
-        if (self.weight is not None or self.running_mean is not None) and input.shape[1] != self.num_features:
+        if (weight is not None or running_mean is not None) and input.shape[1] != self.num_features:
             raise ValueError(f"{type(self).__name__}(num_features={self.num_features}) expects "
                              f"{self.num_features} channels on axis 1, got input shape {tuple(input.shape)}")
 
@@ -49,26 +49,29 @@ class BatchNorm(_BatchNorm):
         """Does this forward count a batch in num_batches_tracked (and update the running stats)?"""
         return self.training and self.track_running_stats and self.num_batches_tracked is not None
 
-    def _update_factor(self):
+    def _update_factor(self, counts: bool):
         """torch.nn.BatchNorm's running-stat factor: momentum, or 1/num_batches for momentum None.
 
-        The latter stays a (float64) tensor: torch.compile need not read num_batches_tracked back.
+        counts: :meth:`_counts_batch`. The latter stays a (float64) tensor: torch.compile need not read
+        num_batches_tracked back.
         """
         if self.momentum is not None:
             return self.momentum
-        return 1.0 / (self.num_batches_tracked.double() + 1) if self._counts_batch() else 0.0
+        return 1.0 / (self.num_batches_tracked.double() + 1) if counts else 0.0
 
     def forward(self, input):
         check_tensor(input, "input")
         self._check_input_dim(input)
-        self._check_channels(input)
-        use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
+        # Each parameter and buffer read once: a module attribute lookup costs about a microsecond.
+        weight, running_mean, running_var = self.weight, self.running_mean, self.running_var
+        self._check_channels(input, weight, running_mean)
+        counts = self._counts_batch()
+        use_batch_stats = self.training or (running_mean is None and running_var is None)
         tracked = not self.training or self.track_running_stats
-        out = batch_norm(input, self.running_mean if tracked else None, self.running_var if tracked else None,
-                         self.weight, self.bias, use_batch_stats, self._update_factor(), self.eps,
-                         backend=self.backend)
+        out = batch_norm(input, running_mean if tracked else None, running_var if tracked else None, weight,
+                         self.bias, use_batch_stats, self._update_factor(counts), self.eps, backend=self.backend)
         # Counted after a successful forward, so a rejected input changes no state.
-        if self._counts_batch():
+        if counts:
             self.num_batches_tracked.add_(1)
         return out
 

@@ -175,13 +175,13 @@ class SyncBatchNorm(BatchNorm):
             return super().forward(input)
         check_tensor(input, "input")
         self._check_input_dim(input)
-        self._check_channels(input)
+        self._check_channels(input, self.weight, self.running_mean)
         check_eps(self.eps, True, type(self).__name__)
         out, mean, var, count = _sync_batch_norm(input, self.weight, self.bias, self.eps, self.process_group,
                                                  self.backend)
         if self._counts_batch():
             update_running_stats(self.running_mean, self.running_var, mean, var, int(count),
-                                 self._update_factor())
+                                 self._update_factor(True))
             self.num_batches_tracked.add_(1)
         return out
 

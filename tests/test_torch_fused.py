@@ -1,0 +1,138 @@
+"""normlab.torch's fused eager route for batch norm (normlab.torch.fused) against the core's general route.
+
+Both run the same kernels, so outputs, statistics and gradients must agree bit
+for bit; the route must be the one taken where it applies, and step aside
+(to the general route's checks and rescue) where it does not.
+"""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("numba")
+
+import normlab.torch as nt  # noqa: E402
+from normlab.torch import fused, functions, ops  # noqa: E402
+
+SHAPES = [(8, 16), (128, 512), (4, 3, 40), (2, 5, 6, 7), (8, 64, 16, 16)]
+
+
+@pytest.fixture
+def fused_calls(monkeypatch):
+    """How many forwards and backwards went through the fused route."""
+    calls = {"forward": 0, "backward": 0}
+    for name in calls:
+        real = getattr(fused, name)
+
+        def spy(*args, _real=real, _name=name, **kwargs):
+            calls[_name] += 1
+            return _real(*args, **kwargs)
+        monkeypatch.setattr(fused, name, spy)
+    return calls
+
+
+def _general(x, weight, bias, dout, mean=None, var=None):
+    """Output, statistics and (dx, dweight, dbias) of the core's general route on the same tensors."""
+    out, cache = ops.core_forward(x.detach(), weight.detach(), bias.detach(), mean, var, "batch", (), 1e-5,
+                                  "numba")
+    return out, cache, ops.core_backward(dout, cache, x.detach(), "batch", weight, True)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fused_route_is_taken_and_matches_the_general_route_bit_for_bit(shape, dtype, fused_calls):
+    g = torch.Generator().manual_seed(1)
+    x = (torch.randn(shape, generator=g, dtype=dtype) * 3 + 1000).requires_grad_()
+    bn = nt.BatchNorm(shape[1], dtype=dtype)
+    with torch.no_grad():
+        bn.weight.copy_(torch.rand(shape[1], generator=g, dtype=dtype) + 0.5)
+        bn.bias.copy_(torch.randn(shape[1], generator=g, dtype=dtype))
+    dout = torch.randn(shape, generator=g, dtype=dtype)
+    out = bn(x)
+    out.backward(dout)
+    assert fused_calls == {"forward": 1, "backward": 1}
+    ref_out, cache, (dx, dw, db) = _general(x, bn.weight, bn.bias, dout)
+    assert torch.equal(out, ref_out)
+    assert torch.equal(x.grad, dx) and torch.equal(bn.weight.grad, dw) and torch.equal(bn.bias.grad, db)
+    assert x.grad.dtype == bn.weight.grad.dtype == dtype
+    # running statistics: torch.nn's rule on the same batch
+    ref_mean, ref_var = torch.zeros(shape[1], dtype=dtype), torch.ones(shape[1], dtype=dtype)
+    torch.nn.functional.batch_norm(x.detach(), ref_mean, ref_var, training=True)
+    torch.testing.assert_close(bn.running_mean, ref_mean)
+    torch.testing.assert_close(bn.running_var, ref_var)
+
+
+def test_eval_mode_takes_the_fused_route_with_the_running_statistics(fused_calls):
+    g = torch.Generator().manual_seed(2)
+    bn = nt.BatchNorm2d(6)
+    with torch.no_grad():
+        bn.running_mean.copy_(torch.randn(6, generator=g))
+        bn.running_var.copy_(torch.rand(6, generator=g) + 0.1)
+    bn.eval()
+    x = torch.randn(4, 6, 5, 5, generator=g, requires_grad=True)
+    dout = torch.randn(4, 6, 5, 5, generator=g)
+    out = bn(x)
+    out.backward(dout)
+    assert fused_calls == {"forward": 1, "backward": 1}
+    ref_out, _, (dx, dw, db) = _general(x, bn.weight, bn.bias, dout, bn.running_mean, bn.running_var)
+    assert torch.equal(out, ref_out) and torch.equal(x.grad, dx) and torch.equal(bn.weight.grad, dw)
+    torch.testing.assert_close(out, torch.nn.functional.batch_norm(x, bn.running_mean, bn.running_var, bn.weight,
+                                                                   bn.bias, False))
+
+
+def test_a_broadcast_dout_a_retained_graph_and_double_backward_agree(fused_calls):
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(16, 8, dtype=torch.float64, generator=g, requires_grad=True)
+    bn = nt.BatchNorm1d(8, dtype=torch.float64)
+    ref = torch.nn.BatchNorm1d(8, dtype=torch.float64)
+    weights = torch.randn(16, 8, dtype=torch.float64, generator=g)
+    out = bn(x)
+    (out * weights).sum().backward(retain_graph=True)  # dout: a product's gradient
+    first = x.grad.clone()
+    x.grad = None
+    (out * weights).sum().backward(retain_graph=True)  # the retained graph: operands rebuilt from the saved x
+    assert torch.equal(x.grad, first)
+    assert fused_calls["backward"] == 2
+    x2 = x.detach().clone().requires_grad_()
+    (ref(x2) * weights).sum().backward()
+    torch.testing.assert_close(first, x2.grad)
+    out.sum().backward(inputs=[bn.weight])  # a zero-stride dout (the gradient of a sum)
+    # create_graph: the closed form in torch ops, which autograd differentiates
+    assert torch.autograd.gradgradcheck(lambda t: bn(t), (x.detach().requires_grad_(),))
+
+
+def test_batches_the_fused_route_cannot_finish_go_the_general_way(fused_calls):
+    bn = nt.BatchNorm1d(4, dtype=torch.float64)
+    x = torch.randn(8, 4, dtype=torch.float64)
+    x[3, 2] = float("nan")
+    with pytest.raises(ValueError, match="NaN|nan|finite"):
+        bn(x)
+    assert fused_calls["forward"] == 1 and bn.num_batches_tracked.item() == 0
+    assert torch.equal(bn.running_mean, torch.zeros(4))
+    # finite values whose float64 sums overflow: the general route rescales them
+    big = torch.randn(1000, 4, dtype=torch.float64) * 4e153  # sums of squares ~1e310, var ~1e307
+    out = bn(big)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out, torch.nn.functional.batch_norm(big / 4e153, None, None, training=True,
+                                                                   eps=1e-12))  # eps vanishes beside var ~1e307
+
+
+def test_input_changed_in_place_before_backward_is_an_error():
+    x = torch.randn(8, 16, requires_grad=True)
+    h = x * 1
+    out = nt.BatchNorm1d(16)(h)
+    h.add_(1)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.sum().backward()
+
+
+def test_plan_only_where_the_fused_kernels_apply():
+    assert fused.plan_for("batch", (128, 512), torch.float32, "auto") is not None
+    assert fused.plan_for("layer", (128, 512), torch.float32, "auto") is None
+    assert fused.plan_for("batch", (128, 512), torch.float16, "auto") is None
+    assert fused.plan_for("batch", (128, 512), torch.float32, "numpy") is None
+    assert fused.plan_for("batch", (0, 512), torch.float32, "auto") is None
+    x = torch.randn(4, 3, 5, 5).to(memory_format=torch.channels_last)
+    assert not fused.usable(x) and fused.usable(x.contiguous(), torch.ones(3), None)
+    assert not fused.usable(x.contiguous(), torch.ones(3, dtype=torch.float16))
+    assert functions.check_eps(1e-5, True, "bn") == 1e-5
