@@ -136,3 +136,18 @@ def test_plan_only_where_the_fused_kernels_apply():
     assert not fused.usable(x) and fused.usable(x.contiguous(), torch.ones(3), None)
     assert not fused.usable(x.contiguous(), torch.ones(3, dtype=torch.float16))
     assert functions.check_eps(1e-5, True, "bn") == 1e-5
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"momentum": None}, {"track_running_stats": False}, {"affine": False}])
+def test_module_steps_on_the_fused_route_track_torch_nn(kwargs, fused_calls):
+    g = torch.Generator().manual_seed(4)
+    ours, theirs = nt.BatchNorm2d(5, **kwargs), torch.nn.BatchNorm2d(5, **kwargs)
+    for step in range(3):
+        x = torch.randn(6, 5, 4, 4, generator=g) * (step + 1) + step
+        torch.testing.assert_close(ours(x), theirs(x))
+    ours.eval(), theirs.eval()
+    x = torch.randn(2, 5, 4, 4, generator=g)
+    torch.testing.assert_close(ours(x), theirs(x))
+    assert fused_calls["forward"] == 4
+    for name, buffer in theirs.named_buffers():
+        torch.testing.assert_close(getattr(ours, name), buffer, msg=name)

@@ -555,19 +555,21 @@ channels_forward = _twins(_channels_forward)
 channels_backward = _twins(_channels_backward)
 
 
-# The running-statistics rule compiled from its one definition (no fastmath: bit for bit the NumPy result).
-_blend = numba.njit(cache=CACHE)(blend_running_stats)
+# The running-statistics rule compiled from its one definition, applied per channel on scalars: no
+# temporary arrays (no fastmath, numpy's error model: bit for bit the NumPy backend's result).
+_blend = numba.njit(cache=CACHE, error_model="numpy")(blend_running_stats)
 
 
 def _update_running(running_mean, running_var, batch_mean, batch_var, count, factor):
     """numpy_backend.update_running in one compiled call (the O(C) NumPy chain costs more than the math)."""
-    new_mean, new_var = _blend(running_mean.astype(np.float64), running_var.astype(np.float64), batch_mean,
-                               batch_var, count, factor)
-    running_mean[:] = new_mean
-    running_var[:] = new_var
+    for c in range(running_mean.shape[0]):
+        new_mean, new_var = _blend(np.float64(running_mean[c]), np.float64(running_var[c]), batch_mean[c],
+                                   batch_var[c], count, factor)
+        running_mean[c] = new_mean
+        running_var[c] = new_var
 
 
-update_running = numba.njit(cache=CACHE)(_update_running)
+update_running = numba.njit(cache=CACHE, error_model="numpy")(_update_running)
 
 row_moments = _twins(_row_moments)
 row_apply = _twins(_row_apply)

@@ -163,6 +163,13 @@ class FusedPlan(NamedTuple):
     forward: Callable
     backward: Callable
     extra: tuple
+    #: (running_mean, running_var, batch_mean, batch_var, count, factor): the running-statistics rule in place
+    update_running: Callable = _k.update_running
+
+    @property
+    def count(self) -> int:
+        """How many values each statistic reduces over (N, or N*L)."""
+        return self.view[0] * (self.view[2] if len(self.view) == 3 else 1)
 
 
 def fused_plan(view4) -> FusedPlan | None:

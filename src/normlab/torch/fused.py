@@ -46,7 +46,10 @@ def usable(x: torch.Tensor, *others) -> bool:
     """Whether x and the per-channel tensors (None allowed) can be handed to the kernels as they are."""
     if not x.is_contiguous():
         return False
-    return all(t is None or (t.dtype in _DTYPES and t.is_contiguous()) for t in others)
+    for t in others:  # a loop, not all(generator): this runs on every call
+        if t is not None and (t.dtype not in _DTYPES or not t.is_contiguous()):
+            return False
+    return True
 
 
 def param(t, fill: float, channels: int) -> np.ndarray:
@@ -85,3 +88,11 @@ def backward(plan, dout: torch.Tensor, x: torch.Tensor, operands, stats: np.ndar
     plan.backward(xv, dout.numpy().reshape(plan.view), gam, stats[0], stats[2], given, dweight, dbias,
                   dx.numpy().reshape(plan.view), *plan.extra)
     return dx, dweight, dbias
+
+
+def update_running(plan, running_mean: torch.Tensor, running_var: torch.Tensor, stats: np.ndarray,
+                   factor: float) -> None:
+    """Fold :func:`forward`'s batch statistics into running buffers that :func:`usable` accepted, in place
+    (the one rule, ``normlab.running_rule``, compiled)."""
+    plan.update_running(running_mean.detach().numpy(), running_var.detach().numpy(), stats[0], stats[1], plan.count,
+                        float(factor))

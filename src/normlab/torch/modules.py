@@ -12,10 +12,14 @@ ops, which tensors off the CPU always use).
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .functions import batch_norm, check_backend, check_tensor, group_norm, instance_norm, layer_norm, rms_norm
+from . import fused
+from .functions import (EagerNormFunction, Spec, batch_norm, check_backend, check_tensor, group_norm, instance_norm,
+                        layer_norm, rms_norm)
 
 
 class BatchNorm(_BatchNorm):
@@ -62,6 +66,45 @@ class BatchNorm(_BatchNorm):
     def forward(self, input):
         check_tensor(input, "input")
         self._check_input_dim(input)
+        out = self._fused_forward(input)
+        return self._general_forward(input) if out is None else out
+
+    def _fused_forward(self, x):
+        """:meth:`_general_forward`'s result by the shortest route, or None (before any state changes).
+
+        A model calls its norms dozens of times per step, and between its matrix
+        products every Python operation is slower than on its own (torch's
+        OpenMP workers spin on the other core): for the common case (eager,
+        contiguous float32/float64 CPU input of ``num_features`` channels, a
+        float eps > 0, the Numba backend) this goes straight to the fused
+        kernels (``normlab.torch.fused``). Anything else, including every error,
+        is the general route's.
+        """
+        if (x.__class__ is not torch.Tensor or not x.is_cpu or not x.is_contiguous()
+                or torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()):
+            return None
+        plan, eps = fused.plan_for("batch", x.shape, x.dtype, self.backend), self.eps
+        if plan is None or x.shape[1] != self.num_features or eps.__class__ is not float or not 0 < eps < math.inf:
+            return None
+        weight, bias, running_mean, running_var = self.weight, self.bias, self.running_mean, self.running_var
+        training = self.training
+        batch_stats = training or (running_mean is None and running_var is None)
+        given = (None, None) if batch_stats else (running_mean, running_var)
+        update = training and self.track_running_stats and (running_mean is not None or running_var is not None)
+        if ((batch_stats and plan.count < 2) or ((update or not batch_stats)
+                                                 and (running_mean is None or running_var is None))
+                or not fused.usable(x, weight, bias, running_mean, running_var)):
+            return None
+        sink = []
+        out = EagerNormFunction.apply(x, weight, bias, *given, Spec("batch", (), eps, self.backend), plan, sink)
+        counts = self._counts_batch()
+        if update:
+            fused.update_running(plan, running_mean, running_var, sink[0], self._update_factor(counts))
+        if counts:  # counted after a successful forward, so a rejected input changes no state
+            self.num_batches_tracked.add_(1)
+        return out
+
+    def _general_forward(self, input):
         # Each parameter and buffer read once: a module attribute lookup costs about a microsecond.
         weight, running_mean, running_var = self.weight, self.running_mean, self.running_var
         self._check_channels(input, weight, running_mean)
