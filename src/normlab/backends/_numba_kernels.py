@@ -504,19 +504,32 @@ def _columns_backward(x, dy, gam, mean, invstd, given, dgamma, dbeta, dx, width)
 def _channels_forward(x, gam, bet, eps, given, mean, var, invstd, out):
     n, c, length = x.shape
     m = n * length
+    if given:
+        # Nothing to reduce: write row by row, so each thread sweeps contiguous memory (a thread per
+        # channel would stride across all of x; measured 1.3-1.7x slower on a (64, 64, 32, 32) eval).
+        for ch in range(c):
+            invstd[ch] = 1.0 / np.sqrt(var[ch] + eps)
+        for r in prange(n * c):
+            i = r // c
+            ch = r - i * c
+            mu = mean[ch]
+            a = invstd[ch] * gam[ch]
+            b = bet[ch]
+            for j in range(length):
+                out[i, ch, j] = (np.float64(x[i, ch, j]) - mu) * a + b
+        return
     for ch in prange(c):
-        if not given:
-            p = np.float64(x[0, ch, 0])
-            s1 = 0.0
-            s2 = 0.0
-            for i in range(n):
-                for j in range(length):
-                    d = np.float64(x[i, ch, j]) - p
-                    s1 += d
-                    s2 += d * d
-            shift = s1 / m
-            mean[ch] = p + shift
-            var[ch] = max(s2 / m - shift * shift, 0.0)
+        p = np.float64(x[0, ch, 0])
+        s1 = 0.0
+        s2 = 0.0
+        for i in range(n):
+            for j in range(length):
+                d = np.float64(x[i, ch, j]) - p
+                s1 += d
+                s2 += d * d
+        shift = s1 / m
+        mean[ch] = p + shift
+        var[ch] = max(s2 / m - shift * shift, 0.0)
         invstd[ch] = 1.0 / np.sqrt(var[ch] + eps)
         mu = mean[ch]
         a = invstd[ch] * gam[ch]
