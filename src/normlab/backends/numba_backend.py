@@ -14,13 +14,15 @@ float64 array the size of x: 8 bytes per element whatever x's dtype.)
 Scratch per call is O(C*L + threads*C) float64, never O(x); the outputs y
 and dx are the only x-sized allocations.
 
-Loop shape per layout (see ``_numba_kernels``):
+Loop shape per layout (see ``_numba_kernels`` and ``_numba_batch_kernels``):
 
-* batch statistics over contiguous runs of at least ``ROWS_MIN_LENGTH``
-  values (spatial batch norm): ``rows`` kernels, parallel over (n, c) rows,
-  per-row partial sums merged over N afterwards;
-* batch statistics otherwise (batch norm on (N, C), small H*W): ``cols``
-  kernels, parallel over row blocks with per-thread column slabs;
+* batch statistics, most shapes: one launch per direction (``fused_plan``),
+  ``columns`` kernels for (N, C) below ``COLUMNS_FUSED_BELOW`` values,
+  ``channels`` kernels for runs of at least ``ROWS_MIN_LENGTH`` values or small
+  inputs; the PyTorch bridge calls these directly (``normlab.torch.fused``);
+* batch statistics otherwise (a large (N, C), mid-sized short runs): two
+  kernels, ``rows`` (parallel over (n, c) rows, partial sums merged over N
+  afterwards) or ``cols`` (row blocks with per-thread column slabs);
 * per-sample statistics (layer and group norm): ``fused rows`` kernels, each
   row reduced and then written while it is still in cache.
 
@@ -36,6 +38,7 @@ from typing import Callable, NamedTuple
 try:
     import numba
 
+    from . import _numba_batch_kernels as _kb
     from . import _numba_kernels as _k
 except Exception as exc:  # a broken numba (e.g. an unsupported NumPy) must not break normlab
     raise ImportError(f"the numba backend needs a working numba: {exc}") from exc
@@ -178,10 +181,10 @@ def fused_plan(view4) -> FusedPlan | None:
     size = n * c * l
     kind = _fused_kind(n, c, l, size)
     if kind == "columns":
-        return FusedPlan((n, c), _pick(_k.columns_forward, size), _pick(_k.columns_backward, size),
+        return FusedPlan((n, c), _pick(_kb.columns_forward, size), _pick(_kb.columns_backward, size),
                          (_column_width(c, size),))
     if kind == "channels":
-        return FusedPlan((n, c, l), _pick(_k.channels_forward, size), _pick(_k.channels_backward, size), ())
+        return FusedPlan((n, c, l), _pick(_kb.channels_forward, size), _pick(_kb.channels_backward, size), ())
     return None
 
 
