@@ -5,6 +5,8 @@ for bit; the route must be the one taken where it applies, and step aside
 (to the general route's checks and rescue) where it does not.
 """
 
+import sys
+
 import numpy as np
 import pytest
 
@@ -151,3 +153,20 @@ def test_module_steps_on_the_fused_route_track_torch_nn(kwargs, fused_calls):
     assert fused_calls["forward"] == 4
     for name, buffer in theirs.named_buffers():
         torch.testing.assert_close(getattr(ours, name), buffer, msg=name)
+
+
+def test_large_outputs_are_advised_to_use_huge_pages_and_stay_ordinary_tensors():
+    from normlab.torch import memory
+
+    small = torch.empty(16)
+    assert not memory.advise_huge_pages(small)
+    x = torch.randn(64, 32, 32, 32).to(memory_format=torch.channels_last)  # 8 MiB
+    out = memory.empty_like(x)
+    assert out.shape == x.shape and out.stride() == x.stride() and out.dtype == x.dtype
+    if sys.platform.startswith("linux"):
+        assert memory.advise_huge_pages(out)  # madvise accepted the range (page-aligned inside the tensor)
+    out.copy_(x)
+    assert torch.equal(out, x)
+    bn = nt.BatchNorm2d(32)
+    y = bn(x.contiguous())
+    torch.testing.assert_close(y, torch.nn.functional.batch_norm(x.contiguous(), None, None, bn.weight, bn.bias, True))

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from ..backends import get_backend
+from . import memory
 
 _DTYPES = (torch.float32, torch.float64)
 
@@ -64,7 +65,7 @@ def forward(plan, x: torch.Tensor, weight, bias, eps: float, mean=None, var=None
     result when the batch's statistics are not finite: the general route decides.
     """
     c = x.shape[1]
-    out = torch.empty_like(x)
+    out = memory.empty_like(x)
     stats = np.empty((3, c))
     given = mean is not None
     if given:
@@ -82,7 +83,7 @@ def backward(plan, dout: torch.Tensor, x: torch.Tensor, operands, stats: np.ndar
     dbias float64 (C,) arrays of their own (autograd takes tensors on separate arrays fastest)."""
     if dout.dtype != x.dtype or not dout.is_contiguous():
         dout = dout.to(x.dtype, memory_format=torch.contiguous_format)
-    dx = torch.empty_like(x)
+    dx = memory.empty_like(x)
     xv, gam = operands
     dweight, dbias = np.empty(x.shape[1]), np.empty(x.shape[1])
     plan.backward(xv, dout.numpy().reshape(plan.view), gam, stats[0], stats[2], given, dweight, dbias,

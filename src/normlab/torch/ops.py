@@ -27,6 +27,7 @@ import torch
 
 from ..core import NormCache, run_backward, run_forward
 from ..norms import batch_layout, group_layout, instance_layout, layer_layout, rms_layout
+from . import memory
 
 LAYOUTS = {
     "batch": lambda shape, arg: batch_layout(shape),
@@ -88,6 +89,13 @@ def empty_like_output(x: torch.Tensor, kind: str) -> torch.Tensor:
     return torch.empty_like(x, memory_format=fmt)
 
 
+def _fresh_output(x: torch.Tensor, kind: str) -> torch.Tensor:
+    """:func:`empty_like_output` for a kernel to fill: large ones on huge pages (``normlab.torch.memory``)."""
+    out = empty_like_output(x, kind)
+    memory.advise_huge_pages(out)
+    return out
+
+
 def _compute_dtype(t: torch.Tensor) -> torch.dtype:
     return t.dtype if t.dtype in (torch.float32, torch.float64) else torch.float32
 
@@ -140,7 +148,7 @@ def core_forward(x: torch.Tensor, weight, bias, mean, var, kind: str, arg, eps: 
     x_np = _numpy(canonical(x, rows), dtype)
     gamma, beta = _affine(weight, bias, layout.param_shape, dtype)
     given_mean, given_var = (None, None) if mean is None else (_numpy(mean, torch.float64), _numpy(var, torch.float64))
-    out = empty_like_output(x, kind)
+    out = _fresh_output(x, kind)
     view, direct = _result_view(out, rows, dtype)
     y, cache = run_forward(x_np, gamma, beta, layout, eps, given_mean, given_var, backend, direct)
     _land(view, direct, y)
@@ -153,7 +161,7 @@ def core_backward(dout: torch.Tensor, cache: NormCache, x: torch.Tensor, kind: s
     rows = channels_last_rows(x, kind)
     dtype = _compute_dtype(x)
     dout_np = _numpy(canonical(dout, rows), dtype)
-    dx = empty_like_output(x, kind)
+    dx = _fresh_output(x, kind)
     view, direct = _result_view(dx, rows, dtype)
     dx_np, dgamma, dbeta = run_backward(dout_np, cache, direct)
     _land(view, direct, dx_np)
