@@ -129,11 +129,13 @@ def test_input_changed_in_place_before_backward_is_an_error():
 
 
 def test_plan_only_where_the_fused_kernels_apply():
-    assert fused.plan_for("batch", (128, 512), torch.float32, "auto") is not None
-    assert fused.plan_for("layer", (128, 512), torch.float32, "auto") is None
-    assert fused.plan_for("batch", (128, 512), torch.float16, "auto") is None
-    assert fused.plan_for("batch", (128, 512), torch.float32, "numpy") is None
-    assert fused.plan_for("batch", (0, 512), torch.float32, "auto") is None
+    assert fused.plan_for("batch", (128, 512), (), torch.float32, "auto").stat_shape == (512,)
+    assert fused.plan_for("batch", (64, 64, 32, 32), (), torch.float32, "auto") is None  # two-kernel paths
+    assert fused.plan_for("layer", (32, 64, 256), (256,), torch.float32, "auto").stat_shape == (32, 64)
+    assert fused.plan_for("group", (8, 6, 5, 5), (3,), torch.float64, "auto").stat_shape == (8, 3)
+    assert fused.plan_for("batch", (128, 512), (), torch.float16, "auto") is None
+    assert fused.plan_for("batch", (128, 512), (), torch.float32, "numpy") is None
+    assert fused.plan_for("batch", (0, 512), (), torch.float32, "auto") is None
     x = torch.randn(4, 3, 5, 5).to(memory_format=torch.channels_last)
     assert not fused.usable(x) and fused.usable(x.contiguous(), torch.ones(3), None)
     assert not fused.usable(x.contiguous(), torch.ones(3, dtype=torch.float16))
@@ -170,3 +172,37 @@ def test_large_outputs_are_advised_to_use_huge_pages_and_stay_ordinary_tensors()
     bn = nt.BatchNorm2d(32)
     y = bn(x.contiguous())
     torch.testing.assert_close(y, torch.nn.functional.batch_norm(x.contiguous(), None, None, bn.weight, bn.bias, True))
+
+
+PER_SAMPLE = [  # (module, input shape, kind, arg)
+    (lambda: nt.LayerNorm(256), (32, 64, 256), "layer", (256,)),
+    (lambda: nt.LayerNorm((5, 7)), (3, 4, 5, 7), "layer", (5, 7)),
+    (lambda: nt.GroupNorm(4, 8), (6, 8, 5, 5), "group", (4,)),
+    (lambda: nt.GroupNorm(2, 6, affine=False), (3, 6, 40), "group", (2,)),
+    (lambda: nt.RMSNorm(64), (16, 64), "rms", (64,)),
+    (lambda: nt.InstanceNorm2d(3, affine=True), (4, 3, 6, 6), "instance", ()),
+]
+
+
+@pytest.mark.parametrize("make,shape,kind,arg", PER_SAMPLE, ids=[f"{c[2]}-{c[1]}" for c in PER_SAMPLE])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_per_sample_norms_take_the_fused_route_bit_for_bit(make, shape, kind, arg, dtype, fused_calls):
+    g = torch.Generator().manual_seed(5)
+    module = make().to(dtype)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.rand(p.shape, generator=g, dtype=dtype) + 0.5)
+    x = (torch.randn(shape, generator=g, dtype=dtype) * 2 + 300).requires_grad_()
+    dout = torch.randn(shape, generator=g, dtype=dtype)
+    out = module(x)
+    out.backward(dout)
+    assert fused_calls == {"forward": 1, "backward": 1}
+    weight, bias = getattr(module, "weight", None), getattr(module, "bias", None)
+    eps = module.eps if module.eps is not None else torch.finfo(dtype).eps  # RMSNorm: the dtype's epsilon
+    ref_out, cache = ops.core_forward(x.detach(), weight, bias, None, None, kind, arg, eps, "numba")
+    dx, dw, db = ops.core_backward(dout, cache, x.detach(), kind, weight, weight is not None or bias is not None)
+    assert torch.equal(out, ref_out) and torch.equal(x.grad, dx)
+    if weight is not None:
+        assert torch.equal(weight.grad, dw) and weight.grad.shape == weight.shape
+    if bias is not None:
+        assert torch.equal(bias.grad, db)

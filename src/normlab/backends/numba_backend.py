@@ -106,13 +106,6 @@ def _channel_moments(xw, n, c, l):
     return pivot + shift, np.maximum(s2 / m - shift * shift, 0.0)
 
 
-def _stats_mode(given, center):
-    """Which statistics the fused-row kernels use (``_numba_kernels.STATS_*``)."""
-    if given is not None:
-        return _k.STATS_GIVEN
-    return _k.STATS_BATCH if center else _k.STATS_RMS
-
-
 def _require_centered(batch_stats, center):
     if batch_stats and not center:
         raise NotImplementedError("the numba backend computes uncentred (RMS) statistics per sample only")
@@ -180,9 +173,59 @@ class FusedPlan(NamedTuple):
         """How many values each statistic reduces over (N, or N*L)."""
         return self.view[0] * (self.view[2] if len(self.view) == 3 else 1)
 
+    def run_forward(self, xv, gamma, beta, eps, given, stats, out):
+        """Statistics into stats (3, C) float64 (mean and var read from it when given) and out."""
+        self.forward(xv, gamma, beta, float(eps), given, stats[0], stats[1], stats[2], out, *self.extra)
 
-def fused_plan(view4) -> FusedPlan | None:
-    """The fused kernels serving batch statistics of a (N, C, 1, L) view, or None (two-kernel paths)."""
+    def run_backward(self, xv, dyv, gamma, stats, given, dx):
+        """dx into dx; returns (dgamma, dbeta), float64 (C,) arrays of their own."""
+        dgamma, dbeta = np.empty(xv.shape[1]), np.empty(xv.shape[1])
+        self.backward(xv, dyv, gamma, stats[0], stats[2], bool(given), dgamma, dbeta, dx, *self.extra)
+        return dgamma, dbeta
+
+
+class RowsPlan(NamedTuple):
+    """The fused-rows kernels for per-sample statistics of a (N, G, K, L) view, one launch per direction.
+
+    Layer, group, instance and RMS norm: each (n, g) row of K*L values is one
+    statistic. The same interface as :class:`FusedPlan`, on arrays reshaped to
+    ``view`` (N*G, K*L), statistics (3, N*G) and parameters (G*K,).
+    """
+
+    shape: tuple
+    center: bool
+
+    @property
+    def view(self) -> tuple:
+        n, g, k, l = self.shape
+        return (n * g, k * l)
+
+    def run_forward(self, xv, gamma, beta, eps, given, stats, out):
+        _, g, k, l = self.shape
+        mode = _k.STATS_GIVEN if given else (_k.STATS_BATCH if self.center else _k.STATS_RMS)
+        _pick(_k.fused_rows_forward, xv.size)(xv, _f64(_param_runs(gamma, g, k, l)), _f64(_param_runs(beta, g, k, l)),
+                                               float(eps), mode, stats[0], stats[1], stats[2], out)
+
+    def run_backward(self, xv, dyv, gamma, stats, given, dx):
+        n, g, k, l = self.shape
+        gam_runs = _param_runs(gamma, g, k, l)
+        blocks = _blocks(xv.size, n * g)
+        dgp, dbp = np.zeros((blocks, *gam_runs.shape)), np.zeros((blocks, *gam_runs.shape))
+        kernels = _k.fused_rows_backward if l >= ROWS_MIN_LENGTH else _k.fused_rows_backward_elementwise
+        mode = _k.STATS_GIVEN if given else (_k.STATS_BATCH if self.center else _k.STATS_RMS)
+        _pick(kernels, xv.size)(xv, dyv, _f64(gam_runs), stats[0], stats[2], mode, dgp, dbp, np.empty((3, n * g)), dx)
+        runs = gam_runs.shape[1] // k  # 1, or L when the parameters were repeated per element
+        return (dgp.sum(axis=0).reshape(g, k, runs).sum(axis=2).reshape(-1),
+                dbp.sum(axis=0).reshape(g, k, runs).sum(axis=2).reshape(-1))
+
+
+def fused_plan(view4, batch_stats: bool = True, center: bool = True) -> FusedPlan | RowsPlan | None:
+    """The one-launch kernels serving a (N, G, K, L) view, or None (batch statistics on the two-kernel paths).
+
+    batch_stats False: per-sample statistics (center False: RMS), always one launch.
+    """
+    if not batch_stats:
+        return RowsPlan(tuple(view4), center)
     n, c, _, l = view4
     size = n * c * l
     kind = _fused_kind(n, c, l, size)
@@ -204,8 +247,8 @@ def _fused_forward(plan, x4, gamma, beta, eps, given, out):
     stats = np.empty((3, g))  # mean, var, invstd
     if given is not None:
         stats[0], stats[1] = given
-    plan.forward(xw.reshape(plan.view), _param(gamma, 1.0, g), _param(beta, 0.0, g), float(eps), given is not None,
-                 stats[0], stats[1], stats[2], y.reshape(plan.view), *plan.extra)
+    plan.run_forward(xw.reshape(plan.view), _param(gamma, 1.0, g), _param(beta, 0.0, g), eps, given is not None,
+                     stats, y.reshape(plan.view))
     return _finish(y, out, direct, x4), stats[0], stats[1], stats[2], None
 
 
@@ -217,9 +260,10 @@ def _fused_backward(plan, dout4, x4, gamma, mean, invstd, stats_given, out):
     dyw = dout4 if dout4.dtype == dt and dout4.flags.c_contiguous else np.ascontiguousarray(dout4, dtype=dt)
     direct = out is not None and out.dtype == dt and out.flags.c_contiguous
     dx = out if direct else np.empty(x4.shape, dt)
-    dgamma, dbeta = np.empty((2, g))
-    plan.backward(xw.reshape(plan.view), dyw.reshape(plan.view), _param(gamma, 1.0, g), _f64(mean), _f64(invstd),
-                  bool(stats_given), dgamma, dbeta, dx.reshape(plan.view), *plan.extra)
+    stats = np.empty((3, g))
+    stats[0], stats[2] = mean, invstd
+    dgamma, dbeta = plan.run_backward(xw.reshape(plan.view), dyw.reshape(plan.view), _param(gamma, 1.0, g), stats,
+                                      stats_given, dx.reshape(plan.view))
     if out is not None and not direct:
         np.copyto(out, dx, casting="unsafe")
         dx = out
@@ -245,7 +289,7 @@ def _forward(x4, gamma, beta, eps, batch_stats, given, out, center):
     size = xw.size
 
     if not batch_stats:
-        mean, var, invstd = _fused_rows_forward(xw, gam, bet, eps, given, _stats_mode(given, center), y, n, g, k, l)
+        mean, var, invstd = _fused_rows_forward(xw, gam, bet, eps, given, center, y, n, g, k, l)
         return _finish(y, out, direct, x4), mean, var, invstd, None
 
     if given is not None:
@@ -277,16 +321,14 @@ def _param_runs(param, g, k, l):
     return p2 if l >= ROWS_MIN_LENGTH else np.repeat(p2, l, axis=1)
 
 
-def _fused_rows_forward(xw, gam, bet, eps, given, mode, y, n, g, k, l):
+def _fused_rows_forward(xw, gam, bet, eps, given, center, y, n, g, k, l):
     """Layer/group norm forward: one (n, g) row per statistic; returns float64 (N, G) stats."""
-    rows = n * g
-    mean, var = (np.empty(rows), np.empty(rows)) if given is None else (_f64(given[0]).reshape(-1).copy(),
-                                                                         _f64(given[1]).reshape(-1).copy())
-    invstd = np.empty(rows)
-    _pick(_k.fused_rows_forward, xw.size)(
-        xw.reshape(rows, k * l), _f64(_param_runs(gam, g, k, l)), _f64(_param_runs(bet, g, k, l)),
-        float(eps), mode, mean, var, invstd, y.reshape(rows, k * l))
-    return mean.reshape(n, g), var.reshape(n, g), invstd.reshape(n, g)
+    stats = np.empty((3, n * g))
+    if given is not None:
+        stats[0], stats[1] = _f64(given[0]).reshape(-1), _f64(given[1]).reshape(-1)
+    plan = RowsPlan((n, g, k, l), center)
+    plan.run_forward(xw.reshape(plan.view), gam, bet, eps, given is not None, stats, y.reshape(plan.view))
+    return stats[0].reshape(n, g), stats[1].reshape(n, g), stats[2].reshape(n, g)
 
 
 def backward(dout4, x4, gamma, mean, invstd, batch_stats, stats_given, saved, out=None, center=True):
@@ -300,7 +342,6 @@ def backward(dout4, x4, gamma, mean, invstd, batch_stats, stats_given, saved, ou
     dyw = np.ascontiguousarray(dout4, dtype=dt)
     gam, _ = _affine(gamma, None, g * k)
     mean, invstd = _f64(mean), _f64(invstd)
-    size = xw.size
     direct = out is not None and out.dtype == dt and out.flags.c_contiguous
     dx = out if direct else np.empty(x4.shape, dt)
 
@@ -314,18 +355,11 @@ def backward(dout4, x4, gamma, mean, invstd, batch_stats, stats_given, saved, ou
             k2, k3 = -k1 * (dgamma / m), -k1 * (dbeta / m)
         _batch_grad_apply(xw, dyw, mean, invstd, k1, k2, k3, dx, n, g, l)
     else:
-        rows = n * g
-        gam_runs = _param_runs(gam, g, k, l)
-        blocks = _blocks(size, rows)
-        dgp, dbp = np.zeros((blocks, *gam_runs.shape)), np.zeros((blocks, *gam_runs.shape))
-        kernels = _k.fused_rows_backward if l >= ROWS_MIN_LENGTH else _k.fused_rows_backward_elementwise
-        _pick(kernels, size)(
-            xw.reshape(rows, k * l), dyw.reshape(rows, k * l), _f64(gam_runs), mean.reshape(-1),
-            invstd.reshape(-1), _stats_mode(True if stats_given else None, center), dgp, dbp,
-            np.empty((3, rows)), dx.reshape(rows, k * l))
-        runs = gam_runs.shape[1] // k  # 1, or L when the parameters were repeated per element
-        dgamma = dgp.sum(axis=0).reshape(g, k, runs).sum(axis=2).reshape(-1)
-        dbeta = dbp.sum(axis=0).reshape(g, k, runs).sum(axis=2).reshape(-1)
+        plan = RowsPlan((n, g, k, l), center)
+        stats = np.empty((3, n * g))
+        stats[0], stats[2] = mean.reshape(-1), invstd.reshape(-1)
+        dgamma, dbeta = plan.run_backward(xw.reshape(plan.view), dyw.reshape(plan.view), gam, stats, stats_given,
+                                          dx.reshape(plan.view))
     if out is not None and not direct:
         np.copyto(out, dx, casting="unsafe")
         dx = out

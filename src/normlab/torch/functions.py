@@ -174,7 +174,7 @@ class EagerNormFunction(torch.autograd.Function):
         cache, ctx.core_cache = ctx.core_cache, None
         if ctx.plan is not None and not torch.is_grad_enabled():
             if cache is None:
-                cache = (x.detach().numpy().reshape(ctx.plan.view), fused.param(weight, 1.0, x.shape[1]))
+                cache = (x.detach().numpy().reshape(ctx.plan.view), fused.param(weight, 1.0, ctx.plan.channels))
             dx, dweight, dbias = fused.backward(ctx.plan, dout, x, cache, ctx.stats, mean is not None)
             need_x, need_w, need_b = ctx.needs_input_grad[:3]
             pdtype = np.float32 if (weight if weight is not None else x).dtype == torch.float32 else np.float64
@@ -267,7 +267,7 @@ def _check(spec: Spec, shape: tuple, batch_stats: bool, shapes: tuple) -> Spec:
 def _prepared(spec: Spec, shape: tuple, batch_stats: bool, shapes: tuple, dtype: torch.dtype):
     """The eager path's per-signature work: :func:`_check`, and the fused kernels' plan (or None)."""
     spec = _check(spec, tuple(shape), batch_stats, tuple(None if t is None else tuple(t) for t in shapes))
-    return spec, fused.plan_for(spec.kind, tuple(shape), dtype, spec.backend)
+    return spec, fused.plan_for(spec.kind, tuple(shape), spec.arg, dtype, spec.backend)
 
 
 def update_running_stats(running_mean, running_var, batch_mean, batch_var, count: int, factor) -> None:

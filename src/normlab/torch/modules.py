@@ -83,7 +83,7 @@ class BatchNorm(_BatchNorm):
         if (x.__class__ is not torch.Tensor or not x.is_cpu or not x.is_contiguous()
                 or torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()):
             return None
-        plan, eps = fused.plan_for("batch", x.shape, x.dtype, self.backend), self.eps
+        plan, eps = fused.plan_for("batch", x.shape, (), x.dtype, self.backend), self.eps
         if plan is None or x.shape[1] != self.num_features or eps.__class__ is not float or not 0 < eps < math.inf:
             return None
         weight, bias, running_mean, running_var = self.weight, self.bias, self.running_mean, self.running_var
