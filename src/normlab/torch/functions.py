@@ -146,7 +146,7 @@ class EagerNormFunction(torch.autograd.Function):
     bookkeeping; a training step calls a norm dozens of times. So the eager
     path uses the classic ``forward(ctx, ...)`` form and returns only the
     output: the statistics, a float64 (3, *stat_shape) stack of mean, var and
-    invstd, go to ``sink``. ``plan``: batch norm's fused kernels
+    invstd, go to ``sink``. ``plan``: the fused kernels for this input
     (``normlab.torch.fused``), or None for the core's general route.
     """
 
@@ -174,7 +174,7 @@ class EagerNormFunction(torch.autograd.Function):
         cache, ctx.core_cache = ctx.core_cache, None
         if ctx.plan is not None and not torch.is_grad_enabled():
             if cache is None:
-                cache = (x.detach().numpy().reshape(ctx.plan.view), fused.param(weight, 1.0, ctx.plan.channels))
+                cache = fused.operands(ctx.plan, x, weight)
             dx, dweight, dbias = fused.backward(ctx.plan, dout, x, cache, ctx.stats, mean is not None)
             need_x, need_w, need_b = ctx.needs_input_grad[:3]
             pdtype = np.float32 if (weight if weight is not None else x).dtype == torch.float32 else np.float64

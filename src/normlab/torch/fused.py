@@ -75,8 +75,14 @@ def usable(x: torch.Tensor, *others) -> bool:
     return True
 
 
-def param(t, fill: float, channels: int) -> np.ndarray:
-    return np.full(channels, fill) if t is None else t.detach().numpy()
+def _param(t, fill: float, channels: int) -> np.ndarray:
+    """weight or bias as the flat (channels,) array the kernels take, or a constant one when None."""
+    return np.full(channels, fill) if t is None else t.detach().numpy().reshape(-1)
+
+
+def operands(plan: Plan, x: torch.Tensor, weight) -> tuple:
+    """(x, weight) as NumPy views in the kernels' shapes: what :func:`forward` uses and :func:`backward` takes."""
+    return x.detach().numpy().reshape(plan.view), _param(weight, 1.0, plan.channels)
 
 
 def forward(plan: Plan, x: torch.Tensor, weight, bias, eps: float, mean=None, var=None):
@@ -86,30 +92,29 @@ def forward(plan: Plan, x: torch.Tensor, weight, bias, eps: float, mean=None, va
     mean/var: given statistics of stat_shape, or None (the input's). None instead of
     a result when the input's statistics are not finite: the general route decides.
     """
-    c = plan.channels
     out = memory.empty_like(x)
     stats = np.empty((3, *plan.stat_shape))
     flat = stats.reshape(3, -1)
     given = mean is not None
     if given:
         flat[0], flat[1] = mean.detach().numpy().reshape(-1), var.detach().numpy().reshape(-1)
-    operands = (x.detach().numpy().reshape(plan.view), param(weight, 1.0, c).reshape(-1))
-    plan.kernels.run_forward(*operands, param(bias, 0.0, c).reshape(-1), eps, given, flat,
+    xv_gamma = operands(plan, x, weight)
+    plan.kernels.run_forward(*xv_gamma, _param(bias, 0.0, plan.channels), eps, given, flat,
                              out.numpy().reshape(plan.view))
     if not given and not np.isfinite(flat[:2]).all():
         return None
-    return out, stats, operands
+    return out, stats, xv_gamma
 
 
-def backward(plan: Plan, dout: torch.Tensor, x: torch.Tensor, operands, stats: np.ndarray, given: bool):
+def backward(plan: Plan, dout: torch.Tensor, x: torch.Tensor, xv_gamma, stats: np.ndarray, given: bool):
     """-> (dx, dweight, dbias): the closed form for :func:`forward`'s stats and operands; dweight and
     dbias float64 (channels,) arrays of their own (autograd takes tensors on separate arrays fastest)."""
     if dout.dtype != x.dtype or not dout.is_contiguous():
         dout = dout.to(x.dtype, memory_format=torch.contiguous_format)
     dx = memory.empty_like(x)
-    xv, gam = operands
-    dweight, dbias = plan.kernels.run_backward(xv, dout.numpy().reshape(plan.view), gam.reshape(-1),
-                                               stats.reshape(3, -1), given, dx.numpy().reshape(plan.view))
+    xv, gam = xv_gamma
+    dweight, dbias = plan.kernels.run_backward(xv, dout.numpy().reshape(plan.view), gam, stats.reshape(3, -1), given,
+                                               dx.numpy().reshape(plan.view))
     return dx, dweight.reshape(plan.param_shape), dbias.reshape(plan.param_shape)
 
 
