@@ -4,6 +4,17 @@ import pytest
 import normlab
 
 
+def pytest_sessionstart(session):
+    """Build normlab.torch's native node (~20 s, once per install) before any test or worker process needs it."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return
+    from normlab.torch import fused_node
+
+    fused_node.load()
+
+
 @pytest.fixture(params=normlab.available_backends())
 def backend(request):
     """Every test that takes `backend` runs once per backend that imports here."""

@@ -1,10 +1,13 @@
-"""normlab.torch's fused eager route for batch norm (normlab.torch.fused) against the core's general route.
+"""normlab.torch's fused eager route (normlab.torch.fused) against the core's general route.
 
-Both run the same kernels, so outputs, statistics and gradients must agree bit
+Batch norm runs it through the native autograd node (fused_node.cpp) or, where
+that cannot be built, from Python; per-sample norms from Python. Every route
+runs the same kernels, so outputs, statistics and gradients must agree bit
 for bit; the route must be the one taken where it applies, and step aside
 (to the general route's checks and rescue) where it does not.
 """
 
+import os
 import sys
 
 import numpy as np
@@ -14,15 +17,16 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("numba")
 
 import normlab.torch as nt  # noqa: E402
-from normlab.torch import fused, functions, ops  # noqa: E402
+from normlab.torch import fused, fused_node, functions, ops  # noqa: E402
 
 SHAPES = [(8, 16), (128, 512), (4, 3, 40), (2, 5, 6, 7), (8, 64, 16, 16)]
 
 
 @pytest.fixture
 def fused_calls(monkeypatch):
-    """How many forwards and backwards went through the fused route."""
-    calls = {"forward": 0, "backward": 0}
+    """How many calls went through the fused route: forwards and backwards from Python, and native
+    calls (forward and backward both in C++)."""
+    calls = {"forward": 0, "backward": 0, "run_native": 0}
     for name in calls:
         real = getattr(fused, name)
 
@@ -31,6 +35,32 @@ def fused_calls(monkeypatch):
             return _real(*args, **kwargs)
         monkeypatch.setattr(fused, name, spy)
     return calls
+
+
+def _clear_plans():
+    fused.plan_for.cache_clear()
+    functions._prepared.cache_clear()
+
+
+@pytest.fixture(params=["native", "python"])
+def route(request, monkeypatch):
+    """Batch norm's fused route under test: the native node, or (as where it cannot be built) Python."""
+    if request.param == "python":
+        monkeypatch.setattr(fused_node, "load", lambda: None)
+    elif fused_node.load() is None:
+        pytest.skip("NORMLAB_NATIVE=0") if os.environ.get("NORMLAB_NATIVE") == "0" else pytest.fail(
+            "the native node did not build (see the warning)")
+    _clear_plans()  # plans carry the native node's entry points, or None
+    yield request.param
+    _clear_plans()
+
+
+def _taken(route: str, out: torch.Tensor, calls: int = 1) -> dict:
+    """The spy counts a route leaves for ``calls`` forward+backward pairs; checks the native node's grad_fn."""
+    if route == "python":
+        return {"forward": calls, "backward": calls, "run_native": 0}
+    assert out.grad_fn is None or "FusedBatchNorm" in out.grad_fn.name()
+    return {"forward": 0, "backward": 0, "run_native": calls}
 
 
 def _general(x, weight, bias, dout, mean=None, var=None):
@@ -42,7 +72,7 @@ def _general(x, weight, bias, dout, mean=None, var=None):
 
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_fused_route_is_taken_and_matches_the_general_route_bit_for_bit(shape, dtype, fused_calls):
+def test_fused_route_is_taken_and_matches_the_general_route_bit_for_bit(shape, dtype, route, fused_calls):
     g = torch.Generator().manual_seed(1)
     x = (torch.randn(shape, generator=g, dtype=dtype) * 3 + 1000).requires_grad_()
     bn = nt.BatchNorm(shape[1], dtype=dtype)
@@ -52,7 +82,7 @@ def test_fused_route_is_taken_and_matches_the_general_route_bit_for_bit(shape, d
     dout = torch.randn(shape, generator=g, dtype=dtype)
     out = bn(x)
     out.backward(dout)
-    assert fused_calls == {"forward": 1, "backward": 1}
+    assert fused_calls == _taken(route, out)
     ref_out, cache, (dx, dw, db) = _general(x, bn.weight, bn.bias, dout)
     assert torch.equal(out, ref_out)
     assert torch.equal(x.grad, dx) and torch.equal(bn.weight.grad, dw) and torch.equal(bn.bias.grad, db)
@@ -64,7 +94,7 @@ def test_fused_route_is_taken_and_matches_the_general_route_bit_for_bit(shape, d
     torch.testing.assert_close(bn.running_var, ref_var)
 
 
-def test_eval_mode_takes_the_fused_route_with_the_running_statistics(fused_calls):
+def test_eval_mode_takes_the_fused_route_with_the_running_statistics(route, fused_calls):
     g = torch.Generator().manual_seed(2)
     bn = nt.BatchNorm2d(6)
     with torch.no_grad():
@@ -75,14 +105,14 @@ def test_eval_mode_takes_the_fused_route_with_the_running_statistics(fused_calls
     dout = torch.randn(4, 6, 5, 5, generator=g)
     out = bn(x)
     out.backward(dout)
-    assert fused_calls == {"forward": 1, "backward": 1}
+    assert fused_calls == _taken(route, out)
     ref_out, _, (dx, dw, db) = _general(x, bn.weight, bn.bias, dout, bn.running_mean, bn.running_var)
     assert torch.equal(out, ref_out) and torch.equal(x.grad, dx) and torch.equal(bn.weight.grad, dw)
     torch.testing.assert_close(out, torch.nn.functional.batch_norm(x, bn.running_mean, bn.running_var, bn.weight,
                                                                    bn.bias, False))
 
 
-def test_a_broadcast_dout_a_retained_graph_and_double_backward_agree(fused_calls):
+def test_a_broadcast_dout_a_retained_graph_and_double_backward_agree(route, fused_calls):
     g = torch.Generator().manual_seed(3)
     x = torch.randn(16, 8, dtype=torch.float64, generator=g, requires_grad=True)
     bn = nt.BatchNorm1d(8, dtype=torch.float64)
@@ -94,7 +124,7 @@ def test_a_broadcast_dout_a_retained_graph_and_double_backward_agree(fused_calls
     x.grad = None
     (out * weights).sum().backward(retain_graph=True)  # the retained graph: operands rebuilt from the saved x
     assert torch.equal(x.grad, first)
-    assert fused_calls["backward"] == 2
+    assert fused_calls["backward"] == (2 if route == "python" else 0)
     x2 = x.detach().clone().requires_grad_()
     (ref(x2) * weights).sum().backward()
     torch.testing.assert_close(first, x2.grad)
@@ -103,13 +133,15 @@ def test_a_broadcast_dout_a_retained_graph_and_double_backward_agree(fused_calls
     assert torch.autograd.gradgradcheck(lambda t: bn(t), (x.detach().requires_grad_(),))
 
 
-def test_batches_the_fused_route_cannot_finish_go_the_general_way(fused_calls):
+def test_batches_the_fused_route_cannot_finish_go_the_general_way(route, fused_calls):
     bn = nt.BatchNorm1d(4, dtype=torch.float64)
     x = torch.randn(8, 4, dtype=torch.float64)
     x[3, 2] = float("nan")
     with pytest.raises(ValueError, match="NaN|nan|finite"):
         bn(x)
-    assert fused_calls["forward"] == 1 and bn.num_batches_tracked.item() == 0
+    # native: the module's call, then the general route's batch_norm asks once more before the core
+    assert fused_calls["forward"] == 1 if route == "python" else fused_calls["run_native"] == 2
+    assert bn.num_batches_tracked.item() == 0
     assert torch.equal(bn.running_mean, torch.zeros(4))
     # finite values whose float64 sums overflow: the general route rescales them
     big = torch.randn(1000, 4, dtype=torch.float64) * 4e153  # sums of squares ~1e310, var ~1e307
@@ -119,7 +151,7 @@ def test_batches_the_fused_route_cannot_finish_go_the_general_way(fused_calls):
                                                                    eps=1e-12))  # eps vanishes beside var ~1e307
 
 
-def test_input_changed_in_place_before_backward_is_an_error():
+def test_input_changed_in_place_before_backward_is_an_error(route):
     x = torch.randn(8, 16, requires_grad=True)
     h = x * 1
     out = nt.BatchNorm1d(16)(h)
@@ -143,7 +175,7 @@ def test_plan_only_where_the_fused_kernels_apply():
 
 
 @pytest.mark.parametrize("kwargs", [{}, {"momentum": None}, {"track_running_stats": False}, {"affine": False}])
-def test_module_steps_on_the_fused_route_track_torch_nn(kwargs, fused_calls):
+def test_module_steps_on_the_fused_route_track_torch_nn(kwargs, route, fused_calls):
     g = torch.Generator().manual_seed(4)
     ours, theirs = nt.BatchNorm2d(5, **kwargs), torch.nn.BatchNorm2d(5, **kwargs)
     for step in range(3):
@@ -152,7 +184,7 @@ def test_module_steps_on_the_fused_route_track_torch_nn(kwargs, fused_calls):
     ours.eval(), theirs.eval()
     x = torch.randn(2, 5, 4, 4, generator=g)
     torch.testing.assert_close(ours(x), theirs(x))
-    assert fused_calls["forward"] == 4
+    assert fused_calls["forward" if route == "python" else "run_native"] == 4
     for name, buffer in theirs.named_buffers():
         torch.testing.assert_close(getattr(ours, name), buffer, msg=name)
 
@@ -196,7 +228,7 @@ def test_per_sample_norms_take_the_fused_route_bit_for_bit(make, shape, kind, ar
     dout = torch.randn(shape, generator=g, dtype=dtype)
     out = module(x)
     out.backward(dout)
-    assert fused_calls == {"forward": 1, "backward": 1}
+    assert fused_calls == {"forward": 1, "backward": 1, "run_native": 0}
     weight, bias = getattr(module, "weight", None), getattr(module, "bias", None)
     eps = module.eps if module.eps is not None else torch.finfo(dtype).eps  # RMSNorm: the dtype's epsilon
     ref_out, cache = ops.core_forward(x.detach(), weight, bias, None, None, kind, arg, eps, "numba")
@@ -206,3 +238,32 @@ def test_per_sample_norms_take_the_fused_route_bit_for_bit(make, shape, kind, ar
         assert torch.equal(weight.grad, dw) and weight.grad.shape == weight.shape
     if bias is not None:
         assert torch.equal(bias.grad, db)
+
+
+def test_parameters_of_another_dtype_step_aside_from_the_native_node(route, fused_calls):
+    bn = nt.BatchNorm1d(6, dtype=torch.float64)  # float64 parameters and buffers, float32 input
+    x = torch.randn(10, 6, requires_grad=True)
+    out = bn(x)
+    out.sum().backward()
+    ref = torch.nn.BatchNorm1d(6, dtype=torch.float64)
+    x64 = x.detach().double().requires_grad_()
+    ref_out = ref(x64)
+    ref_out.sum().backward()
+    torch.testing.assert_close(out, ref_out.detach().float(), atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(bn.weight.grad, ref.weight.grad)
+    torch.testing.assert_close(bn.running_var, ref.running_var)
+    assert out.dtype == torch.float32 and bn.weight.grad.dtype == torch.float64
+    assert bn.num_batches_tracked.item() == 1
+
+
+def test_the_native_node_can_be_switched_off_and_a_failed_build_is_a_warning(monkeypatch):
+    monkeypatch.setenv("NORMLAB_NATIVE", "0")
+    assert fused_node.load.__wrapped__() is None
+    monkeypatch.delenv("NORMLAB_NATIVE")
+    from torch.utils import cpp_extension
+
+    def no_compiler(**kwargs):
+        raise RuntimeError("no C++ compiler here")
+    monkeypatch.setattr(cpp_extension, "load", no_compiler)
+    with pytest.warns(RuntimeWarning, match="native autograd node is unavailable.*no C\\+\\+ compiler"):
+        assert fused_node.load.__wrapped__() is None

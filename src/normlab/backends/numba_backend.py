@@ -165,6 +165,8 @@ class FusedPlan(NamedTuple):
     forward: Callable
     backward: Callable
     extra: tuple
+    kind: str  # "columns" or "channels"
+    parallel: bool
     #: (running_mean, running_var, batch_mean, batch_var, count, factor): the running-statistics rule in place
     update_running: Callable = _k.update_running
 
@@ -182,6 +184,17 @@ class FusedPlan(NamedTuple):
         dgamma, dbeta = np.empty(xv.shape[1]), np.empty(xv.shape[1])
         self.backward(xv, dyv, gamma, stats[0], stats[2], bool(given), dgamma, dbeta, dx, *self.extra)
         return dgamma, dbeta
+
+    def entry_points(self, dtype) -> tuple[int, ...]:
+        """These kernels as C functions, for input of ``dtype``: the addresses of forward, backward and the
+        running-statistics rule on float32 and on float64 buffers, then dims (N, C, L, width)
+        (``_numba_entry_points`` gives the signatures). Compiled on first use."""
+        from . import _numba_entry_points as ep
+
+        forward, backward = ep.batch_entry_points(self.kind, self.parallel, dtype)
+        n, c, length = (*self.view, 1)[:3]
+        return (forward, backward, ep.update_entry_point(np.float32), ep.update_entry_point(np.float64),
+                n, c, length, self.extra[0] if self.extra else 0)
 
 
 class RowsPlan(NamedTuple):
@@ -231,9 +244,10 @@ def fused_plan(view4, batch_stats: bool = True, center: bool = True) -> FusedPla
     kind = _fused_kind(n, c, l, size)
     if kind == "columns":
         return FusedPlan((n, c), _pick(_kb.columns_forward, size), _pick(_kb.columns_backward, size),
-                         (_column_width(c, size),))
+                         (_column_width(c, size),), "columns", size >= SERIAL_BELOW)
     if kind == "channels":
-        return FusedPlan((n, c, l), _pick(_kb.channels_forward, size), _pick(_kb.channels_backward, size), ())
+        return FusedPlan((n, c, l), _pick(_kb.channels_forward, size), _pick(_kb.channels_backward, size), (),
+                         "channels", size >= SERIAL_BELOW)
     return None
 
 

@@ -188,6 +188,22 @@ class EagerNormFunction(torch.autograd.Function):
                 None, None)
 
 
+# The native node's backward under create_graph (double backward): fused_node.cpp calls this op through
+# the dispatcher, and autograd differentiates the torch ops it runs.
+_LIBRARY = torch.library.Library("normlab", "FRAGMENT")
+_LIBRARY.define("closed_form_batch_grads(Tensor dout, Tensor x, Tensor? weight, Tensor stats, Tensor? mean, "
+                "Tensor? var, float eps) -> (Tensor, Tensor, Tensor)")
+
+
+@torch.library.impl(_LIBRARY, "closed_form_batch_grads", "CompositeImplicitAutograd")
+def _closed_form_batch_grads(dout, x, weight, stats, mean, var, eps):
+    """(dx, dweight, dbias) of batch norm in torch ops; stats the node's (3, C) mean, var, invstd."""
+    dx, dw, db = _closed_form_grads(dout, x, weight, stats[0], stats[2], Spec("batch", (), eps, "auto"),
+                                    mean is not None, given=(mean, var))
+    pdtype = x.dtype if weight is None else weight.dtype
+    return dx, dw.to(pdtype), db.to(pdtype)
+
+
 def _eager_core(x: torch.Tensor, backend: str) -> bool:
     """Whether this call can take :class:`EagerNormFunction` (neither compiled nor under a torch.func transform)."""
     return (_uses_core(x, backend) and not torch.compiler.is_compiling()
@@ -234,6 +250,12 @@ def _normalize(x, weight, bias, spec: Spec, mean, var):
         spec, plan = _prepared(spec, x.shape, mean is None, shapes, x.dtype)  # cached per signature
         if plan is not None and not fused.usable(x, weight, bias, mean, var):
             plan = None
+        if plan is not None and plan.native is not None:  # batch norm: the whole call in C++
+            out, stats = fused.run_native(plan, x, weight, bias, mean, var, eps=spec.eps)
+            if out is not None:
+                return out, stats.numpy()
+            if stats is not None:  # the statistics are not finite: the same kernels from Python would say so too
+                plan = None
         sink = []
         out = EagerNormFunction.apply(x, weight, bias, mean, var, spec, plan, sink)
         return out, sink[0]

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ..backends import get_backend
-from . import memory, ops
+from . import fused_node, memory, ops
 
 _DTYPES = (torch.float32, torch.float64)
 
@@ -36,6 +36,9 @@ class Plan(NamedTuple):
     stat_shape: tuple  # the statistics as the user sees them ((C,) for batch norm, (N, ...) per sample)
     param_shape: tuple  # weight's and bias's shape
     count: int  # values per statistic
+    #: the native node's plan (``fused_node.cpp``): kernel addresses, huge-page bytes, dims; None: the
+    #: route stays in Python (per-sample norms, or the node could not be built)
+    native: tuple | None = None
 
     @property
     def view(self) -> tuple:
@@ -62,7 +65,21 @@ def plan_for(kind: str, shape: tuple, arg: tuple, dtype: torch.dtype, backend: s
     kernels = None if planner is None else planner(layout.view, layout.batch_stats, layout.center)
     if kernels is None:
         return None
-    return Plan(kernels, layout.stat_shape, layout.param_shape, layout.count)
+    native = None
+    if hasattr(kernels, "entry_points") and fused_node.load() is not None:
+        fwd, bwd, update32, update64, *dims = kernels.entry_points(np.float32 if dtype == torch.float32 else np.float64)
+        native = (fwd, bwd, update32, update64, memory.HUGE_PAGE_MIN_BYTES, *dims)
+    return Plan(kernels, layout.stat_shape, layout.param_shape, layout.count, native)
+
+
+def run_native(plan: Plan, x, weight, bias, mean, var, running_mean=None, running_var=None,
+               num_batches_tracked=None, momentum=None, eps: float = 1e-5):
+    """-> (out, stats) from the native node (``plan.native`` not None): stats a float64 (3, C) tensor;
+    out None when the batch's statistics are not finite or weight/bias differ from x's dtype (nothing
+    changed: the caller takes another route). Running buffers and num_batches_tracked, when given, are
+    updated (momentum None: cumulative average)."""
+    return fused_node.load()(x, weight, bias, mean, var, running_mean, running_var, num_batches_tracked, momentum,
+                             eps, plan.native)
 
 
 def usable(x: torch.Tensor, *others) -> bool:

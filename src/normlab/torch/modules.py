@@ -95,9 +95,13 @@ class BatchNorm(_BatchNorm):
                                                  and (running_mean is None or running_var is None))
                 or not fused.usable(x, weight, bias, running_mean, running_var)):
             return None
+        counts = self._counts_batch()
+        if plan.native is not None:  # the whole call in C++; None: non-finite statistics, nothing changed
+            return fused.run_native(plan, x, weight, bias, *given, running_mean if update else None,
+                                    running_var if update else None, self.num_batches_tracked if counts else None,
+                                    self.momentum, eps)[0]
         sink = []
         out = EagerNormFunction.apply(x, weight, bias, *given, Spec("batch", (), eps, self.backend), plan, sink)
-        counts = self._counts_batch()
         if update:
             fused.update_running(plan, running_mean, running_var, sink[0], self._update_factor(counts))
         if counts:  # counted after a successful forward, so a rejected input changes no state

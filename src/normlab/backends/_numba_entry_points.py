@@ -1,0 +1,141 @@
+"""The fused batch kernels as C entry points: raw pointers and sizes in, for a caller outside Python.
+
+normlab.torch's native autograd node (``normlab/torch/fused_node.cpp``) runs a
+BatchNorm's forward and backward without a Python frame in between; it calls
+the same compiled kernels as every other route, through these ``numba.cfunc``
+wrappers. Each wrapper views the pointers as arrays (``numba.carray``) and calls
+one kernel of ``_numba_batch_kernels`` (or the running-statistics rule).
+
+C signatures, T the input's type (float or double; weight and bias are T too)::
+
+    int64 forward(T *x, T *gamma, T *beta, double eps, int64 given, double *stats, T *out, int64 *dims)
+    void backward(T *x, T *dy, T *gamma, double *stats, int64 given, T *dgamma, T *dbeta, T *dx, int64 *dims)
+    void update(R *running_mean, R *running_var, double *stats, int64 channels, int64 count, double factor)
+
+stats is the (3, C) float64 stack mean, var (biased), invstd; with ``given``
+the forward reads mean and var from it. dims is (N, C, L, width): L the run
+length of the channels kernels (1 for columns), width the columns kernels'
+channels per thread block. forward returns 1 when the statistics it computed
+are finite (always 1 with ``given``), else 0: the caller then takes the route
+that rescales or reports them.
+"""
+
+from __future__ import annotations
+
+import functools
+import types
+
+import numba
+import numpy as np
+from numba import carray
+from numba import types as nt
+
+from . import _numba_batch_kernels as _kb
+from . import _numba_kernels as _k
+
+_TYPES = {np.dtype(np.float32): nt.float32, np.dtype(np.float64): nt.float64}
+
+
+@numba.njit(cache=_k.CACHE)
+def _finite(stats, c):
+    for j in range(c):  # mean and var; invstd follows from var
+        if not (np.isfinite(stats[0, j]) and np.isfinite(stats[1, j])):
+            return 0
+    return 1
+
+
+def _columns_forward(xp, gp, bp, eps, given, sp, op, dp):
+    dims = carray(dp, (4,))
+    n, c = dims[0], dims[1]
+    st = carray(sp, (3, c))
+    FORWARD(carray(xp, (n, c)), carray(gp, (c,)), carray(bp, (c,)), eps, given != 0, st[0], st[1], st[2],
+            carray(op, (n, c)), dims[3])
+    return 1 if given != 0 else _finite(st, c)
+
+
+def _columns_backward(xp, dyp, gp, sp, given, dgp, dbp, dxp, dp):
+    dims = carray(dp, (4,))
+    n, c = dims[0], dims[1]
+    st = carray(sp, (3, c))
+    dgamma, dbeta = np.empty(c), np.empty(c)  # the kernel's float64 sums, rounded once into the caller's type
+    BACKWARD(carray(xp, (n, c)), carray(dyp, (n, c)), carray(gp, (c,)), st[0], st[2], given != 0, dgamma, dbeta,
+             carray(dxp, (n, c)), dims[3])
+    carray(dgp, (c,))[:] = dgamma
+    carray(dbp, (c,))[:] = dbeta
+
+
+def _channels_forward(xp, gp, bp, eps, given, sp, op, dp):
+    dims = carray(dp, (4,))
+    n, c, length = dims[0], dims[1], dims[2]
+    st = carray(sp, (3, c))
+    FORWARD(carray(xp, (n, c, length)), carray(gp, (c,)), carray(bp, (c,)), eps, given != 0, st[0], st[1], st[2],
+            carray(op, (n, c, length)))
+    return 1 if given != 0 else _finite(st, c)
+
+
+def _channels_backward(xp, dyp, gp, sp, given, dgp, dbp, dxp, dp):
+    dims = carray(dp, (4,))
+    n, c, length = dims[0], dims[1], dims[2]
+    st = carray(sp, (3, c))
+    dgamma, dbeta = np.empty(c), np.empty(c)
+    BACKWARD(carray(xp, (n, c, length)), carray(dyp, (n, c, length)), carray(gp, (c,)), st[0], st[2], given != 0,
+             dgamma, dbeta, carray(dxp, (n, c, length)))
+    carray(dgp, (c,))[:] = dgamma
+    carray(dbp, (c,))[:] = dbeta
+
+
+def _update(rmp, rvp, sp, c, count, factor):
+    st = carray(sp, (3, c))
+    _k.update_running(carray(rmp, (c,)), carray(rvp, (c,)), st[0], st[1], count, factor)
+
+
+_WRAPPERS = {"columns": (_columns_forward, _columns_backward), "channels": (_channels_forward, _channels_backward)}
+_KERNELS = {"columns": (_kb.columns_forward, _kb.columns_backward),
+            "channels": (_kb.channels_forward, _kb.channels_backward)}
+
+
+def _bound(fn, suffix: str, **names):
+    """fn with ``names`` as its globals (the kernel it calls) and a qualname of its own, so each
+    combination gets its own cache file (Numba keys its cache by name, as in ``_numba_kernels.twins``)."""
+    bound = types.FunctionType(fn.__code__, {**fn.__globals__, **names}, fn.__name__ + suffix, fn.__defaults__,
+                               fn.__closure__)
+    bound.__qualname__ = fn.__qualname__ + suffix
+    bound.__module__ = fn.__module__
+    return bound
+
+
+@functools.cache
+def batch_entry_points(kind: str, parallel: bool, dtype) -> tuple[int, int]:
+    """(forward, backward) addresses of the ``kind`` ("columns" or "channels") kernels for x of ``dtype``.
+
+    Compiled on first use (cached on disk like the kernels).
+    """
+    # A cached wrapper of a parallel kernel links against the thread pool's symbols: start the pool
+    # first (numba.get_num_threads does), or loading it from the cache aborts the process.
+    numba.get_num_threads()
+    t = _TYPES[np.dtype(dtype)]
+    p, d, i = nt.CPointer(t), nt.CPointer(nt.float64), nt.CPointer(nt.int64)
+    forward_sig = nt.int64(p, p, p, nt.float64, nt.int64, d, p, i)
+    backward_sig = nt.void(p, p, p, d, nt.int64, p, p, p, i)
+    forward, backward = _KERNELS[kind]
+    suffix = f"_{'parallel' if parallel else 'serial'}_{t}"
+    which = 0 if parallel else 1  # the twins are (parallel, serial)
+    wrap_forward, wrap_backward = _WRAPPERS[kind]
+    compiled_forward = numba.cfunc(forward_sig, cache=_k.CACHE)(_bound(wrap_forward, suffix, FORWARD=forward[which]))
+    compiled_backward = numba.cfunc(backward_sig, cache=_k.CACHE)(
+        _bound(wrap_backward, suffix, BACKWARD=backward[which]))
+    _KEEP.extend((compiled_forward, compiled_backward))
+    return compiled_forward.address, compiled_backward.address
+
+
+@functools.cache
+def update_entry_point(dtype) -> int:
+    """The address of the running-statistics rule on buffers of ``dtype``."""
+    t = _TYPES[np.dtype(dtype)]
+    sig = nt.void(nt.CPointer(t), nt.CPointer(t), nt.CPointer(nt.float64), nt.int64, nt.int64, nt.float64)
+    compiled = numba.cfunc(sig, cache=_k.CACHE)(_bound(_update, f"_{t}"))
+    _KEEP.append(compiled)
+    return compiled.address
+
+
+_KEEP: list = []  # the compiled wrappers: their code lives as long as they do

@@ -1,0 +1,61 @@
+"""The native autograd node of the fused batch-norm route (``fused_node.cpp``), built on first use.
+
+Inside a training step a Python ``autograd.Function`` costs more per call than
+the kernels of a BatchNorm1d on (128, 512) (docs/benchmarks.md, "Whole training
+steps"); this node does that per-call work in C++ and calls the same compiled
+kernels, so results are bit for bit the Python route's. It is compiled once per
+install with ``torch.utils.cpp_extension`` (a C++ compiler is needed; about
+20 s on 2 cores) into ``$NORMLAB_NATIVE_DIR`` or ``~/.cache/normlab``. Where it
+cannot be built, or with ``NORMLAB_NATIVE=0``, :func:`load` returns None and
+the route stays in Python (same results, more time per call).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).with_name("fused_node.cpp")
+
+
+def _build_dir(name: str) -> Path:
+    root = os.environ.get("NORMLAB_NATIVE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "normlab")
+    for base in (Path(root), Path(tempfile.gettempdir()) / f"normlab-{os.getuid()}"):
+        try:
+            (base / name).mkdir(parents=True, exist_ok=True)
+            return base / name
+        except OSError:
+            continue
+    raise OSError(f"no writable directory for the native node (tried {root})")
+
+
+@functools.cache
+def load():
+    """``torch.ops.normlab.fused_batch_norm``, built or loaded now; None where it cannot be (a warning says why)."""
+    if os.environ.get("NORMLAB_NATIVE", "1") == "0":
+        return None
+    source = SOURCE.read_bytes()
+    tag = hashlib.sha256(source + torch.__version__.encode() + sys.version.encode()).hexdigest()[:12]
+    name = f"normlab_fused_node_{tag}"
+    try:
+        from torch.utils import cpp_extension
+
+        build_dir = _build_dir(name)
+        if not (build_dir / f"{name}.so").exists():
+            print(f"normlab.torch: compiling the native autograd node into {build_dir} (once, ~20 s)",
+                  file=sys.stderr, flush=True)
+        cpp_extension.load(name=name, sources=[str(SOURCE)], build_directory=str(build_dir),
+                           extra_cflags=["-O2"], is_python_module=False, verbose=False)
+        return torch.ops.normlab.fused_batch_norm
+    except Exception as exc:  # no compiler, no ninja, a read-only disk: the Python route still works
+        warnings.warn(f"normlab.torch: the native autograd node is unavailable ({type(exc).__name__}: {exc}); "
+                      "the fused route runs in Python (same results, more time per call)", RuntimeWarning,
+                      stacklevel=2)
+        return None
