@@ -267,3 +267,18 @@ def test_the_native_node_can_be_switched_off_and_a_failed_build_is_a_warning(mon
     monkeypatch.setattr(cpp_extension, "load", no_compiler)
     with pytest.warns(RuntimeWarning, match="native autograd node is unavailable.*no C\\+\\+ compiler"):
         assert fused_node.load.__wrapped__() is None
+
+
+def test_a_parametrized_weight_is_read_through_its_parametrization(route):
+    from torch.nn.utils import parametrize
+
+    class Doubled(torch.nn.Module):
+        def forward(self, w):
+            return 2 * w
+
+    ours, theirs = nt.BatchNorm1d(5), torch.nn.BatchNorm1d(5)
+    for m in (ours, theirs):
+        parametrize.register_parametrization(m, "weight", Doubled())
+    x = torch.randn(7, 5) * 3 + 1
+    torch.testing.assert_close(ours(x), theirs(x))
+    torch.testing.assert_close(ours.running_var, theirs.running_var)

@@ -82,6 +82,7 @@ struct FusedBatchNorm : public torch::autograd::Function<FusedBatchNorm> {
     ctx->saved_data["eps"] = eps;
     ctx->saved_data["has_bias"] = present(bias);
     ctx->mark_non_differentiable({done.stats});
+    ctx->set_materialize_grads(false);  // stats never gets a gradient: no zeros for it on every backward
     return {done.out, done.stats};
   }
 
@@ -91,6 +92,9 @@ struct FusedBatchNorm : public torch::autograd::Function<FusedBatchNorm> {
     const at::Tensor &mean = saved[4], &var = saved[5];
     const bool given = mean.defined();
     at::Tensor dx, dweight, dbias;
+    if (!grads[0].defined()) {  // out did not reach what was differentiated
+      return variable_list(8);
+    }
     if (at::GradMode::is_enabled()) {
       // create_graph: the closed form in torch ops, which autograd can differentiate (normlab.torch registers
       // normlab::closed_form_batch_grads from Python; the statistics are recomputed as functions of x).
@@ -142,6 +146,8 @@ std::tuple<at::Tensor, at::Tensor> fused_batch_norm(const at::Tensor& x, const O
   }
   const bool given = present(mean);
   Forwarded done;
+  std::optional<at::AutoDispatchBelowADInplaceOrView> below_autograd(std::in_place);  // plain allocations
+
   done.gamma = present(weight) ? *weight : at::ones({channels}, x.options());
   const at::Tensor beta = present(bias) ? *bias : at::zeros({channels}, x.options());
   done.stats = at::empty({3, channels}, x.options().dtype(at::kDouble));
@@ -166,6 +172,7 @@ std::tuple<at::Tensor, at::Tensor> fused_batch_norm(const at::Tensor& x, const O
            factor);
   }
   if (present(num_batches_tracked)) num_batches_tracked->add_(1);
+  below_autograd.reset();  // apply records the node: autograd dispatch again
   auto result = FusedBatchNorm::apply(x, weight, bias, mean, var, done, eps, plan);
   return {result[0], result[1]};
 }
