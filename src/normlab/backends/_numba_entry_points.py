@@ -1,10 +1,11 @@
-"""The fused batch kernels as C entry points: raw pointers and sizes in, for a caller outside Python.
+"""The fused kernels as C entry points: raw pointers and sizes in, for a caller outside Python.
 
 normlab.torch's native autograd node (``normlab/torch/fused_node.cpp``) runs a
 BatchNorm's forward and backward without a Python frame in between; it calls
 the same compiled kernels as every other route, through these ``numba.cfunc``
 wrappers. Each wrapper views the pointers as arrays (``numba.carray``) and calls
-one kernel of ``_numba_batch_kernels`` (or the running-statistics rule).
+one kernel of ``_numba_batch_kernels`` (batch statistics), the fused-rows kernels
+of ``_numba_kernels`` (per-sample statistics), or the running-statistics rule.
 
 C signatures, T the input's type (float or double; weight and bias are T too)::
 
@@ -12,10 +13,11 @@ C signatures, T the input's type (float or double; weight and bias are T too)::
     void backward(T *x, T *dy, T *gamma, double *stats, int64 given, T *dgamma, T *dbeta, T *dx, int64 *dims)
     void update(R *running_mean, R *running_var, double *stats, int64 channels, int64 count, double factor)
 
-stats is the (3, C) float64 stack mean, var (biased), invstd; with ``given``
-the forward reads mean and var from it. dims is (N, C, L, width): L the run
-length of the channels kernels (1 for columns), width the columns kernels'
-channels per thread block. forward returns 1 when the statistics it computed
+stats is the (3, S) float64 stack mean, var (biased), invstd per statistic; with
+``given`` the forward reads mean and var from it. Batch statistics: dims is
+(N, C, L, width), L the run length of the channels kernels (1 for columns),
+width the columns kernels' channels per thread block. Per-sample statistics:
+see :func:`rows_entry_points`. forward returns 1 when the statistics it computed
 are finite (always 1 with ``given``), else 0: the caller then takes the route
 that rescales or reports them.
 """
@@ -84,6 +86,32 @@ def _channels_backward(xp, dyp, gp, sp, given, dgp, dbp, dxp, dp):
     carray(dbp, (c,))[:] = dbeta
 
 
+def _rows_forward(xp, gp, bp, eps, given, sp, op, dp):
+    dims = carray(dp, (4,))
+    n, g, k, length = dims[0], dims[1], dims[2], dims[3]
+    rows, width = n * g, k * length
+    st = carray(sp, (3, rows))
+    mode = _k.STATS_GIVEN if given != 0 else MODE
+    FORWARD(carray(xp, (rows, width)), _k.param_runs(carray(gp, (g * k,)), g, k, length, PER_RUN),
+            _k.param_runs(carray(bp, (g * k,)), g, k, length, PER_RUN), eps, mode, st[0], st[1], st[2],
+            carray(op, (rows, width)))
+    return 1 if given != 0 else _finite(st, rows)
+
+
+def _rows_backward(xp, dyp, gp, sp, given, dgp, dbp, dxp, dp):
+    dims = carray(dp, (5,))
+    n, g, k, length = dims[0], dims[1], dims[2], dims[3]
+    rows, width = n * g, k * length
+    st = carray(sp, (3, rows))
+    gam = _k.param_runs(carray(gp, (g * k,)), g, k, length, PER_RUN)
+    blocks = dims[4]  # per-thread slabs (numba_backend._blocks when the plan was made)
+    dgamma, dbeta = np.zeros((blocks, g, gam.shape[1])), np.zeros((blocks, g, gam.shape[1]))
+    BACKWARD(carray(xp, (rows, width)), carray(dyp, (rows, width)), gam, st[0], st[2],
+             _k.STATS_GIVEN if given != 0 else MODE, dgamma, dbeta, np.empty((3, rows)), carray(dxp, (rows, width)))
+    _k.fold_param_grads(dgamma, k, carray(dgp, (g * k,)))
+    _k.fold_param_grads(dbeta, k, carray(dbp, (g * k,)))
+
+
 def _update(rmp, rvp, sp, c, count, factor):
     st = carray(sp, (3, c))
     _k.update_running(carray(rmp, (c,)), carray(rvp, (c,)), st[0], st[1], count, factor)
@@ -124,6 +152,29 @@ def batch_entry_points(kind: str, parallel: bool, dtype) -> tuple[int, int]:
     compiled_forward = numba.cfunc(forward_sig, cache=_k.CACHE)(_bound(wrap_forward, suffix, FORWARD=forward[which]))
     compiled_backward = numba.cfunc(backward_sig, cache=_k.CACHE)(
         _bound(wrap_backward, suffix, BACKWARD=backward[which]))
+    _KEEP.extend((compiled_forward, compiled_backward))
+    return compiled_forward.address, compiled_backward.address
+
+
+@functools.cache
+def rows_entry_points(kind: str, parallel: bool, center: bool, dtype) -> tuple[int, int]:
+    """(forward, backward) addresses of the fused-rows kernels (layer, group, instance, RMS norm) for x of
+    ``dtype``: ``kind`` "rows" (a parameter per run of L values) or "rows_elementwise"; center False: RMS.
+
+    dims is (N, G, K, L, blocks): N*G rows of K*L values, parameters (G*K,), blocks the backward's
+    per-thread slabs; ``given`` reads mean and var (N*G,) from stats. Compiled on first use (cached on disk like the kernels).
+    """
+    numba.get_num_threads()  # start the pool first, as in batch_entry_points
+    t = _TYPES[np.dtype(dtype)]
+    p, d, i = nt.CPointer(t), nt.CPointer(nt.float64), nt.CPointer(nt.int64)
+    which = 0 if parallel else 1
+    backward = (_k.fused_rows_backward if kind == "rows" else _k.fused_rows_backward_elementwise)[which]
+    names = {"FORWARD": _k.fused_rows_forward[which], "BACKWARD": backward, "PER_RUN": kind == "rows", "MODE": _k.STATS_BATCH if center else _k.STATS_RMS}
+    suffix = f"_{kind}_{'parallel' if parallel else 'serial'}_{'center' if center else 'rms'}_{t}"
+    compiled_forward = numba.cfunc(nt.int64(p, p, p, nt.float64, nt.int64, d, p, i), cache=_k.CACHE)(
+        _bound(_rows_forward, suffix, **names))
+    compiled_backward = numba.cfunc(nt.void(p, p, p, d, nt.int64, p, p, p, i), cache=_k.CACHE)(
+        _bound(_rows_backward, suffix, **names))
     _KEEP.extend((compiled_forward, compiled_backward))
     return compiled_forward.address, compiled_backward.address
 

@@ -253,6 +253,39 @@ def _col_grad_apply(x, dy, mu, invstd, k1, k2, k3, dx):
 STATS_BATCH, STATS_GIVEN, STATS_RMS = 0, 1, 2
 
 
+@numba.njit(cache=CACHE)
+def param_runs(param, g, k, length, per_run):
+    """(G*K,) parameters as the (G, P) float64 runs the fused-rows kernels take: P = K, one per run of
+    ``length`` values (``per_run``: _fused_rows_backward), or P = K*length, repeated per element
+    (_fused_rows_backward_elementwise)."""
+    if per_run:
+        out = np.empty((g, k))
+        for i in range(g * k):
+            out[i // k, i % k] = param[i]
+        return out
+    out = np.empty((g, k * length))
+    for i in range(g * k):
+        v = np.float64(param[i])
+        for j in range(length):
+            out[i // k, (i % k) * length + j] = v
+    return out
+
+
+@numba.njit(cache=CACHE)
+def fold_param_grads(slabs, k, out):
+    """out[g*K + k] = the sum of the per-thread (T, G, P) slabs over threads and over the runs of
+    parameter k (the inverse of :func:`param_runs`), rounded once to out's dtype."""
+    blocks, groups, width = slabs.shape
+    runs = width // k
+    for g in range(groups):
+        for q in range(k):
+            total = 0.0
+            for t in range(blocks):
+                for j in range(q * runs, (q + 1) * runs):
+                    total += slabs[t, g, j]
+            out[g * k + q] = total
+
+
 def _fused_rows_forward(x, gam, bet, eps, mode, mean, var, invstd, out):
     """Row r (group g = r % G): statistics per ``mode`` (STATS_*), then
     out = (x - mean) * (invstd*gam[g, p]) + bet[g, p], rounded to out's dtype.

@@ -19,7 +19,8 @@ Loop shape per layout (see ``_numba_kernels`` and ``_numba_batch_kernels``):
 * batch statistics, most shapes: one launch per direction (``fused_plan``),
   ``columns`` kernels for (N, C) below ``COLUMNS_FUSED_BELOW`` values,
   ``channels`` kernels for runs of at least ``ROWS_MIN_LENGTH`` values or small
-  inputs, below ``CHANNELS_FUSED_BELOW`` values; the PyTorch bridge calls these directly (``normlab.torch.fused``);
+  inputs, below ``CHANNELS_FUSED_BELOW`` values; the PyTorch bridge calls these directly (``normlab.torch.fused``),
+  from C++ through their C entry points (``_numba_entry_points``, ``FusedPlan.entry_points``);
 * batch statistics otherwise (large inputs, mid-sized short runs): two
   kernels, ``rows`` (parallel over (n, c) rows, partial sums merged over N
   afterwards) or ``cols`` (row blocks with per-thread column slabs);
@@ -33,6 +34,7 @@ once to C order; float16 computes in float32 and returns float16.
 
 from __future__ import annotations
 
+import math
 from typing import Callable, NamedTuple
 
 try:
@@ -216,20 +218,38 @@ class RowsPlan(NamedTuple):
     def run_forward(self, xv, gamma, beta, eps, given, stats, out):
         _, g, k, l = self.shape
         mode = _k.STATS_GIVEN if given else (_k.STATS_BATCH if self.center else _k.STATS_RMS)
-        _pick(_k.fused_rows_forward, xv.size)(xv, _f64(_param_runs(gamma, g, k, l)), _f64(_param_runs(beta, g, k, l)),
-                                               float(eps), mode, stats[0], stats[1], stats[2], out)
+        per_run = l >= ROWS_MIN_LENGTH
+        _pick(_k.fused_rows_forward, xv.size)(xv, _k.param_runs(gamma, g, k, l, per_run),
+                                               _k.param_runs(beta, g, k, l, per_run), float(eps), mode, stats[0],
+                                               stats[1], stats[2], out)
 
     def run_backward(self, xv, dyv, gamma, stats, given, dx):
         n, g, k, l = self.shape
-        gam_runs = _param_runs(gamma, g, k, l)
+        per_run = l >= ROWS_MIN_LENGTH
+        gam_runs = _k.param_runs(gamma, g, k, l, per_run)
         blocks = _blocks(xv.size, n * g)
         dgp, dbp = np.zeros((blocks, *gam_runs.shape)), np.zeros((blocks, *gam_runs.shape))
-        kernels = _k.fused_rows_backward if l >= ROWS_MIN_LENGTH else _k.fused_rows_backward_elementwise
+        kernels = _k.fused_rows_backward if per_run else _k.fused_rows_backward_elementwise
         mode = _k.STATS_GIVEN if given else (_k.STATS_BATCH if self.center else _k.STATS_RMS)
-        _pick(kernels, xv.size)(xv, dyv, _f64(gam_runs), stats[0], stats[2], mode, dgp, dbp, np.empty((3, n * g)), dx)
-        runs = gam_runs.shape[1] // k  # 1, or L when the parameters were repeated per element
-        return (dgp.sum(axis=0).reshape(g, k, runs).sum(axis=2).reshape(-1),
-                dbp.sum(axis=0).reshape(g, k, runs).sum(axis=2).reshape(-1))
+        _pick(kernels, xv.size)(xv, dyv, gam_runs, stats[0], stats[2], mode, dgp, dbp, np.empty((3, n * g)), dx)
+        dgamma, dbeta = np.empty(g * k), np.empty(g * k)
+        _k.fold_param_grads(dgp, k, dgamma)
+        _k.fold_param_grads(dbp, k, dbeta)
+        return dgamma, dbeta
+
+    @property
+    def kernel_kind(self) -> str:
+        """Which backward kernel serves these rows: per run, or per element (short runs)."""
+        return "rows" if self.shape[3] >= ROWS_MIN_LENGTH else "rows_elementwise"
+
+    def entry_points(self, dtype) -> tuple[int, ...]:
+        """As :meth:`FusedPlan.entry_points`: forward, backward, no running-statistics rule (0, 0), then
+        dims (N, G, K, L, blocks), blocks the backward's per-thread slabs for the thread count of now."""
+        from . import _numba_entry_points as ep
+
+        size = math.prod(self.shape)
+        forward, backward = ep.rows_entry_points(self.kernel_kind, size >= SERIAL_BELOW, self.center, dtype)
+        return (forward, backward, 0, 0, *self.shape, _blocks(size, self.view[0]))
 
 
 def fused_plan(view4, batch_stats: bool = True, center: bool = True) -> FusedPlan | RowsPlan | None:
@@ -327,12 +347,6 @@ def _finish(y, out, direct, x4):
         np.copyto(out, y, casting="unsafe")
         return out
     return y if y.dtype == x4.dtype else y.astype(x4.dtype)
-
-
-def _param_runs(param, g, k, l):
-    """(G*K,) parameters as (G, P) runs along a row of K*L: per element when runs are short."""
-    p2 = param.reshape(g, k)
-    return p2 if l >= ROWS_MIN_LENGTH else np.repeat(p2, l, axis=1)
 
 
 def _fused_rows_forward(xw, gam, bet, eps, given, center, y, n, g, k, l):

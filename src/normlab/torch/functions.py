@@ -191,15 +191,15 @@ class EagerNormFunction(torch.autograd.Function):
 # The native node's backward under create_graph (double backward): fused_node.cpp calls this op through
 # the dispatcher, and autograd differentiates the torch ops it runs.
 _LIBRARY = torch.library.Library("normlab", "FRAGMENT")
-_LIBRARY.define("closed_form_batch_grads(Tensor dout, Tensor x, Tensor? weight, Tensor stats, Tensor? mean, "
-                "Tensor? var, float eps) -> (Tensor, Tensor, Tensor)")
+_LIBRARY.define("closed_form_grads(Tensor dout, Tensor x, Tensor? weight, Tensor stats, Tensor? mean, "
+                "Tensor? var, str kind, int[] arg, float eps) -> (Tensor, Tensor, Tensor)")
 
 
-@torch.library.impl(_LIBRARY, "closed_form_batch_grads", "CompositeImplicitAutograd")
-def _closed_form_batch_grads(dout, x, weight, stats, mean, var, eps):
-    """(dx, dweight, dbias) of batch norm in torch ops; stats the node's (3, C) mean, var, invstd."""
-    dx, dw, db = _closed_form_grads(dout, x, weight, stats[0], stats[2], Spec("batch", (), eps, "auto"),
-                                    mean is not None, given=(mean, var))
+@torch.library.impl(_LIBRARY, "closed_form_grads", "CompositeImplicitAutograd")
+def _closed_form_grads_op(dout, x, weight, stats, mean, var, kind, arg, eps):
+    """(dx, dweight, dbias) in torch ops; stats the node's (3, S) mean, var, invstd."""
+    spec = Spec(kind, tuple(arg), eps, "auto")
+    dx, dw, db = _closed_form_grads(dout, x, weight, stats[0], stats[2], spec, mean is not None, given=(mean, var))
     pdtype = x.dtype if weight is None else weight.dtype
     return dx, dw.to(pdtype), db.to(pdtype)
 
@@ -250,10 +250,10 @@ def _normalize(x, weight, bias, spec: Spec, mean, var):
         spec, plan = _prepared(spec, x.shape, mean is None, shapes, x.dtype)  # cached per signature
         if plan is not None and not fused.usable(x, weight, bias, mean, var):
             plan = None
-        if plan is not None and plan.native is not None:  # batch norm: the whole call in C++
+        if plan is not None and plan.native is not None:  # the whole call in C++
             out, stats = fused.run_native(plan, x, weight, bias, mean, var, eps=spec.eps)
             if out is not None:
-                return out, stats.numpy()
+                return out, stats.numpy().reshape(3, *plan.stat_shape)
             if stats is not None:  # the statistics are not finite: the same kernels from Python would say so too
                 plan = None
         sink = []

@@ -12,6 +12,12 @@ per-sample norm) and then calls them on NumPy views of the tensors' memory.
 The kernels are the core's own, so results are bit for bit those of the
 general route; anything else, and a batch whose statistics come out non-finite
 (which the core rescales or reports), takes the general route.
+
+Where the native autograd node (``fused_node``) was built, the plan carries the
+kernels' C entry points (``Plan.native``) and :func:`run_native` hands the whole
+call to it: it allocates, calls the kernels, updates batch norm's running
+statistics and saves for backward in C++. Elsewhere the kernels are called from
+Python (:func:`forward`, :func:`backward`).
 """
 
 from __future__ import annotations
@@ -36,8 +42,8 @@ class Plan(NamedTuple):
     stat_shape: tuple  # the statistics as the user sees them ((C,) for batch norm, (N, ...) per sample)
     param_shape: tuple  # weight's and bias's shape
     count: int  # values per statistic
-    #: the native node's plan (``fused_node.cpp``): kernel addresses, huge-page bytes, dims; None: the
-    #: route stays in Python (per-sample norms, or the node could not be built)
+    #: the native node's (kind, arg, plan) (``fused_node.cpp``: kernel addresses, huge-page bytes, counts,
+    #: dims); None: the route stays in Python (the node could not be built)
     native: tuple | None = None
 
     @property
@@ -66,20 +72,22 @@ def plan_for(kind: str, shape: tuple, arg: tuple, dtype: torch.dtype, backend: s
     if kernels is None:
         return None
     native = None
-    if hasattr(kernels, "entry_points") and fused_node.load() is not None:
+    if fused_node.load() is not None:
         fwd, bwd, update32, update64, *dims = kernels.entry_points(np.float32 if dtype == torch.float32 else np.float64)
-        native = (fwd, bwd, update32, update64, memory.HUGE_PAGE_MIN_BYTES, *dims)
+        native = (kind, tuple(arg), (fwd, bwd, update32, update64, memory.HUGE_PAGE_MIN_BYTES,
+                                     math.prod(layout.stat_shape), math.prod(layout.param_shape), *dims))
     return Plan(kernels, layout.stat_shape, layout.param_shape, layout.count, native)
 
 
 def run_native(plan: Plan, x, weight, bias, mean, var, running_mean=None, running_var=None,
                num_batches_tracked=None, momentum=None, eps: float = 1e-5):
-    """-> (out, stats) from the native node (``plan.native`` not None): stats a float64 (3, C) tensor;
-    out None when the batch's statistics are not finite or weight/bias differ from x's dtype (nothing
-    changed: the caller takes another route). Running buffers and num_batches_tracked, when given, are
-    updated (momentum None: cumulative average)."""
+    """-> (out, stats) from the native node (``plan.native`` not None): stats a float64 (3, S) tensor, S the
+    number of statistics; out None when the computed statistics are not finite or weight/bias differ from
+    x's dtype (nothing changed: the caller takes another route). Running buffers and num_batches_tracked,
+    when given (batch norm), are updated (momentum None: cumulative average)."""
+    kind, arg, native = plan.native
     return fused_node.load()(x, weight, bias, mean, var, running_mean, running_var, num_batches_tracked, momentum,
-                             eps, plan.native)
+                             eps, kind, arg, native)
 
 
 def usable(x: torch.Tensor, *others) -> bool:

@@ -1,4 +1,4 @@
-// The native autograd node of normlab.torch's fused batch-norm route.
+// The native autograd node of normlab.torch's fused route.
 //
 // A training step calls each norm once forward and once backward, and between
 // a model's matrix products every Python operation is slower than on its own
@@ -10,14 +10,17 @@
 // normlab/backends/_numba_entry_points.py) through the addresses in `plan`.
 // Results are bit for bit those of the Python routes: the kernels are the same.
 //
-// normlab::fused_batch_norm(x, weight, bias, mean, var, running_mean, running_var,
-//                           num_batches_tracked, momentum, eps, plan) -> (out, stats)
-//   x        contiguous float/double CPU input (N, C, *); weight, bias: None or (C,) of x's dtype
-//   mean/var given statistics (eval) or None (the batch's); stats: (3, C) double mean, var, invstd
-//   running_mean/var, num_batches_tracked: updated in place when given (training)
+// normlab::fused_norm(x, weight, bias, mean, var, running_mean, running_var, num_batches_tracked,
+//                     momentum, eps, kind, arg, plan) -> (out, stats)
+//   x        contiguous float/double CPU input; weight, bias: None or P parameters of x's dtype
+//   mean/var given statistics (eval) or None (x's); stats: (3, S) double mean, var, invstd
+//   running_mean/var, num_batches_tracked: updated in place when given (batch norm in training)
 //   momentum None: cumulative average, factor 1 / (num_batches_tracked + 1), as torch.nn
-//   plan     [forward, backward, update float, update double, huge-page bytes, N, C, L, width]
-// out is None (undefined) when the batch's statistics are not finite, or weight/bias do not have
+//   kind, arg the norm (a key of normlab.torch.ops.LAYOUTS and its argument): for double backward
+//   plan     [forward, backward, update float, update double, huge-page bytes, S, P, dims...]:
+//            S statistics of x.numel() / S values each, P parameters, dims as the entry points take
+//            them (normlab/backends/_numba_entry_points.py)
+// out is None (undefined) when the computed statistics are not finite, or weight/bias do not have
 // x's dtype: nothing was changed, and the caller takes the general route.
 
 #include <ATen/ATen.h>
@@ -26,6 +29,7 @@
 #include <torch/library.h>
 
 #include <optional>
+#include <string>
 #include <tuple>
 
 #if defined(__linux__)
@@ -42,7 +46,7 @@ using ForwardFn = int64_t (*)(void*, void*, void*, double, int64_t, double*, voi
 using BackwardFn = void (*)(void*, void*, void*, double*, int64_t, void*, void*, void*, const int64_t*);
 using UpdateFn = void (*)(void*, void*, double*, int64_t, int64_t, double);
 
-enum PlanSlot { kForward, kBackward, kUpdateFloat, kUpdateDouble, kHugePageBytes, kDims, kPlanSize = kDims + 4 };
+enum PlanSlot { kForward, kBackward, kUpdateFloat, kUpdateDouble, kHugePageBytes, kStats, kParams, kDims };
 
 bool present(const OptTensor& t) { return t.has_value() && t->defined(); }
 
@@ -72,15 +76,23 @@ struct Forwarded {
   at::Tensor out, stats, gamma;
 };
 
-struct FusedBatchNorm : public torch::autograd::Function<FusedBatchNorm> {
+struct FusedNorm : public torch::autograd::Function<FusedNorm> {
+  static constexpr size_t kForwardArgs = 10;  // backward returns one result per argument of forward
+
   static variable_list forward(AutogradContext* ctx, const at::Tensor& x, const OptTensor& weight,
                                const OptTensor& bias, const OptTensor& mean, const OptTensor& var,
-                               const Forwarded& done, double eps, at::IntArrayRef plan) {
+                               const Forwarded& done, double eps, const std::string& kind, at::IntArrayRef arg,
+                               at::IntArrayRef plan) {
     ctx->save_for_backward({x, done.gamma, done.stats, present(weight) ? *weight : at::Tensor(),
                             present(mean) ? *mean : at::Tensor(), present(var) ? *var : at::Tensor()});
     ctx->saved_data["plan"] = plan.vec();
     ctx->saved_data["eps"] = eps;
+    ctx->saved_data["kind"] = kind;
+    ctx->saved_data["arg"] = arg.vec();
     ctx->saved_data["has_bias"] = present(bias);
+    // the parameters' shape (LayerNorm((5, 7)): (5, 7)), which their gradients take
+    ctx->saved_data["param_shape"] =
+        present(weight) ? weight->sizes().vec() : (present(bias) ? bias->sizes().vec() : std::vector<int64_t>{});
     ctx->mark_non_differentiable({done.stats});
     ctx->set_materialize_grads(false);  // stats never gets a gradient: no zeros for it on every backward
     return {done.out, done.stats};
@@ -93,33 +105,39 @@ struct FusedBatchNorm : public torch::autograd::Function<FusedBatchNorm> {
     const bool given = mean.defined();
     at::Tensor dx, dweight, dbias;
     if (!grads[0].defined()) {  // out did not reach what was differentiated
-      return variable_list(8);
+      return variable_list(kForwardArgs);
     }
     if (at::GradMode::is_enabled()) {
       // create_graph: the closed form in torch ops, which autograd can differentiate (normlab.torch registers
-      // normlab::closed_form_batch_grads from Python; the statistics are recomputed as functions of x).
+      // normlab::closed_form_grads from Python; the statistics are recomputed as functions of x).
       static auto op = c10::Dispatcher::singleton()
-                           .findSchemaOrThrow("normlab::closed_form_batch_grads", "")
+                           .findSchemaOrThrow("normlab::closed_form_grads", "")
                            .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
                                const at::Tensor&, const at::Tensor&, const OptTensor&, const at::Tensor&,
-                               const OptTensor&, const OptTensor&, double)>();
+                               const OptTensor&, const OptTensor&, c10::string_view, at::IntArrayRef, double)>();
       auto opt = [](const at::Tensor& t) { return t.defined() ? OptTensor(t) : OptTensor(); };
-      std::tie(dx, dweight, dbias) =
-          op.call(grads[0], x, opt(weight), stats, opt(mean), opt(var), ctx->saved_data["eps"].toDouble());
+      const auto arg = ctx->saved_data["arg"].toIntVector();
+      std::tie(dx, dweight, dbias) = op.call(grads[0], x, opt(weight), stats, opt(mean), opt(var),
+                                             ctx->saved_data["kind"].toStringRef(), arg,
+                                             ctx->saved_data["eps"].toDouble());
     } else {
       const auto plan = ctx->saved_data["plan"].toIntVector();
       const at::Tensor dout = grads[0].to(x.scalar_type()).contiguous();
       dx = fresh_like(x, plan[kHugePageBytes]);
-      const int64_t channels = plan[kDims + 1];
-      dweight = at::empty({channels}, x.options());
-      dbias = at::empty({channels}, x.options());
+      dweight = at::empty({plan[kParams]}, x.options());
+      dbias = at::empty({plan[kParams]}, x.options());
       reinterpret_cast<BackwardFn>(plan[kBackward])(x.data_ptr(), dout.data_ptr(), gamma.data_ptr(),
                                                     stats.data_ptr<double>(), given, dweight.data_ptr(),
                                                     dbias.data_ptr(), dx.data_ptr(), plan.data() + kDims);
+      const auto shape = ctx->saved_data["param_shape"].toIntVector();
+      if (!shape.empty()) {
+        dweight = dweight.view(shape);
+        dbias = dbias.view(shape);
+      }
     }
     // One result per argument of forward; needs_input_grad counts only the tensors that were given.
     const bool has_weight = weight.defined(), has_bias = ctx->saved_data["has_bias"].toBool();
-    variable_list result(8);
+    variable_list result(kForwardArgs);
     if (ctx->needs_input_grad(0)) result[0] = dx;
     if (has_weight && ctx->needs_input_grad(1)) result[1] = dweight;
     if (has_bias && ctx->needs_input_grad(1 + has_weight)) result[2] = dbias;
@@ -127,36 +145,34 @@ struct FusedBatchNorm : public torch::autograd::Function<FusedBatchNorm> {
   }
 };
 
-std::tuple<at::Tensor, at::Tensor> fused_batch_norm(const at::Tensor& x, const OptTensor& weight,
-                                                    const OptTensor& bias, const OptTensor& mean,
-                                                    const OptTensor& var, const OptTensor& running_mean,
-                                                    const OptTensor& running_var,
-                                                    const OptTensor& num_batches_tracked,
-                                                    std::optional<double> momentum, double eps,
-                                                    at::IntArrayRef plan) {
-  TORCH_CHECK(plan.size() == kPlanSize, "fused_batch_norm: plan must have ", int(kPlanSize), " entries");
+std::tuple<at::Tensor, at::Tensor> fused_norm(const at::Tensor& x, const OptTensor& weight, const OptTensor& bias,
+                                              const OptTensor& mean, const OptTensor& var,
+                                              const OptTensor& running_mean, const OptTensor& running_var,
+                                              const OptTensor& num_batches_tracked, std::optional<double> momentum,
+                                              double eps, c10::string_view kind, at::IntArrayRef arg,
+                                              at::IntArrayRef plan) {
+  TORCH_CHECK(plan.size() > kDims, "fused_norm: plan has ", plan.size(), " entries");
   TORCH_CHECK(x.device().is_cpu() && x.is_contiguous() &&
                   (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble),
-              "fused_batch_norm: x must be a contiguous float32/float64 CPU tensor");
-  const int64_t* dims = plan.data() + kDims;
-  const int64_t channels = dims[1], count = dims[0] * dims[2];
-  TORCH_CHECK(x.numel() == dims[0] * channels * dims[2], "fused_batch_norm: plan does not match x's shape");
+              "fused_norm: x must be a contiguous float32/float64 CPU tensor");
+  const int64_t stats_count = plan[kStats], params = plan[kParams];
+  TORCH_CHECK(stats_count > 0 && x.numel() % stats_count == 0, "fused_norm: plan does not match x's shape");
+  const int64_t count = x.numel() / stats_count;  // values per statistic
   for (const OptTensor* p : {&weight, &bias}) {
     if (present(*p) && ((*p)->scalar_type() != x.scalar_type() || !(*p)->is_contiguous())) return {};
   }
   const bool given = present(mean);
   Forwarded done;
   std::optional<at::AutoDispatchBelowADInplaceOrView> below_autograd(std::in_place);  // plain allocations
-
-  done.gamma = present(weight) ? *weight : at::ones({channels}, x.options());
-  const at::Tensor beta = present(bias) ? *bias : at::zeros({channels}, x.options());
-  done.stats = at::empty({3, channels}, x.options().dtype(at::kDouble));
+  done.gamma = present(weight) ? *weight : at::ones({params}, x.options());
+  const at::Tensor beta = present(bias) ? *bias : at::zeros({params}, x.options());
+  done.stats = at::empty({3, stats_count}, x.options().dtype(at::kDouble));
   if (given) copy_given(done.stats, *mean, *var);
   done.out = fresh_like(x, plan[kHugePageBytes]);
   const auto finite = reinterpret_cast<ForwardFn>(plan[kForward])(x.data_ptr(), done.gamma.data_ptr(),
                                                                   beta.data_ptr(), eps, given,
                                                                   done.stats.data_ptr<double>(),
-                                                                  done.out.data_ptr(), dims);
+                                                                  done.out.data_ptr(), plan.data() + kDims);
   if (!finite) return {at::Tensor(), done.stats};
   if (present(running_mean) && present(running_var)) {
     double factor = 0.0;
@@ -168,12 +184,13 @@ std::tuple<at::Tensor, at::Tensor> fused_batch_norm(const at::Tensor& x, const O
     }
     const auto update = reinterpret_cast<UpdateFn>(
         plan[running_mean->scalar_type() == at::kFloat ? kUpdateFloat : kUpdateDouble]);
-    update(running_mean->data_ptr(), running_var->data_ptr(), done.stats.data_ptr<double>(), channels, count,
+    TORCH_CHECK(update != nullptr, "fused_norm: this plan has no running-statistics rule");
+    update(running_mean->data_ptr(), running_var->data_ptr(), done.stats.data_ptr<double>(), stats_count, count,
            factor);
   }
   if (present(num_batches_tracked)) num_batches_tracked->add_(1);
   below_autograd.reset();  // apply records the node: autograd dispatch again
-  auto result = FusedBatchNorm::apply(x, weight, bias, mean, var, done, eps, plan);
+  auto result = FusedNorm::apply(x, weight, bias, mean, var, done, eps, std::string(kind), arg, plan);
   return {result[0], result[1]};
 }
 
@@ -181,8 +198,9 @@ std::tuple<at::Tensor, at::Tensor> fused_batch_norm(const at::Tensor& x, const O
 
 TORCH_LIBRARY_FRAGMENT(normlab, m) {
   m.def(
-      "fused_batch_norm(Tensor x, Tensor? weight, Tensor? bias, Tensor? mean, Tensor? var, Tensor? running_mean, "
-      "Tensor? running_var, Tensor? num_batches_tracked, float? momentum, float eps, int[] plan) -> (Tensor, Tensor)");
+      "fused_norm(Tensor x, Tensor? weight, Tensor? bias, Tensor? mean, Tensor? var, Tensor? running_mean, "
+      "Tensor? running_var, Tensor? num_batches_tracked, float? momentum, float eps, str kind, int[] arg, "
+      "int[] plan) -> (Tensor, Tensor)");
 }
 
-TORCH_LIBRARY_IMPL(normlab, CompositeImplicitAutograd, m) { m.impl("fused_batch_norm", fused_batch_norm); }
+TORCH_LIBRARY_IMPL(normlab, CompositeImplicitAutograd, m) { m.impl("fused_norm", fused_norm); }

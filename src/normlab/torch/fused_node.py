@@ -1,4 +1,4 @@
-"""The native autograd node of the fused batch-norm route (``fused_node.cpp``), built on first use.
+"""The native autograd node of the fused route (``fused_node.cpp``), built on first use.
 
 Inside a training step a Python ``autograd.Function`` costs more per call than
 the kernels of a BatchNorm1d on (128, 512) (docs/benchmarks.md, "Whole training
@@ -38,7 +38,7 @@ def _build_dir(name: str) -> Path:
 
 @functools.cache
 def load():
-    """``torch.ops.normlab.fused_batch_norm``, built or loaded now; None where it cannot be (a warning says why)."""
+    """``torch.ops.normlab.fused_norm``, built or loaded now; None where it cannot be (a warning says why)."""
     if os.environ.get("NORMLAB_NATIVE", "1") == "0":
         return None
     source = SOURCE.read_bytes()
@@ -53,7 +53,7 @@ def load():
                   file=sys.stderr, flush=True)
         cpp_extension.load(name=name, sources=[str(SOURCE)], build_directory=str(build_dir),
                            extra_cflags=["-O2"], is_python_module=False, verbose=False)
-        return torch.ops.normlab.fused_batch_norm
+        return torch.ops.normlab.fused_norm
     except Exception as exc:  # no compiler, no ninja, a read-only disk: the Python route still works
         warnings.warn(f"normlab.torch: the native autograd node is unavailable ({type(exc).__name__}: {exc}); "
                       "the fused route runs in Python (same results, more time per call)", RuntimeWarning,

@@ -77,8 +77,9 @@ class BatchNorm(_BatchNorm):
         OpenMP workers spin on the other core): for the common case (eager,
         contiguous float32/float64 CPU input of ``num_features`` channels, a
         float eps > 0, the Numba backend) this goes straight to the fused
-        kernels (``normlab.torch.fused``). Anything else, including every error,
-        is the general route's.
+        kernels (``normlab.torch.fused``), through the native autograd node where
+        it was built (``fused_node``: the whole call in C++). Anything else,
+        including every error, is the general route's.
         """
         if (x.__class__ is not torch.Tensor or not x.is_cpu or not x.is_contiguous()
                 or torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()):
