@@ -245,7 +245,9 @@ def _normalize(x, weight, bias, spec: Spec, mean, var):
     """:func:`normalize` -> (out, stats): stats a float64 NumPy stack (mean, var, invstd) on the eager
     CPU path (whose callers mostly go on in NumPy), else a tuple of the three tensors."""
     check_tensor(x, "input")
-    shapes = tuple(None if t is None else t.shape for t in (weight, bias, mean, var))
+    # (no generator: this runs on every call)
+    shapes = (None if weight is None else weight.shape, None if bias is None else bias.shape,
+              None if mean is None else mean.shape, None if var is None else var.shape)
     if _eager_core(x, spec.backend):
         spec, plan = _prepared(spec, x.shape, mean is None, shapes, x.dtype)  # cached per signature
         if plan is not None and not fused.usable(x, weight, bias, mean, var):
@@ -336,8 +338,22 @@ def _constant_int(value, name: str) -> int:
 
 def normalized_shape_tuple(normalized_shape) -> tuple[int, ...]:
     """torch's normalized_shape (an int or a sequence of ints, at least one) as a tuple."""
+    if normalized_shape.__class__ is tuple:  # a module's: checked once per value
+        try:
+            return _checked_shape(normalized_shape)
+        except TypeError as exc:  # unhashable (a symbolic size), or not ints: the full check says which
+            if "unhashable" not in str(exc):
+                raise
     if isinstance(normalized_shape, (numbers.Integral, torch.SymInt)):
         return (_constant_int(normalized_shape, "normalized_shape"),)
+    shape = tuple(_constant_int(d, "normalized_shape") for d in normalized_shape)
+    if not shape:
+        raise ValueError("normalized_shape must have at least one dimension, got ()")
+    return shape
+
+
+@functools.lru_cache(maxsize=256)
+def _checked_shape(normalized_shape: tuple) -> tuple[int, ...]:
     shape = tuple(_constant_int(d, "normalized_shape") for d in normalized_shape)
     if not shape:
         raise ValueError("normalized_shape must have at least one dimension, got ()")
@@ -404,14 +420,14 @@ def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=
     if running_mean is None or running_var is None:
         raise ValueError("instance_norm with use_input_stats=False needs running_mean and running_var")
     shape = tuple(input.shape[:2])
-    return normalize(input, weight, bias, spec, running_mean.expand(shape), running_var.expand(shape))[0]
+    return _normalize(input, weight, bias, spec, running_mean.expand(shape), running_var.expand(shape))[0]
 
 
 def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5, *, backend="auto"):
     """torch.nn.functional.layer_norm on normlab's core: statistics over the trailing normalized_shape."""
     shape = normalized_shape_tuple(normalized_shape)
     x = _unbatched(input, shape)
-    out = normalize(x, weight, bias, Spec("layer", shape, eps, backend))[0]
+    out = _normalize(x, weight, bias, Spec("layer", shape, eps, backend), None, None)[0]
     return out if x is input else out.squeeze(0)
 
 
@@ -421,7 +437,7 @@ def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5, *, backend="
         raise ValueError(f"group_norm expects input (N, C, *) with at least 2 dimensions, got shape "
                          f"{tuple(input.shape)}")
     groups = _constant_int(num_groups, "num_groups")
-    return normalize(input, weight, bias, Spec("group", (groups,), eps, backend))[0]
+    return _normalize(input, weight, bias, Spec("group", (groups,), eps, backend), None, None)[0]
 
 
 def rms_norm(input, normalized_shape, weight=None, eps=None, *, backend="auto"):
@@ -434,7 +450,7 @@ def rms_norm(input, normalized_shape, weight=None, eps=None, *, backend="auto"):
     if eps is None:
         eps = torch.finfo(input.dtype if input.dtype == torch.float64 else torch.float32).eps
     x = _unbatched(input, shape)
-    out = normalize(x, weight, None, Spec("rms", shape, eps, backend))[0]
+    out = _normalize(x, weight, None, Spec("rms", shape, eps, backend), None, None)[0]
     return out if x is input else out.squeeze(0)
 
 

@@ -22,6 +22,26 @@ from .functions import (EagerNormFunction, Spec, batch_norm, check_backend, chec
                         layer_norm, rms_norm)
 
 
+_BATCH_NORM_STATE = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+_AFFINE = ("weight", "bias")
+
+
+def _own(module, names: tuple) -> tuple:
+    """The module's parameters or buffers ``names``, read from its own dicts: torch's ``Module.__getattr__``
+    takes ~1.5 µs per read, and a model calls its norms dozens of times per step. Where one is served
+    otherwise (a parametrization's property) all are read as attributes."""
+    params, buffers = module._parameters, module._buffers
+    found = []
+    for name in names:
+        if name in params:
+            found.append(params[name])
+        elif name in buffers:
+            found.append(buffers[name])
+        else:
+            return tuple(getattr(module, n) for n in names)
+    return tuple(found)
+
+
 class BatchNorm(_BatchNorm):
     """Batch norm over channel axis 1 of any (N, C, *), like torch.nn.BatchNorm1d/2d/3d.
 
@@ -87,7 +107,7 @@ class BatchNorm(_BatchNorm):
         plan, eps = fused.plan_for("batch", x.shape, (), x.dtype, self.backend), self.eps
         if plan is None or x.shape[1] != self.num_features or eps.__class__ is not float or not 0 < eps < math.inf:
             return None
-        weight, bias, running_mean, running_var, num_batches_tracked = self._tensors()
+        weight, bias, running_mean, running_var, num_batches_tracked = _own(self, _BATCH_NORM_STATE)
         training = self.training
         batch_stats = training or (running_mean is None and running_var is None)
         given = (None, None) if batch_stats else (running_mean, running_var)
@@ -108,17 +128,6 @@ class BatchNorm(_BatchNorm):
         if counts:  # counted after a successful forward, so a rejected input changes no state
             num_batches_tracked.add_(1)
         return out
-
-    def _tensors(self) -> tuple:
-        """(weight, bias, running_mean, running_var, num_batches_tracked), read from the module's own dicts:
-        torch's ``Module.__getattr__`` takes ~1.5 µs per read, five reads per call. Where one is not there
-        (a parametrization serves it as a property) all are read the usual way."""
-        params, buffers = self._parameters, self._buffers
-        try:
-            return (params["weight"], params["bias"], buffers["running_mean"], buffers["running_var"],
-                    buffers["num_batches_tracked"])
-        except KeyError:
-            return self.weight, self.bias, self.running_mean, self.running_var, self.num_batches_tracked
 
     def _general_forward(self, input):
         # Each parameter and buffer read once: a module attribute lookup costs about a microsecond.
@@ -162,7 +171,8 @@ class LayerNorm(torch.nn.LayerNorm):
         self.backend = check_backend(backend)
 
     def forward(self, input):
-        return layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps, backend=self.backend)
+        weight, bias = _own(self, _AFFINE)
+        return layer_norm(input, self.normalized_shape, weight, bias, self.eps, backend=self.backend)
 
 
 class GroupNorm(torch.nn.GroupNorm):
@@ -174,7 +184,8 @@ class GroupNorm(torch.nn.GroupNorm):
         self.backend = check_backend(backend)
 
     def forward(self, input):
-        return group_norm(input, self.num_groups, self.weight, self.bias, self.eps, backend=self.backend)
+        weight, bias = _own(self, _AFFINE)
+        return group_norm(input, self.num_groups, weight, bias, self.eps, backend=self.backend)
 
 
 class RMSNorm(torch.nn.RMSNorm):
@@ -186,7 +197,7 @@ class RMSNorm(torch.nn.RMSNorm):
         self.backend = check_backend(backend)
 
     def forward(self, x):
-        return rms_norm(x, self.normalized_shape, self.weight, self.eps, backend=self.backend)
+        return rms_norm(x, self.normalized_shape, _own(self, ("weight",))[0], self.eps, backend=self.backend)
 
 
 class _InstanceNorm:
