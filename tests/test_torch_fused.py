@@ -8,6 +8,7 @@ for bit; the route must be the one taken where it applies, and step aside
 """
 
 import os
+import shutil
 import sys
 
 import numpy as np
@@ -48,8 +49,9 @@ def route(request, monkeypatch):
     if request.param == "python":
         monkeypatch.setattr(fused_node, "load", lambda: None)
     elif fused_node.load() is None:
-        pytest.skip("NORMLAB_NATIVE=0") if os.environ.get("NORMLAB_NATIVE") == "0" else pytest.fail(
-            "the native node did not build (see the warning)")
+        if os.environ.get("NORMLAB_NATIVE") == "0" or shutil.which("c++") is None:
+            pytest.skip("the native node is switched off (NORMLAB_NATIVE=0) or there is no C++ compiler")
+        pytest.fail("the native node did not build although a C++ compiler is here (see the warning)")
     _clear_plans()  # plans carry the native node's entry points, or None
     yield request.param
     _clear_plans()
@@ -282,3 +284,13 @@ def test_a_parametrized_weight_is_read_through_its_parametrization(route):
     x = torch.randn(7, 5) * 3 + 1
     torch.testing.assert_close(ours(x), theirs(x))
     torch.testing.assert_close(ours.running_var, theirs.running_var)
+
+
+def test_the_build_finds_the_ninja_package_where_the_system_has_none(monkeypatch):
+    ninja = pytest.importorskip("ninja")
+    before = os.environ["PATH"]
+    monkeypatch.setattr(fused_node.shutil, "which", lambda name: None)
+    with fused_node._ninja_on_path():
+        assert os.environ["PATH"].split(os.pathsep)[0] == ninja.BIN_DIR
+        assert os.path.exists(os.path.join(ninja.BIN_DIR, "ninja"))
+    assert os.environ["PATH"] == before

@@ -4,17 +4,20 @@ Inside a training step a Python ``autograd.Function`` costs more per call than
 the kernels of a BatchNorm1d on (128, 512) (docs/benchmarks.md, "Whole training
 steps"); this node does that per-call work in C++ and calls the same compiled
 kernels, so results are bit for bit the Python route's. It is compiled once per
-install with ``torch.utils.cpp_extension`` (a C++ compiler is needed; about
-20 s on 2 cores) into ``$NORMLAB_NATIVE_DIR`` or ``~/.cache/normlab``. Where it
-cannot be built, or with ``NORMLAB_NATIVE=0``, :func:`load` returns None and
-the route stays in Python (same results, more time per call).
+install with ``torch.utils.cpp_extension`` (a C++ compiler is needed, and
+ninja, which the torch extra installs; about 20 s on 2 cores) into
+``$NORMLAB_NATIVE_DIR`` or ``~/.cache/normlab``. Where it cannot be built, or
+with ``NORMLAB_NATIVE=0``, :func:`load` returns None and the route stays in
+Python (same results, more time per call).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
+import shutil
 import sys
 import tempfile
 import warnings
@@ -36,6 +39,26 @@ def _build_dir(name: str) -> Path:
     raise OSError(f"no writable directory for the native node (tried {root})")
 
 
+@contextlib.contextmanager
+def _ninja_on_path():
+    """torch's builder runs ``ninja`` from PATH: where there is none, the one of the ``ninja`` package
+    (the torch extra installs it), for the duration of the build."""
+    if shutil.which("ninja") is not None:
+        yield
+        return
+    try:
+        import ninja
+    except ImportError:
+        yield
+        return
+    before = os.environ.get("PATH", "")
+    os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + before
+    try:
+        yield
+    finally:
+        os.environ["PATH"] = before
+
+
 @functools.cache
 def load():
     """``torch.ops.normlab.fused_norm``, built or loaded now; None where it cannot be (a warning says why)."""
@@ -51,8 +74,9 @@ def load():
         if not (build_dir / f"{name}.so").exists():
             print(f"normlab.torch: compiling the native autograd node into {build_dir} (once, ~20 s)",
                   file=sys.stderr, flush=True)
-        cpp_extension.load(name=name, sources=[str(SOURCE)], build_directory=str(build_dir),
-                           extra_cflags=["-O2"], is_python_module=False, verbose=False)
+        with _ninja_on_path():
+            cpp_extension.load(name=name, sources=[str(SOURCE)], build_directory=str(build_dir),
+                               extra_cflags=["-O2"], is_python_module=False, verbose=False)
         return torch.ops.normlab.fused_norm
     except Exception as exc:  # no compiler, no ninja, a read-only disk: the Python route still works
         warnings.warn(f"normlab.torch: the native autograd node is unavailable ({type(exc).__name__}: {exc}); "
