@@ -65,7 +65,9 @@ def load():
     if os.environ.get("NORMLAB_NATIVE", "1") == "0":
         return None
     source = SOURCE.read_bytes()
-    tag = hashlib.sha256(source + torch.__version__.encode() + sys.version.encode()).hexdigest()[:12]
+    # One build per source, torch and Python: each environment its own (torch's builder rebuilds when the
+    # include paths in its build file change, so two environments sharing one directory would take turns).
+    tag = hashlib.sha256(source + f"{torch.__version__}|{torch.__file__}|{sys.version}".encode()).hexdigest()[:12]
     name = f"normlab_fused_node_{tag}"
     try:
         from torch.utils import cpp_extension
