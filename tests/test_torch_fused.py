@@ -294,3 +294,13 @@ def test_the_build_finds_the_ninja_package_where_the_system_has_none(monkeypatch
         assert os.environ["PATH"].split(os.pathsep)[0] == ninja.BIN_DIR
         assert os.path.exists(os.path.join(ninja.BIN_DIR, "ninja"))
     assert os.environ["PATH"] == before
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+def test_a_jit_trace_never_records_the_native_node():
+    # The node's plan holds kernel addresses of this process: a saved trace must not carry them.
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), nt.BatchNorm1d(8), nt.LayerNorm(8)).eval()
+    x = torch.randn(5, 4)
+    traced = torch.jit.trace(model, x)
+    assert not any(n.kind() == "normlab::fused_norm" for n in traced.inlined_graph.nodes())
+    torch.testing.assert_close(traced(x), model(x))

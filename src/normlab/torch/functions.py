@@ -205,9 +205,11 @@ def _closed_form_grads_op(dout, x, weight, stats, mean, var, kind, arg, eps):
 
 
 def _eager_core(x: torch.Tensor, backend: str) -> bool:
-    """Whether this call can take :class:`EagerNormFunction` (neither compiled nor under a torch.func transform)."""
+    """Whether this call can take :class:`EagerNormFunction` or the native node: plain eager, neither
+    compiled, nor under a torch.func transform, nor traced by torch.jit (a trace would keep the node's
+    kernel addresses, which mean nothing in another process)."""
     return (_uses_core(x, backend) and not torch.compiler.is_compiling()
-            and not torch._C._are_functorch_transforms_active())
+            and not torch._C._are_functorch_transforms_active() and not torch.jit.is_tracing())
 
 
 def check_eps(eps, batch_stats: bool, what: str) -> float:

@@ -102,7 +102,8 @@ class BatchNorm(_BatchNorm):
         including every error, is the general route's.
         """
         if (x.__class__ is not torch.Tensor or not x.is_cpu or not x.is_contiguous()
-                or torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()):
+                or torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
+                or torch.jit.is_tracing()):  # (see functions._eager_core)
             return None
         plan, eps = fused.plan_for("batch", x.shape, (), x.dtype, self.backend), self.eps
         if plan is None or x.shape[1] != self.num_features or eps.__class__ is not float or not 0 < eps < math.inf:
