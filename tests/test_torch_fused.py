@@ -297,6 +297,7 @@ def test_the_build_finds_the_ninja_package_where_the_system_has_none(monkeypatch
 
 
 @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace:DeprecationWarning")  # users still trace; so do we
 def test_a_jit_trace_never_records_the_native_node():
     # The node's plan holds kernel addresses of this process: a saved trace must not carry them.
     model = torch.nn.Sequential(torch.nn.Linear(4, 8), nt.BatchNorm1d(8), nt.LayerNorm(8)).eval()
