@@ -340,26 +340,26 @@ def _constant_int(value, name: str) -> int:
 
 def normalized_shape_tuple(normalized_shape) -> tuple[int, ...]:
     """torch's normalized_shape (an int or a sequence of ints, at least one) as a tuple."""
-    if normalized_shape.__class__ is tuple:  # a module's: checked once per value
-        try:
-            return _checked_shape(normalized_shape)
-        except TypeError as exc:  # unhashable (a symbolic size), or not ints: the full check says which
-            if "unhashable" not in str(exc):
-                raise
     if isinstance(normalized_shape, (numbers.Integral, torch.SymInt)):
         return (_constant_int(normalized_shape, "normalized_shape"),)
+    if normalized_shape.__class__ is tuple:  # a module's: checked once per value (symbolic sizes are unhashable)
+        try:
+            hash(normalized_shape)
+        except TypeError:
+            pass
+        else:
+            return _checked_shape(normalized_shape)
+    return _shape_of(normalized_shape)
+
+
+def _shape_of(normalized_shape) -> tuple[int, ...]:
     shape = tuple(_constant_int(d, "normalized_shape") for d in normalized_shape)
     if not shape:
         raise ValueError("normalized_shape must have at least one dimension, got ()")
     return shape
 
 
-@functools.lru_cache(maxsize=256)
-def _checked_shape(normalized_shape: tuple) -> tuple[int, ...]:
-    shape = tuple(_constant_int(d, "normalized_shape") for d in normalized_shape)
-    if not shape:
-        raise ValueError("normalized_shape must have at least one dimension, got ()")
-    return shape
+_checked_shape = functools.lru_cache(maxsize=256)(_shape_of)
 
 
 def _unbatched(input, normalized_shape):
