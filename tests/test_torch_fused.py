@@ -298,10 +298,10 @@ def test_the_build_finds_the_ninja_package_where_the_system_has_none(monkeypatch
 
 @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
 @pytest.mark.filterwarnings("ignore:`torch.jit.trace:DeprecationWarning")  # users still trace; so do we
-def test_a_jit_trace_never_records_the_native_node():
-    # The node's plan holds kernel addresses of this process: a saved trace must not carry them.
+def test_a_jit_trace_records_the_norms_and_serves_new_inputs():
+    # The tracer cannot see into the native node (a Python module's function, no operator): a trace that
+    # went through it would hold the traced input's result as a constant.
     model = torch.nn.Sequential(torch.nn.Linear(4, 8), nt.BatchNorm1d(8), nt.LayerNorm(8)).eval()
+    traced = torch.jit.trace(model, torch.randn(5, 4))
     x = torch.randn(5, 4)
-    traced = torch.jit.trace(model, x)
-    assert not any(n.kind() == "normlab::fused_norm" for n in traced.inlined_graph.nodes())
     torch.testing.assert_close(traced(x), model(x))

@@ -206,8 +206,8 @@ def _closed_form_grads_op(dout, x, weight, stats, mean, var, kind, arg, eps):
 
 def _eager_core(x: torch.Tensor, backend: str) -> bool:
     """Whether this call can take :class:`EagerNormFunction` or the native node: plain eager, neither
-    compiled, nor under a torch.func transform, nor traced by torch.jit (a trace would keep the node's
-    kernel addresses, which mean nothing in another process)."""
+    compiled, nor under a torch.func transform, nor traced by torch.jit (the tracer sees no torch op in
+    either: a trace would keep the traced input's result as a constant)."""
     return (_uses_core(x, backend) and not torch.compiler.is_compiling()
             and not torch._C._are_functorch_transforms_active() and not torch.jit.is_tracing())
 

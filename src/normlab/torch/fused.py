@@ -42,9 +42,9 @@ class Plan(NamedTuple):
     stat_shape: tuple  # the statistics as the user sees them ((C,) for batch norm, (N, ...) per sample)
     param_shape: tuple  # weight's and bias's shape
     count: int  # values per statistic
-    #: the native node's (kind, arg, plan) (``fused_node.cpp``: kernel addresses, huge-page bytes, counts,
+    #: the native node's ``Plan`` (``fused_node.cpp``: the norm, kernel addresses, huge-page bytes, counts,
     #: dims); None: the route stays in Python (the node could not be built)
-    native: tuple | None = None
+    native: object = None
 
     @property
     def view(self) -> tuple:
@@ -71,11 +71,11 @@ def plan_for(kind: str, shape: tuple, arg: tuple, dtype: torch.dtype, backend: s
     kernels = None if planner is None else planner(layout.view, layout.batch_stats, layout.center)
     if kernels is None:
         return None
-    native = None
-    if fused_node.load() is not None:
+    native, node = None, fused_node.load()
+    if node is not None:
         fwd, bwd, update32, update64, *dims = kernels.entry_points(np.float32 if dtype == torch.float32 else np.float64)
-        native = (kind, tuple(arg), (fwd, bwd, update32, update64, memory.HUGE_PAGE_MIN_BYTES,
-                                     math.prod(layout.stat_shape), math.prod(layout.param_shape), *dims))
+        native = node.Plan(kind, list(arg), [fwd, bwd, update32, update64, memory.HUGE_PAGE_MIN_BYTES,
+                                             math.prod(layout.stat_shape), math.prod(layout.param_shape), *dims])
     return Plan(kernels, layout.stat_shape, layout.param_shape, layout.count, native)
 
 
@@ -85,9 +85,8 @@ def run_native(plan: Plan, x, weight, bias, mean, var, running_mean=None, runnin
     number of statistics; out None when the computed statistics are not finite or weight/bias differ from
     x's dtype (nothing changed: the caller takes another route). Running buffers and num_batches_tracked,
     when given (batch norm), are updated (momentum None: cumulative average)."""
-    kind, arg, native = plan.native
-    return fused_node.load()(x, weight, bias, mean, var, running_mean, running_var, num_batches_tracked, momentum,
-                             eps, kind, arg, native)
+    return fused_node.load().fused_norm(x, weight, bias, mean, var, running_mean, running_var, num_batches_tracked,
+                                        momentum, eps, plan.native)
 
 
 def usable(x: torch.Tensor, *others) -> bool:

@@ -3,34 +3,48 @@
 // A training step calls each norm once forward and once backward, and between
 // a model's matrix products every Python operation is slower than on its own
 // (torch's OpenMP workers spin on the other cores): a Python autograd.Function
-// costs more there than the kernels it calls. This node does the route's
+// costs more there than the kernels it calls. This module does the route's
 // per-call work in C++ -- output and statistics allocated, the kernels called,
-// running statistics and num_batches_tracked updated, x saved for backward --
-// and calls normlab's own compiled kernels (Numba cfuncs, see
-// normlab/backends/_numba_entry_points.py) through the addresses in `plan`.
-// Results are bit for bit those of the Python routes: the kernels are the same.
+// running statistics and num_batches_tracked updated, x saved for backward in
+// a graph node of its own -- and calls normlab's own compiled kernels (Numba
+// cfuncs, see normlab/backends/_numba_entry_points.py) through the addresses
+// in the plan. Results are bit for bit those of the Python routes: the kernels
+// are the same.
 //
-// normlab::fused_norm(x, weight, bias, mean, var, running_mean, running_var, num_batches_tracked,
-//                     momentum, eps, kind, arg, plan) -> (out, stats)
+// It is a Python module (pybind11), not a torch operator: an operator's call
+// from Python (argument parsing against its schema, the dispatcher, a
+// torch::autograd::Function's bookkeeping) cost ~25 us per forward inside a
+// training step, more than the kernels of a BatchNorm1d on (128, 512); and
+// the route is never taken under torch.compile, tracing or functorch
+// transforms, where an operator would be needed.
+//
+// Plan(kind, arg, ints): one input signature's facts, built once (normlab.torch.fused.plan_for)
+//   kind, arg the norm (a key of normlab.torch.ops.LAYOUTS and its argument): for double backward
+//   ints      [forward, backward, update float, update double, huge-page bytes, S, P, dims...]:
+//             S statistics of x.numel() / S values each, P parameters, dims as the entry points take
+//             them (normlab/backends/_numba_entry_points.py)
+//
+// fused_norm(x, weight, bias, mean, var, running_mean, running_var, num_batches_tracked, momentum, eps, plan)
+//   -> (out, stats)
 //   x        contiguous float/double CPU input; weight, bias: None or P parameters of x's dtype
 //   mean/var given statistics (eval) or None (x's); stats: (3, S) double mean, var, invstd
 //   running_mean/var, num_batches_tracked: updated in place when given (batch norm in training)
 //   momentum None: cumulative average, factor 1 / (num_batches_tracked + 1), as torch.nn
-//   kind, arg the norm (a key of normlab.torch.ops.LAYOUTS and its argument): for double backward
-//   plan     [forward, backward, update float, update double, huge-page bytes, S, P, dims...]:
-//            S statistics of x.numel() / S values each, P parameters, dims as the entry points take
-//            them (normlab/backends/_numba_entry_points.py)
-// out is None (undefined) when the computed statistics are not finite, or weight/bias do not have
-// x's dtype: nothing was changed, and the caller takes the general route.
+// out is None when the computed statistics are not finite, weight/bias do not have x's dtype, or an
+// input carries a forward-mode tangent: nothing was changed, and the caller takes the general route.
 
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
-#include <torch/csrc/autograd/custom_function.h>
-#include <torch/library.h>
+#include <torch/csrc/autograd/function.h>
+#include <torch/csrc/autograd/functions/utils.h>
+#include <torch/csrc/autograd/saved_variable.h>
+#include <torch/csrc/utils/pybind.h>
 
+#include <memory>
 #include <optional>
 #include <string>
 #include <tuple>
+#include <vector>
 
 #if defined(__linux__)
 #include <sys/mman.h>
@@ -38,7 +52,8 @@
 
 namespace {
 
-using torch::autograd::AutogradContext;
+namespace py = pybind11;
+using torch::autograd::SavedVariable;
 using torch::autograd::variable_list;
 using OptTensor = std::optional<at::Tensor>;
 
@@ -48,7 +63,14 @@ using UpdateFn = void (*)(void*, void*, double*, int64_t, int64_t, double);
 
 enum PlanSlot { kForward, kBackward, kUpdateFloat, kUpdateDouble, kHugePageBytes, kStats, kParams, kDims };
 
+struct Plan {
+  std::string kind;
+  std::vector<int64_t> arg, ints;
+};
+
 bool present(const OptTensor& t) { return t.has_value() && t->defined(); }
+at::Tensor or_undefined(const OptTensor& t) { return present(t) ? *t : at::Tensor(); }
+OptTensor or_none(const at::Tensor& t) { return t.defined() ? OptTensor(t) : OptTensor(); }
 
 // A fresh tensor like x, advised onto transparent huge pages when large (normlab.torch.memory's rule).
 at::Tensor fresh_like(const at::Tensor& x, int64_t huge_page_bytes) {
@@ -64,49 +86,27 @@ at::Tensor fresh_like(const at::Tensor& x, int64_t huge_page_bytes) {
   return out;
 }
 
-// Given statistics (any float dtype) into rows 0 and 1 of stats.
-void copy_given(at::Tensor& stats, const at::Tensor& mean, const at::Tensor& var) {
-  stats.select(0, 0).copy_(mean.reshape(-1));
-  stats.select(0, 1).copy_(var.reshape(-1));
-}
+// The backward of one call: the closed form by the plan's kernel, or in torch ops under create_graph.
+// Its next edges are x, weight, bias (an absent one has an invalid edge).
+struct FusedNormBackward : public torch::autograd::Node {
+  SavedVariable x, gamma, stats, weight, mean, var;
+  std::shared_ptr<const Plan> plan;
+  double eps = 0.0;
+  std::vector<int64_t> param_shape;  // LayerNorm((5, 7)): (5, 7), which the parameters' gradients take
 
-// What the forward computed before the node exists: a non-tensor argument of apply, so that autograd
-// takes out and stats as the node's own outputs (not as inputs passed through).
-struct Forwarded {
-  at::Tensor out, stats, gamma;
-};
+  std::string name() const override { return "FusedNormBackward"; }
 
-struct FusedNorm : public torch::autograd::Function<FusedNorm> {
-  static constexpr size_t kForwardArgs = 10;  // backward returns one result per argument of forward
-
-  static variable_list forward(AutogradContext* ctx, const at::Tensor& x, const OptTensor& weight,
-                               const OptTensor& bias, const OptTensor& mean, const OptTensor& var,
-                               const Forwarded& done, double eps, const std::string& kind, at::IntArrayRef arg,
-                               at::IntArrayRef plan) {
-    ctx->save_for_backward({x, done.gamma, done.stats, present(weight) ? *weight : at::Tensor(),
-                            present(mean) ? *mean : at::Tensor(), present(var) ? *var : at::Tensor()});
-    ctx->saved_data["plan"] = plan.vec();
-    ctx->saved_data["eps"] = eps;
-    ctx->saved_data["kind"] = kind;
-    ctx->saved_data["arg"] = arg.vec();
-    ctx->saved_data["has_bias"] = present(bias);
-    // the parameters' shape (LayerNorm((5, 7)): (5, 7)), which their gradients take
-    ctx->saved_data["param_shape"] =
-        present(weight) ? weight->sizes().vec() : (present(bias) ? bias->sizes().vec() : std::vector<int64_t>{});
-    ctx->mark_non_differentiable({done.stats});
-    ctx->set_materialize_grads(false);  // stats never gets a gradient: no zeros for it on every backward
-    return {done.out, done.stats};
+  void release_variables() override {  // after a backward without retain_graph: x is freed with the graph
+    for (SavedVariable* v : {&x, &gamma, &stats, &weight, &mean, &var}) v->reset_data();
   }
 
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const auto saved = ctx->get_saved_variables();  // (unpacking checks that none was changed in place)
-    const at::Tensor &x = saved[0], &gamma = saved[1], &stats = saved[2], &weight = saved[3];
-    const at::Tensor &mean = saved[4], &var = saved[5];
-    const bool given = mean.defined();
+  variable_list apply(variable_list&& grads) override {
+    variable_list result(3);
+    if (!grads[0].defined()) return result;  // out did not reach what was differentiated
+    // (unpacking checks that none was changed in place, and that the graph was not freed)
+    const at::Tensor x_ = x.unpack(), gamma_ = gamma.unpack(), stats_ = stats.unpack();
+    const at::Tensor weight_ = weight.unpack(), mean_ = mean.unpack(), var_ = var.unpack();
     at::Tensor dx, dweight, dbias;
-    if (!grads[0].defined()) {  // out did not reach what was differentiated
-      return variable_list(kForwardArgs);
-    }
     if (at::GradMode::is_enabled()) {
       // create_graph: the closed form in torch ops, which autograd can differentiate (normlab.torch registers
       // normlab::closed_form_grads from Python; the statistics are recomputed as functions of x).
@@ -115,32 +115,25 @@ struct FusedNorm : public torch::autograd::Function<FusedNorm> {
                            .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
                                const at::Tensor&, const at::Tensor&, const OptTensor&, const at::Tensor&,
                                const OptTensor&, const OptTensor&, c10::string_view, at::IntArrayRef, double)>();
-      auto opt = [](const at::Tensor& t) { return t.defined() ? OptTensor(t) : OptTensor(); };
-      const auto arg = ctx->saved_data["arg"].toIntVector();
-      std::tie(dx, dweight, dbias) = op.call(grads[0], x, opt(weight), stats, opt(mean), opt(var),
-                                             ctx->saved_data["kind"].toStringRef(), arg,
-                                             ctx->saved_data["eps"].toDouble());
+      std::tie(dx, dweight, dbias) = op.call(grads[0], x_, or_none(weight_), stats_, or_none(mean_),
+                                             or_none(var_), plan->kind, plan->arg, eps);
     } else {
-      const auto plan = ctx->saved_data["plan"].toIntVector();
-      const at::Tensor dout = grads[0].to(x.scalar_type()).contiguous();
-      dx = fresh_like(x, plan[kHugePageBytes]);
-      dweight = at::empty({plan[kParams]}, x.options());
-      dbias = at::empty({plan[kParams]}, x.options());
-      reinterpret_cast<BackwardFn>(plan[kBackward])(x.data_ptr(), dout.data_ptr(), gamma.data_ptr(),
-                                                    stats.data_ptr<double>(), given, dweight.data_ptr(),
-                                                    dbias.data_ptr(), dx.data_ptr(), plan.data() + kDims);
-      const auto shape = ctx->saved_data["param_shape"].toIntVector();
-      if (!shape.empty()) {
-        dweight = dweight.view(shape);
-        dbias = dbias.view(shape);
+      const auto& ints = plan->ints;
+      const at::Tensor dout = grads[0].to(x_.scalar_type()).contiguous();
+      dx = fresh_like(x_, ints[kHugePageBytes]);
+      dweight = at::empty({ints[kParams]}, x_.options());
+      dbias = at::empty({ints[kParams]}, x_.options());
+      reinterpret_cast<BackwardFn>(ints[kBackward])(x_.data_ptr(), dout.data_ptr(), gamma_.data_ptr(),
+                                                    stats_.data_ptr<double>(), mean_.defined(), dweight.data_ptr(),
+                                                    dbias.data_ptr(), dx.data_ptr(), ints.data() + kDims);
+      if (!param_shape.empty()) {
+        dweight = dweight.view(param_shape);
+        dbias = dbias.view(param_shape);
       }
     }
-    // One result per argument of forward; needs_input_grad counts only the tensors that were given.
-    const bool has_weight = weight.defined(), has_bias = ctx->saved_data["has_bias"].toBool();
-    variable_list result(kForwardArgs);
-    if (ctx->needs_input_grad(0)) result[0] = dx;
-    if (has_weight && ctx->needs_input_grad(1)) result[1] = dweight;
-    if (has_bias && ctx->needs_input_grad(1 + has_weight)) result[2] = dbias;
+    if (task_should_compute_output(0)) result[0] = dx;
+    if (task_should_compute_output(1)) result[1] = dweight;
+    if (task_should_compute_output(2)) result[2] = dbias;
     return result;
   }
 };
@@ -149,31 +142,39 @@ std::tuple<at::Tensor, at::Tensor> fused_norm(const at::Tensor& x, const OptTens
                                               const OptTensor& mean, const OptTensor& var,
                                               const OptTensor& running_mean, const OptTensor& running_var,
                                               const OptTensor& num_batches_tracked, std::optional<double> momentum,
-                                              double eps, c10::string_view kind, at::IntArrayRef arg,
-                                              at::IntArrayRef plan) {
-  TORCH_CHECK(plan.size() > kDims, "fused_norm: plan has ", plan.size(), " entries");
+                                              double eps, const std::shared_ptr<const Plan>& plan) {
+  const auto& ints = plan->ints;
+  TORCH_CHECK(ints.size() > kDims, "fused_norm: the plan has ", ints.size(), " entries");
   TORCH_CHECK(x.device().is_cpu() && x.is_contiguous() &&
                   (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble),
               "fused_norm: x must be a contiguous float32/float64 CPU tensor");
-  const int64_t stats_count = plan[kStats], params = plan[kParams];
-  TORCH_CHECK(stats_count > 0 && x.numel() % stats_count == 0, "fused_norm: plan does not match x's shape");
+  const int64_t stats_count = ints[kStats], params = ints[kParams];
+  TORCH_CHECK(stats_count > 0 && x.numel() % stats_count == 0, "fused_norm: the plan does not match x's shape");
   const int64_t count = x.numel() / stats_count;  // values per statistic
   for (const OptTensor* p : {&weight, &bias}) {
     if (present(*p) && ((*p)->scalar_type() != x.scalar_type() || !(*p)->is_contiguous())) return {};
   }
+  // Forward-mode AD (dual tensors): the general route's, which says it is not supported.
+  for (const OptTensor& t : {OptTensor(x), weight, bias, mean, var}) {
+    if (torch::autograd::isFwGradDefined(t)) return {};
+  }
   const bool given = present(mean);
-  Forwarded done;
-  std::optional<at::AutoDispatchBelowADInplaceOrView> below_autograd(std::in_place);  // plain allocations
-  done.gamma = present(weight) ? *weight : at::ones({params}, x.options());
-  const at::Tensor beta = present(bias) ? *bias : at::zeros({params}, x.options());
-  done.stats = at::empty({3, stats_count}, x.options().dtype(at::kDouble));
-  if (given) copy_given(done.stats, *mean, *var);
-  done.out = fresh_like(x, plan[kHugePageBytes]);
-  const auto finite = reinterpret_cast<ForwardFn>(plan[kForward])(x.data_ptr(), done.gamma.data_ptr(),
-                                                                  beta.data_ptr(), eps, given,
-                                                                  done.stats.data_ptr<double>(),
-                                                                  done.out.data_ptr(), plan.data() + kDims);
-  if (!finite) return {at::Tensor(), done.stats};
+  at::Tensor out, stats, gamma;
+  {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;  // plain allocations
+    gamma = present(weight) ? *weight : at::ones({params}, x.options());
+    const at::Tensor beta = present(bias) ? *bias : at::zeros({params}, x.options());
+    stats = at::empty({3, stats_count}, x.options().dtype(at::kDouble));
+    if (given) {
+      stats.select(0, 0).copy_(mean->reshape(-1));
+      stats.select(0, 1).copy_(var->reshape(-1));
+    }
+    out = fresh_like(x, ints[kHugePageBytes]);
+    const auto finite = reinterpret_cast<ForwardFn>(ints[kForward])(x.data_ptr(), gamma.data_ptr(), beta.data_ptr(),
+                                                                    eps, given, stats.data_ptr<double>(),
+                                                                    out.data_ptr(), ints.data() + kDims);
+    if (!finite) return {at::Tensor(), stats};
+  }
   if (present(running_mean) && present(running_var)) {
     double factor = 0.0;
     if (momentum.has_value()) {
@@ -182,25 +183,46 @@ std::tuple<at::Tensor, at::Tensor> fused_norm(const at::Tensor& x, const OptTens
       TORCH_CHECK(num_batches_tracked->scalar_type() == at::kLong, "num_batches_tracked must be int64");
       factor = 1.0 / static_cast<double>(*num_batches_tracked->data_ptr<int64_t>() + 1);
     }
-    const auto update = reinterpret_cast<UpdateFn>(
-        plan[running_mean->scalar_type() == at::kFloat ? kUpdateFloat : kUpdateDouble]);
+    const auto update = reinterpret_cast<UpdateFn>(ints[running_mean->scalar_type() == at::kFloat ? kUpdateFloat
+                                                                                                 : kUpdateDouble]);
     TORCH_CHECK(update != nullptr, "fused_norm: this plan has no running-statistics rule");
-    update(running_mean->data_ptr(), running_var->data_ptr(), done.stats.data_ptr<double>(), stats_count, count,
-           factor);
+    update(running_mean->data_ptr(), running_var->data_ptr(), stats.data_ptr<double>(), stats_count, count, factor);
   }
-  if (present(num_batches_tracked)) num_batches_tracked->add_(1);
-  below_autograd.reset();  // apply records the node: autograd dispatch again
-  auto result = FusedNorm::apply(x, weight, bias, mean, var, done, eps, std::string(kind), arg, plan);
-  return {result[0], result[1]};
+  if (present(num_batches_tracked)) {  // num_batches_tracked.add_(1) without an operator call
+    const at::Tensor& n = *num_batches_tracked;
+    TORCH_CHECK(n.scalar_type() == at::kLong && n.numel() == 1 && n.is_cpu(),
+                "num_batches_tracked must be a one-element int64 CPU tensor");
+    n.unsafeGetTensorImpl()->bump_version();  // (an inference tensor outside inference mode refuses here)
+    *n.data_ptr<int64_t>() += 1;
+  }
+  if (torch::autograd::compute_requires_grad(x, weight, bias)) {
+    auto node = c10::make_intrusive<FusedNormBackward>();
+    node->set_next_edges(torch::autograd::collect_next_edges(x, weight, bias));
+    node->x = SavedVariable(x, false);
+    node->gamma = SavedVariable(gamma, false);
+    node->stats = SavedVariable(stats, false);
+    node->weight = SavedVariable(weight, false);
+    node->mean = SavedVariable(mean, false);
+    node->var = SavedVariable(var, false);
+    node->plan = plan;
+    node->eps = eps;
+    if (present(weight) || present(bias)) node->param_shape = (present(weight) ? *weight : *bias).sizes().vec();
+    torch::autograd::set_history(out, node);
+  }
+  return {out, stats};
 }
 
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(normlab, m) {
-  m.def(
-      "fused_norm(Tensor x, Tensor? weight, Tensor? bias, Tensor? mean, Tensor? var, Tensor? running_mean, "
-      "Tensor? running_var, Tensor? num_batches_tracked, float? momentum, float eps, str kind, int[] arg, "
-      "int[] plan) -> (Tensor, Tensor)");
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  py::class_<Plan, std::shared_ptr<Plan>>(m, "Plan")
+      .def(py::init([](std::string kind, std::vector<int64_t> arg, std::vector<int64_t> ints) {
+             return std::make_shared<Plan>(Plan{std::move(kind), std::move(arg), std::move(ints)});
+           }),
+           py::arg("kind"), py::arg("arg"), py::arg("ints"))
+      .def_readonly("kind", &Plan::kind)
+      .def_readonly("arg", &Plan::arg)
+      .def_readonly("ints", &Plan::ints);
+  // The GIL is released while the kernels run: other Python threads (data loading) go on.
+  m.def("fused_norm", &fused_norm, py::call_guard<py::gil_scoped_release>());
 }
-
-TORCH_LIBRARY_IMPL(normlab, CompositeImplicitAutograd, m) { m.impl("fused_norm", fused_norm); }

@@ -61,7 +61,8 @@ def _ninja_on_path():
 
 @functools.cache
 def load():
-    """``torch.ops.normlab.fused_norm``, built or loaded now; None where it cannot be (a warning says why)."""
+    """The node's module (``fused_norm``, ``Plan``), built or loaded now; None where it cannot be (a warning
+    says why)."""
     if os.environ.get("NORMLAB_NATIVE", "1") == "0":
         return None
     source = SOURCE.read_bytes()
@@ -77,9 +78,8 @@ def load():
             print(f"normlab.torch: compiling the native autograd node into {build_dir} (once, ~20 s)",
                   file=sys.stderr, flush=True)
         with _ninja_on_path():
-            cpp_extension.load(name=name, sources=[str(SOURCE)], build_directory=str(build_dir),
-                               extra_cflags=["-O2"], is_python_module=False, verbose=False)
-        return torch.ops.normlab.fused_norm
+            return cpp_extension.load(name=name, sources=[str(SOURCE)], build_directory=str(build_dir),
+                                      extra_cflags=["-O2"], verbose=False)
     except Exception as exc:  # no compiler, no ninja, a read-only disk: the Python route still works
         warnings.warn(f"normlab.torch: the native autograd node is unavailable ({type(exc).__name__}: {exc}); "
                       "the fused route runs in Python (same results, more time per call)", RuntimeWarning,
