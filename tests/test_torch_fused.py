@@ -114,6 +114,48 @@ def test_eval_mode_takes_the_fused_route_with_the_running_statistics(route, fuse
                                                                    bn.bias, False))
 
 
+@pytest.mark.parametrize("shape", [(64, 32, 24, 24), (1024, 300)])  # above the fused sizes
+def test_large_inference_takes_the_fused_route_only_without_a_backward_to_serve(shape, route, fused_calls):
+    g = torch.Generator().manual_seed(12)
+    c = shape[1]
+    ours, theirs = nt.BatchNorm(c), torch.nn.BatchNorm2d(c) if len(shape) == 4 else torch.nn.BatchNorm1d(c)
+    with torch.no_grad():
+        theirs.running_mean.copy_(torch.randn(c, generator=g) * 50)
+        theirs.running_var.copy_(torch.rand(c, generator=g) + 0.1)
+        theirs.weight.copy_(torch.rand(c, generator=g) + 0.5)
+        theirs.bias.copy_(torch.randn(c, generator=g))
+    ours.load_state_dict(theirs.state_dict())
+    ours.eval(), theirs.eval()
+    x = torch.randn(shape, generator=g) * 3 + 40
+    with torch.no_grad():
+        out = ours(x)
+    assert fused_calls == {"forward": int(route == "python"), "backward": 0, "run_native": int(route == "native")}
+    with torch.no_grad():  # the functional form takes the same route
+        assert torch.equal(nt.batch_norm(x, ours.running_mean, ours.running_var, ours.weight, ours.bias),
+                           out)
+    assert fused_calls["forward"] + fused_calls["run_native"] == 2
+    # float64 arithmetic rounded once: within half a float32 spacing of the float64 result
+    with torch.no_grad():
+        truth = theirs.double()(x.double())
+        theirs.float()
+    ulp = (torch.nextafter(out, torch.tensor(np.inf)) - out).double()
+    assert ((out.double() - truth).abs() / ulp).max() <= 0.5 + 1e-6
+    numpy_route = nt.BatchNorm(c, backend="numpy").eval()
+    numpy_route.load_state_dict(ours.state_dict())
+    torch.testing.assert_close(out, numpy_route(x), rtol=0, atol=1e-5)
+    # with a backward to serve, the general route (its backward is the faster one at these sizes)
+    xg = x.clone().requires_grad_()
+    out_g = ours(xg)
+    assert fused_calls["forward"] + fused_calls["run_native"] == 2
+    assert torch.equal(out_g, out)
+    dout = torch.randn(shape, generator=g)
+    out_g.backward(dout)
+    xt = x.clone().requires_grad_()
+    theirs.float()(xt).backward(dout)
+    torch.testing.assert_close(xg.grad, xt.grad)
+    torch.testing.assert_close(ours.weight.grad, theirs.weight.grad, rtol=1e-4, atol=1e-3)
+
+
 def test_a_broadcast_dout_a_retained_graph_and_double_backward_agree(route, fused_calls):
     g = torch.Generator().manual_seed(3)
     x = torch.randn(16, 8, dtype=torch.float64, generator=g, requires_grad=True)
@@ -165,6 +207,10 @@ def test_input_changed_in_place_before_backward_is_an_error(route):
 def test_plan_only_where_the_fused_kernels_apply():
     assert fused.plan_for("batch", (128, 512), (), torch.float32, "auto").stat_shape == (512,)
     assert fused.plan_for("batch", (64, 64, 32, 32), (), torch.float32, "auto") is None  # two-kernel paths
+    # given statistics (eval): one launch at every size, forward only above the fused sizes
+    assert fused.plan_for("batch", (64, 64, 32, 32), (), torch.float32, "auto", True).forward_only
+    assert fused.plan_for("batch", (1024, 512), (), torch.float32, "auto", True).forward_only
+    assert not fused.plan_for("batch", (128, 512), (), torch.float32, "auto", True).forward_only
     assert fused.plan_for("layer", (32, 64, 256), (256,), torch.float32, "auto").stat_shape == (32, 64)
     assert fused.plan_for("group", (8, 6, 5, 5), (3,), torch.float64, "auto").stat_shape == (8, 3)
     assert fused.plan_for("batch", (128, 512), (), torch.float16, "auto") is None

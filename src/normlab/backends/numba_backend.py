@@ -21,6 +21,8 @@ Loop shape per layout (see ``_numba_kernels`` and ``_numba_batch_kernels``):
   ``channels`` kernels for runs of at least ``ROWS_MIN_LENGTH`` values or small
   inputs, below ``CHANNELS_FUSED_BELOW`` values; the PyTorch bridge calls these directly (``normlab.torch.fused``),
   from C++ through their C entry points (``_numba_entry_points``, ``FusedPlan.entry_points``);
+* given statistics (batch norm in eval mode): one launch at every size, row
+  by row (nothing to reduce); above the fused sizes for the forward only;
 * batch statistics otherwise (large inputs, mid-sized short runs): two
   kernels, ``rows`` (parallel over (n, c) rows, partial sums merged over N
   afterwards) or ``cols`` (row blocks with per-thread column slabs);
@@ -115,7 +117,7 @@ def _require_centered(batch_stats, center):
 
 def forward(x4, gamma, beta, eps, batch_stats, given=None, out=None, center=True):
     _require_centered(batch_stats, center)
-    plan = fused_plan(x4.shape) if batch_stats else None
+    plan = fused_plan(x4.shape, given=given is not None) if batch_stats else None
     if plan is not None:  # no NumPy arithmetic to keep quiet: skip errstate's cost
         return _fused_forward(plan, x4, gamma, beta, eps, given, out)
     # NaN/inf in x must reach the statistics (the core reports them), quietly.
@@ -171,6 +173,9 @@ class FusedPlan(NamedTuple):
     parallel: bool
     #: (running_mean, running_var, batch_mean, batch_var, count, factor): the running-statistics rule in place
     update_running: Callable = _k.update_running
+    #: for given statistics above the fused sizes: the forward serves, the backward is slower than the general
+    #: route's (``fused_plan``)
+    forward_only: bool = False
 
     @property
     def count(self) -> int:
@@ -209,6 +214,7 @@ class RowsPlan(NamedTuple):
 
     shape: tuple
     center: bool
+    forward_only = False  # (FusedPlan's flag: the backward serves too)
 
     @property
     def view(self) -> tuple:
@@ -252,22 +258,29 @@ class RowsPlan(NamedTuple):
         return (forward, backward, 0, 0, *self.shape, _blocks(size, self.view[0]))
 
 
-def fused_plan(view4, batch_stats: bool = True, center: bool = True) -> FusedPlan | RowsPlan | None:
+def fused_plan(view4, batch_stats: bool = True, center: bool = True,
+               given: bool = False) -> FusedPlan | RowsPlan | None:
     """The one-launch kernels serving a (N, G, K, L) view, or None (batch statistics on the two-kernel paths).
 
     batch_stats False: per-sample statistics (center False: RMS), always one launch.
+    given: the statistics are given (inference): no reduction, so one launch at every size; above the
+    fused sizes the plan is ``forward_only`` (its backward, a thread per channel, is slower there than
+    the two-kernel path's).
     """
     if not batch_stats:
         return RowsPlan(tuple(view4), center)
     n, c, _, l = view4
     size = n * c * l
     kind = _fused_kind(n, c, l, size)
+    forward_only = kind is None and given
+    if forward_only:
+        kind = "columns" if l == 1 else "channels"
     if kind == "columns":
         return FusedPlan((n, c), _pick(_kb.columns_forward, size), _pick(_kb.columns_backward, size),
-                         (_column_width(c, size),), "columns", size >= SERIAL_BELOW)
+                         (_column_width(c, size),), "columns", size >= SERIAL_BELOW, forward_only=forward_only)
     if kind == "channels":
         return FusedPlan((n, c, l), _pick(_kb.channels_forward, size), _pick(_kb.channels_backward, size), (),
-                         "channels", size >= SERIAL_BELOW)
+                         "channels", size >= SERIAL_BELOW, forward_only=forward_only)
     return None
 
 

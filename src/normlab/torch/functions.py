@@ -252,7 +252,7 @@ def _normalize(x, weight, bias, spec: Spec, mean, var):
               None if mean is None else mean.shape, None if var is None else var.shape)
     if _eager_core(x, spec.backend):
         spec, plan = _prepared(spec, x.shape, mean is None, shapes, x.dtype)  # cached per signature
-        if plan is not None and not fused.usable(x, weight, bias, mean, var):
+        if plan is not None and not (fused.usable(x, weight, bias, mean, var) and fused.serves(plan, x, weight, bias)):
             plan = None
         if plan is not None and plan.native is not None:  # the whole call in C++
             out, stats = fused.run_native(plan, x, weight, bias, mean, var, eps=spec.eps)
@@ -293,7 +293,7 @@ def _check(spec: Spec, shape: tuple, batch_stats: bool, shapes: tuple) -> Spec:
 def _prepared(spec: Spec, shape: tuple, batch_stats: bool, shapes: tuple, dtype: torch.dtype):
     """The eager path's per-signature work: :func:`_check`, and the fused kernels' plan (or None)."""
     spec = _check(spec, tuple(shape), batch_stats, tuple(None if t is None else tuple(t) for t in shapes))
-    return spec, fused.plan_for(spec.kind, tuple(shape), spec.arg, dtype, spec.backend)
+    return spec, fused.plan_for(spec.kind, tuple(shape), spec.arg, dtype, spec.backend, not batch_stats)
 
 
 def update_running_stats(running_mean, running_var, batch_mean, batch_var, count: int, factor) -> None:

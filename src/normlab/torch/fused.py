@@ -45,6 +45,8 @@ class Plan(NamedTuple):
     #: the native node's ``Plan`` (``fused_node.cpp``: the norm, kernel addresses, huge-page bytes, counts,
     #: dims); None: the route stays in Python (the node could not be built)
     native: object = None
+    #: given statistics above the fused sizes: only for calls that need no gradient (:func:`serves`)
+    forward_only: bool = False
 
     @property
     def view(self) -> tuple:
@@ -56,10 +58,13 @@ class Plan(NamedTuple):
 
 
 @functools.lru_cache(maxsize=256)
-def plan_for(kind: str, shape: tuple, arg: tuple, dtype: torch.dtype, backend: str) -> Plan | None:
+def plan_for(kind: str, shape: tuple, arg: tuple, dtype: torch.dtype, backend: str,
+             given: bool = False) -> Plan | None:
     """The fused kernels for norm ``kind`` (a key of ``ops.LAYOUTS``) of an input of ``shape``, or None.
 
-    shape and arg are already validated (``functions._check``).
+    shape and arg are already validated (``functions._check``); given: the statistics are given (batch norm
+    in eval mode), which any size of batch norm serves in one launch (a ``forward_only`` plan above the
+    fused sizes).
     """
     if dtype not in _DTYPES or backend == "torch" or math.prod(shape) == 0:
         return None
@@ -68,7 +73,7 @@ def plan_for(kind: str, shape: tuple, arg: tuple, dtype: torch.dtype, backend: s
     except ImportError:
         return None
     layout = ops.layout_of_shape(kind, tuple(shape), arg)
-    kernels = None if planner is None else planner(layout.view, layout.batch_stats, layout.center)
+    kernels = None if planner is None else planner(layout.view, layout.batch_stats, layout.center, given)
     if kernels is None:
         return None
     native, node = None, fused_node.load()
@@ -76,7 +81,16 @@ def plan_for(kind: str, shape: tuple, arg: tuple, dtype: torch.dtype, backend: s
         fwd, bwd, update32, update64, *dims = kernels.entry_points(np.float32 if dtype == torch.float32 else np.float64)
         native = node.Plan(kind, list(arg), [fwd, bwd, update32, update64, memory.HUGE_PAGE_MIN_BYTES,
                                              math.prod(layout.stat_shape), math.prod(layout.param_shape), *dims])
-    return Plan(kernels, layout.stat_shape, layout.param_shape, layout.count, native)
+    return Plan(kernels, layout.stat_shape, layout.param_shape, layout.count, native, kernels.forward_only)
+
+
+def serves(plan: Plan, x: torch.Tensor, weight, bias) -> bool:
+    """Whether ``plan`` serves this call: a ``forward_only`` plan only where autograd will not ask for a
+    backward (no grad mode, or nothing requires grad)."""
+    if not plan.forward_only or not torch.is_grad_enabled():
+        return True
+    return not (x.requires_grad or (weight is not None and weight.requires_grad)
+                or (bias is not None and bias.requires_grad))
 
 
 def run_native(plan: Plan, x, weight, bias, mean, var, running_mean=None, running_var=None,

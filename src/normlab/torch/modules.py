@@ -105,17 +105,18 @@ class BatchNorm(_BatchNorm):
                 or torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
                 or torch.jit.is_tracing()):  # (see functions._eager_core)
             return None
-        plan, eps = fused.plan_for("batch", x.shape, (), x.dtype, self.backend), self.eps
-        if plan is None or x.shape[1] != self.num_features or eps.__class__ is not float or not 0 < eps < math.inf:
-            return None
         weight, bias, running_mean, running_var, num_batches_tracked = _own(self, _BATCH_NORM_STATE)
         training = self.training
         batch_stats = training or (running_mean is None and running_var is None)
+        plan, eps = fused.plan_for("batch", x.shape, (), x.dtype, self.backend, not batch_stats), self.eps
+        if plan is None or x.shape[1] != self.num_features or eps.__class__ is not float or not 0 < eps < math.inf:
+            return None
         given = (None, None) if batch_stats else (running_mean, running_var)
         update = training and self.track_running_stats and (running_mean is not None or running_var is not None)
         if ((batch_stats and plan.count < 2) or ((update or not batch_stats)
                                                  and (running_mean is None or running_var is None))
-                or not fused.usable(x, weight, bias, running_mean, running_var)):
+                or not fused.usable(x, weight, bias, running_mean, running_var)
+                or not fused.serves(plan, x, weight, bias)):
             return None
         counts = training and self.track_running_stats and num_batches_tracked is not None  # _counts_batch
         if plan.native is not None:  # the whole call in C++; None: non-finite statistics, nothing changed
