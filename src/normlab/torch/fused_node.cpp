@@ -34,6 +34,7 @@
 // input carries a forward-mode tangent: nothing was changed, and the caller takes the general route.
 
 #include <ATen/ATen.h>
+#include <ATen/EmptyTensor.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/csrc/autograd/function.h>
 #include <torch/csrc/autograd/functions/utils.h>
@@ -72,9 +73,13 @@ bool present(const OptTensor& t) { return t.has_value() && t->defined(); }
 at::Tensor or_undefined(const OptTensor& t) { return present(t) ? *t : at::Tensor(); }
 OptTensor or_none(const at::Tensor& t) { return t.defined() ? OptTensor(t) : OptTensor(); }
 
-// A fresh tensor like x, advised onto transparent huge pages when large (normlab.torch.memory's rule).
+// A fresh CPU tensor, straight from the allocator (no operator call: a step makes dozens of these).
+at::Tensor fresh(at::IntArrayRef sizes, at::ScalarType dtype) { return at::detail::empty_cpu(sizes, dtype); }
+
+// A fresh tensor like a contiguous x, advised onto transparent huge pages when large (normlab.torch.memory's
+// rule).
 at::Tensor fresh_like(const at::Tensor& x, int64_t huge_page_bytes) {
-  at::Tensor out = at::empty_like(x);
+  at::Tensor out = fresh(x.sizes(), x.scalar_type());
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
   const auto bytes = static_cast<int64_t>(out.nbytes());
   if (huge_page_bytes > 0 && bytes >= huge_page_bytes) {
@@ -92,7 +97,7 @@ struct FusedNormBackward : public torch::autograd::Node {
   SavedVariable x, gamma, stats, weight, mean, var;
   std::shared_ptr<const Plan> plan;
   double eps = 0.0;
-  std::vector<int64_t> param_shape;  // LayerNorm((5, 7)): (5, 7), which the parameters' gradients take
+  std::vector<int64_t> param_shape;  // (P,), or LayerNorm((5, 7))'s (5, 7): the parameters' gradients' shape
 
   std::string name() const override { return "FusedNormBackward"; }
 
@@ -119,17 +124,16 @@ struct FusedNormBackward : public torch::autograd::Node {
                                              or_none(var_), plan->kind, plan->arg, eps);
     } else {
       const auto& ints = plan->ints;
-      const at::Tensor dout = grads[0].to(x_.scalar_type()).contiguous();
+      at::Tensor dout = grads[0];
+      if (dout.scalar_type() != x_.scalar_type() || !dout.is_contiguous()) {
+        dout = dout.to(x_.scalar_type()).contiguous();
+      }
       dx = fresh_like(x_, ints[kHugePageBytes]);
-      dweight = at::empty({ints[kParams]}, x_.options());
-      dbias = at::empty({ints[kParams]}, x_.options());
+      dweight = fresh(param_shape, x_.scalar_type());
+      dbias = fresh(param_shape, x_.scalar_type());
       reinterpret_cast<BackwardFn>(ints[kBackward])(x_.data_ptr(), dout.data_ptr(), gamma_.data_ptr(),
                                                     stats_.data_ptr<double>(), mean_.defined(), dweight.data_ptr(),
                                                     dbias.data_ptr(), dx.data_ptr(), ints.data() + kDims);
-      if (!param_shape.empty()) {
-        dweight = dweight.view(param_shape);
-        dbias = dbias.view(param_shape);
-      }
     }
     if (task_should_compute_output(0)) result[0] = dx;
     if (task_should_compute_output(1)) result[1] = dweight;
@@ -164,7 +168,7 @@ std::tuple<at::Tensor, at::Tensor> fused_norm(const at::Tensor& x, const OptTens
     at::AutoDispatchBelowADInplaceOrView below_autograd;  // plain allocations
     gamma = present(weight) ? *weight : at::ones({params}, x.options());
     const at::Tensor beta = present(bias) ? *bias : at::zeros({params}, x.options());
-    stats = at::empty({3, stats_count}, x.options().dtype(at::kDouble));
+    stats = fresh({3, stats_count}, at::kDouble);
     if (given) {
       stats.select(0, 0).copy_(mean->reshape(-1));
       stats.select(0, 1).copy_(var->reshape(-1));
@@ -206,7 +210,8 @@ std::tuple<at::Tensor, at::Tensor> fused_norm(const at::Tensor& x, const OptTens
     node->var = SavedVariable(var, false);
     node->plan = plan;
     node->eps = eps;
-    if (present(weight) || present(bias)) node->param_shape = (present(weight) ? *weight : *bias).sizes().vec();
+    node->param_shape = present(weight) || present(bias) ? (present(weight) ? *weight : *bias).sizes().vec()
+                                                         : std::vector<int64_t>{params};
     torch::autograd::set_history(out, node);
   }
   return {out, stats};
