@@ -7,16 +7,17 @@ into ``core.run_forward``, the backend's dispatch, dtype conversions, the
 cache — costs more than the kernels. For the cases that dominate real models
 (float32/float64 C-contiguous input and parameters, the Numba backend) this
 module looks up once per input signature which kernels serve it
-(``numba_backend.fused_plan``: batch statistics below a size, every
-per-sample norm) and then calls them on NumPy views of the tensors' memory.
+(``numba_backend.fused_plan``: batch statistics below a size, given
+statistics (inference) at every size, every per-sample norm) and then calls
+them on NumPy views of the tensors' memory.
 The kernels are the core's own, so results are bit for bit those of the
 general route; anything else, and a batch whose statistics come out non-finite
 (which the core rescales or reports), takes the general route.
 
 Where the native autograd node (``fused_node``) was built, the plan carries the
-kernels' C entry points (``Plan.native``) and :func:`run_native` hands the whole
-call to it: it allocates, calls the kernels, updates batch norm's running
-statistics and saves for backward in C++. Elsewhere the kernels are called from
+kernels' C entry points (``Plan.native``, the node's ``Plan`` object) and
+:func:`run_native` hands the whole call to it: it allocates, calls the kernels,
+updates batch norm's running statistics and records its own graph node in C++. Elsewhere the kernels are called from
 Python (:func:`forward`, :func:`backward`).
 """
 
