@@ -351,3 +351,19 @@ def test_a_jit_trace_records_the_norms_and_serves_new_inputs():
     traced = torch.jit.trace(model, torch.randn(5, 4))
     x = torch.randn(5, 4)
     torch.testing.assert_close(traced(x), model(x))
+
+
+@pytest.mark.parametrize("shape", [(8, 16), (64, 16, 40, 40)])  # the fused route and the general one
+@pytest.mark.parametrize("grad", [True, False])  # (with grad, saving the inference weight refuses first)
+def test_buffers_made_under_inference_mode_refuse_a_training_forward_unchanged(shape, grad, route):
+    with torch.inference_mode():
+        ours, theirs = nt.BatchNorm(16), (torch.nn.BatchNorm1d if len(shape) == 2 else torch.nn.BatchNorm2d)(16)
+    x = torch.randn(shape)
+    for m in (ours, theirs):
+        with torch.set_grad_enabled(grad), pytest.raises(RuntimeError, match="[Ii]nference"):
+            m(x)
+        assert m.running_mean.abs().max() == 0 and m.running_var.eq(1).all()
+    assert ours.num_batches_tracked == 0  # (torch.nn's add_ has counted the batch before refusing)
+    with torch.inference_mode():  # inside it the update is allowed, for both
+        ours(x)
+    assert ours.num_batches_tracked == 1 and ours.running_mean.abs().max() > 0

@@ -179,26 +179,29 @@ std::tuple<at::Tensor, at::Tensor> fused_norm(const at::Tensor& x, const OptTens
                                                                     out.data_ptr(), ints.data() + kDims);
     if (!finite) return {at::Tensor(), stats};
   }
-  if (present(running_mean) && present(running_var)) {
+  const bool update = present(running_mean) && present(running_var), counts = present(num_batches_tracked);
+  if (counts) {
+    TORCH_CHECK(num_batches_tracked->scalar_type() == at::kLong && num_batches_tracked->numel() == 1 &&
+                    num_batches_tracked->is_cpu(),
+                "num_batches_tracked must be a one-element int64 CPU tensor");
+    // Its version bumped as add_(1) would (torch.nn bumps no other buffer's), before anything changes: an
+    // inference tensor outside inference mode refuses here, as torch.nn's does, with the buffers as they were.
+    num_batches_tracked->unsafeGetTensorImpl()->bump_version();
+  }
+  if (update) {
     double factor = 0.0;
     if (momentum.has_value()) {
       factor = *momentum;
-    } else if (present(num_batches_tracked)) {
-      TORCH_CHECK(num_batches_tracked->scalar_type() == at::kLong, "num_batches_tracked must be int64");
+    } else if (counts) {
       factor = 1.0 / static_cast<double>(*num_batches_tracked->data_ptr<int64_t>() + 1);
     }
-    const auto update = reinterpret_cast<UpdateFn>(ints[running_mean->scalar_type() == at::kFloat ? kUpdateFloat
-                                                                                                 : kUpdateDouble]);
-    TORCH_CHECK(update != nullptr, "fused_norm: this plan has no running-statistics rule");
-    update(running_mean->data_ptr(), running_var->data_ptr(), stats.data_ptr<double>(), stats_count, count, factor);
+    const auto update_fn = reinterpret_cast<UpdateFn>(
+        ints[running_mean->scalar_type() == at::kFloat ? kUpdateFloat : kUpdateDouble]);
+    TORCH_CHECK(update_fn != nullptr, "fused_norm: this plan has no running-statistics rule");
+    update_fn(running_mean->data_ptr(), running_var->data_ptr(), stats.data_ptr<double>(), stats_count, count,
+              factor);
   }
-  if (present(num_batches_tracked)) {  // num_batches_tracked.add_(1) without an operator call
-    const at::Tensor& n = *num_batches_tracked;
-    TORCH_CHECK(n.scalar_type() == at::kLong && n.numel() == 1 && n.is_cpu(),
-                "num_batches_tracked must be a one-element int64 CPU tensor");
-    n.unsafeGetTensorImpl()->bump_version();  // (an inference tensor outside inference mode refuses here)
-    *n.data_ptr<int64_t>() += 1;
-  }
+  if (counts) *num_batches_tracked->data_ptr<int64_t>() += 1;  // num_batches_tracked.add_(1), no operator call
   if (torch::autograd::compute_requires_grad(x, weight, bias)) {
     auto node = c10::make_intrusive<FusedNormBackward>();
     node->set_next_edges(torch::autograd::collect_next_edges(x, weight, bias));

@@ -42,6 +42,15 @@ def _own(module, names: tuple) -> tuple:
     return tuple(found)
 
 
+def _check_countable(num_batches_tracked: torch.Tensor) -> None:
+    """torch.nn's refusal, raised before any buffer changes: num_batches_tracked made under
+    torch.inference_mode cannot be counted outside it (the native node checks the same in C++)."""
+    if num_batches_tracked.is_inference() and not torch.is_inference_mode_enabled():
+        raise RuntimeError("BatchNorm: num_batches_tracked is an inference tensor (made under torch.inference_mode) "
+                           "and a training forward outside inference mode would update it in place; as in "
+                           "torch.nn this is not allowed (clone the buffers, or run under inference_mode)")
+
+
 class BatchNorm(_BatchNorm):
     """Batch norm over channel axis 1 of any (N, C, *), like torch.nn.BatchNorm1d/2d/3d.
 
@@ -123,6 +132,8 @@ class BatchNorm(_BatchNorm):
             return fused.run_native(plan, x, weight, bias, *given, running_mean if update else None,
                                     running_var if update else None, num_batches_tracked if counts else None,
                                     self.momentum, eps)[0]
+        if counts:
+            _check_countable(num_batches_tracked)
         sink = []
         out = EagerNormFunction.apply(x, weight, bias, *given, Spec("batch", (), eps, self.backend), plan, sink)
         if update:
@@ -136,6 +147,8 @@ class BatchNorm(_BatchNorm):
         weight, running_mean, running_var = self.weight, self.running_mean, self.running_var
         self._check_channels(input, weight, running_mean)
         counts = self._counts_batch()
+        if counts:
+            _check_countable(self.num_batches_tracked)
         use_batch_stats = self.training or (running_mean is None and running_var is None)
         tracked = not self.training or self.track_running_stats
         out = batch_norm(input, running_mean if tracked else None, running_var if tracked else None, weight,
