@@ -367,3 +367,16 @@ def test_buffers_made_under_inference_mode_refuse_a_training_forward_unchanged(s
     with torch.inference_mode():  # inside it the update is allowed, for both
         ours(x)
     assert ours.num_batches_tracked == 1 and ours.running_mean.abs().max() > 0
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")  # (forward_ad's import)
+def test_forward_mode_ad_is_refused_not_silently_dropped(route):
+    # The fused kernels have no forward-mode derivative: a dual input goes to the general route, which says so
+    # (an output without the tangent would be a wrong result), and no buffer changes.
+    import torch.autograd.forward_ad as fwAD
+
+    bn = nt.BatchNorm1d(16, dtype=torch.float64)
+    x, tangent = torch.randn(8, 16, dtype=torch.float64), torch.randn(8, 16, dtype=torch.float64)
+    with fwAD.dual_level(), pytest.raises(NotImplementedError, match="jvp"):
+        bn(fwAD.make_dual(x, tangent))
+    assert bn.num_batches_tracked == 0 and bn.running_mean.abs().max() == 0

@@ -162,14 +162,16 @@ def rows_entry_points(kind: str, parallel: bool, center: bool, dtype) -> tuple[i
     ``dtype``: ``kind`` "rows" (a parameter per run of L values) or "rows_elementwise"; center False: RMS.
 
     dims is (N, G, K, L, blocks): N*G rows of K*L values, parameters (G*K,), blocks the backward's
-    per-thread slabs; ``given`` reads mean and var (N*G,) from stats. Compiled on first use (cached on disk like the kernels).
+    per-thread slabs; ``given`` reads mean and var (N*G,) from stats. Compiled on first use (cached on disk
+    like the kernels).
     """
     numba.get_num_threads()  # start the pool first, as in batch_entry_points
     t = _TYPES[np.dtype(dtype)]
     p, d, i = nt.CPointer(t), nt.CPointer(nt.float64), nt.CPointer(nt.int64)
     which = 0 if parallel else 1
     backward = (_k.fused_rows_backward if kind == "rows" else _k.fused_rows_backward_elementwise)[which]
-    names = {"FORWARD": _k.fused_rows_forward[which], "BACKWARD": backward, "PER_RUN": kind == "rows", "MODE": _k.STATS_BATCH if center else _k.STATS_RMS}
+    names = {"FORWARD": _k.fused_rows_forward[which], "BACKWARD": backward, "PER_RUN": kind == "rows",
+             "MODE": _k.STATS_BATCH if center else _k.STATS_RMS}
     suffix = f"_{kind}_{'parallel' if parallel else 'serial'}_{'center' if center else 'rms'}_{t}"
     compiled_forward = numba.cfunc(nt.int64(p, p, p, nt.float64, nt.int64, d, p, i), cache=_k.CACHE)(
         _bound(_rows_forward, suffix, **names))
