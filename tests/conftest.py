@@ -5,7 +5,7 @@ import normlab
 
 
 def pytest_sessionstart(session):
-    """Build normlab.torch's native node (~20 s, once per install) before any test or worker process needs it."""
+    """Build normlab.torch's native node (~25 s, once per install) before any test or worker process needs it."""
     try:
         import torch  # noqa: F401
     except ImportError:

@@ -5,7 +5,7 @@ the kernels of a BatchNorm1d on (128, 512) (docs/benchmarks.md, "Whole training
 steps"); this node does that per-call work in C++ and calls the same compiled
 kernels, so results are bit for bit the Python route's. It is compiled once per
 install with ``torch.utils.cpp_extension`` (a C++ compiler is needed, and
-ninja, which the torch extra installs; about 20 s on 2 cores) into
+ninja, which the torch extra installs; about 25 s on 2 cores) into
 ``$NORMLAB_NATIVE_DIR`` or ``~/.cache/normlab``. Where it cannot be built, or
 with ``NORMLAB_NATIVE=0``, :func:`load` returns None and the route stays in
 Python (same results, more time per call).
@@ -75,7 +75,7 @@ def load():
 
         build_dir = _build_dir(name)
         if not (build_dir / f"{name}.so").exists():
-            print(f"normlab.torch: compiling the native autograd node into {build_dir} (once, ~20 s)",
+            print(f"normlab.torch: compiling the native autograd node into {build_dir} (once, ~25 s)",
                   file=sys.stderr, flush=True)
         with _ninja_on_path():
             return cpp_extension.load(name=name, sources=[str(SOURCE)], build_directory=str(build_dir),
