@@ -70,7 +70,6 @@ struct Plan {
 };
 
 bool present(const OptTensor& t) { return t.has_value() && t->defined(); }
-at::Tensor or_undefined(const OptTensor& t) { return present(t) ? *t : at::Tensor(); }
 OptTensor or_none(const at::Tensor& t) { return t.defined() ? OptTensor(t) : OptTensor(); }
 
 // A fresh CPU tensor, straight from the allocator (no operator call: a step makes dozens of these).
