@@ -81,7 +81,8 @@ def plan_for(kind: str, shape: tuple, arg: tuple, dtype: torch.dtype, backend: s
     if node is not None:
         fwd, bwd, update32, update64, *dims = kernels.entry_points(np.float32 if dtype == torch.float32 else np.float64)
         native = node.Plan(kind, list(arg), [fwd, bwd, update32, update64, memory.HUGE_PAGE_MIN_BYTES,
-                                             math.prod(layout.stat_shape), math.prod(layout.param_shape), *dims])
+                                             math.prod(layout.stat_shape), math.prod(layout.param_shape), *dims],
+                           math.prod(shape))
     return Plan(kernels, layout.stat_shape, layout.param_shape, layout.count, native, kernels.forward_only)
 
 

@@ -18,11 +18,12 @@
 // the route is never taken under torch.compile, tracing or functorch
 // transforms, where an operator would be needed.
 //
-// Plan(kind, arg, ints): one input signature's facts, built once (normlab.torch.fused.plan_for)
+// Plan(kind, arg, ints, numel): one input signature's facts, built once (normlab.torch.fused.plan_for)
 //   kind, arg the norm (a key of normlab.torch.ops.LAYOUTS and its argument): for double backward
 //   ints      [forward, backward, update float, update double, huge-page bytes, S, P, dims...]:
 //             S statistics of x.numel() / S values each, P parameters, dims as the entry points take
 //             them (normlab/backends/_numba_entry_points.py)
+//   numel     the number of values of x the dims describe (checked on every call)
 //
 // fused_norm(x, weight, bias, mean, var, running_mean, running_var, num_batches_tracked, momentum, eps, plan)
 //   -> (out, stats)
@@ -67,6 +68,7 @@ enum PlanSlot { kForward, kBackward, kUpdateFloat, kUpdateDouble, kHugePageBytes
 struct Plan {
   std::string kind;
   std::vector<int64_t> arg, ints;
+  int64_t numel;  // x's size the kernels' dims describe: any other x would be read out of bounds
 };
 
 bool present(const OptTensor& t) { return t.has_value() && t->defined(); }
@@ -152,8 +154,15 @@ std::tuple<at::Tensor, at::Tensor> fused_norm(const at::Tensor& x, const OptTens
                   (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble),
               "fused_norm: x must be a contiguous float32/float64 CPU tensor");
   const int64_t stats_count = ints[kStats], params = ints[kParams];
-  TORCH_CHECK(stats_count > 0 && x.numel() % stats_count == 0, "fused_norm: the plan does not match x's shape");
+  TORCH_CHECK(stats_count > 0 && x.numel() == plan->numel, "fused_norm: the plan (for ", plan->numel,
+              " values) does not match x of shape ", x.sizes());
   const int64_t count = x.numel() / stats_count;  // values per statistic
+  // The kernels index every per-channel tensor by the plan's counts (the callers have checked the shapes).
+  for (const auto& [t, want] : {std::pair{&weight, params}, {&bias, params}, {&mean, stats_count}, {&var, stats_count},
+                                {&running_mean, stats_count}, {&running_var, stats_count}}) {
+    TORCH_CHECK(!present(*t) || (*t)->numel() == want, "fused_norm: a per-channel tensor has ", (*t)->numel(),
+                " values where the plan has ", want);
+  }
   for (const OptTensor* p : {&weight, &bias}) {
     if (present(*p) && ((*p)->scalar_type() != x.scalar_type() || !(*p)->is_contiguous())) return {};
   }
@@ -223,13 +232,14 @@ std::tuple<at::Tensor, at::Tensor> fused_norm(const at::Tensor& x, const OptTens
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   py::class_<Plan, std::shared_ptr<Plan>>(m, "Plan")
-      .def(py::init([](std::string kind, std::vector<int64_t> arg, std::vector<int64_t> ints) {
-             return std::make_shared<Plan>(Plan{std::move(kind), std::move(arg), std::move(ints)});
+      .def(py::init([](std::string kind, std::vector<int64_t> arg, std::vector<int64_t> ints, int64_t numel) {
+             return std::make_shared<Plan>(Plan{std::move(kind), std::move(arg), std::move(ints), numel});
            }),
-           py::arg("kind"), py::arg("arg"), py::arg("ints"))
+           py::arg("kind"), py::arg("arg"), py::arg("ints"), py::arg("numel"))
       .def_readonly("kind", &Plan::kind)
       .def_readonly("arg", &Plan::arg)
-      .def_readonly("ints", &Plan::ints);
+      .def_readonly("ints", &Plan::ints)
+      .def_readonly("numel", &Plan::numel);
   // The GIL is released while the kernels run: other Python threads (data loading) go on.
   m.def("fused_norm", &fused_norm, py::call_guard<py::gil_scoped_release>());
 }
