@@ -44,7 +44,10 @@ def _own(module, names: tuple) -> tuple:
 
 def _check_countable(num_batches_tracked: torch.Tensor) -> None:
     """torch.nn's refusal, raised before any buffer changes: num_batches_tracked made under
-    torch.inference_mode cannot be counted outside it (the native node checks the same in C++)."""
+    torch.inference_mode cannot be counted outside it (the native node checks the same in C++). Skipped under
+    torch.compile, which cannot trace ``is_inference()`` (a graph break)."""
+    if torch.compiler.is_compiling():
+        return
     if num_batches_tracked.is_inference() and not torch.is_inference_mode_enabled():
         raise RuntimeError("BatchNorm: num_batches_tracked is an inference tensor (made under torch.inference_mode) "
                            "and a training forward outside inference mode would update it in place; as in "
