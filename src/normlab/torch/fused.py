@@ -17,8 +17,8 @@ general route; anything else, and a batch whose statistics come out non-finite
 Where the native autograd node (``fused_node``) was built, the plan carries the
 kernels' C entry points (``Plan.native``, the node's ``Plan`` object) and
 :func:`run_native` hands the whole call to it: it allocates, calls the kernels,
-updates batch norm's running statistics and records its own graph node in C++. Elsewhere the kernels are called from
-Python (:func:`forward`, :func:`backward`).
+updates batch norm's running statistics and records its own graph node in C++.
+Elsewhere the kernels are called from Python (:func:`forward`, :func:`backward`).
 """
 
 from __future__ import annotations
@@ -98,8 +98,8 @@ def serves(plan: Plan, x: torch.Tensor, weight, bias) -> bool:
 def run_native(plan: Plan, x, weight, bias, mean, var, running_mean=None, running_var=None,
                num_batches_tracked=None, momentum=None, eps: float = 1e-5):
     """-> (out, stats) from the native node (``plan.native`` not None): stats a float64 (3, S) tensor, S the
-    number of statistics; out None when the computed statistics are not finite or weight/bias differ from
-    x's dtype (nothing changed: the caller takes another route). Running buffers and num_batches_tracked,
+    number of statistics; out None when the computed statistics are not finite, weight/bias differ from
+    x's dtype, or an input carries a forward-mode tangent (nothing changed: the caller takes another route). Running buffers and num_batches_tracked,
     when given (batch norm), are updated (momentum None: cumulative average)."""
     return fused_node.load().fused_norm(x, weight, bias, mean, var, running_mean, running_var, num_batches_tracked,
                                         momentum, eps, plan.native)
