@@ -99,8 +99,9 @@ def run_native(plan: Plan, x, weight, bias, mean, var, running_mean=None, runnin
                num_batches_tracked=None, momentum=None, eps: float = 1e-5):
     """-> (out, stats) from the native node (``plan.native`` not None): stats a float64 (3, S) tensor, S the
     number of statistics; out None when the computed statistics are not finite, weight/bias differ from
-    x's dtype, or an input carries a forward-mode tangent (nothing changed: the caller takes another route). Running buffers and num_batches_tracked,
-    when given (batch norm), are updated (momentum None: cumulative average)."""
+    x's dtype, or an input carries a forward-mode tangent (nothing changed: the caller takes another
+    route). Running buffers and num_batches_tracked, when given (batch norm), are updated (momentum None:
+    cumulative average)."""
     return fused_node.load().fused_norm(x, weight, bias, mean, var, running_mean, running_var, num_batches_tracked,
                                         momentum, eps, plan.native)
 
