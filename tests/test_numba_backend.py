@@ -341,6 +341,52 @@ def test_read_only_install_imports_and_runs(tmp_path, tmp_writable):
         assert report["cache"] is False
 
 
+def _edit(path, old, new):
+    text = path.read_text()
+    assert text.count(old) == 1, f"{old!r} not found once in {path.name}"
+    path.write_text(text.replace(old, new))
+
+
+def test_cached_entry_points_follow_kernel_edits(tmp_path):
+    """The C entry points (the native node's way into the kernels) are cached wrappers in another file than
+    the kernels they call; Numba checks a cache against the function's own file only. Edit a kernel and
+    the running-statistics rule after a first run: the next process, same cache, must run the new code."""
+    site = tmp_path / "site"
+    shutil.copytree(SRC / "normlab", site / "normlab", ignore=shutil.ignore_patterns("__pycache__"))
+    code = """
+        import ctypes, json, numpy as np
+        from normlab.backends import _numba_entry_points as ep
+        p, i64, f64 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
+        forward = ctypes.CFUNCTYPE(i64, p, p, p, f64, i64, p, p, p)(ep.batch_entry_points("columns", False,
+                                                                                          np.float64)[0])
+        update = ctypes.CFUNCTYPE(None, p, p, p, i64, i64, f64)(ep.update_entry_point(np.float64))
+        x = np.arange(12.0).reshape(4, 3)
+        gamma, beta, stats, out = np.ones(3), np.zeros(3), np.empty((3, 3)), np.empty((4, 3))
+        dims = np.array([4, 3, 1, 3], dtype=np.int64)
+        forward(x.ctypes.data, gamma.ctypes.data, beta.ctypes.data, 1e-5, 0, stats.ctypes.data,
+                out.ctypes.data, dims.ctypes.data)
+        running_mean, running_var = np.zeros(3), np.ones(3)
+        update(running_mean.ctypes.data, running_var.ctypes.data, stats.ctypes.data, 3, 4, 0.1)
+        print(json.dumps({"out": out.mean(), "running_mean": running_mean.tolist()}))
+    """
+    env = {"PYTHONPATH": str(site), "NUMBA_CACHE_DIR": str(tmp_path / "cache")}
+
+    def run():
+        proc = _run_python(code, env=env)
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    before = run()
+    assert abs(before["out"]) < 1e-12 and before["running_mean"] == pytest.approx([0.45, 0.55, 0.65])
+    _edit(site / "normlab" / "backends" / "_numba_batch_kernels.py",
+          "oi[j] = (np.float64(xi[j]) - mu[j]) * scale[j] + shift_b[j]",
+          "oi[j] = (np.float64(xi[j]) - mu[j]) * scale[j] + shift_b[j] + 100.0")
+    _edit(site / "normlab" / "running_rule.py", "return factor * batch_mean", "return 7.0 + factor * batch_mean")
+    after = run()
+    assert after["out"] == pytest.approx(100.0), "the cached entry point still runs the old kernel"
+    assert after["running_mean"] == pytest.approx([7.45, 7.55, 7.65]), "the cached update runs the old rule"
+
+
 # ----------------------------------------------------------------------------- bench smoke
 
 def test_bench_quick_smoke(tmp_path):

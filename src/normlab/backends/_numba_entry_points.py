@@ -25,7 +25,6 @@ that rescales or reports them.
 from __future__ import annotations
 
 import functools
-import types
 
 import numba
 import numpy as np
@@ -123,13 +122,9 @@ _KERNELS = {"columns": (_kb.columns_forward, _kb.columns_backward),
 
 
 def _bound(fn, suffix: str, **names):
-    """fn with ``names`` as its globals (the kernel it calls) and a qualname of its own, so each
-    combination gets its own cache file (Numba keys its cache by name, as in ``_numba_kernels.twins``)."""
-    bound = types.FunctionType(fn.__code__, {**fn.__globals__, **names}, fn.__name__ + suffix, fn.__defaults__,
-                               fn.__closure__)
-    bound.__qualname__ = fn.__qualname__ + suffix
-    bound.__module__ = fn.__module__
-    return bound
+    """fn calling ``names`` (the kernels), under a name of its own per combination and per version of the
+    kernel sources: a cached wrapper compiled against old kernels is never loaded for new ones."""
+    return _k.renamed(fn, f"{suffix}_{_k.SOURCES_KEY}", **names)
 
 
 @functools.cache

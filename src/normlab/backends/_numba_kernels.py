@@ -39,9 +39,11 @@ inf in x propagate into the statistics, where the core reports them.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 import types
+from pathlib import Path
 
 import numba
 import numpy as np
@@ -89,16 +91,45 @@ def _choose_cache() -> bool:
 CACHE = _choose_cache()
 
 
+def renamed(fn, suffix: str, **names):
+    """fn under the name ``fn.__name__ + suffix``, with ``names`` added to the globals it sees.
+
+    Numba keys its cache by a function's name and its own file: not by the
+    compile flags, the globals it calls, or the files those come from. A
+    distinct name gives each such variant a cache entry of its own.
+    """
+    clone = types.FunctionType(fn.__code__, {**fn.__globals__, **names} if names else fn.__globals__,
+                               fn.__name__ + suffix, fn.__defaults__, fn.__closure__)
+    clone.__qualname__ = fn.__qualname__ + suffix
+    clone.__module__ = fn.__module__
+    return clone
+
+
+def _sources_key() -> str:
+    """A short hash of the kernel sources: this file, ``_numba_batch_kernels`` and the running-statistics rule.
+
+    Numba checks a cached function against its own file only (numba/numba#8396):
+    a cached function calling kernels of another file kept running the old
+    kernels after that file changed. Every such function carries this key in
+    its name (:func:`renamed`), so a change to any kernel source compiles it anew.
+    """
+    here = Path(__file__).resolve().parent
+    digest = hashlib.blake2b(digest_size=6)
+    for path in (here / "_numba_kernels.py", here / "_numba_batch_kernels.py", here.parent / "running_rule.py"):
+        try:
+            digest.update(path.read_bytes())
+        except OSError:  # no source next to the code (a zip): the cache cannot check it either
+            digest.update(path.name.encode())
+    return digest.hexdigest()
+
+
+SOURCES_KEY = _sources_key()
+
+
 def twins(fn):
     """(parallel, serial) dispatchers compiled from the same Python function."""
     parallel = numba.njit(parallel=True, cache=CACHE, fastmath=_FASTMATH, nogil=True)(fn)
-    # A distinct qualname gives the serial twin its own cache file: Numba keys
-    # its cache by the function's name, not by the compile flags.
-    clone = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + "_serial", fn.__defaults__,
-                               fn.__closure__)
-    clone.__qualname__ = fn.__qualname__ + "_serial"
-    clone.__module__ = fn.__module__
-    serial = numba.njit(cache=CACHE, fastmath=_FASTMATH, nogil=True)(clone)
+    serial = numba.njit(cache=CACHE, fastmath=_FASTMATH, nogil=True)(renamed(fn, "_serial"))
     return parallel, serial
 
 
@@ -470,7 +501,8 @@ def _update_running(running_mean, running_var, batch_mean, batch_var, count, fac
         running_var[c] = new_var
 
 
-update_running = numba.njit(cache=CACHE, error_model="numpy")(_update_running)
+# It calls the rule in running_rule.py: the sources key in its name keeps its cache entry current.
+update_running = numba.njit(cache=CACHE, error_model="numpy")(renamed(_update_running, "_" + SOURCES_KEY))
 
 row_moments = twins(_row_moments)
 row_apply = twins(_row_apply)
