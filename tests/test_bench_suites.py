@@ -84,9 +84,27 @@ def test_models_suite_quick_times_both_twins_in_a_child_process(tmp_path):
     for row in rows.values():
         assert row["torch_ms"] > 0 and row["normlab_ms"] > 0
         assert math.isclose(row["ratio"], row["torch_ms"] / row["normlab_ms"])
+        assert len(row["round_ratios"]) == data["rounds"] and all(r > 0 for r in row["round_ratios"])
     assert math.isclose(default["geomean"], rows["mlp"]["ratio"])  # the fixed-cost row is reported apart
     assert math.isclose(default["fixed_cost_multiple"], rows["tiny-bn"]["normlab_ms"] / rows["tiny-bn"]["torch_ms"])
     assert "| mlp: 256-512-512-10 with BatchNorm1d, batch 128 | train |" in md
+    low, high = min(rows["mlp"]["round_ratios"]), max(rows["mlp"]["round_ratios"])
+    assert md.splitlines()[[i for i, line in enumerate(md.splitlines()) if line.startswith("| mlp:")][0]].endswith(
+        f"| {low:.2f}-{high:.2f} |")
+
+
+def test_models_suite_round_ratios_are_each_rounds_block_medians(monkeypatch):
+    from normlab.bench import models_suite
+
+    # Each "step" is its twin's name (torch.nn's is made first); the timer hands out known blocks of seconds.
+    names = iter(["torch", "normlab"])
+    monkeypatch.setattr(models_suite, "_stepper", lambda model, x, y, mode: next(names))
+    blocks = {"torch": iter([[9.0] * 3, [0.002, 0.004, 0.003], [0.006, 0.006, 0.009]]),
+              "normlab": iter([[9.0] * 3, [0.001, 0.001, 0.002], [0.003, 0.004, 0.004]])}
+    monkeypatch.setattr(models_suite, "timed_runs", lambda step, repeat, warmup: next(blocks[step]))
+    row = models_suite.time_model(models_suite.MODELS["tiny-bn"], repeat=3, rounds=2)
+    assert row["round_ratios"] == pytest.approx([0.003 / 0.001, 0.006 / 0.004])
+    assert row["ratio"] == pytest.approx(0.005 / 0.0025)  # the pooled medians, warm-up left out
 
 
 def test_models_suite_twin_has_normlab_norms_and_the_same_outputs():

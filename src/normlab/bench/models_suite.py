@@ -196,14 +196,19 @@ def time_model(spec: Model, repeat: int, rounds: int, seed: int = 0) -> dict:
     samples = {name: [] for name in steps}
     for step in steps.values():  # warm-up: compilation, caches, allocator
         timed_runs(step, 3, warmup=0)
+    round_ratios = []
     for _ in range(rounds):
-        for name, step in steps.items():
-            samples[name] += timed_runs(step, repeat, warmup=0)
+        block = {name: timed_runs(step, repeat, warmup=0) for name, step in steps.items()}
+        for name, times in block.items():
+            samples[name] += times
+        round_ratios.append(statistics.median(block["torch.nn"]) / statistics.median(block["normlab.torch"]))
     ms = {name: statistics.median(t) * 1e3 for name, t in samples.items()}
     return {"model": spec.name, "description": spec.description, "mode": spec.mode,
             "torch_ms": ms["torch.nn"], "normlab_ms": ms["normlab.torch"],
             "torch_min_ms": min(samples["torch.nn"]) * 1e3, "normlab_min_ms": min(samples["normlab.torch"]) * 1e3,
-            "ratio": ms["torch.nn"] / ms["normlab.torch"], "loadavg": os.getloadavg()[0]}
+            "ratio": ms["torch.nn"] / ms["normlab.torch"],
+            # each round's ratio of block medians: how far the ratio moves within this run
+            "round_ratios": round_ratios, "loadavg": os.getloadavg()[0]}
 
 
 def run_here(models=None, repeat: int = 7, rounds: int = 3, log: Callable[[str], None] = print) -> dict:
@@ -222,7 +227,7 @@ def run_here(models=None, repeat: int = 7, rounds: int = 3, log: Callable[[str],
         row = time_model(MODELS[name], repeat, rounds)
         rows.append(row)
         log(f"{name:>14}: torch.nn {row['torch_ms']:9.3f} ms  normlab.torch {row['normlab_ms']:9.3f} ms  "
-            f"torch.nn/normlab x{row['ratio']:.2f}")
+            f"torch.nn/normlab x{row['ratio']:.2f} (rounds {_spread(row)})")
     info["loadavg_end"] = os.getloadavg()
     ratios = [r["ratio"] for r in rows if r["mode"] != "fwd+bwd"] or [r["ratio"] for r in rows]
     fixed = [r for r in rows if r["mode"] == "fwd+bwd"]
@@ -285,6 +290,12 @@ def _child_run(models, repeat, rounds, variables, timeout_s, log) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
+def _spread(row: dict) -> str:
+    """The lowest and highest per-round ratio of a row, e.g. "0.97-1.04"."""
+    ratios = row["round_ratios"]
+    return f"{min(ratios):.2f}-{max(ratios):.2f}"
+
+
 def markdown_models(result: dict, command: str | None = None) -> str:
     lines = [f"Command: `{command}`", ""] if command else []
     for env_name, res in result["environments"].items():
@@ -296,10 +307,13 @@ def markdown_models(result: dict, command: str | None = None) -> str:
                   f"numba {m.get('numba')} (threading layer {m.get('numba_threading_layer')}), torch {m.get('torch')}; "
                   f"load average {m['loadavg_start'][0]:.2f} at start, {m['loadavg_end'][0]:.2f} at end. "
                   f"Medians of {result['rounds']} alternating rounds x {result['repeat']} steps after 3 warm-up steps.",
-                  "", "| model | step | torch.nn ms | normlab.torch ms | torch.nn / normlab |", "|---|---|---:|---:|---:|"]
+                  "The last column is the lowest and highest ratio of a single round (the medians of one "
+                  "block of steps each): how far the ratio moves within this run.",
+                  "", "| model | step | torch.nn ms | normlab.torch ms | torch.nn / normlab | rounds |",
+                  "|---|---|---:|---:|---:|---:|"]
         for r in res["rows"]:
             lines.append(f"| {r['model']}: {r['description']} | {r['mode']} "
-                         f"| {r['torch_ms']:.3f} | {r['normlab_ms']:.3f} | {r['ratio']:.2f} |")
+                         f"| {r['torch_ms']:.3f} | {r['normlab_ms']:.3f} | {r['ratio']:.2f} | {_spread(r)} |")
         lines += ["", f"Models (train and eval steps): geometric mean {res['geomean']:.2f}x; slowest "
                   f"{res['slowest_ratio']:.2f}x."]
         if res.get("fixed_cost_multiple") is not None:
