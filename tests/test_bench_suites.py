@@ -107,6 +107,32 @@ def test_models_suite_round_ratios_are_each_rounds_block_medians(monkeypatch):
     assert row["ratio"] == pytest.approx(0.005 / 0.0025)  # the pooled medians, warm-up left out
 
 
+def test_models_suite_control_times_torch_nn_against_its_own_copy(monkeypatch):
+    from torch import nn
+
+    import normlab.torch as nt
+    from normlab.bench import models_suite
+
+    seen, real_stepper = [], models_suite._stepper
+
+    def stepper(model, x, y, mode):
+        seen.append(model)
+        return real_stepper(model, x, y, mode)
+
+    monkeypatch.setattr(models_suite, "_stepper", stepper)
+    monkeypatch.setattr(models_suite, "timed_runs", lambda step, repeat, warmup: [0.001] * repeat)
+    result = models_suite.run_here(["mlp"], repeat=7, rounds=2, log=lambda _: None, control=True)
+    kinds = [{type(m) for m in model.modules() if isinstance(m, (nn.BatchNorm1d, nt.BatchNorm))} for model in seen]
+    assert kinds == [{nn.BatchNorm1d}, {nt.BatchNorm}, {nn.BatchNorm1d}, {nn.BatchNorm1d}]
+    assert seen[3] is not seen[2]  # a copy, timed against the original
+    row = result["rows"][0]
+    assert row["control"] == {"ratio": 1.0, "round_ratios": [1.0, 1.0]}
+    md = models_suite.markdown_models({"rounds": 2, "repeat": 7, "control": True,
+                                       "environments": {"default": {**result, "variables": {}, "busy_processes": 0}}})
+    assert "| A/A | A/A rounds |" in md and md.count("| 1.00 | 1.00-1.00 | 1.00 | 1.00-1.00 |") == 1
+    assert "A/A (torch.nn against its own copy): 1.00x to 1.00x over the models." in md
+
+
 def test_models_suite_twin_has_normlab_norms_and_the_same_outputs():
     import torch
 
@@ -128,3 +154,5 @@ def test_models_suite_rejects_unknown_models_and_environments(tmp_path):
     assert result.exit_code == 2 and "unknown model(s) vgg" in result.output
     result = CliRunner().invoke(main, ["bench", "--suite", "models", "--env", "turbo"])
     assert result.exit_code == 2 and "--env takes default, passive, default+load, workqueue" in result.output
+    result = CliRunner().invoke(main, ["bench", "--suite", "torch", "--control"])
+    assert result.exit_code == 2 and "--control is for the models suite" in result.output

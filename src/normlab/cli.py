@@ -143,12 +143,16 @@ def check(backend, seed):
 @click.option("--env", "environments", default="default", show_default=True,
               help="Models suite: comma-separated environments, each a fresh process: default (no thread "
                    "variables), passive (OMP_WAIT_POLICY=PASSIVE), default+load (a busy process beside it).")
+@click.option("--control", is_flag=True,
+              help="Models suite: also time each torch.nn model against an identical copy of itself, the same "
+                   "way (an A/A run): the ratios this machine gives with nothing changed.")
 @timeout_option("--timeout", default=600.0,
                 help="Sync and models suites: seconds before the processes are stopped and the run fails.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the result as JSON.")
 @click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False), default=None,
               help="Write the Markdown report.")
-def bench(suite, quick, cases, dtype, repeat, rounds, threads, environments, timeout, json_path, markdown_path):
+def bench(suite, quick, cases, dtype, repeat, rounds, threads, environments, control, timeout, json_path,
+          markdown_path):
     """Time numpy, numba and PyTorch's native kernels; report ratios and the bandwidth bound (--suite for more)."""
     from . import bench as bench_mod
     from .bench.runner import check_repeat
@@ -167,12 +171,14 @@ def bench(suite, quick, cases, dtype, repeat, rounds, threads, environments, tim
         from .bench.models_suite import ENVIRONMENTS
         if not set(env_list) <= set(ENVIRONMENTS):
             raise ValueError(f"--env takes {', '.join(ENVIRONMENTS)}, got {environments!r}")
+        if control and suite not in ("models", "all"):
+            raise ValueError(f"--control is for the models suite (--suite models), not --suite {suite}")
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
     try:
         bench_mod.main(cases=case_list, dtypes=dtypes, repeat=repeat, threads=threads, quick=quick, rounds=rounds,
                        json_path=json_path, markdown_path=markdown_path, suite=suite, sync_timeout_s=timeout,
-                       environments=env_list)
+                       environments=env_list, control=control)
     except ImportError as exc:  # the torch, sync and models suites need PyTorch
         raise click.ClickException(f"--suite {suite} needs PyTorch (pip install 'normlab[torch]'): {exc}") from exc
 

@@ -185,14 +185,15 @@ def _stepper(model, x, y, mode: str):
     return step
 
 
-def time_model(spec: Model, repeat: int, rounds: int, seed: int = 0) -> dict:
-    """Median step ms of the torch.nn model and its normlab twin, in alternating blocks; and their ratio."""
+def time_model(spec: Model, repeat: int, rounds: int, seed: int = 0, twin: Callable = None) -> dict:
+    """Median step ms of the torch.nn model and its twin (``twin(model)``, default :func:`normlab_twin`), in
+    alternating blocks; and their ratio."""
     import torch
 
     torch.manual_seed(seed)
     model, x, y = spec.build()
     steps = {"torch.nn": _stepper(model, x, y, spec.mode),
-             "normlab.torch": _stepper(normlab_twin(model), x, y, spec.mode)}
+             "normlab.torch": _stepper((twin or normlab_twin)(model), x, y, spec.mode)}
     samples = {name: [] for name in steps}
     for step in steps.values():  # warm-up: compilation, caches, allocator
         timed_runs(step, 3, warmup=0)
@@ -211,8 +212,13 @@ def time_model(spec: Model, repeat: int, rounds: int, seed: int = 0) -> dict:
             "round_ratios": round_ratios, "loadavg": os.getloadavg()[0]}
 
 
-def run_here(models=None, repeat: int = 7, rounds: int = 3, log: Callable[[str], None] = print) -> dict:
-    """The suite in this process and its environment (threads as they are: no variable is set)."""
+def run_here(models=None, repeat: int = 7, rounds: int = 3, log: Callable[[str], None] = print,
+             control: bool = False) -> dict:
+    """The suite in this process and its environment (threads as they are: no variable is set).
+
+    control: also time each torch.nn model against an identical copy of itself, the same way (an A/A
+    run: the ratios a run gives with nothing changed; row["control"]).
+    """
     import torch
 
     check_repeat(repeat)
@@ -228,6 +234,10 @@ def run_here(models=None, repeat: int = 7, rounds: int = 3, log: Callable[[str],
         rows.append(row)
         log(f"{name:>14}: torch.nn {row['torch_ms']:9.3f} ms  normlab.torch {row['normlab_ms']:9.3f} ms  "
             f"torch.nn/normlab x{row['ratio']:.2f} (rounds {_spread(row)})")
+        if control:
+            same = time_model(MODELS[name], repeat, rounds, twin=copy.deepcopy)
+            row["control"] = {"ratio": same["ratio"], "round_ratios": same["round_ratios"]}
+            log(f"{'':>14}  torch.nn against its own copy x{same['ratio']:.2f} (rounds {_spread(same)})")
     info["loadavg_end"] = os.getloadavg()
     ratios = [r["ratio"] for r in rows if r["mode"] != "fwd+bwd"] or [r["ratio"] for r in rows]
     fixed = [r for r in rows if r["mode"] == "fwd+bwd"]
@@ -243,10 +253,11 @@ def _busy() -> subprocess.Popen:
 
 
 def run_models(models=None, repeat: int = 7, rounds: int = 3, environments=("default",), timeout_s: float = 1800.0,
-               log: Callable[[str], None] = print) -> dict:
+               log: Callable[[str], None] = print, control: bool = False) -> dict:
     """The suite once per environment of ``ENVIRONMENTS``, each in a fresh child process; JSON-ready dict.
 
-    A fresh process per environment: OpenMP and Numba read their variables at start-up.
+    A fresh process per environment: OpenMP and Numba read their variables at start-up. control: see
+    :func:`run_here`.
     """
     unknown = sorted(set(environments) - set(ENVIRONMENTS))
     if unknown:
@@ -259,22 +270,22 @@ def run_models(models=None, repeat: int = 7, rounds: int = 3, environments=("def
             + (f", {load} busy process(es) beside it" if load else ""))
         busy = [_busy() for _ in range(load)]
         try:
-            results[env_name] = _child_run(models, repeat, rounds, variables, timeout_s, log)
+            results[env_name] = _child_run(models, repeat, rounds, variables, timeout_s, log, control)
         finally:
             for p in busy:
                 p.kill()
                 p.wait()
         results[env_name]["variables"], results[env_name]["busy_processes"] = variables, load
-    return {"suite": "models", "repeat": repeat, "rounds": rounds, "environments": results}
+    return {"suite": "models", "repeat": repeat, "rounds": rounds, "control": control, "environments": results}
 
 
-def _child_run(models, repeat, rounds, variables, timeout_s, log) -> dict:
+def _child_run(models, repeat, rounds, variables, timeout_s, log, control=False) -> dict:
     env = {k: v for k, v in os.environ.items()
            if k not in ("OMP_WAIT_POLICY", "NUMBA_THREADING_LAYER", "NUMBA_NUM_THREADS")}
     env.update(variables)
     code = ("import json, sys; from normlab.bench.models_suite import run_here; "
             f"r = run_here({list(models) if models else None!r}, {repeat}, {rounds}, "
-            "log=lambda s: print(s, file=sys.stderr, flush=True)); print(json.dumps(r))")
+            f"log=lambda s: print(s, file=sys.stderr, flush=True), control={bool(control)}); print(json.dumps(r))")
     proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
     try:
@@ -298,6 +309,7 @@ def _spread(row: dict) -> str:
 
 def markdown_models(result: dict, command: str | None = None) -> str:
     lines = [f"Command: `{command}`", ""] if command else []
+    control = bool(result.get("control"))
     for env_name, res in result["environments"].items():
         m = res["machine"]
         setting = ", ".join(f"{k}={v}" for k, v in res["variables"].items()) or "no thread variables set"
@@ -307,15 +319,24 @@ def markdown_models(result: dict, command: str | None = None) -> str:
                   f"numba {m.get('numba')} (threading layer {m.get('numba_threading_layer')}), torch {m.get('torch')}; "
                   f"load average {m['loadavg_start'][0]:.2f} at start, {m['loadavg_end'][0]:.2f} at end. "
                   f"Medians of {result['rounds']} alternating rounds x {result['repeat']} steps after 3 warm-up steps.",
-                  "The last column is the lowest and highest ratio of a single round (the medians of one "
-                  "block of steps each): how far the ratio moves within this run.",
-                  "", "| model | step | torch.nn ms | normlab.torch ms | torch.nn / normlab | rounds |",
-                  "|---|---|---:|---:|---:|---:|"]
+                  "Rounds: the lowest and highest ratio of a single round (the medians of one block of steps "
+                  "each), how far the ratio moves within this run."
+                  + (" A/A: torch.nn's model timed the same way against an identical copy of itself, the ratio "
+                     "this run gives with nothing changed." if control else ""),
+                  "", "| model | step | torch.nn ms | normlab.torch ms | torch.nn / normlab | rounds |"
+                  + (" A/A | A/A rounds |" if control else ""),
+                  "|---|---|---:|---:|---:|---:|" + ("---:|---:|" if control else "")]
         for r in res["rows"]:
-            lines.append(f"| {r['model']}: {r['description']} | {r['mode']} "
-                         f"| {r['torch_ms']:.3f} | {r['normlab_ms']:.3f} | {r['ratio']:.2f} | {_spread(r)} |")
+            line = (f"| {r['model']}: {r['description']} | {r['mode']} "
+                    f"| {r['torch_ms']:.3f} | {r['normlab_ms']:.3f} | {r['ratio']:.2f} | {_spread(r)} |")
+            if control:
+                line += f" {r['control']['ratio']:.2f} | {_spread(r['control'])} |"
+            lines.append(line)
         lines += ["", f"Models (train and eval steps): geometric mean {res['geomean']:.2f}x; slowest "
                   f"{res['slowest_ratio']:.2f}x."]
+        if control:
+            same = [r["control"]["ratio"] for r in res["rows"] if r["mode"] != "fwd+bwd"]
+            lines.append(f"A/A (torch.nn against its own copy): {min(same):.2f}x to {max(same):.2f}x over the models.")
         if res.get("fixed_cost_multiple") is not None:
             lines.append(f"Fixed cost per forward+backward (tiny-bn): normlab.torch takes "
                          f"{res['fixed_cost_multiple']:.2f}x torch.nn's time.")
