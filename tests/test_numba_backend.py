@@ -104,6 +104,50 @@ def test_float32_large_offset_on_every_loop_shape(shape, forward, loop_shape):
     assert np.max(np.abs(out32 - out64)) <= 0.05
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_columns_kernels_on_every_task_grid(dtype):
+    """The (N, C) kernels split x into row blocks times channel blocks (uneven ones too); each grid, on both
+    twins, with batch and with given statistics, against the closed form in float64 NumPy. The row blocks'
+    sums are merged in a second parallel loop: fused with the first, it would read sums not yet written."""
+    from normlab.backends import _numba_batch_kernels as kb
+
+    rng = np.random.default_rng(11)
+    n, c = 203, 37
+    x = (rng.normal(5.0, 2.0, (n, c))).astype(dtype)
+    dy = rng.standard_normal((n, c)).astype(dtype)
+    gam, bet = rng.normal(size=c), rng.normal(size=c)
+    xd, dyd = x.astype(np.float64), dy.astype(np.float64)
+    mu, var = xd.mean(0), xd.var(0)
+    invstd = 1 / np.sqrt(var + 1e-5)
+    xhat = (xd - mu) * invstd
+    tol = 1e-12 if dtype == np.float64 else 1e-5
+    for width, row_blocks in [(c, 1), (16, 1), (c, 2), (c, 7), (16, 3), (32, 2)]:
+        for twin in kb.columns_forward[0], kb.columns_forward[1]:
+            for given in (False, True):
+                m, v = (mu.copy(), var.copy()) if given else (np.zeros(c), np.zeros(c))
+                s, out = np.zeros(c), np.empty_like(x)
+                twin(x, gam, bet, 1e-5, given, m, v, s, out, width, row_blocks)
+                np.testing.assert_allclose(out, gam * xhat + bet, rtol=0, atol=tol * 10)
+                np.testing.assert_allclose(np.stack([m, v, s]), np.stack([mu, var, invstd]), rtol=1e-12)
+        for twin in kb.columns_backward[0], kb.columns_backward[1]:
+            for given in (False, True):
+                dgamma, dbeta, dx = np.zeros(c), np.zeros(c), np.empty_like(x)
+                twin(x, dy, gam, mu, invstd, given, dgamma, dbeta, dx, width, row_blocks)
+                closed = dyd - (0 if given else dyd.mean(0) + xhat * (dyd * xhat).mean(0))
+                np.testing.assert_allclose(dx, gam * invstd * closed, rtol=0, atol=tol * 10)
+                np.testing.assert_allclose(dgamma, (dyd * xhat).sum(0), rtol=1e-10, atol=1e-10)
+                np.testing.assert_allclose(dbeta, dyd.sum(0), rtol=1e-10, atol=1e-10)
+
+
+def test_column_grid_takes_row_blocks_first(monkeypatch):
+    monkeypatch.setattr(numba_backend, "_threads", lambda size: 4)
+    assert numba_backend._column_grid(128, 512, 1 << 16) == (512, 4)  # rows: a block per thread
+    assert numba_backend._column_grid(40, 512, 1 << 16) == (256, 2)  # 2 blocks of >= 16 rows, 2 of channels
+    assert numba_backend._column_grid(8, 4096, 1 << 16) == (1024, 1)  # too few rows: channels
+    monkeypatch.setattr(numba_backend, "_threads", lambda size: 1)
+    assert numba_backend._column_grid(128, 512, 1 << 10) == (512, 1)
+
+
 # ----------------------------------------------------------------------------- buffers and layouts
 
 def test_out_buffer_is_filled_and_returned():
@@ -362,7 +406,7 @@ def test_cached_entry_points_follow_kernel_edits(tmp_path):
         update = ctypes.CFUNCTYPE(None, p, p, p, i64, i64, f64)(ep.update_entry_point(np.float64))
         x = np.arange(12.0).reshape(4, 3)
         gamma, beta, stats, out = np.ones(3), np.zeros(3), np.empty((3, 3)), np.empty((4, 3))
-        dims = np.array([4, 3, 1, 3], dtype=np.int64)
+        dims = np.array([4, 3, 1, 3, 1], dtype=np.int64)  # N, C, L, width, row blocks
         forward(x.ctypes.data, gamma.ctypes.data, beta.ctypes.data, 1e-5, 0, stats.ctypes.data,
                 out.ctypes.data, dims.ctypes.data)
         running_mean, running_var = np.zeros(3), np.ones(3)

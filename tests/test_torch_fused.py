@@ -114,11 +114,11 @@ def test_eval_mode_takes_the_fused_route_with_the_running_statistics(route, fuse
                                                                    bn.bias, False))
 
 
-@pytest.mark.parametrize("shape", [(64, 32, 24, 24), (1024, 300)])  # above the fused sizes
-def test_large_inference_takes_the_fused_route_only_without_a_backward_to_serve(shape, route, fused_calls):
+def test_large_inference_takes_the_fused_route_only_without_a_backward_to_serve(route, fused_calls):
+    shape = (64, 32, 24, 24)  # above the fused sizes of (N, C, L)
     g = torch.Generator().manual_seed(12)
     c = shape[1]
-    ours, theirs = nt.BatchNorm(c), torch.nn.BatchNorm2d(c) if len(shape) == 4 else torch.nn.BatchNorm1d(c)
+    ours, theirs = nt.BatchNorm(c), torch.nn.BatchNorm2d(c)
     with torch.no_grad():
         theirs.running_mean.copy_(torch.randn(c, generator=g) * 50)
         theirs.running_var.copy_(torch.rand(c, generator=g) + 0.1)
@@ -209,8 +209,11 @@ def test_plan_only_where_the_fused_kernels_apply():
     assert fused.plan_for("batch", (64, 64, 32, 32), (), torch.float32, "auto") is None  # two-kernel paths
     # given statistics (eval): one launch at every size, forward only above the fused sizes
     assert fused.plan_for("batch", (64, 64, 32, 32), (), torch.float32, "auto", True).forward_only
-    assert fused.plan_for("batch", (1024, 512), (), torch.float32, "auto", True).forward_only
     assert not fused.plan_for("batch", (128, 512), (), torch.float32, "auto", True).forward_only
+    # (N, C): the columns kernels at every size, both directions
+    for given in (False, True):
+        plan = fused.plan_for("batch", (4096, 1024), (), torch.float32, "auto", given)
+        assert plan.kernels.kind == "columns" and not plan.forward_only
     assert fused.plan_for("layer", (32, 64, 256), (256,), torch.float32, "auto").stat_shape == (32, 64)
     assert fused.plan_for("group", (8, 6, 5, 5), (3,), torch.float64, "auto").stat_shape == (8, 3)
     assert fused.plan_for("batch", (128, 512), (), torch.float16, "auto") is None

@@ -1,115 +1,191 @@
-"""Numba kernels of the fused backend: batch statistics in ONE parallel launch per direction.
+"""Numba kernels of the fused backend: batch statistics in one call per direction, no glue outside.
 
-The whole forward (or backward) of batch statistics: each thread owns a block
-of channels, reduces it over every sample and then writes it, so no per-thread
-slabs are merged outside and nothing is spread per column in NumPy (at the
-sizes of a BatchNorm1d on (128, 512) that glue cost more than the arithmetic).
-``columns``: x is (N, C), one value per channel and sample; ``channels``: x is
-(N, C, L), a run of L values. Numerics as in ``_numba_kernels`` (float64
-arithmetic, rounded once when written; sums shifted by a pivot, the channel's
-first value); the compiled twins and cache come from there.
-"""
+The whole forward (or backward) of batch statistics, reduced and written in
+the kernel, so no per-thread slabs are merged outside and nothing is spread
+per column in NumPy (at the sizes of a BatchNorm1d on (128, 512) that glue cost
+more than the arithmetic). ``columns``: x is (N, C), one value per channel and
+sample; tasks own blocks of rows (and of channels where rows are few), sum
+them, and write them once the blocks' sums are merged: one parallel loop with
+one row block, two otherwise. ``channels``: x is (N, C, L), a run of L values,
+a thread per channel, one parallel loop. Numerics as in ``_numba_kernels``
+(float64 arithmetic, rounded once when written; sums shifted by a pivot, the
+channel's first value); the compiled twins and cache come from there."""
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 from numba import prange
 
-from ._numba_kernels import twins
+from ._numba_kernels import _FASTMATH, CACHE, twins
 
 
-def _columns_forward(x, gam, bet, eps, given, mean, var, invstd, out, width):
-    n, c = x.shape
-    for blk in prange((c + width - 1) // width):
-        c0 = blk * width
-        w = min(width, c - c0)
-        mu = np.empty(w)
-        for j in range(w):
-            mu[j] = mean[c0 + j] if given else np.float64(x[0, c0 + j])  # the pivot, until the mean is known
-        if not given:
-            s1 = np.zeros(w)
-            s2 = np.zeros(w)
-            i = 0
-            while i + 4 <= n:  # four rows per sweep: the column sums are loaded and stored once per four
-                x0, x1 = x[i, c0:c0 + w], x[i + 1, c0:c0 + w]  # views: indices from 0 keep the loops vectorized
-                x2, x3 = x[i + 2, c0:c0 + w], x[i + 3, c0:c0 + w]
-                for j in range(w):
-                    p = mu[j]
-                    d0, d1 = np.float64(x0[j]) - p, np.float64(x1[j]) - p
-                    d2, d3 = np.float64(x2[j]) - p, np.float64(x3[j]) - p
-                    s1[j] += (d0 + d1) + (d2 + d3)
-                    s2[j] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
-                i += 4
-            for i in range(i, n):
-                xi = x[i, c0:c0 + w]
-                for j in range(w):
-                    d = np.float64(xi[j]) - mu[j]
-                    s1[j] += d
-                    s2[j] += d * d
-            for j in range(w):
-                shift = s1[j] / n
-                mu[j] += shift
-                mean[c0 + j] = mu[j]
-                var[c0 + j] = max(s2[j] / n - shift * shift, 0.0)
-        scale = np.empty(w)
-        shift_b = np.empty(w)
-        for j in range(w):
-            invstd[c0 + j] = 1.0 / np.sqrt(var[c0 + j] + eps)
-            scale[j] = invstd[c0 + j] * gam[c0 + j]
-            shift_b[j] = bet[c0 + j]
-        for i in range(n):
-            xi = x[i, c0:c0 + w]
-            oi = out[i, c0:c0 + w]
-            for j in range(w):
-                oi[j] = (np.float64(xi[j]) - mu[j]) * scale[j] + shift_b[j]
+def _tile(t, col_blocks, width, n, c, row_blocks):
+    """Task t of the (row block, channel block) grid: (row block, first row, end row, first channel, channels)."""
+    rb = t // col_blocks
+    c0 = (t - rb * col_blocks) * width
+    return rb, rb * n // row_blocks, (rb + 1) * n // row_blocks, c0, min(width, c - c0)
 
 
-def _columns_backward(x, dy, gam, mean, invstd, given, dgamma, dbeta, dx, width):
-    n, c = x.shape
-    for blk in prange((c + width - 1) // width):
-        c0 = blk * width
-        w = min(width, c - c0)
-        mu = np.empty(w)
-        s = np.empty(w)
+def _forward_sums(x, r0, r1, c0, w, s1, s2):
+    """s1, s2 (w,) = sums over rows r0:r1 of x - pivot and (x - pivot)**2, channels c0:c0+w; the pivot is each
+    channel's first value."""
+    p = np.empty(w)
+    for j in range(w):
+        p[j] = np.float64(x[0, c0 + j])
+    s1[:] = 0.0
+    s2[:] = 0.0
+    i = r0
+    while i + 4 <= r1:  # four rows per sweep: the column sums are loaded and stored once per four
+        x0, x1 = x[i, c0:c0 + w], x[i + 1, c0:c0 + w]  # views: indices from 0 keep the loops vectorized
+        x2, x3 = x[i + 2, c0:c0 + w], x[i + 3, c0:c0 + w]
         for j in range(w):
-            mu[j] = mean[c0 + j]
-            s[j] = invstd[c0 + j]
-        a = np.zeros(w)
-        b = np.zeros(w)
-        i = 0
-        while i + 4 <= n:  # four rows per sweep, as in the forward
-            x0, x1, x2, x3 = x[i, c0:c0 + w], x[i + 1, c0:c0 + w], x[i + 2, c0:c0 + w], x[i + 3, c0:c0 + w]
-            e0, e1, e2, e3 = dy[i, c0:c0 + w], dy[i + 1, c0:c0 + w], dy[i + 2, c0:c0 + w], dy[i + 3, c0:c0 + w]
-            for j in range(w):
-                m, sj = mu[j], s[j]
-                d0, d1, d2, d3 = np.float64(e0[j]), np.float64(e1[j]), np.float64(e2[j]), np.float64(e3[j])
-                a[j] += (d0 + d1) + (d2 + d3)
-                b[j] += ((d0 * ((np.float64(x0[j]) - m) * sj) + d1 * ((np.float64(x1[j]) - m) * sj))
-                         + (d2 * ((np.float64(x2[j]) - m) * sj) + d3 * ((np.float64(x3[j]) - m) * sj)))
-            i += 4
-        for i in range(i, n):
-            xi = x[i, c0:c0 + w]
-            di = dy[i, c0:c0 + w]
-            for j in range(w):
-                d = np.float64(di[j])
-                a[j] += d
-                b[j] += d * ((np.float64(xi[j]) - mu[j]) * s[j])
-        k1 = np.empty(w)
-        k2 = np.zeros(w)
-        k3 = np.zeros(w)
+            pj = p[j]
+            d0, d1 = np.float64(x0[j]) - pj, np.float64(x1[j]) - pj
+            d2, d3 = np.float64(x2[j]) - pj, np.float64(x3[j]) - pj
+            s1[j] += (d0 + d1) + (d2 + d3)
+            s2[j] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
+        i += 4
+    for i in range(i, r1):
+        xi = x[i, c0:c0 + w]
         for j in range(w):
-            dbeta[c0 + j] = a[j]
-            dgamma[c0 + j] = b[j]
-            k1[j] = gam[c0 + j] * s[j]
+            d = np.float64(xi[j]) - p[j]
+            s1[j] += d
+            s2[j] += d * d
+
+
+def _forward_write(x, gam, bet, eps, given, mean, var, invstd, out, part, first, r0, r1, c0, w):
+    """Merge the row blocks' sums of channels c0:c0+w (first: also write the statistics) and write rows
+    r0:r1 of out. Every row block of a channel block merges the same sums in the same order."""
+    n = x.shape[0]
+    mu = np.empty(w)
+    scale = np.empty(w)
+    shift_b = np.empty(w)
+    for j in range(w):
+        if given:
+            mu[j], v = mean[c0 + j], var[c0 + j]
+        else:
+            s1 = 0.0
+            s2 = 0.0
+            for k in range(part.shape[0]):
+                s1 += part[k, 0, c0 + j]
+                s2 += part[k, 1, c0 + j]
+            shift = s1 / n
+            mu[j] = np.float64(x[0, c0 + j]) + shift
+            v = max(s2 / n - shift * shift, 0.0)
+        s = 1.0 / np.sqrt(v + eps)
+        scale[j] = s * gam[c0 + j]
+        shift_b[j] = bet[c0 + j]
+        if first:
+            invstd[c0 + j] = s
             if not given:
-                k2[j] = -k1[j] * (b[j] / n)
-                k3[j] = -k1[j] * (a[j] / n)
-        for i in range(n):
-            xi = x[i, c0:c0 + w]
-            di = dy[i, c0:c0 + w]
-            oi = dx[i, c0:c0 + w]
-            for j in range(w):
-                oi[j] = k1[j] * np.float64(di[j]) + k2[j] * ((np.float64(xi[j]) - mu[j]) * s[j]) + k3[j]
+                mean[c0 + j] = mu[j]
+                var[c0 + j] = v
+    for i in range(r0, r1):
+        xi = x[i, c0:c0 + w]
+        oi = out[i, c0:c0 + w]
+        for j in range(w):
+            oi[j] = (np.float64(xi[j]) - mu[j]) * scale[j] + shift_b[j]
+
+
+def _backward_sums(x, dy, mean, invstd, r0, r1, c0, w, a, b):
+    """a, b (w,) = sums over rows r0:r1 of dy and dy * x-hat, channels c0:c0+w."""
+    mu = mean[c0:c0 + w]
+    s = invstd[c0:c0 + w]
+    a[:] = 0.0
+    b[:] = 0.0
+    i = r0
+    while i + 4 <= r1:  # four rows per sweep, as in the forward
+        x0, x1, x2, x3 = x[i, c0:c0 + w], x[i + 1, c0:c0 + w], x[i + 2, c0:c0 + w], x[i + 3, c0:c0 + w]
+        e0, e1, e2, e3 = dy[i, c0:c0 + w], dy[i + 1, c0:c0 + w], dy[i + 2, c0:c0 + w], dy[i + 3, c0:c0 + w]
+        for j in range(w):
+            m, sj = mu[j], s[j]
+            d0, d1, d2, d3 = np.float64(e0[j]), np.float64(e1[j]), np.float64(e2[j]), np.float64(e3[j])
+            a[j] += (d0 + d1) + (d2 + d3)
+            b[j] += ((d0 * ((np.float64(x0[j]) - m) * sj) + d1 * ((np.float64(x1[j]) - m) * sj))
+                     + (d2 * ((np.float64(x2[j]) - m) * sj) + d3 * ((np.float64(x3[j]) - m) * sj)))
+        i += 4
+    for i in range(i, r1):
+        xi = x[i, c0:c0 + w]
+        di = dy[i, c0:c0 + w]
+        for j in range(w):
+            d = np.float64(di[j])
+            a[j] += d
+            b[j] += d * ((np.float64(xi[j]) - mu[j]) * s[j])
+
+
+def _backward_write(x, dy, gam, mean, invstd, given, dgamma, dbeta, dx, part, first, r0, r1, c0, w):
+    """Merge the row blocks' sums of channels c0:c0+w (first: also write dgamma, dbeta) and write rows r0:r1
+    of dx, as :func:`_forward_write`."""
+    n = x.shape[0]
+    mu = mean[c0:c0 + w]
+    s = invstd[c0:c0 + w]
+    k1 = np.empty(w)
+    k2 = np.zeros(w)
+    k3 = np.zeros(w)
+    for j in range(w):
+        a = 0.0
+        b = 0.0
+        for k in range(part.shape[0]):
+            a += part[k, 0, c0 + j]
+            b += part[k, 1, c0 + j]
+        if first:
+            dbeta[c0 + j] = a
+            dgamma[c0 + j] = b
+        k1[j] = gam[c0 + j] * s[j]
+        if not given:
+            k2[j] = -k1[j] * (b / n)
+            k3[j] = -k1[j] * (a / n)
+    for i in range(r0, r1):
+        xi = x[i, c0:c0 + w]
+        di = dy[i, c0:c0 + w]
+        oi = dx[i, c0:c0 + w]
+        for j in range(w):
+            oi[j] = k1[j] * np.float64(di[j]) + k2[j] * ((np.float64(xi[j]) - mu[j]) * s[j]) + k3[j]
+
+
+_tile, _forward_sums, _forward_write, _backward_sums, _backward_write = (
+    numba.njit(cache=CACHE, fastmath=_FASTMATH, inline="always")(f)
+    for f in (_tile, _forward_sums, _forward_write, _backward_sums, _backward_write))
+
+
+# The columns kernels: tasks on a grid of row blocks times channel blocks (numba_backend._column_grid). A task
+# sums its rows of its channels; with one row block it then writes them, else a second parallel loop does,
+# once every row block's sums are in. The two loops sit under different ``if``s: Numba fuses adjacent
+# parallel loops of one size, and fused, a task would merge sums not yet written.
+
+def _columns_forward(x, gam, bet, eps, given, mean, var, invstd, out, width, row_blocks):
+    n, c = x.shape
+    col_blocks = (c + width - 1) // width
+    tasks = row_blocks * col_blocks
+    part = np.empty((row_blocks, 2, c))  # each row block's sums, merged in _forward_write
+    if row_blocks == 1 or not given:  # (given statistics: nothing to sum)
+        for t in prange(tasks):
+            rb, r0, r1, c0, w = _tile(t, col_blocks, width, n, c, row_blocks)
+            if not given:
+                _forward_sums(x, r0, r1, c0, w, part[rb, 0, c0:c0 + w], part[rb, 1, c0:c0 + w])
+            if row_blocks == 1:
+                _forward_write(x, gam, bet, eps, given, mean, var, invstd, out, part, True, r0, r1, c0, w)
+    if row_blocks > 1:
+        for t in prange(tasks):
+            rb, r0, r1, c0, w = _tile(t, col_blocks, width, n, c, row_blocks)
+            _forward_write(x, gam, bet, eps, given, mean, var, invstd, out, part, rb == 0, r0, r1, c0, w)
+
+
+def _columns_backward(x, dy, gam, mean, invstd, given, dgamma, dbeta, dx, width, row_blocks):
+    n, c = x.shape
+    col_blocks = (c + width - 1) // width
+    tasks = row_blocks * col_blocks
+    part = np.empty((row_blocks, 2, c))  # each row block's sums of dy and dy * x-hat
+    for t in prange(tasks):
+        rb, r0, r1, c0, w = _tile(t, col_blocks, width, n, c, row_blocks)
+        _backward_sums(x, dy, mean, invstd, r0, r1, c0, w, part[rb, 0, c0:c0 + w], part[rb, 1, c0:c0 + w])
+        if row_blocks == 1:
+            _backward_write(x, dy, gam, mean, invstd, given, dgamma, dbeta, dx, part, True, r0, r1, c0, w)
+    if row_blocks > 1:
+        for t in prange(tasks):
+            rb, r0, r1, c0, w = _tile(t, col_blocks, width, n, c, row_blocks)
+            _backward_write(x, dy, gam, mean, invstd, given, dgamma, dbeta, dx, part, rb == 0, r0, r1, c0, w)
 
 
 def _channels_forward(x, gam, bet, eps, given, mean, var, invstd, out):

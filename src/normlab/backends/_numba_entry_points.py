@@ -15,8 +15,9 @@ C signatures, T the input's type (float or double; weight and bias are T too)::
 
 stats is the (3, S) float64 stack mean, var (biased), invstd per statistic; with
 ``given`` the forward reads mean and var from it. Batch statistics: dims is
-(N, C, L, width), L the run length of the channels kernels (1 for columns),
-width the columns kernels' channels per thread block. Per-sample statistics:
+(N, C, L, width, row blocks), L the run length of the channels kernels (1 for
+columns), width and row blocks the columns kernels' task grid (channels per
+block, blocks of rows). Per-sample statistics:
 see :func:`rows_entry_points`. forward returns 1 when the statistics it computed
 are finite (always 1 with ``given``), else 0: the caller then takes the route
 that rescales or reports them.
@@ -46,21 +47,21 @@ def _finite(stats, c):
 
 
 def _columns_forward(xp, gp, bp, eps, given, sp, op, dp):
-    dims = carray(dp, (4,))
+    dims = carray(dp, (5,))
     n, c = dims[0], dims[1]
     st = carray(sp, (3, c))
     FORWARD(carray(xp, (n, c)), carray(gp, (c,)), carray(bp, (c,)), eps, given != 0, st[0], st[1], st[2],
-            carray(op, (n, c)), dims[3])
+            carray(op, (n, c)), dims[3], dims[4])
     return 1 if given != 0 else _finite(st, c)
 
 
 def _columns_backward(xp, dyp, gp, sp, given, dgp, dbp, dxp, dp):
-    dims = carray(dp, (4,))
+    dims = carray(dp, (5,))
     n, c = dims[0], dims[1]
     st = carray(sp, (3, c))
     dgamma, dbeta = np.empty(c), np.empty(c)  # the kernel's float64 sums, rounded once into the caller's type
     BACKWARD(carray(xp, (n, c)), carray(dyp, (n, c)), carray(gp, (c,)), st[0], st[2], given != 0, dgamma, dbeta,
-             carray(dxp, (n, c)), dims[3])
+             carray(dxp, (n, c)), dims[3], dims[4])
     carray(dgp, (c,))[:] = dgamma
     carray(dbp, (c,))[:] = dbeta
 

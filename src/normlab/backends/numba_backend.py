@@ -17,10 +17,12 @@ and dx are the only x-sized allocations.
 Loop shape per layout (see ``_numba_kernels`` and ``_numba_batch_kernels``):
 
 * batch statistics, most shapes: one launch per direction (``fused_plan``),
-  ``columns`` kernels for (N, C) below ``COLUMNS_FUSED_BELOW`` values,
-  ``channels`` kernels for runs of at least ``ROWS_MIN_LENGTH`` values or small
-  inputs, below ``CHANNELS_FUSED_BELOW`` values; the PyTorch bridge calls these directly (``normlab.torch.fused``),
-  from C++ through their C entry points (``_numba_entry_points``, ``FusedPlan.entry_points``);
+  ``columns`` kernels for every (N, C) (tasks on blocks of rows, then of
+  channels: ``_column_grid``), ``channels`` kernels for runs of at least
+  ``ROWS_MIN_LENGTH`` values or small inputs, below ``CHANNELS_FUSED_BELOW``
+  values; the PyTorch bridge calls these directly (``normlab.torch.fused``),
+  from C++ through their C entry points (``_numba_entry_points``,
+  ``FusedPlan.entry_points``);
 * given statistics (batch norm in eval mode): one launch at every size, row
   by row (nothing to reduce); above the fused sizes for the forward only;
 * batch statistics otherwise (large inputs, mid-sized short runs): two
@@ -55,8 +57,6 @@ NAME = "numba"
 ROWS_MIN_LENGTH = 32
 #: Inputs with fewer values run serially (the thread pool's start-up costs more).
 SERIAL_BELOW = 1 << 15
-#: Batch norm on (N, C) with fewer values takes the fused columns kernels (one launch per direction).
-COLUMNS_FUSED_BELOW = 1 << 18
 #: Batch norm on (N, C, L) with fewer values takes the fused channels kernels.
 CHANNELS_FUSED_BELOW = 1 << 20
 
@@ -129,15 +129,17 @@ def _fused_kind(n, c, l, size):
     """Which fused batch-statistics kernels serve (N, C, 1, L), or None for the two-kernel paths.
 
     Measured on 2 cores: the fused kernels (one launch, no NumPy glue) win for
-    every (N, C) up to COLUMNS_FUSED_BELOW values and for runs L >= ROWS_MIN_LENGTH
-    up to CHANNELS_FUSED_BELOW values; larger inputs are faster on the two-kernel
-    paths, whose threads sweep contiguous memory where a thread per channel
-    strides across all of x (forward+backward, float32, AMD EPYC: (32, 64, 256)
-    0.35 against 0.38 ms, (128, 128, 64) 1.01 against 0.94 ms, (64, 32, 1024)
-    2.6 against 1.4 ms).
+    every (N, C) (their threads sweep blocks of whole rows: (256, 1024)
+    forward+backward 0.97-1.07x torch.nn's time against 2.1-2.3x on the two-kernel
+    paths, (4096, 1024) 1.02-1.24x against 1.18-1.31x, float32) and for runs
+    L >= ROWS_MIN_LENGTH up to CHANNELS_FUSED_BELOW values; larger (N, C, L) are
+    faster on the two-kernel paths, whose threads sweep contiguous memory where a
+    thread per channel strides across all of x (forward+backward, float32, AMD
+    EPYC: (32, 64, 256) 0.35 against 0.38 ms, (128, 128, 64) 1.01 against
+    0.94 ms, (64, 32, 1024) 2.6 against 1.4 ms).
     """
     if l == 1:
-        return "columns" if size < COLUMNS_FUSED_BELOW else None
+        return "columns"
     if (l >= ROWS_MIN_LENGTH or size < SERIAL_BELOW) and size < CHANNELS_FUSED_BELOW:
         return "channels" if c >= _threads(size) else None
     return None
@@ -147,13 +149,23 @@ def _threads(size):
     return 1 if size < SERIAL_BELOW else numba.get_num_threads()
 
 
-def _column_width(c, size):
-    """Channels per thread block of the columns kernels: one block per thread, a multiple of 16."""
+def _column_grid(n, c, size):
+    """(width, row_blocks): the columns kernels' tasks, row blocks of x times blocks of ``width`` channels,
+    one task per thread.
+
+    Rows first: a thread then sweeps whole rows, the memory the matrix product
+    before it and the elementwise op after it touch on the same core (in an
+    MLP training step, paired step by step, row blocks were 2% faster than a
+    channel block per thread; docs/benchmarks.md). Blocks keep >= 16 rows, so
+    merging their sums stays a small part of the work; channels split the rest.
+    """
     threads = _threads(size)
-    if threads == 1:
-        return c
-    per_thread = -(-c // threads)  # ceil
-    return max(16, (per_thread + 15) // 16 * 16)
+    row_blocks = max(1, min(threads, n // 16))
+    col_blocks = max(1, threads // row_blocks)
+    if col_blocks == 1:
+        return c, row_blocks
+    per_block = -(-c // col_blocks)  # ceil
+    return max(16, (per_block + 15) // 16 * 16), row_blocks
 
 
 class FusedPlan(NamedTuple):
@@ -194,14 +206,14 @@ class FusedPlan(NamedTuple):
 
     def entry_points(self, dtype) -> tuple[int, ...]:
         """These kernels as C functions, for input of ``dtype``: the addresses of forward, backward and the
-        running-statistics rule on float32 and on float64 buffers, then dims (N, C, L, width)
+        running-statistics rule on float32 and on float64 buffers, then dims (N, C, L, width, row blocks)
         (``_numba_entry_points`` gives the signatures). Compiled on first use."""
         from . import _numba_entry_points as ep
 
         forward, backward = ep.batch_entry_points(self.kind, self.parallel, dtype)
         n, c, length = (*self.view, 1)[:3]
         return (forward, backward, ep.update_entry_point(np.float32), ep.update_entry_point(np.float64),
-                n, c, length, self.extra[0] if self.extra else 0)
+                n, c, length, *(self.extra or (0, 0)))
 
 
 class RowsPlan(NamedTuple):
@@ -277,7 +289,7 @@ def fused_plan(view4, batch_stats: bool = True, center: bool = True,
         kind = "columns" if l == 1 else "channels"
     if kind == "columns":
         return FusedPlan((n, c), _pick(_kb.columns_forward, size), _pick(_kb.columns_backward, size),
-                         (_column_width(c, size),), "columns", size >= SERIAL_BELOW, forward_only=forward_only)
+                         _column_grid(n, c, size), "columns", size >= SERIAL_BELOW, forward_only=forward_only)
     if kind == "channels":
         return FusedPlan((n, c, l), _pick(_kb.channels_forward, size), _pick(_kb.channels_backward, size), (),
                          "channels", size >= SERIAL_BELOW, forward_only=forward_only)
