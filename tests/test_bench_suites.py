@@ -83,28 +83,42 @@ def test_models_suite_quick_times_both_twins_in_a_child_process(tmp_path):
     assert set(rows) == {"mlp", "tiny-bn"} and rows["tiny-bn"]["mode"] == "fwd+bwd"
     for row in rows.values():
         assert row["torch_ms"] > 0 and row["normlab_ms"] > 0
-        assert math.isclose(row["ratio"], row["torch_ms"] / row["normlab_ms"])
+        low, high = row["ratio_interval"]
+        assert 0 < low <= row["ratio"] <= high
         assert len(row["round_ratios"]) == data["rounds"] and all(r > 0 for r in row["round_ratios"])
     assert math.isclose(default["geomean"], rows["mlp"]["ratio"])  # the fixed-cost row is reported apart
-    assert math.isclose(default["fixed_cost_multiple"], rows["tiny-bn"]["normlab_ms"] / rows["tiny-bn"]["torch_ms"])
+    assert math.isclose(default["fixed_cost_multiple"], 1 / rows["tiny-bn"]["ratio"])
     assert "| mlp: 256-512-512-10 with BatchNorm1d, batch 128 | train |" in md
-    low, high = min(rows["mlp"]["round_ratios"]), max(rows["mlp"]["round_ratios"])
-    assert md.splitlines()[[i for i, line in enumerate(md.splitlines()) if line.startswith("| mlp:")][0]].endswith(
-        f"| {low:.2f}-{high:.2f} |")
+    mlp = rows["mlp"]
+    line = [line for line in md.splitlines() if line.startswith("| mlp:")][0]
+    assert line.endswith(f"| {mlp['ratio']:.3f} | {mlp['ratio_interval'][0]:.3f}-{mlp['ratio_interval'][1]:.3f} "
+                         f"| {min(mlp['round_ratios']):.2f}-{max(mlp['round_ratios']):.2f} |")
 
 
-def test_models_suite_round_ratios_are_each_rounds_block_medians(monkeypatch):
+def test_models_suite_pairs_steps_and_takes_the_median_ratio(monkeypatch):
     from normlab.bench import models_suite
 
-    # Each "step" is its twin's name (torch.nn's is made first); the timer hands out known blocks of seconds.
+    # Each "step" is its twin's name (torch.nn's is made first); the timer hands out known seconds per step.
     names = iter(["torch", "normlab"])
     monkeypatch.setattr(models_suite, "_stepper", lambda model, x, y, mode: next(names))
-    blocks = {"torch": iter([[9.0] * 3, [0.002, 0.004, 0.003], [0.006, 0.006, 0.009]]),
-              "normlab": iter([[9.0] * 3, [0.001, 0.001, 0.002], [0.003, 0.004, 0.004]])}
-    monkeypatch.setattr(models_suite, "timed_runs", lambda step, repeat, warmup: next(blocks[step]))
+    calls = []
+    seconds = {"torch": iter([9.0, 0.002, 0.004, 0.006, 0.006, 0.030, 0.009]),  # warm-up, then 3 pairs x 2
+               "normlab": iter([9.0, 0.001, 0.001, 0.002, 0.003, 0.001, 0.004])}
+
+    def timer(step, repeat, warmup):
+        calls.append(step)
+        return [next(seconds[step])] * (3 if repeat == 3 else 1)
+
+    monkeypatch.setattr(models_suite, "timed_runs", timer)
     row = models_suite.time_model(models_suite.MODELS["tiny-bn"], repeat=3, rounds=2)
-    assert row["round_ratios"] == pytest.approx([0.003 / 0.001, 0.006 / 0.004])
-    assert row["ratio"] == pytest.approx(0.005 / 0.0025)  # the pooled medians, warm-up left out
+    # pairs (torch / normlab): 2, 4, 3 | 2, 30, 2.25; the first of a pair alternates
+    assert calls[2:] == ["torch", "normlab", "normlab", "torch", "torch", "normlab",
+                         "normlab", "torch", "torch", "normlab", "normlab", "torch"]
+    assert row["round_ratios"] == pytest.approx([3.0, 2.25])
+    assert row["ratio"] == pytest.approx((2.25 + 3.0) / 2)  # the median of the six pairs, warm-up left out
+    low, high = row["ratio_interval"]
+    assert 2.0 <= low <= row["ratio"] <= high <= 30.0
+    assert row["torch_ms"] == pytest.approx(6.0) and row["normlab_ms"] == pytest.approx(1.5)
 
 
 def test_models_suite_control_times_torch_nn_against_its_own_copy(monkeypatch):
@@ -126,11 +140,12 @@ def test_models_suite_control_times_torch_nn_against_its_own_copy(monkeypatch):
     assert kinds == [{nn.BatchNorm1d}, {nt.BatchNorm}, {nn.BatchNorm1d}, {nn.BatchNorm1d}]
     assert seen[3] is not seen[2]  # a copy, timed against the original
     row = result["rows"][0]
-    assert row["control"] == {"ratio": 1.0, "round_ratios": [1.0, 1.0]}
+    assert row["control"] == {"ratio": 1.0, "ratio_interval": [1.0, 1.0], "round_ratios": [1.0, 1.0]}
     md = models_suite.markdown_models({"rounds": 2, "repeat": 7, "control": True,
                                        "environments": {"default": {**result, "variables": {}, "busy_processes": 0}}})
-    assert "| A/A | A/A rounds |" in md and md.count("| 1.00 | 1.00-1.00 | 1.00 | 1.00-1.00 |") == 1
-    assert "A/A (torch.nn against its own copy): 1.00x to 1.00x over the models." in md
+    assert "| A/A | A/A 95% |" in md and md.count("| 1.000 | 1.000-1.000 | 1.00-1.00 | 1.000 | 1.000-1.000 |") == 1
+    assert "median over 14 pairs of steps" in md
+    assert "A/A (torch.nn against its own copy): 1.000x to 1.000x over the models." in md
 
 
 def test_models_suite_twin_has_normlab_norms_and_the_same_outputs():

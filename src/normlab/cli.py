@@ -134,9 +134,11 @@ def check(backend, seed):
                    "models suite: model names, e.g. cnn,mlp.")
 @click.option("--dtype", type=click.Choice(["float32", "float64", "both"]), default=None,
               help="[default: both; sync and models suites: float32]")
-@click.option("--repeat", default=7, show_default=True, help="Timed runs per measurement (median; >= 7).")
+@click.option("--repeat", default=7, show_default=True,
+              help="Timed runs per measurement (median; >= 7); models suite: pairs of steps per round.")
 @click.option("--rounds", default=3, show_default=True,
-              help="Blocks per implementation, taken in turn (spreads load from elsewhere over all of them).")
+              help="Blocks per implementation, taken in turn (spreads load from elsewhere over all of them); "
+                   "models suite: rounds of pairs (rounds x repeat pairs in all).")
 @click.option("--threads", type=int, default=None,
               help="Threads for Numba and PyTorch alike [all cores; sync suite: 1 per rank; models suite: "
                    "as the environment leaves them].")

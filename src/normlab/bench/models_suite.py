@@ -4,9 +4,10 @@ A user does not run kernels, they run steps. Each model is built once with
 torch.nn norms and once with the same weights and normlab.torch norms in their
 place; a step is what a training loop does (zero_grad, forward, cross-entropy,
 backward, SGD step), or a no_grad forward in eval mode for the inference row.
-The two twins run in alternating blocks of steps in the same process, so load
-from elsewhere falls on both; the ratio is torch.nn's median step over
-normlab's (> 1: normlab is faster).
+The two twins run step by step in the same process, in pairs whose first step
+alternates between them, so load from elsewhere falls on both; the ratio is
+the median over pairs of torch.nn's step time over normlab's (> 1: normlab
+is faster), with a bootstrap 95% interval.
 
 By default the suite runs in the environment it was started in (no thread
 variables are set: that is what users run). ``environments`` reruns it in
@@ -186,30 +187,51 @@ def _stepper(model, x, y, mode: str):
 
 
 def time_model(spec: Model, repeat: int, rounds: int, seed: int = 0, twin: Callable = None) -> dict:
-    """Median step ms of the torch.nn model and its twin (``twin(model)``, default :func:`normlab_twin`), in
-    alternating blocks; and their ratio."""
+    """Step ms of the torch.nn model and its twin (``twin(model)``, default :func:`normlab_twin`), and their
+    ratio (> 1: the twin is faster).
+
+    ``rounds`` x ``repeat`` pairs of steps, one of each twin, the first of a pair alternating between them.
+    The ratio is the median over pairs of torch.nn's step time over the twin's: two steps a few
+    milliseconds apart see the same state of the machine, so load that comes and goes cancels (a ratio of
+    medians pooled over blocks of steps moved far more between runs: docs/benchmarks.md); its 95%
+    interval is a bootstrap of that median.
+    """
     import torch
 
     torch.manual_seed(seed)
     model, x, y = spec.build()
     steps = {"torch.nn": _stepper(model, x, y, spec.mode),
              "normlab.torch": _stepper((twin or normlab_twin)(model), x, y, spec.mode)}
-    samples = {name: [] for name in steps}
     for step in steps.values():  # warm-up: compilation, caches, allocator
         timed_runs(step, 3, warmup=0)
-    round_ratios = []
+    samples = {name: [] for name in steps}
+    pair_ratios, round_ratios = [], []
+    order = list(steps)
     for _ in range(rounds):
-        block = {name: timed_runs(step, repeat, warmup=0) for name, step in steps.items()}
-        for name, times in block.items():
-            samples[name] += times
-        round_ratios.append(statistics.median(block["torch.nn"]) / statistics.median(block["normlab.torch"]))
+        this_round = []
+        for _ in range(repeat):
+            took = {name: timed_runs(steps[name], 1, warmup=0)[0] for name in order}
+            order.reverse()
+            for name, seconds in took.items():
+                samples[name].append(seconds)
+            this_round.append(took["torch.nn"] / took["normlab.torch"])
+        pair_ratios += this_round
+        round_ratios.append(statistics.median(this_round))
     ms = {name: statistics.median(t) * 1e3 for name, t in samples.items()}
     return {"model": spec.name, "description": spec.description, "mode": spec.mode,
             "torch_ms": ms["torch.nn"], "normlab_ms": ms["normlab.torch"],
             "torch_min_ms": min(samples["torch.nn"]) * 1e3, "normlab_min_ms": min(samples["normlab.torch"]) * 1e3,
-            "ratio": ms["torch.nn"] / ms["normlab.torch"],
-            # each round's ratio of block medians: how far the ratio moves within this run
+            "ratio": statistics.median(pair_ratios), "ratio_interval": _median_interval(pair_ratios, seed),
+            # each round's median ratio: how far the ratio moves within this run
             "round_ratios": round_ratios, "loadavg": os.getloadavg()[0]}
+
+
+def _median_interval(values, seed: int, resamples: int = 2000) -> list:
+    """A 95% bootstrap interval [low, high] of the median of ``values``."""
+    data = np.asarray(values, dtype=float)
+    draws = np.random.default_rng(seed).integers(0, len(data), (resamples, len(data)))
+    low, high = np.quantile(np.median(data[draws], axis=1), [0.025, 0.975])
+    return [float(low), float(high)]
 
 
 def run_here(models=None, repeat: int = 7, rounds: int = 3, log: Callable[[str], None] = print,
@@ -233,18 +255,19 @@ def run_here(models=None, repeat: int = 7, rounds: int = 3, log: Callable[[str],
         row = time_model(MODELS[name], repeat, rounds)
         rows.append(row)
         log(f"{name:>14}: torch.nn {row['torch_ms']:9.3f} ms  normlab.torch {row['normlab_ms']:9.3f} ms  "
-            f"torch.nn/normlab x{row['ratio']:.2f} (rounds {_spread(row)})")
+            f"torch.nn/normlab x{row['ratio']:.3f} (95% {_interval(row)}, rounds {_spread(row)})")
         if control:
             same = time_model(MODELS[name], repeat, rounds, twin=copy.deepcopy)
-            row["control"] = {"ratio": same["ratio"], "round_ratios": same["round_ratios"]}
-            log(f"{'':>14}  torch.nn against its own copy x{same['ratio']:.2f} (rounds {_spread(same)})")
+            row["control"] = {k: same[k] for k in ("ratio", "ratio_interval", "round_ratios")}
+            log(f"{'':>14}  torch.nn against its own copy x{same['ratio']:.3f} (95% {_interval(same)}, "
+                f"rounds {_spread(same)})")
     info["loadavg_end"] = os.getloadavg()
     ratios = [r["ratio"] for r in rows if r["mode"] != "fwd+bwd"] or [r["ratio"] for r in rows]
     fixed = [r for r in rows if r["mode"] == "fwd+bwd"]
     return {"machine": info, "rows": rows, "geomean": float(np.exp(np.mean(np.log(ratios)))),
             "slowest_ratio": min(ratios),
-            # normlab's fixed cost per call as a multiple of torch.nn's (the tiny fwd+bwd row)
-            "fixed_cost_multiple": fixed[0]["normlab_ms"] / fixed[0]["torch_ms"] if fixed else None}
+            # normlab's fixed cost per call as a multiple of torch.nn's (the tiny fwd+bwd row's paired ratio)
+            "fixed_cost_multiple": 1.0 / fixed[0]["ratio"] if fixed else None}
 
 
 def _busy() -> subprocess.Popen:
@@ -307,6 +330,12 @@ def _spread(row: dict) -> str:
     return f"{min(ratios):.2f}-{max(ratios):.2f}"
 
 
+def _interval(row: dict) -> str:
+    """A row's 95% interval of the ratio, e.g. "0.995-1.012"."""
+    low, high = row["ratio_interval"]
+    return f"{low:.3f}-{high:.3f}"
+
+
 def markdown_models(result: dict, command: str | None = None) -> str:
     lines = [f"Command: `{command}`", ""] if command else []
     control = bool(result.get("control"))
@@ -317,26 +346,29 @@ def markdown_models(result: dict, command: str | None = None) -> str:
         lines += [f"### Environment `{env_name}` ({setting}{load})", "",
                   f"Machine: {m['cpu']}, {m['cores']} cores, torch threads {m.get('torch_threads')}, "
                   f"numba {m.get('numba')} (threading layer {m.get('numba_threading_layer')}), torch {m.get('torch')}; "
-                  f"load average {m['loadavg_start'][0]:.2f} at start, {m['loadavg_end'][0]:.2f} at end. "
-                  f"Medians of {result['rounds']} alternating rounds x {result['repeat']} steps after 3 warm-up steps.",
-                  "Rounds: the lowest and highest ratio of a single round (the medians of one block of steps "
-                  "each), how far the ratio moves within this run."
+                  f"load average {m['loadavg_start'][0]:.2f} at start, {m['loadavg_end'][0]:.2f} at end.",
+                  f"Ratio: the median over {result['rounds'] * result['repeat']} pairs of steps (one step of each "
+                  "twin, the first of a pair alternating, after 3 warm-up steps each) of torch.nn's step time over "
+                  f"normlab's; 95%: a bootstrap interval of that median; rounds: the lowest and highest median of a "
+                  f"round of {result['repeat']} pairs, how far the ratio moves within this run."
                   + (" A/A: torch.nn's model timed the same way against an identical copy of itself, the ratio "
                      "this run gives with nothing changed." if control else ""),
-                  "", "| model | step | torch.nn ms | normlab.torch ms | torch.nn / normlab | rounds |"
-                  + (" A/A | A/A rounds |" if control else ""),
-                  "|---|---|---:|---:|---:|---:|" + ("---:|---:|" if control else "")]
+                  "", "| model | step | torch.nn ms | normlab.torch ms | torch.nn / normlab | 95% | rounds |"
+                  + (" A/A | A/A 95% |" if control else ""),
+                  "|---|---|---:|---:|---:|---:|---:|" + ("---:|---:|" if control else "")]
         for r in res["rows"]:
             line = (f"| {r['model']}: {r['description']} | {r['mode']} "
-                    f"| {r['torch_ms']:.3f} | {r['normlab_ms']:.3f} | {r['ratio']:.2f} | {_spread(r)} |")
+                    f"| {r['torch_ms']:.3f} | {r['normlab_ms']:.3f} | {r['ratio']:.3f} | {_interval(r)} "
+                    f"| {_spread(r)} |")
             if control:
-                line += f" {r['control']['ratio']:.2f} | {_spread(r['control'])} |"
+                line += f" {r['control']['ratio']:.3f} | {_interval(r['control'])} |"
             lines.append(line)
-        lines += ["", f"Models (train and eval steps): geometric mean {res['geomean']:.2f}x; slowest "
-                  f"{res['slowest_ratio']:.2f}x."]
+        lines += ["", f"Models (train and eval steps): geometric mean {res['geomean']:.3f}x; slowest "
+                  f"{res['slowest_ratio']:.3f}x."]
         if control:
             same = [r["control"]["ratio"] for r in res["rows"] if r["mode"] != "fwd+bwd"]
-            lines.append(f"A/A (torch.nn against its own copy): {min(same):.2f}x to {max(same):.2f}x over the models.")
+            lines.append(f"A/A (torch.nn against its own copy): {min(same):.3f}x to {max(same):.3f}x over the "
+                         "models.")
         if res.get("fixed_cost_multiple") is not None:
             lines.append(f"Fixed cost per forward+backward (tiny-bn): normlab.torch takes "
                          f"{res['fixed_cost_multiple']:.2f}x torch.nn's time.")
