@@ -155,7 +155,7 @@ def _column_grid(n, c, size):
 
     Rows first: a thread then sweeps whole rows, the memory the matrix product
     before it and the elementwise op after it touch on the same core (in an
-    MLP training step, paired step by step, row blocks were 2% faster than a
+    MLP training step, paired step by step, row blocks were ~2% faster than a
     channel block per thread; docs/benchmarks.md). Blocks keep >= 16 rows, so
     merging their sums stays a small part of the work; channels split the rest.
     """
