@@ -148,6 +148,53 @@ def test_models_suite_control_times_torch_nn_against_its_own_copy(monkeypatch):
     assert "A/A (torch.nn against its own copy): 1.000x to 1.000x over the models." in md
 
 
+def _process_result(ratios, control_ratio, torch_ms):
+    """A run_here result of one process with the given per-model ratios (mlp, tiny-bn)."""
+    rows = [{"model": name, "description": name, "mode": mode, "torch_ms": torch_ms, "normlab_ms": torch_ms / r,
+             "torch_min_ms": torch_ms / 2, "normlab_min_ms": torch_ms / r / 2, "ratio": r,
+             "ratio_interval": [r * 0.99, r * 1.01], "round_ratios": [r, r], "loadavg": 0.5,
+             "control": {"ratio": control_ratio, "ratio_interval": [0.99, 1.01], "round_ratios": [control_ratio]}}
+            for (name, mode), r in zip((("mlp", "train"), ("tiny-bn", "fwd+bwd")), ratios)]
+    machine = {"cpu": "x", "cores": 2, "loadavg_start": [0.1], "loadavg_end": [0.2 + torch_ms]}
+    return {"machine": machine, "rows": rows, "geomean": ratios[0], "slowest_ratio": ratios[0],
+            "fixed_cost_multiple": 1 / ratios[1]}
+
+
+def test_models_suite_processes_reports_the_median_over_fresh_processes(monkeypatch):
+    from normlab.bench import models_suite
+
+    # the medians are the middle process's, neither the first nor the last
+    runs = iter([_process_result((0.96, 2.0), 0.98, 3.0), _process_result((1.01, 1.8), 1.00, 4.0),
+                 _process_result((1.08, 1.6), 1.02, 5.0)])
+    calls = []
+
+    def child_run(models, repeat, rounds, variables, timeout_s, log, control=False):
+        calls.append((models, repeat, rounds, variables, control))
+        return next(runs)
+
+    monkeypatch.setattr(models_suite, "_child_run", child_run)
+    result = models_suite.run_models(["mlp", "tiny-bn"], repeat=7, rounds=2, log=lambda _: None, control=True,
+                                     processes=3)
+    assert len(calls) == 3 and all(c == (["mlp", "tiny-bn"], 7, 2, {}, True) for c in calls)  # fresh processes
+    assert result["processes"] == 3
+    default = result["environments"]["default"]
+    assert default["processes"] == 3 and default["variables"] == {} and default["busy_processes"] == 0
+    mlp, tiny = default["rows"]
+    assert mlp["ratio"] == 1.01 and mlp["process_ratios"] == [0.96, 1.01, 1.08]
+    assert mlp["ratio_interval"] == [0.96, 1.08] and mlp["torch_ms"] == 4.0 and mlp["normlab_ms"] == pytest.approx(4.0 / 1.01) and mlp["torch_min_ms"] == 1.5
+    assert mlp["round_ratios"] == [0.96, 0.96, 1.01, 1.01, 1.08, 1.08]
+    assert mlp["control"]["ratio"] == 1.0 and mlp["control"]["ratio_interval"] == [0.98, 1.02]
+    assert default["geomean"] == pytest.approx(1.01) and default["slowest_ratio"] == 1.01
+    assert default["fixed_cost_multiple"] == pytest.approx(1 / 1.8)  # the tiny row's median, not the last one's
+    assert default["machine"]["loadavg_end"] == [5.2]  # the last process's
+    md = models_suite.markdown_models(result)
+    assert "| torch.nn / normlab | processes | rounds | A/A | A/A processes |" in md
+    assert "the median over 3 fresh processes" in md and "95%" not in md
+    assert "| 1.010 | 0.960-1.080 | 0.96-1.08 | 1.000 | 0.980-1.020 |" in md
+    with pytest.raises(ValueError, match="processes must be >= 1, got 0"):
+        models_suite.run_models(["mlp"], processes=0)
+
+
 def test_models_suite_twin_has_normlab_norms_and_the_same_outputs():
     import torch
 
@@ -171,3 +218,7 @@ def test_models_suite_rejects_unknown_models_and_environments(tmp_path):
     assert result.exit_code == 2 and "--env takes default, passive, default+load, workqueue" in result.output
     result = CliRunner().invoke(main, ["bench", "--suite", "torch", "--control"])
     assert result.exit_code == 2 and "--control is for the models suite" in result.output
+    result = CliRunner().invoke(main, ["bench", "--suite", "torch", "--processes", "3"])
+    assert result.exit_code == 2 and "--processes is for the models suite" in result.output
+    result = CliRunner().invoke(main, ["bench", "--suite", "models", "--processes", "0"])
+    assert result.exit_code == 2 and "--processes must be >= 1, got 0" in result.output

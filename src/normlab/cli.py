@@ -148,12 +148,17 @@ def check(backend, seed):
 @click.option("--control", is_flag=True,
               help="Models suite: also time each torch.nn model against an identical copy of itself, the same "
                    "way (an A/A run): the ratios this machine gives with nothing changed.")
+@click.option("--processes", default=1, show_default=True,
+              help="Models suite: run each environment in this many fresh processes, one after another, and "
+                   "report the median of their ratios and the range (a process's allocator state moves a ratio "
+                   "by more than one process's interval shows).")
 @timeout_option("--timeout", default=600.0,
-                help="Sync and models suites: seconds before the processes are stopped and the run fails.")
+                help="Sync and models suites: seconds before the processes are stopped and the run fails "
+                     "(models suite: per process).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the result as JSON.")
 @click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False), default=None,
               help="Write the Markdown report.")
-def bench(suite, quick, cases, dtype, repeat, rounds, threads, environments, control, timeout, json_path,
+def bench(suite, quick, cases, dtype, repeat, rounds, threads, environments, control, processes, timeout, json_path,
           markdown_path):
     """Time numpy, numba and PyTorch's native kernels; report ratios and the bandwidth bound (--suite for more)."""
     from . import bench as bench_mod
@@ -175,12 +180,16 @@ def bench(suite, quick, cases, dtype, repeat, rounds, threads, environments, con
             raise ValueError(f"--env takes {', '.join(ENVIRONMENTS)}, got {environments!r}")
         if control and suite not in ("models", "all"):
             raise ValueError(f"--control is for the models suite (--suite models), not --suite {suite}")
+        if processes < 1:
+            raise ValueError(f"--processes must be >= 1, got {processes}")
+        if processes > 1 and suite not in ("models", "all"):
+            raise ValueError(f"--processes is for the models suite (--suite models), not --suite {suite}")
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
     try:
         bench_mod.main(cases=case_list, dtypes=dtypes, repeat=repeat, threads=threads, quick=quick, rounds=rounds,
                        json_path=json_path, markdown_path=markdown_path, suite=suite, sync_timeout_s=timeout,
-                       environments=env_list, control=control)
+                       environments=env_list, control=control, processes=processes)
     except ImportError as exc:  # the torch, sync and models suites need PyTorch
         raise click.ClickException(f"--suite {suite} needs PyTorch (pip install 'normlab[torch]'): {exc}") from exc
 

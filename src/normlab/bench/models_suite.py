@@ -276,16 +276,20 @@ def _busy() -> subprocess.Popen:
 
 
 def run_models(models=None, repeat: int = 7, rounds: int = 3, environments=("default",), timeout_s: float = 1800.0,
-               log: Callable[[str], None] = print, control: bool = False) -> dict:
+               log: Callable[[str], None] = print, control: bool = False, processes: int = 1) -> dict:
     """The suite once per environment of ``ENVIRONMENTS``, each in a fresh child process; JSON-ready dict.
 
     A fresh process per environment: OpenMP and Numba read their variables at start-up. control: see
-    :func:`run_here`.
+    :func:`run_here`. processes > 1: the suite in that many fresh processes per environment, one after
+    another, summed up by :func:`across_processes` (a process's allocator state moves its ratios by more
+    than the norms do: docs/benchmarks.md). timeout_s holds for each process.
     """
     unknown = sorted(set(environments) - set(ENVIRONMENTS))
     if unknown:
         raise ValueError(f"unknown environment(s) {', '.join(unknown)}; known: {', '.join(ENVIRONMENTS)}")
     check_repeat(repeat)
+    if processes < 1:
+        raise ValueError(f"processes must be >= 1, got {processes}")
     results = {}
     for env_name in environments:
         variables, load = ENVIRONMENTS[env_name]
@@ -293,13 +297,48 @@ def run_models(models=None, repeat: int = 7, rounds: int = 3, environments=("def
             + (f", {load} busy process(es) beside it" if load else ""))
         busy = [_busy() for _ in range(load)]
         try:
-            results[env_name] = _child_run(models, repeat, rounds, variables, timeout_s, log, control)
+            runs = []
+            for k in range(processes):
+                if processes > 1:
+                    log(f"process {k + 1} of {processes}")
+                runs.append(_child_run(models, repeat, rounds, variables, timeout_s, log, control))
         finally:
             for p in busy:
                 p.kill()
                 p.wait()
+        results[env_name] = runs[0] if processes == 1 else across_processes(runs)
         results[env_name]["variables"], results[env_name]["busy_processes"] = variables, load
-    return {"suite": "models", "repeat": repeat, "rounds": rounds, "control": control, "environments": results}
+    return {"suite": "models", "repeat": repeat, "rounds": rounds, "control": control, "processes": processes,
+            "environments": results}
+
+
+def across_processes(runs: list) -> dict:
+    """:func:`run_here` results of several processes as one: per model, the median of the processes' step
+    times and ratios; ``ratio_interval`` becomes the lowest and highest process's ratio (``process_ratios``
+    keeps them all), ``round_ratios`` every round of every process; the control likewise."""
+    def merged(rows: list) -> dict:
+        ratios = [r["ratio"] for r in rows]
+        return {"ratio": statistics.median(ratios), "ratio_interval": [min(ratios), max(ratios)],
+                "process_ratios": ratios, "round_ratios": [x for r in rows for x in r["round_ratios"]]}
+
+    out_rows = []
+    for rows in zip(*(run["rows"] for run in runs)):
+        row = {k: rows[0][k] for k in ("model", "description", "mode")}
+        for key in ("torch_ms", "normlab_ms"):
+            row[key] = statistics.median(r[key] for r in rows)
+        for key in ("torch_min_ms", "normlab_min_ms"):
+            row[key] = min(r[key] for r in rows)
+        row.update(merged(rows))
+        row["loadavg"] = rows[-1]["loadavg"]
+        if "control" in rows[0]:
+            row["control"] = merged([r["control"] for r in rows])
+        out_rows.append(row)
+    machine = dict(runs[0]["machine"], loadavg_end=runs[-1]["machine"]["loadavg_end"])
+    ratios = [r["ratio"] for r in out_rows if r["mode"] != "fwd+bwd"] or [r["ratio"] for r in out_rows]
+    fixed = [r for r in out_rows if r["mode"] == "fwd+bwd"]
+    return {"machine": machine, "rows": out_rows, "processes": len(runs),
+            "geomean": float(np.exp(np.mean(np.log(ratios)))), "slowest_ratio": min(ratios),
+            "fixed_cost_multiple": 1.0 / fixed[0]["ratio"] if fixed else None}
 
 
 def _child_run(models, repeat, rounds, variables, timeout_s, log, control=False) -> dict:
@@ -336,25 +375,38 @@ def _interval(row: dict) -> str:
     return f"{low:.3f}-{high:.3f}"
 
 
+def _ratio_text(result: dict, processes: int) -> str:
+    """What the ratio columns of one environment's table mean."""
+    pairs = (f"the median over {result['rounds'] * result['repeat']} pairs of steps (one step of each twin, the "
+             "first of a pair alternating, after 3 warm-up steps each) of torch.nn's step time over normlab's")
+    rounds = (f"rounds: the lowest and highest median of a round of {result['repeat']} pairs, how far the ratio "
+              "moves within a process.")
+    if processes > 1:
+        text = (f"Ratio: the median over {processes} fresh processes, one after another, of each process's ratio, "
+                f"{pairs}; processes: the lowest and highest process's ratio; {rounds} Step times: the median "
+                "over the processes.")
+    else:
+        text = f"Ratio: {pairs}; 95%: a bootstrap interval of that median; {rounds}"
+    return text + (" A/A: torch.nn's model timed the same way against an identical copy of itself, the ratio "
+                   "this run gives with nothing changed." if result.get("control") else "")
+
+
 def markdown_models(result: dict, command: str | None = None) -> str:
     lines = [f"Command: `{command}`", ""] if command else []
     control = bool(result.get("control"))
     for env_name, res in result["environments"].items():
         m = res["machine"]
+        processes = res.get("processes", 1)
+        spread = "processes" if processes > 1 else "95%"
         setting = ", ".join(f"{k}={v}" for k, v in res["variables"].items()) or "no thread variables set"
         load = f", {res['busy_processes']} busy process(es) beside it" if res["busy_processes"] else ""
         lines += [f"### Environment `{env_name}` ({setting}{load})", "",
                   f"Machine: {m['cpu']}, {m['cores']} cores, torch threads {m.get('torch_threads')}, "
                   f"numba {m.get('numba')} (threading layer {m.get('numba_threading_layer')}), torch {m.get('torch')}; "
                   f"load average {m['loadavg_start'][0]:.2f} at start, {m['loadavg_end'][0]:.2f} at end.",
-                  f"Ratio: the median over {result['rounds'] * result['repeat']} pairs of steps (one step of each "
-                  "twin, the first of a pair alternating, after 3 warm-up steps each) of torch.nn's step time over "
-                  f"normlab's; 95%: a bootstrap interval of that median; rounds: the lowest and highest median of a "
-                  f"round of {result['repeat']} pairs, how far the ratio moves within this run."
-                  + (" A/A: torch.nn's model timed the same way against an identical copy of itself, the ratio "
-                     "this run gives with nothing changed." if control else ""),
-                  "", "| model | step | torch.nn ms | normlab.torch ms | torch.nn / normlab | 95% | rounds |"
-                  + (" A/A | A/A 95% |" if control else ""),
+                  _ratio_text(result, processes),
+                  "", f"| model | step | torch.nn ms | normlab.torch ms | torch.nn / normlab | {spread} | rounds |"
+                  + (f" A/A | A/A {spread} |" if control else ""),
                   "|---|---|---:|---:|---:|---:|---:|" + ("---:|---:|" if control else "")]
         for r in res["rows"]:
             line = (f"| {r['model']}: {r['description']} | {r['mode']} "
