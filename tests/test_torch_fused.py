@@ -291,6 +291,45 @@ def test_per_sample_norms_take_the_fused_route_bit_for_bit(make, shape, kind, ar
         assert torch.equal(bias.grad, db)
 
 
+def test_layer_norm_module_calls_the_node_straight_and_leaves_the_rest_to_the_general_route(monkeypatch):
+    """The module's own check-and-call (LayerNorm._fused_forward) serves plain calls; every other call, and
+    every error, is layer_norm's, as before."""
+    from normlab.torch import modules
+
+    if fused_node.load() is None:
+        pytest.skip("the native node is not built here")
+    general = []
+    real = modules.layer_norm
+    monkeypatch.setattr(modules, "layer_norm", lambda *a, **k: general.append(a[0].shape) or real(*a, **k))
+    g = torch.Generator().manual_seed(3)
+    module = nt.LayerNorm(16)
+    with torch.no_grad():
+        module.weight.copy_(torch.rand(16, generator=g) + 0.5)
+        module.bias.copy_(torch.rand(16, generator=g))
+    x = torch.randn(4, 5, 16, generator=g).requires_grad_()
+    out = module(x)
+    assert general == [] and "FusedNorm" in out.grad_fn.name()
+    torch.testing.assert_close(out, torch.nn.functional.layer_norm(x, (16,), module.weight, module.bias))
+    out.backward(torch.ones_like(out))
+    assert x.grad.shape == x.shape and module.weight.grad.shape == (16,)
+
+    unbatched = torch.randn(16, generator=g)
+    torch.testing.assert_close(module(unbatched), torch.nn.functional.layer_norm(unbatched, (16,), module.weight,
+                                                                                  module.bias))
+    strided = torch.randn(4, 32, generator=g)[:, ::2]
+    torch.testing.assert_close(module(strided), torch.nn.functional.layer_norm(strided, (16,), module.weight,
+                                                                                module.bias))
+    assert general == [(16,), (4, 16)]
+    with pytest.raises(ValueError, match="normalized_shape|shape"):
+        module(torch.randn(4, 8))
+    with pytest.raises(ValueError, match="more than 1 value per statistic"):
+        nt.LayerNorm(1)(torch.randn(4, 1))
+    module.weight = torch.nn.Parameter(torch.ones(8))
+    with pytest.raises(ValueError, match="weight must have shape"):
+        module(torch.randn(4, 16))
+    assert len(general) == 5
+
+
 def test_parameters_of_another_dtype_step_aside_from_the_native_node(route, fused_calls):
     bn = nt.BatchNorm1d(6, dtype=torch.float64)  # float64 parameters and buffers, float32 input
     x = torch.randn(10, 6, requires_grad=True)

@@ -42,6 +42,13 @@ def _own(module, names: tuple) -> tuple:
     return tuple(found)
 
 
+def _plain_eager(x) -> bool:
+    """Whether a module's call may take the fused route straight from its forward: a plain contiguous CPU tensor,
+    eager (neither compiled, nor under a torch.func transform, nor traced: see functions._eager_core)."""
+    return (x.__class__ is torch.Tensor and x.is_cpu and x.is_contiguous() and not torch.compiler.is_compiling()
+            and not torch._C._are_functorch_transforms_active() and not torch.jit.is_tracing())
+
+
 def _check_countable(num_batches_tracked: torch.Tensor) -> None:
     """torch.nn's refusal, raised before any buffer changes: num_batches_tracked made under
     torch.inference_mode cannot be counted outside it (the native node checks the same in C++). Skipped under
@@ -113,9 +120,7 @@ class BatchNorm(_BatchNorm):
         it was built (``fused_node``: the whole call in C++). Anything else,
         including every error, is the general route's.
         """
-        if (x.__class__ is not torch.Tensor or not x.is_cpu or not x.is_contiguous()
-                or torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
-                or torch.jit.is_tracing()):  # (see functions._eager_core)
+        if not _plain_eager(x):
             return None
         weight, bias, running_mean, running_var, num_batches_tracked = _own(self, _BATCH_NORM_STATE)
         training = self.training
@@ -189,8 +194,31 @@ class LayerNorm(torch.nn.LayerNorm):
         self.backend = check_backend(backend)
 
     def forward(self, input):
+        out = self._fused_forward(input)
+        if out is not None:
+            return out
         weight, bias = _own(self, _AFFINE)
         return layer_norm(input, self.normalized_shape, weight, bias, self.eps, backend=self.backend)
+
+    def _fused_forward(self, x):
+        """The native node's result for the common case, or None (the general route, which also raises every
+        error). A transformer calls its LayerNorms right after matrix products, while torch's OpenMP worker
+        spins on the other core, and there each Python operation costs several times what it does alone:
+        layer_norm's general checks took ~0.2 ms per call in such a step against ~0.3 ms for the kernels
+        (docs/benchmarks.md)."""
+        shape, eps = self.normalized_shape, self.eps
+        if (not _plain_eager(x) or eps.__class__ is not float or not 0 < eps < math.inf
+                or x.dim() <= len(shape) or x.shape[x.dim() - len(shape):] != shape):
+            return None  # (unbatched input, or a shape the general route will refuse)
+        plan = fused.plan_for("layer", x.shape, shape, x.dtype, self.backend)
+        if plan is None or plan.native is None or plan.count < 2:
+            return None
+        weight, bias = _own(self, _AFFINE)
+        if ((weight is not None and weight.shape != plan.param_shape)
+                or (bias is not None and bias.shape != plan.param_shape)
+                or not fused.usable(x, weight, bias) or not fused.serves(plan, x, weight, bias)):
+            return None
+        return fused.run_native(plan, x, weight, bias, None, None, eps=eps)[0]  # None: not finite, general route
 
 
 class GroupNorm(torch.nn.GroupNorm):
