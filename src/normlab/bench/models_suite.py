@@ -262,11 +262,15 @@ def run_here(models=None, repeat: int = 7, rounds: int = 3, log: Callable[[str],
             log(f"{'':>14}  torch.nn against its own copy x{same['ratio']:.3f} (95% {_interval(same)}, "
                 f"rounds {_spread(same)})")
     info["loadavg_end"] = os.getloadavg()
+    return {"machine": info, "rows": rows, **_summary(rows)}
+
+
+def _summary(rows: list) -> dict:
+    """The geometric mean and the slowest of the models' ratios (train and eval steps), and normlab's fixed
+    cost per call as a multiple of torch.nn's (the tiny fwd+bwd row's ratio)."""
     ratios = [r["ratio"] for r in rows if r["mode"] != "fwd+bwd"] or [r["ratio"] for r in rows]
     fixed = [r for r in rows if r["mode"] == "fwd+bwd"]
-    return {"machine": info, "rows": rows, "geomean": float(np.exp(np.mean(np.log(ratios)))),
-            "slowest_ratio": min(ratios),
-            # normlab's fixed cost per call as a multiple of torch.nn's (the tiny fwd+bwd row's paired ratio)
+    return {"geomean": float(np.exp(np.mean(np.log(ratios)))), "slowest_ratio": min(ratios),
             "fixed_cost_multiple": 1.0 / fixed[0]["ratio"] if fixed else None}
 
 
@@ -334,11 +338,7 @@ def across_processes(runs: list) -> dict:
             row["control"] = merged([r["control"] for r in rows])
         out_rows.append(row)
     machine = dict(runs[0]["machine"], loadavg_end=runs[-1]["machine"]["loadavg_end"])
-    ratios = [r["ratio"] for r in out_rows if r["mode"] != "fwd+bwd"] or [r["ratio"] for r in out_rows]
-    fixed = [r for r in out_rows if r["mode"] == "fwd+bwd"]
-    return {"machine": machine, "rows": out_rows, "processes": len(runs),
-            "geomean": float(np.exp(np.mean(np.log(ratios)))), "slowest_ratio": min(ratios),
-            "fixed_cost_multiple": 1.0 / fixed[0]["ratio"] if fixed else None}
+    return {"machine": machine, "rows": out_rows, "processes": len(runs), **_summary(out_rows)}
 
 
 def _child_run(models, repeat, rounds, variables, timeout_s, log, control=False) -> dict:

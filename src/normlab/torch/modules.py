@@ -18,7 +18,8 @@ import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from . import fused
-from .functions import (EagerNormFunction, Spec, batch_norm, check_backend, check_tensor, group_norm, instance_norm,
+from .functions import (EagerNormFunction, Spec, _eager_core, batch_norm, check_backend, check_tensor, group_norm,
+                        instance_norm,
                         layer_norm, rms_norm)
 
 
@@ -42,11 +43,10 @@ def _own(module, names: tuple) -> tuple:
     return tuple(found)
 
 
-def _plain_eager(x) -> bool:
-    """Whether a module's call may take the fused route straight from its forward: a plain contiguous CPU tensor,
-    eager (neither compiled, nor under a torch.func transform, nor traced: see functions._eager_core)."""
-    return (x.__class__ is torch.Tensor and x.is_cpu and x.is_contiguous() and not torch.compiler.is_compiling()
-            and not torch._C._are_functorch_transforms_active() and not torch.jit.is_tracing())
+def _plain_eager(x, backend: str) -> bool:
+    """Whether a module's call may take the fused route straight from its forward: a plain contiguous tensor
+    on the eager core's path (functions._eager_core: CPU, neither compiled, nor transformed, nor traced)."""
+    return x.__class__ is torch.Tensor and x.is_contiguous() and _eager_core(x, backend)
 
 
 def _check_countable(num_batches_tracked: torch.Tensor) -> None:
@@ -120,7 +120,7 @@ class BatchNorm(_BatchNorm):
         it was built (``fused_node``: the whole call in C++). Anything else,
         including every error, is the general route's.
         """
-        if not _plain_eager(x):
+        if not _plain_eager(x, self.backend):
             return None
         weight, bias, running_mean, running_var, num_batches_tracked = _own(self, _BATCH_NORM_STATE)
         training = self.training
@@ -207,7 +207,7 @@ class LayerNorm(torch.nn.LayerNorm):
         layer_norm's general checks took ~0.2 ms per call in such a step against ~0.3 ms for the kernels
         (docs/benchmarks.md)."""
         shape, eps = self.normalized_shape, self.eps
-        if (not _plain_eager(x) or eps.__class__ is not float or not 0 < eps < math.inf
+        if (not _plain_eager(x, self.backend) or eps.__class__ is not float or not 0 < eps < math.inf
                 or x.dim() <= len(shape) or x.shape[x.dim() - len(shape):] != shape):
             return None  # (unbatched input, or a shape the general route will refuse)
         plan = fused.plan_for("layer", x.shape, shape, x.dtype, self.backend)
