@@ -139,6 +139,53 @@ def test_columns_kernels_on_every_task_grid(dtype):
                 np.testing.assert_allclose(dbeta, dyd.sum(0), rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("per_run", [False, True], ids=["elementwise", "per-run"])
+def test_fused_rows_backward_on_every_row_block_count(per_run):
+    """The fused-rows backward sums dgamma/dbeta per block of rows (several per thread); any count, even or
+    uneven, on both twins, against the closed form in float64 NumPy."""
+    from normlab.backends import _numba_kernels as k
+
+    rng = np.random.default_rng(12)
+    groups, runs, length = (3, 4, 8) if per_run else (1, 37, 1)  # rows (n, g) of runs*length values
+    n, width = 67, runs * length
+    rows = n * groups
+    x = rng.normal(5.0, 2.0, (rows, width)).astype(np.float32)
+    dy = rng.standard_normal((rows, width)).astype(np.float32)
+    gam_runs = rng.normal(size=(groups, runs))
+    xd, dyd = x.astype(np.float64), dy.astype(np.float64)
+    mean, invstd = xd.mean(1), 1 / np.sqrt(xd.var(1) + 1e-5)
+    xhat = (xd - mean[:, None]) * invstd[:, None]
+    gamma = np.tile(np.repeat(gam_runs, length, axis=1), (n, 1))  # (rows, width): row r is group r % G
+    dxhat = dyd * gamma
+    dx_want = invstd[:, None] * (dxhat - dxhat.mean(1, keepdims=True) - xhat * (dxhat * xhat).mean(1, keepdims=True))
+    per_group = lambda a: a.reshape(n, groups, runs, length).sum(axis=(0, 3))  # (G, runs)
+    gam = gam_runs if per_run else np.repeat(gam_runs, length, axis=1)
+    kernels = k.fused_rows_backward if per_run else k.fused_rows_backward_elementwise
+    for blocks in (1, 2, 3, 8, rows):
+        for twin in kernels:
+            dgp, dbp = np.zeros((blocks, *gam.shape)), np.zeros((blocks, *gam.shape))
+            dx = np.empty_like(x)
+            twin(x, dy, gam, mean, invstd, k.STATS_BATCH, dgp, dbp, np.empty((3, rows)), dx)
+            np.testing.assert_allclose(dx, dx_want, rtol=0, atol=1e-5)
+            dgamma, dbeta = np.empty(groups * runs), np.empty(groups * runs)
+            k.fold_param_grads(dgp, runs, dgamma)
+            k.fold_param_grads(dbp, runs, dbeta)
+            np.testing.assert_allclose(dgamma, per_group(dyd * xhat).ravel(), rtol=1e-10, atol=1e-10)
+            np.testing.assert_allclose(dbeta, per_group(dyd).ravel(), rtol=1e-10, atol=1e-10)
+
+
+def test_fused_rows_backward_takes_several_row_blocks_per_thread():
+    """One block per thread ran the backward 10-40% slower (docs/benchmarks.md); the plan asks for more,
+    never more than rows, and one for the serial twins."""
+    import numba
+
+    from normlab.backends.numba_backend import RowsPlan
+
+    assert RowsPlan((2048, 1, 1, 256), True).entry_points(np.float32)[-1] >= 2 * numba.get_num_threads()
+    assert RowsPlan((3, 1, 1, 1 << 15), True).entry_points(np.float32)[-1] == 3
+    assert RowsPlan((8, 1, 1, 16), True).entry_points(np.float32)[-1] == 1
+
+
 def test_column_grid_takes_row_blocks_first(monkeypatch):
     monkeypatch.setattr(numba_backend, "_threads", lambda size: 4)
     assert numba_backend._column_grid(128, 512, 1 << 16) == (512, 4)  # rows: a block per thread

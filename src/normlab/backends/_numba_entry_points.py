@@ -104,7 +104,7 @@ def _rows_backward(xp, dyp, gp, sp, given, dgp, dbp, dxp, dp):
     rows, width = n * g, k * length
     st = carray(sp, (3, rows))
     gam = _k.param_runs(carray(gp, (g * k,)), g, k, length, PER_RUN)
-    blocks = dims[4]  # per-thread slabs (numba_backend._blocks when the plan was made)
+    blocks = dims[4]  # row blocks, a slab each (numba_backend._blocks when the plan was made)
     dgamma, dbeta = np.zeros((blocks, g, gam.shape[1])), np.zeros((blocks, g, gam.shape[1]))
     BACKWARD(carray(xp, (rows, width)), carray(dyp, (rows, width)), gam, st[0], st[2],
              _k.STATS_GIVEN if given != 0 else MODE, dgamma, dbeta, np.empty((3, rows)), carray(dxp, (rows, width)))
@@ -158,8 +158,8 @@ def rows_entry_points(kind: str, parallel: bool, center: bool, dtype) -> tuple[i
     ``dtype``: ``kind`` "rows" (a parameter per run of L values) or "rows_elementwise"; center False: RMS.
 
     dims is (N, G, K, L, blocks): N*G rows of K*L values, parameters (G*K,), blocks the backward's
-    per-thread slabs; ``given`` reads mean and var (N*G,) from stats. Compiled on first use (cached on disk
-    like the kernels).
+    row blocks (a dgamma/dbeta slab each); ``given`` reads mean and var (N*G,) from stats. Compiled on
+    first use (cached on disk like the kernels).
     """
     numba.get_num_threads()  # start the pool first, as in batch_entry_points
     t = _TYPES[np.dtype(dtype)]

@@ -76,11 +76,18 @@ def _pick(twins, size):
     return twins[1] if size < SERIAL_BELOW else twins[0]
 
 
-def _blocks(size, rows):
-    """How many per-thread column slabs: one per thread, never more than rows."""
+def _blocks(size, rows, per_thread=1):
+    """How many blocks of rows, each summing into a column slab of its own: ``per_thread`` per thread,
+    never more than rows (1 when the serial twins run)."""
     if size < SERIAL_BELOW:
         return 1
-    return max(1, min(numba.get_num_threads(), rows))
+    return max(1, min(per_thread * numba.get_num_threads(), rows))
+
+
+#: Row blocks per thread in the fused-rows backward. With one block per thread the backward of layer
+#: norm at (2048, 256) float32 ran 10-40% slower than with two or more, in most processes, though each
+#: thread sweeps the same rows either way (docs/benchmarks.md, "Whole training steps").
+ROW_BLOCKS_PER_THREAD = 4
 
 
 def _f64(a):
@@ -245,7 +252,7 @@ class RowsPlan(NamedTuple):
         n, g, k, l = self.shape
         per_run = l >= ROWS_MIN_LENGTH
         gam_runs = _k.param_runs(gamma, g, k, l, per_run)
-        blocks = _blocks(xv.size, n * g)
+        blocks = _blocks(xv.size, n * g, ROW_BLOCKS_PER_THREAD)
         dgp, dbp = np.zeros((blocks, *gam_runs.shape)), np.zeros((blocks, *gam_runs.shape))
         kernels = _k.fused_rows_backward if per_run else _k.fused_rows_backward_elementwise
         mode = _k.STATS_GIVEN if given else (_k.STATS_BATCH if self.center else _k.STATS_RMS)
@@ -262,12 +269,12 @@ class RowsPlan(NamedTuple):
 
     def entry_points(self, dtype) -> tuple[int, ...]:
         """As :meth:`FusedPlan.entry_points`: forward, backward, no running-statistics rule (0, 0), then
-        dims (N, G, K, L, blocks), blocks the backward's per-thread slabs for the thread count of now."""
+        dims (N, G, K, L, blocks), blocks the backward's row blocks for the thread count of now."""
         from . import _numba_entry_points as ep
 
         size = math.prod(self.shape)
         forward, backward = ep.rows_entry_points(self.kernel_kind, size >= SERIAL_BELOW, self.center, dtype)
-        return (forward, backward, 0, 0, *self.shape, _blocks(size, self.view[0]))
+        return (forward, backward, 0, 0, *self.shape, _blocks(size, self.view[0], ROW_BLOCKS_PER_THREAD))
 
 
 def fused_plan(view4, batch_stats: bool = True, center: bool = True,
