@@ -58,7 +58,8 @@ class Spec(NamedTuple):
 
 def _uses_core(x: torch.Tensor, backend: str) -> bool:
     # An empty input has no statistics to compute: the torch-ops path returns its empty result.
-    return x.device.type == "cpu" and backend != "torch" and x.numel() > 0
+    # (is_cpu, not device.type, on every call: the type's string took ~20 µs inside a model's step.)
+    return x.is_cpu and backend != "torch" and x.numel() > 0
 
 
 def _restore(t: torch.Tensor, x: torch.Tensor, rows: bool, kind: str) -> torch.Tensor:
@@ -306,8 +307,8 @@ def update_running_stats(running_mean, running_var, batch_mean, batch_var, count
     """
     if (running_mean is not None and running_var is not None and not torch.compiler.is_compiling()
             and _numpy_view_ok(running_mean) and _numpy_view_ok(running_var)
-            and (isinstance(batch_mean, np.ndarray) or batch_mean.device.type == "cpu")
-            and (not isinstance(factor, torch.Tensor) or factor.device.type == "cpu")):
+            and (isinstance(batch_mean, np.ndarray) or batch_mean.is_cpu)
+            and (not isinstance(factor, torch.Tensor) or factor.is_cpu)):
         if not isinstance(batch_mean, np.ndarray):
             batch_mean, batch_var = batch_mean.numpy(), batch_var.numpy()
         get_backend().update_running(running_mean.numpy(), running_var.numpy(), batch_mean, batch_var, count,
@@ -327,7 +328,7 @@ def update_running_stats(running_mean, running_var, batch_mean, batch_var, count
 
 def _numpy_view_ok(t: torch.Tensor) -> bool:
     """A CPU float32/64 tensor outside autograd whose memory NumPy can read and write."""
-    return (t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) and not t.requires_grad
+    return (t.is_cpu and t.dtype in (torch.float32, torch.float64) and not t.requires_grad
             and t.is_contiguous())
 
 

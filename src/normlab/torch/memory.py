@@ -55,6 +55,6 @@ def advise_huge_pages(t: torch.Tensor) -> bool:
 def empty_like(x: torch.Tensor, memory_format=torch.preserve_format) -> torch.Tensor:
     """``torch.empty_like(x, memory_format=...)`` advised to use huge pages when large (not yet touched)."""
     out = torch.empty_like(x, memory_format=memory_format)
-    if out.device.type == "cpu":
+    if out.is_cpu:
         advise_huge_pages(out)
     return out

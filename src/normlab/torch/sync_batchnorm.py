@@ -148,7 +148,7 @@ class TorchSyncBatchNormFunction(torch.autograd.Function):
 
 @torch.compiler.disable  # collectives and NumPy: compiled models run this part eagerly
 def _sync_batch_norm(x, weight, bias, eps, group, backend):
-    if x.device.type == "cpu" and backend != "torch":
+    if x.is_cpu and backend != "torch":
         return SyncBatchNormFunction.apply(x, weight, bias, eps, group, backend)
     return TorchSyncBatchNormFunction.apply(x, weight, bias, eps, group)
 
