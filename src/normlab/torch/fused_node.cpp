@@ -92,6 +92,20 @@ at::Tensor fresh_like(const at::Tensor& x, int64_t huge_page_bytes) {
   return out;
 }
 
+// dst[0:n] = src (n values, any shape) as double. A plain loop for the usual contiguous float/double CPU
+// buffers: two copy_ operator calls cost more than the rest of an eval call's setup inside a model's step.
+void copy_row(double* dst, const at::Tensor& src, int64_t n) {
+  if (src.is_cpu() && src.is_contiguous() && src.scalar_type() == at::kFloat) {
+    const float* p = src.data_ptr<float>();
+    for (int64_t i = 0; i < n; ++i) dst[i] = p[i];
+  } else if (src.is_cpu() && src.is_contiguous() && src.scalar_type() == at::kDouble) {
+    const double* p = src.data_ptr<double>();
+    for (int64_t i = 0; i < n; ++i) dst[i] = p[i];
+  } else {
+    at::from_blob(dst, {n}, at::TensorOptions().dtype(at::kDouble)).copy_(src.reshape(-1));
+  }
+}
+
 // The backward of one call: the closed form by the plan's kernel, or in torch ops under create_graph.
 // Its next edges are x, weight, bias (an absent one has an invalid edge).
 struct FusedNormBackward : public torch::autograd::Node {
@@ -178,8 +192,8 @@ std::tuple<at::Tensor, at::Tensor> fused_norm(const at::Tensor& x, const OptTens
     const at::Tensor beta = present(bias) ? *bias : at::zeros({params}, x.options());
     stats = fresh({3, stats_count}, at::kDouble);
     if (given) {
-      stats.select(0, 0).copy_(mean->reshape(-1));
-      stats.select(0, 1).copy_(var->reshape(-1));
+      copy_row(stats.data_ptr<double>(), *mean, stats_count);
+      copy_row(stats.data_ptr<double>() + stats_count, *var, stats_count);
     }
     out = fresh_like(x, ints[kHugePageBytes]);
     const auto finite = reinterpret_cast<ForwardFn>(ints[kForward])(x.data_ptr(), gamma.data_ptr(), beta.data_ptr(),
