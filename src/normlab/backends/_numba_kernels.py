@@ -421,7 +421,7 @@ def _fused_rows_backward_elementwise(x, dy, gam, mean, invstd, mode, dgp, dbp, k
     """As _fused_rows_backward with parameters per element (layer norm; P = M): two rows per sweep (one
     group), so the dgamma/dbeta slab entries are loaded and stored once per two rows; then dx of those rows
     while they are in L1, as s*(gam*dy + k2*(x - mean)) + k3, the closed form with invstd factored out
-    (k2*(x - mean) = -mean(dxhat*xhat)*xhat stays O(dy)): four float64 operations an element, 15-22%
+    (k2*(x - mean) = -mean(dxhat*xhat)*xhat stays O(dy)): four float64 operations an element, 13-22%
     faster than four rows per sweep with x-hat formed again (docs/benchmarks.md)."""
     rows, width = x.shape
     groups = gam.shape[0]
