@@ -139,14 +139,15 @@ def test_columns_kernels_on_every_task_grid(dtype):
                 np.testing.assert_allclose(dbeta, dyd.sum(0), rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("per_run", [False, True], ids=["elementwise", "per-run"])
-def test_fused_rows_backward_on_every_row_block_count(per_run):
+@pytest.mark.parametrize("per_run, groups, runs, length", [(False, 1, 37, 1), (False, 3, 4, 8), (True, 3, 4, 8)],
+                         ids=["layer", "elementwise-groups", "per-run"])
+def test_fused_rows_backward_on_every_row_block_count(per_run, groups, runs, length):
     """The fused-rows backward sums dgamma/dbeta per block of rows (several per thread); any count, even or
-    uneven, on both twins, against the closed form in float64 NumPy."""
+    uneven, on both twins, against the closed form in float64 NumPy. Rows (n, g) of runs*length values,
+    parameters per run (group norm) or per element (layer norm; group norm on short runs)."""
     from normlab.backends import _numba_kernels as k
 
     rng = np.random.default_rng(12)
-    groups, runs, length = (3, 4, 8) if per_run else (1, 37, 1)  # rows (n, g) of runs*length values
     n, width = 67, runs * length
     rows = n * groups
     x = rng.normal(5.0, 2.0, (rows, width)).astype(np.float32)
@@ -175,8 +176,8 @@ def test_fused_rows_backward_on_every_row_block_count(per_run):
 
 
 def test_fused_rows_backward_takes_several_row_blocks_per_thread():
-    """One block per thread ran the backward 10-40% slower (docs/benchmarks.md); the plan asks for more,
-    never more than rows, and one for the serial twins."""
+    """One block per thread ran the backward 1.1-1.7x slower in most processes (docs/benchmarks.md); the
+    plan asks for more, never more than rows, and one for the serial twins."""
     import numba
 
     from normlab.backends.numba_backend import RowsPlan

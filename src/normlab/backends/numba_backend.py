@@ -85,8 +85,8 @@ def _blocks(size, rows, per_thread=1):
 
 
 #: Row blocks per thread in the fused-rows backward. With one block per thread the backward of layer
-#: norm at (2048, 256) float32 ran 10-40% slower than with two or more, in most processes, though each
-#: thread sweeps the same rows either way (docs/benchmarks.md, "Whole training steps").
+#: norm at (2048, 256) float32 ran 1.1-1.7x slower than with four or more in most processes, though each
+#: thread sweeps the same rows either way (docs/benchmarks.md, "Inside the step, per call").
 ROW_BLOCKS_PER_THREAD = 4
 
 
