@@ -19,8 +19,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from . import fused
 from .functions import (EagerNormFunction, Spec, _eager_core, batch_norm, check_backend, check_tensor, group_norm,
-                        instance_norm,
-                        layer_norm, rms_norm)
+                        instance_norm, layer_norm, rms_norm)
 
 
 _BATCH_NORM_STATE = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
