@@ -39,8 +39,7 @@ class View(NamedTuple):
     m: int                  # values per statistic
     gamma: np.ndarray
     beta: np.ndarray
-    stat: tuple[int, ...]   # the statistics' shape in the view
-    batch_stats: bool
+    batch_stats: bool       # statistics per G, reduced over N too
 
 
 def _view(kind: str, case: Case, eps: float | None = None, **given) -> View:
@@ -51,7 +50,7 @@ def _view(kind: str, case: Case, eps: float | None = None, **given) -> View:
     n, g, k, _ = layout.view
     stat = (1, g, 1, 1) if layout.batch_stats else (n, g, 1, 1)
     return View(xhat.reshape(layout.view), cache.var.reshape(stat), eps, layout.count,
-                case.gamma.reshape(1, g, k, 1), case.beta.reshape(1, g, k, 1), stat, layout.batch_stats)
+                case.gamma.reshape(1, g, k, 1), case.beta.reshape(1, g, k, 1), layout.batch_stats)
 
 
 class Pieces(NamedTuple):
@@ -117,13 +116,13 @@ def _normalization_what_ifs(case: Case, v: View, affines: dict[str, Callable], t
     return what_if
 
 
-def _pieces(kind: str, case: Case, denominator: np.ndarray | None = None) -> Pieces:
-    """The reference's pieces; with ``denominator``, those of a forward that normalized with it."""
-    if denominator is None:
+def _pieces(kind: str, case: Case, denom: np.ndarray | None = None) -> Pieces:
+    """The reference's pieces; with ``denom`` (see ``denominator``), those of a forward that normalized with it."""
+    if denom is None:
         v = _view(kind, case)
-    else:
+    else:  # √(var + 0) = denom
         mean = reference_forward(kind, case.x, None, None, case.eps_value, case.groups)[1].mean
-        v = _view(kind, case, 0.0, mean=mean, var=(denominator ** 2).reshape(mean.shape))
+        v = _view(kind, case, 0.0, mean=mean, var=(denom ** 2).reshape(mean.shape))
     dxhat = case.dout.reshape(v.xhat.shape) * v.gamma
     axes = (0, 2, 3) if v.batch_stats else (2, 3)
     return Pieces(v.xhat, dxhat, 1.0 / np.sqrt(v.var + v.eps), v.var, v.eps, axes, v.m)
