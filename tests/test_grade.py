@@ -247,8 +247,9 @@ def test_shown_case_is_the_one_that_tells_most():
 
 
 def test_group_norm_edition_is_explained_and_a_course_can_fix_it():
-    assert "(1, C, 1, 1): the forward is right with that shape" in rows(graded("layers.py"))[
-        "spatial_groupnorm_backward"].message
+    reference = rows(graded("layers.py"))
+    assert "(1, C, 1, 1): the forward is right with that shape" in reference["spatial_groupnorm_forward"].message
+    assert reference["spatial_groupnorm_backward"].message.endswith("; gamma/beta (1, C, 1, 1)")
     assert "(C,): the forward takes either shape and the backward returns dgamma" in rows(graded(
         "groupnorm_c_edition.py"))["spatial_groupnorm_forward"].message
     only = "spatial_groupnorm_forward,spatial_groupnorm_backward"

@@ -179,8 +179,11 @@ def check_forward(worker: Worker, norm: Norm, edition: Edition | None) -> Row:
     return row
 
 
-def _edition_notes(norm: Norm, edition: Edition | None) -> tuple[str, ...]:
-    return (edition.reason,) if norm.kind == "group" and edition is not None else ()
+def _edition_notes(norm: Norm, edition: Edition | None, why: bool = True) -> tuple[str, ...]:
+    """Group norm's gamma/beta shape for the message; why: with the reason (the forward's row says it)."""
+    if norm.kind != "group" or edition is None:
+        return ()
+    return (edition.reason if why else f"gamma/beta {edition.shape}",)
 
 
 # ----------------------------------------------------------------------------- backward
@@ -229,7 +232,7 @@ def check_backward(worker: Worker, norm: Norm, function: str, edition: Edition |
     if forward_row.status == "fail" and diagnose(observations).failed:
         extra.append(f"{norm.forward} fails too and its cache feeds this backward: fix it first")
     return make_row(function, observations, trouble, f"{len(observations) // 3} cases", extra,
-                    notes=_edition_notes(norm, edition))
+                    notes=_edition_notes(norm, edition, why=False))
 
 
 # ----------------------------------------------------------------------------- group norm's edition
