@@ -21,6 +21,7 @@ from normlab import grade
 from normlab.cli import main as cli
 from normlab.grade import cases, hypotheses
 from normlab.grade.checks import Row
+from normlab.grade.diagnose import Observation, diagnose
 from normlab.grade.runner import Worker, _PlainUnpickler
 
 DATA = Path(__file__).parent / "data" / "grade"
@@ -56,12 +57,23 @@ VARIANTS = {
     "raises.py": ({"raises"}, "layernorm_forward", "error"),
     "import_error.py": ({"raises"}, "batchnorm_forward", "error"),
     "alt_not_faster.py": ({"alt-not-faster"}, "batchnorm_backward_alt", "pass"),
+    # mistakes seen in real submissions
+    "running_keepdims.py": ({"wrong-shape"}, "batchnorm_forward", "fail"),
+    "running_keepdims_momentum.py": ({"wrong-shape", "running-stats"}, "batchnorm_forward", "fail"),
+    "default_eps.py": ({"default-eps"}, "batchnorm_forward", "fail"),
+    "eps_ignored.py": ({"eps-ignored"}, "layernorm_forward", "fail"),
+    "eps_outside_sqrt_default_eps.py": ({"eps-outside-sqrt", "default-eps"}, "batchnorm_forward", "fail"),
+    "test_mode_no_gamma.py": ({"test-mode-affine"}, "batchnorm_forward", "fail"),
+    "test_mode_no_affine.py": ({"test-mode-affine"}, "spatial_batchnorm_forward", "fail"),
+    "groupnorm_per_pixel.py": ({"wrong-axis"}, "spatial_groupnorm_forward", "fail"),
+    "groupnorm_count.py": ({"wrong-count"}, "spatial_groupnorm_forward", "fail"),
+    "groupnorm_backward_count.py": ({"wrong-count"}, "spatial_groupnorm_backward", "fail"),
 }
 
 
 @functools.lru_cache(maxsize=None)
-def graded(name: str) -> grade.Result:
-    return grade.grade(DATA / name, timeout=TIMEOUT)
+def graded(name: str, **options) -> grade.Result:
+    return grade.grade(DATA / name, timeout=TIMEOUT, **options)
 
 
 def rows(result: grade.Result) -> dict[str, Row]:
@@ -173,6 +185,106 @@ def test_backward_judged_on_top_of_its_forward_s_mistake():
     assert row.diagnosis == ("missing-mean-term",)
     assert "on top of its forward's eps-outside-sqrt" in row.message
     assert "dgamma: is right for what its forward computed (eps-outside-sqrt)" in row.message
+
+
+def test_running_statistics_of_shape_1_d_are_a_shape_not_a_rule():
+    row = rows(graded("running_keepdims.py"))["batchnorm_forward"]
+    assert row.diagnosis == ("wrong-shape",) and row.max_rel_error < 1e-9
+    assert "has shape (1, 4) where (4,) belongs" in row.message and "momentum" not in row.message
+    # the shape does not hide a real momentum bug: the next steps are judged from the student's values
+    row = rows(graded("running_keepdims_momentum.py"))["batchnorm_forward"]
+    assert "swaps momentum" in row.message and "does not follow" not in row.message
+    assert "(all 3 cases)" in row.message
+
+
+def test_eps_slips_say_which_eps_and_when():
+    row = rows(graded("default_eps.py"))["batchnorm_forward"]
+    assert "when the parameter dict has no eps" in row.message and "at most 1e-10" in row.message
+    backward = rows(graded("default_eps.py"))["batchnorm_backward_alt"]
+    assert backward.diagnosis == () and "right for what its forward computed (default-eps)" in backward.message
+    assert "leaves ε out" in rows(graded("eps_ignored.py"))["layernorm_forward"].message
+    # two slips in one forward: both named, and the default's value
+    row = rows(graded("eps_outside_sqrt_default_eps.py"))["batchnorm_forward"]
+    assert "√σ² + ε and uses ε = 1e-07 when the parameter dict has no eps" in row.message
+
+
+def test_test_mode_affine_says_what_is_left_out():
+    assert "out = x̂ + β" in rows(graded("test_mode_no_gamma.py"))["batchnorm_forward"].message
+    assert "out (test mode): leaves γ and β out" in rows(graded("test_mode_no_affine.py"))["batchnorm_forward"].message
+    # gamma left out in both modes is one mistake, reported once
+    train = [(case, hypotheses.forward("batch", case)) for case in cases.cases("batch")]
+    observations = [Observation("out", case.label, what_if["gamma-not-applied"], out, what_if)
+                    for case, (out, what_if) in train]
+    test_case, mean, var = cases.inference_case("batch")
+    out, what_if = hypotheses.inference("batch", test_case, mean, var)
+    observations.append(Observation("out (test mode)", test_case.label, what_if["test-mode:no-gamma"], out, what_if))
+    verdict = diagnose(observations)
+    assert verdict.codes == ("gamma-not-applied",) and not any("test mode" in d for d in verdict.details)
+    assert diagnose(observations[-1:]).codes == ("test-mode-affine",)
+
+
+def test_group_norm_statistics_slips_are_named():
+    assert "per pixel over each group's C/G channels" in rows(graded("groupnorm_per_pixel.py"))[
+        "spatial_groupnorm_forward"].message
+    assert "by N·G" in rows(graded("groupnorm_count.py"))["spatial_groupnorm_forward"].message
+    result = graded("groupnorm_backward_count.py")
+    assert rows(result)["spatial_groupnorm_forward"].status == "pass"
+    assert "m = N·G in dx" in rows(result)["spatial_groupnorm_backward"].message
+
+
+def test_shown_case_is_the_one_that_tells_most():
+    """At N = 2 the right dx nearly cancels, so a wrong dx is 100 % off there: not the case to show."""
+    row = rows(graded("variance_term_halved.py"))["batchnorm_backward"]
+    assert row.diagnosis == () and "no known mistake matches it" in row.message
+    assert "case 2x3" not in row.message and "rel. error 1.0e+00" not in row.message
+    assert 0.1 < row.max_rel_error < 0.5
+    # the N = 2 case is wrong too, with a relative error of about 1
+    n2 = cases.cases("batch")[0]
+    assert n2.x.shape[0] == 2
+    dx_scale = hypotheses.dx_scale("batch", n2)
+    _, cache = cases.reference_forward("batch", n2.x, n2.gamma, n2.beta, n2.eps_value)
+    assert np.abs(cases.reference_backward(n2.dout, cache)[0]).max() < 0.1 * dx_scale
+
+
+def test_group_norm_edition_is_explained_and_a_course_can_fix_it():
+    reference = rows(graded("layers.py"))
+    assert "(1, C, 1, 1): the forward is right with that shape" in reference["spatial_groupnorm_forward"].message
+    assert reference["spatial_groupnorm_backward"].message.endswith("; gamma/beta (1, C, 1, 1)")
+    assert "(C,): the forward takes either shape and the backward returns dgamma" in rows(graded(
+        "groupnorm_c_edition.py"))["spatial_groupnorm_forward"].message
+    only = "spatial_groupnorm_forward,spatial_groupnorm_backward"
+    forced = rows(graded("layers.py", only=only, gn_gamma_shape="C"))["spatial_groupnorm_forward"]
+    assert forced.status == "error" and "wrong-shape" in forced.diagnosis
+    assert "(C,) as the course sets them; the forward is right only with (1, C, 1, 1)" in forced.message
+    forced = rows(graded("groupnorm_c_edition.py", only=only, gn_gamma_shape="(1, C, 1, 1)"))
+    assert forced["spatial_groupnorm_forward"].status == "pass"
+    assert forced["spatial_groupnorm_backward"].diagnosis == ("wrong-shape",)
+    with pytest.raises(grade.UsageError, match="1,C,1,1 or C"):
+        grade.grade(DATA / "layers.py", gn_gamma_shape="C,1")
+
+
+def test_eps_values_the_cases_cannot_tell_apart_are_one_range():
+    merged = grade.diagnose._merged_eps_values(["default-eps:0", "default-eps:1e-12", "default-eps:1e-10",
+                                                "eps-outside-sqrt&default-eps:1e-07"])
+    assert [key for key, _ in merged] == ["default-eps:0..1e-10", "eps-outside-sqrt&default-eps:1e-07"]
+    assert grade.diagnose.mistake("eps-outside-sqrt&default-eps:1e-07").codes == ("eps-outside-sqrt", "default-eps")
+    assert grade.diagnose.mistake("eps-ignored:0+none").detail == "is right for what its forward computed " \
+                                                                 "(eps-ignored)"
+
+
+@pytest.mark.parametrize("kind", ["batch", "layer", "spatial", "group"])
+def test_normalization_slips_start_from_the_right_one(kind):
+    """Every what-if of the normalization is x̂ rescaled: with the course's ε and variance it is normlab's out."""
+    for case in cases.cases(kind):
+        out, what_if = hypotheses.forward(kind, case)
+        view = hypotheses._view(kind, case)
+        assert np.allclose(hypotheses.denominator("eps-ignored:0.0001", case, view.var, view.m) ** 2,
+                           view.var + 1e-4)
+        if case.eps is None:  # a default of 1e-5 is the course's: the same numbers as the reference
+            assert np.allclose(what_if["eps-ignored:1e-05"], out, rtol=1e-12, atol=0)
+        else:
+            assert np.allclose(what_if["default-eps:1e-12"], out, rtol=1e-12, atol=0)
+            assert not np.allclose(what_if["eps-ignored:1e-05"], out, rtol=1e-7, atol=0)
 
 
 def test_mutation_names_the_argument():

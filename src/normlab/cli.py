@@ -227,11 +227,13 @@ def _bench_cases(suite: str, cases: str | None):
 @click.option("--only", default=None, help="Comma-separated function names to check [default: all it defines].")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
               help="Seconds a single call of the student's code may take.")
-def grade(path, json_path, only, timeout):
+@click.option("--gn-gamma-shape", default=None, metavar="1,C,1,1|C",
+              help="Group norm's gamma/beta shape in your course [default: the one the student's forward takes].")
+def grade(path, json_path, only, timeout, gn_gamma_shape):
     """Check a student's layers.py (or its folder) and diagnose what is wrong; exit 0 pass, 1 fail, 2 usage."""
     from .grade import main as grade_main
 
-    sys.exit(grade_main(path, json_path=json_path, only=only, timeout=timeout))
+    sys.exit(grade_main(path, json_path=json_path, only=only, timeout=timeout, gn_gamma_shape=gn_gamma_shape))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from . import timing
-from .cases import FUNCTIONS, NORMS
+from .cases import FUNCTIONS, NORMS, edition_named
 from .checks import Row, check_backward, check_forward, group_edition
 from .diagnose import CODES
 from .report import Result, exit_code, print_report, write_json
@@ -56,8 +56,9 @@ def _missing(function: str) -> Row:
     return Row(function, "missing", None, (), "not defined")
 
 
-def _rows(worker: Worker, selected, present) -> list[Row]:
-    edition = group_edition(worker, present) if set(selected) & {NORMS[3].forward, *NORMS[3].backwards} else None
+def _rows(worker: Worker, selected, present, course_edition: str | None = None) -> list[Row]:
+    group = set(selected) & {NORMS[3].forward, *NORMS[3].backwards}
+    edition = group_edition(worker, present, course_edition) if group else None
     rows = []
     for norm in NORMS:
         wanted = [f for f in (norm.forward, *norm.backwards) if f in selected]
@@ -94,10 +95,26 @@ def _time_alt(worker: Worker, rows: list[Row], present) -> tuple[list[Row], floa
     return rows, next(iter(speedups.values()))
 
 
-def grade(path, *, only: str | None = None, timeout: float = DEFAULT_TIMEOUT) -> Result:
-    """Check the functions of a student's layers.py (PATH: the file or its folder). Raises UsageError."""
+def course_edition(gn_gamma_shape: str | None) -> str | None:
+    """Group norm's gamma shape a course fixes ("1,C,1,1" or "C"), as a key of cases.EDITIONS; None: detect it."""
+    if gn_gamma_shape is None:
+        return None
+    try:
+        return edition_named(gn_gamma_shape)
+    except ValueError as exc:
+        raise UsageError(f"--gn-gamma-shape: {exc}") from None
+
+
+def grade(path, *, only: str | None = None, timeout: float = DEFAULT_TIMEOUT,
+          gn_gamma_shape: str | None = None) -> Result:
+    """Check the functions of a student's layers.py (PATH: the file or its folder). Raises UsageError.
+
+    gn_gamma_shape: group norm's gamma/beta shape as the course passes them, "1,C,1,1" or "C";
+    None: the one the student's forward gets right.
+    """
     file = resolve(path)
     selected = selected_functions(only)
+    edition = course_edition(gn_gamma_shape)
     with Worker(file, FUNCTIONS, timeout) as worker:
         loaded = worker.loaded()
         present = [f for f in loaded.functions if f in FUNCTIONS]
@@ -108,11 +125,12 @@ def grade(path, *, only: str | None = None, timeout: float = DEFAULT_TIMEOUT) ->
             rows = [Row(f, "error", None, ("raises",), f"importing {file.name} failed: {loaded.error}")
                     if f in present else _missing(f) for f in selected]
             return Result(str(path), rows, None)
-        rows, speedup = _time_alt(worker, _rows(worker, selected, present), present)
+        rows, speedup = _time_alt(worker, _rows(worker, selected, present, edition), present)
     return Result(str(path), rows, speedup)
 
 
-def main(path, *, json_path=None, only: str | None = None, timeout: float = DEFAULT_TIMEOUT, console=None) -> int:
+def main(path, *, json_path=None, only: str | None = None, timeout: float = DEFAULT_TIMEOUT,
+         gn_gamma_shape: str | None = None, console=None) -> int:
     """Grade PATH, print the report (and write JSON): 0 all present pass, 1 something fails, 2 usage error."""
     from rich.console import Console
 
@@ -120,7 +138,7 @@ def main(path, *, json_path=None, only: str | None = None, timeout: float = DEFA
     try:
         if json_path is not None and not Path(json_path).resolve().parent.is_dir():
             raise UsageError(f"--json: no folder {Path(json_path).parent} to write {Path(json_path).name} in")
-        result = grade(path, only=only, timeout=timeout)
+        result = grade(path, only=only, timeout=timeout, gn_gamma_shape=gn_gamma_shape)
     except UsageError as exc:
         console.print(f"normlab grade: {exc}", markup=False)
         return 2

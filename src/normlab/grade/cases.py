@@ -3,13 +3,15 @@
 The course's functions take a parameter dict: ``bn_param`` holds ``mode``
 ("train" or "test"), ``eps`` (default 1e-5), ``momentum`` (default 0.9) and
 the running statistics, which a train-mode forward stores back into the dict
-(that mutation is the contract; changing x, gamma, beta or dout is not). The
-running update is the course's, not PyTorch's::
+(that mutation is the contract; changing x, gamma, beta or dout is not). Every
+other case leaves eps out of the dict (the default must be 1e-5); the others
+pass ``GIVEN_EPS``, another value, which must be used. The running update is
+the course's, not PyTorch's::
 
     running = momentum * running + (1 - momentum) * batch      (batch variance: biased)
 
 Group norm's gamma/beta are (1, C, 1, 1) in one edition of the course and
-(C,) in another; both are accepted (``EDITIONS``). Reference values come from
+(C,) in another; both are accepted (``EDITIONS``), or a course fixes one. Reference values come from
 normlab's own forward and backward (NumPy backend, float64).
 """
 
@@ -22,10 +24,21 @@ import numpy as np
 from .. import norms
 
 EPS = 1e-5
+#: eps passed in the dict by the cases that pass one: not the default, so a code that ignores the dict shows.
+GIVEN_EPS = 1e-4
 MOMENTUM = 0.9
 RUNNING_STEPS = 3
 #: Group norm's gamma/beta shape for C channels, per edition of the course.
 EDITIONS = {"(1, C, 1, 1)": lambda c: (1, c, 1, 1), "(C,)": lambda c: (c,)}
+
+
+def edition_named(text: str) -> str:
+    """The edition a course names: "1,C,1,1" or "C" (spaces, parentheses and case aside). Raises ValueError."""
+    wanted = "".join(ch for ch in text.upper() if ch not in " ()")
+    for edition in EDITIONS:
+        if "".join(ch for ch in edition if ch not in " ()").rstrip(",") == wanted.rstrip(","):
+            return edition
+    raise ValueError(f"group norm's gamma shape {text!r}: expected 1,C,1,1 or C")
 
 
 class Norm(NamedTuple):
@@ -64,14 +77,15 @@ class Case(NamedTuple):
 
 
 # (shape, groups, offset, scale): N = 2, C = 1, odd sizes, a large offset (1e4 + N(0, 1)), and a
-# small scale where eps is not negligible next to the variance.
+# small scale where eps is not negligible next to the variance, at an even index (eps left to the
+# default) so that a wrong default shows clearly.
 _SHAPES = {
     "batch": [((2, 3), None, 0.0, 1.0), ((7, 5), None, 0.0, 1.0), ((16, 1), None, 0.0, 1.0),
               ((9, 4), None, 1e4, 1.0), ((31, 13), None, 0.0, 0.01)],
-    "layer": [((2, 5), None, 0.0, 1.0), ((7, 3), None, 0.0, 1.0), ((4, 13), None, 1e4, 1.0),
-              ((5, 8), None, 0.0, 0.01)],
+    "layer": [((2, 5), None, 0.0, 1.0), ((7, 3), None, 0.0, 1.0), ((5, 8), None, 0.0, 0.01),
+              ((4, 13), None, 1e4, 1.0)],
     "spatial": [((2, 3, 4, 5), None, 0.0, 1.0), ((3, 1, 5, 3), None, 0.0, 1.0),
-                ((2, 4, 3, 7), None, 1e4, 1.0), ((4, 2, 3, 3), None, 0.0, 0.01)],
+                ((4, 2, 3, 3), None, 0.0, 0.01), ((2, 4, 3, 7), None, 1e4, 1.0)],
     "group": [((2, 6, 4, 5), 3, 0.0, 1.0), ((3, 4, 3, 3), 2, 0.0, 1.0), ((2, 1, 5, 3), 1, 0.0, 1.0),
               ((2, 8, 3, 5), 4, 1e4, 1.0), ((3, 6, 2, 3), 6, 0.0, 0.01)],
 }
@@ -101,9 +115,9 @@ def make_case(rng: np.random.Generator, shape, groups=None, offset=0.0, scale=1.
 
 
 def cases(kind: str) -> list[Case]:
-    """The cases of one norm; every other one leaves eps to the student's default."""
+    """The cases of one norm; every other one leaves eps to the student's default, the others pass GIVEN_EPS."""
     rng = np.random.default_rng(_SEEDS[kind])
-    return [make_case(rng, shape, groups, offset, scale, eps=None if i % 2 == 0 else EPS)
+    return [make_case(rng, shape, groups, offset, scale, eps=None if i % 2 == 0 else GIVEN_EPS)
             for i, (shape, groups, offset, scale) in enumerate(_SHAPES[kind])]
 
 
@@ -124,7 +138,7 @@ def inference_case(kind: str) -> tuple[Case, np.ndarray, np.ndarray]:
     """A test-mode case and the running mean and variance to pass in bn_param."""
     rng = np.random.default_rng(_SEEDS[kind] + 200)
     shape = (6, 4) if kind == "batch" else (3, 3, 2, 4)
-    case = make_case(rng, shape, eps=EPS)
+    case = make_case(rng, shape, eps=GIVEN_EPS)
     c = shape[1]
     return case, rng.normal(0.0, 1.0, size=c), rng.uniform(0.3, 3.0, size=c)
 

@@ -32,6 +32,7 @@ class Row(NamedTuple):
     diagnosis: tuple[str, ...]
     message: str
     speedup: dict | None = None  # batchnorm_backward_alt: {shape label: speedup}
+    hypotheses: tuple[str, ...] = ()  # the hypotheses that explain the numbers (a backward builds on its forward's)
 
 
 class Trouble:
@@ -81,7 +82,8 @@ def as_array(value):
     return value
 
 
-def make_row(function: str, observations, trouble: Trouble, summary: str, extra_lines=()) -> Row:
+def make_row(function: str, observations, trouble: Trouble, summary: str, extra_lines=(), notes=()) -> Row:
+    """The row from the observations and the calls' trouble; notes: lines said in every message."""
     verdict = diagnose(observations)
     codes = [c for c in CODES if c in verdict.codes or c in trouble.codes]
     lines = list(trouble.lines) + list(verdict.details) + list(extra_lines)
@@ -91,7 +93,8 @@ def make_row(function: str, observations, trouble: Trouble, summary: str, extra_
         status = "fail"
     else:
         status = "pass"
-    return Row(function, status, verdict.max_rel_error, tuple(codes), "; ".join(lines) or summary)
+    message = "; ".join(lines or [summary]) + "".join(f"; {note}" for note in notes)
+    return Row(function, status, verdict.max_rel_error, tuple(codes), message, hypotheses=verdict.keys)
 
 
 # ----------------------------------------------------------------------------- forward
@@ -129,8 +132,9 @@ def _running_observations(worker: Worker, norm: Norm, trouble: Trouble) -> list[
         for key, (want, what_if) in expected.items():
             got = as_array(param.get(key))
             observations.append(Observation(f"bn_param['{key}']", case.label, got, want, what_if, "running:off"))
-            # the next step is judged from the student's own value when it is usable
-            prev[key] = got if isinstance(got, np.ndarray) and got.shape == want.shape else want
+            # the next step is judged from the student's own value when it is usable (kept dims aside)
+            usable = isinstance(got, np.ndarray) and got.size == want.size
+            prev[key] = got.reshape(want.shape) if usable else want
     return observations
 
 
@@ -152,26 +156,44 @@ def _test_mode_observations(worker: Worker, norm: Norm, trouble: Trouble) -> lis
                         var, {}, "running:test-changes")]
 
 
-def check_forward(worker: Worker, norm: Norm, edition: str | None) -> Row:
+class Edition(NamedTuple):
+    """Group norm's gamma/beta shape as passed to the student, and why it was chosen."""
+
+    shape: str                  # a key of EDITIONS
+    reason: str
+    works_only_in: str | None = None  # a course's edition the forward fails, where the other one works
+
+
+def check_forward(worker: Worker, norm: Norm, edition: Edition | None) -> Row:
     trouble = Trouble()
-    observations = _train_observations(worker, norm, edition, trouble)
+    observations = _train_observations(worker, norm, edition and edition.shape, trouble)
     summary = f"{len(observations)} cases in train mode"
     if norm.running:
         observations += _running_observations(worker, norm, trouble)
         observations += _test_mode_observations(worker, norm, trouble)
         summary += f", running statistics over {RUNNING_STEPS} steps, test mode"
-    if norm.kind == "group":
-        summary += f"; gamma/beta {edition}"
-    return make_row(norm.forward, observations, trouble, summary)
+    row = make_row(norm.forward, observations, trouble, summary, notes=_edition_notes(norm, edition))
+    if edition is not None and edition.works_only_in is not None:
+        codes = tuple(c for c in CODES if c in row.diagnosis or c == "wrong-shape")
+        row = row._replace(status="error" if row.status == "error" else "fail", diagnosis=codes)
+    return row
+
+
+def _edition_notes(norm: Norm, edition: Edition | None, why: bool = True) -> tuple[str, ...]:
+    """Group norm's gamma/beta shape for the message; why: with the reason (the forward's row says it)."""
+    if norm.kind != "group" or edition is None:
+        return ()
+    return (edition.reason if why else f"gamma/beta {edition.shape}",)
 
 
 # ----------------------------------------------------------------------------- backward
 
 def backward_observations(worker: Worker, norm: Norm, function: str, edition, trouble: Trouble,
-                          forward_codes=()):
+                          forward_keys=()):
     """Student's forward then ``function`` on every case. Returns (observations, cases the forward failed).
 
-    forward_codes: the diagnosis of the forward whose cache the backward is fed (see hypotheses.backward).
+    forward_keys: the hypotheses that explain the forward whose cache the backward is fed (see
+    hypotheses.backward).
     """
     observations, forward_failed = [], []
     for case in cases(norm.kind):
@@ -186,27 +208,31 @@ def backward_observations(worker: Worker, norm: Norm, function: str, edition, tr
         if not trouble.note(function, reply, case.label):
             continue
         shape = param_shape(norm, case.x.shape[1], edition)
-        expected = hypotheses.backward(norm.kind, case, forward_codes)
+        expected = hypotheses.backward(norm.kind, case, forward_keys)
         for (quantity, (want, what_if)), got in zip(expected.items(), reply.value):
-            if quantity != "dx":  # dgamma/dbeta come back in gamma's shape
+            scale = None
+            if quantity == "dx":
+                scale = hypotheses.dx_scale(norm.kind, case)
+            else:  # dgamma/dbeta come back in gamma's shape
                 want = want.reshape(shape)
-            observations.append(Observation(quantity, case.label, as_array(got), want, what_if))
+            observations.append(Observation(quantity, case.label, as_array(got), want, what_if, scale=scale))
     return observations, forward_failed
 
 
-def check_backward(worker: Worker, norm: Norm, function: str, edition, forward_row: Row | None) -> Row:
+def check_backward(worker: Worker, norm: Norm, function: str, edition: Edition | None, forward_row: Row | None) -> Row:
     if forward_row is None or forward_row.status == "missing":
         return Row(function, "error", None, (), f"not checked: {norm.forward} is needed for its cache")
     trouble = Trouble()
-    observations, forward_failed = backward_observations(worker, norm, function, edition, trouble,
-                                                         forward_row.diagnosis)
+    observations, forward_failed = backward_observations(worker, norm, function, edition and edition.shape,
+                                                         trouble, forward_row.hypotheses)
     extra = []
     if forward_failed:
         extra.append(f"not checked where {norm.forward} failed ({len(forward_failed)} cases, first "
                      f"{forward_failed[0]})")
     if forward_row.status == "fail" and diagnose(observations).failed:
         extra.append(f"{norm.forward} fails too and its cache feeds this backward: fix it first")
-    return make_row(function, observations, trouble, f"{len(observations) // 3} cases", extra)
+    return make_row(function, observations, trouble, f"{len(observations) // 3} cases", extra,
+                    notes=_edition_notes(norm, edition, why=False))
 
 
 # ----------------------------------------------------------------------------- group norm's edition
@@ -232,20 +258,37 @@ def _dgamma_fits(worker: Worker, norm: Norm, case: Case, edition: str, backward:
     return reply.outcome == "ok" and np.shape(reply.value[1]) == shape
 
 
-def group_edition(worker: Worker, functions) -> str:
-    """Which gamma/beta shape the student's group norm takes: the one its forward gets right.
+def group_edition(worker: Worker, functions, course: str | None = None) -> Edition:
+    """Which gamma/beta shape the student's group norm is given, and why.
 
-    When both work (a forward that reshapes gamma), the one whose backward returns dgamma in gamma's shape.
+    course: the edition a course fixes (a key of EDITIONS). Otherwise the one the forward gets right
+    on the first case; when both work (a forward that reshapes gamma), the one whose backward returns
+    dgamma in gamma's shape; when neither does, the first.
     """
     norm = NORMS[3]
     editions = list(EDITIONS)
     if norm.forward not in functions:
-        return editions[0]
+        return Edition(course or editions[0], "")
     case = cases("group")[0]
     scores = {e: _edition_score(worker, norm, case, e) for e in editions}
-    best = min(editions, key=lambda e: scores[e])
+    right = [e for e in editions if scores[e] == 0.0]
+    if course is not None:
+        other = next(e for e in editions if e != course)
+        if scores[course] > 0.0 and scores[other] == 0.0:
+            return Edition(course, f"gamma/beta {course} as the course sets them; the forward is right only with "
+                                   f"{other}", works_only_in=course)
+        return Edition(course, f"gamma/beta {course} as the course sets them")
+    if len(right) == 1:
+        return Edition(right[0], f"gamma/beta {right[0]}: the forward is right with that shape, not with the other "
+                                 "(a course fixes it with --gn-gamma-shape)")
+    if not right:
+        best = min(editions, key=lambda e: scores[e])
+        why = "comes closer with this one" if len(set(scores.values())) > 1 else "this one is the first edition's"
+        return Edition(best, f"gamma/beta {best}: the forward is right with neither shape and {why} (a course "
+                             "fixes it with --gn-gamma-shape)")
     backward = norm.backwards[0]
-    if scores[editions[0]] == scores[editions[1]] == 0.0 and backward in functions:
-        fits = [e for e in editions if _dgamma_fits(worker, norm, case, e, backward)]
-        best = fits[0] if fits else best
-    return best
+    fits = [e for e in editions if backward in functions and _dgamma_fits(worker, norm, case, e, backward)]
+    if len(fits) == 1:
+        return Edition(fits[0], f"gamma/beta {fits[0]}: the forward takes either shape and the backward returns "
+                                "dgamma in this one")
+    return Edition(editions[0], f"gamma/beta {editions[0]}: the forward takes either shape")

@@ -1,24 +1,56 @@
 """What a student with exactly one known mistake would compute, case by case.
 
 Each what-if is built from the reference's pieces: normlab's forward with
-given statistics (an unbiased variance, eps outside the square root, the batch
-statistics in test mode), normlab's forward and backward on another layout (the
-wrong axes), and for the backward the closed form's pieces x̂, dx̂ = γ·dout, the
-two sums and invstd, recombined the way a wrong derivation recombines them.
-The correct values always come from normlab itself; only the wrong ones are
-written here. Keys name entries of ``diagnose.MISTAKES``.
+given statistics (the batch statistics in test mode, a count slip), x̂
+rescaled to the denominator a slip in the normalization computes, normlab's
+forward and backward on another layout (the wrong axes), and for the backward
+the closed form's pieces x̂, dx̂ = γ·dout, the two sums and invstd, recombined
+the way a wrong derivation recombines them. The correct values always come
+from normlab itself; only the wrong ones are written here. Keys name entries
+of ``diagnose.MISTAKES``, or are built from them (see ``diagnose.mistake``):
+the normalization's slips (variance, where ε goes, which ε, the affine) are
+tried in every combination, "&"-joined, so two slips in one forward are named.
 """
 
 from __future__ import annotations
 
 import itertools
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import numpy as np
 
 from .. import norms
 from ..running_rule import blend_running_stats
-from .cases import MOMENTUM, Case, course_running_update, reference_backward, reference_forward
+from .cases import EPS, GIVEN_EPS, MOMENTUM, Case, course_running_update, reference_backward, reference_forward
+
+#: ε a student's code may use instead of the course's: 0 (left out) and the decades from 1e-12 to 1.
+EPS_VALUES = (0.0, 1e-12, 1e-11, 1e-10, 1e-9, 1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+#: Key parts that change only the normalization's denominator √(σ² + ε).
+_DENOMINATOR_PARTS = ("unbiased-variance", "eps-outside-sqrt")
+_EPS_FAMILIES = ("default-eps", "eps-ignored")
+
+
+class View(NamedTuple):
+    """x̂ and the statistics in the canonical view (N, G, K, L); statistics and γ/β broadcast against it."""
+
+    xhat: np.ndarray
+    var: np.ndarray
+    eps: float
+    m: int                  # values per statistic
+    gamma: np.ndarray
+    beta: np.ndarray
+    batch_stats: bool       # statistics per G, reduced over N too
+
+
+def _view(kind: str, case: Case, eps: float | None = None, **given) -> View:
+    """normlab's x̂ (no affine) for this case; given: mean=, var= (with ``eps``, default the case's)."""
+    eps = case.eps_value if eps is None else eps
+    xhat, cache = reference_forward(kind, case.x, None, None, eps, case.groups, **given)
+    layout = cache.layout
+    n, g, k, _ = layout.view
+    stat = (1, g, 1, 1) if layout.batch_stats else (n, g, 1, 1)
+    return View(xhat.reshape(layout.view), cache.var.reshape(stat), eps, layout.count,
+                case.gamma.reshape(1, g, k, 1), case.beta.reshape(1, g, k, 1), layout.batch_stats)
 
 
 class Pieces(NamedTuple):
@@ -33,33 +65,73 @@ class Pieces(NamedTuple):
     m: int                  # values per statistic
 
 
-def forward_variance(code: str, cache) -> np.ndarray | None:
-    """The variance a forward with this mistake normalizes with, as a variance for √(var + ε); None: no such mistake.
+def _eps_part(part: str) -> bool:
+    return part.split(":", 1)[0] in _EPS_FAMILIES
 
-    unbiased-variance: var·m/(m − 1). eps-outside-sqrt: √var + ε = √(var' + ε) for var' = (√var + ε)² − ε.
+
+def _student_eps(part: str, case: Case) -> float:
+    """The ε a code with this slip uses in this case: default-eps:v when the dict has no eps, eps-ignored:v always."""
+    family, value = part.split(":", 1)
+    return float(value) if family == "eps-ignored" or case.eps is None else case.eps
+
+
+def _eps_parts(case: Case, with_default: bool) -> list[str]:
+    """"" (the course's ε) and each other ε a code may use; default-eps only where a case can show it."""
+    parts = [""]
+    if with_default:
+        parts += [f"default-eps:{v:g}" for v in EPS_VALUES if v != EPS]
+    # a constant equal to the eps the cases pass is default-eps:that value, number for number
+    return parts + [f"eps-ignored:{v:g}" for v in EPS_VALUES if v != GIVEN_EPS]
+
+
+def denominator(key: str, case: Case, var: np.ndarray, m: int) -> np.ndarray | None:
+    """√(σ² + ε) as a forward with the normalization slips of ``key`` computes it.
+
+    None when ``key`` holds other slips too (γ left out, a wrong axis): no denominator says all it does.
     """
-    m = cache.layout.count
-    if code == "unbiased-variance":
-        return cache.var * (m / (m - 1))
-    if code == "eps-outside-sqrt":
-        return (np.sqrt(cache.var) + cache.eps) ** 2 - cache.eps
-    return None
+    parts = key.split("&")
+    if not all(part in _DENOMINATOR_PARTS or _eps_part(part) for part in parts):
+        return None
+    v = var * (m / (m - 1)) if "unbiased-variance" in parts else var
+    e = next((_student_eps(part, case) for part in parts if _eps_part(part)), case.eps_value)
+    return np.sqrt(v) + e if "eps-outside-sqrt" in parts else np.sqrt(v + e)
 
 
-def _pieces(kind: str, case: Case, var: np.ndarray | None = None) -> Pieces:
-    """The reference's pieces; with ``var``, those of a forward that normalized with that variance."""
-    # x̂ is normlab's forward without the affine.
-    xhat, cache = reference_forward(kind, case.x, None, None, case.eps_value, case.groups)
-    if var is not None:
-        xhat, cache = reference_forward(kind, case.x, None, None, case.eps_value, case.groups,
-                                        mean=cache.mean, var=var)
-    layout = cache.layout
-    n, g, k, _ = layout.view
-    stat = (1, g, 1, 1) if layout.batch_stats else (n, g, 1, 1)
-    dxhat = case.dout.reshape(layout.view) * case.gamma.reshape(1, g, k, 1)
-    axes = (0, 2, 3) if layout.batch_stats else (2, 3)
-    return Pieces(xhat.reshape(layout.view), dxhat, cache.invstd.reshape(stat), cache.var.reshape(stat),
-                  case.eps_value, axes, layout.count)
+def _normalization_what_ifs(case: Case, v: View, affines: dict[str, Callable], train: bool) -> dict[str, np.ndarray]:
+    """out of every combination of slips in the normalization: x̂ rescaled to the slip's denominator, each affine.
+
+    train: the variance is the batch's (its unbiased form is a slip) and a dict may leave eps out.
+    """
+    right = np.sqrt(v.var + v.eps)
+    what_if = {}
+    for variance in ("", "unbiased-variance") if train else ("",):
+        for eps in _eps_parts(case, with_default=train):
+            for place in ("", "eps-outside-sqrt"):
+                key = "&".join(p for p in (variance, place, eps) if p)
+                scaled = v.xhat * (right / denominator(key, case, v.var, v.m)) if key else v.xhat
+                for affine, apply in affines.items():
+                    full = "&".join(p for p in (key, affine) if p)
+                    if full:
+                        what_if[full] = apply(scaled)
+    return what_if
+
+
+def _pieces(kind: str, case: Case, denom: np.ndarray | None = None) -> Pieces:
+    """The reference's pieces; with ``denom`` (see ``denominator``), those of a forward that normalized with it."""
+    if denom is None:
+        v = _view(kind, case)
+    else:  # √(var + 0) = denom
+        mean = reference_forward(kind, case.x, None, None, case.eps_value, case.groups)[1].mean
+        v = _view(kind, case, 0.0, mean=mean, var=(denom ** 2).reshape(mean.shape))
+    dxhat = case.dout.reshape(v.xhat.shape) * v.gamma
+    axes = (0, 2, 3) if v.batch_stats else (2, 3)
+    return Pieces(v.xhat, dxhat, 1.0 / np.sqrt(v.var + v.eps), v.var, v.eps, axes, v.m)
+
+
+def dx_scale(kind: str, case: Case) -> float:
+    """The size of dx's leading term invstd·γ·dout: the right dx is far smaller only where the terms cancel (N = 2)."""
+    p = _pieces(kind, case)
+    return float(np.max(np.abs(p.invstd * p.dxhat)))
 
 
 def _wrong_dx(p: Pieces, *, mean_term="sum", var_term="sum", var_factor=1.0, axes=None, m=None) -> np.ndarray:
@@ -115,6 +187,16 @@ def _wrong_axes(kind: str, case: Case) -> dict[str, tuple]:
                                dout.reshape(n, -1))
         return out.reshape(x.shape), dx.reshape(x.shape), dg.reshape(c, hw).sum(1), db.reshape(c, hw).sum(1)
 
+    def per_pixel():  # statistics per (sample, pixel, group) over the group's C/G channels only
+        def pixels_first(a):
+            return a.transpose(0, 2, 3, 1).reshape(-1, c, 1, 1)
+
+        def back(a):
+            return a.reshape(n, *x.shape[2:], c).transpose(0, 3, 1, 2)
+
+        out, dx, dg, db = _via(groups(case.groups), pixels_first(x), gamma, beta, pixels_first(dout))
+        return back(out), back(dx), dg, db
+
     def strided():  # groups of every G-th channel: permute the channels so they are contiguous
         order = np.arange(c).reshape(c // case.groups, case.groups).T.reshape(-1)
         back = np.argsort(order)
@@ -130,7 +212,8 @@ def _wrong_axes(kind: str, case: Case) -> dict[str, tuple]:
         "spatial": {"wrong-axis:reshape-without-transpose": reshaped, "wrong-axis:over-batch-only": over_batch,
                     "wrong-axis:per-sample-channel": plain(groups(c)), "wrong-axis:per-sample": plain(groups(1))},
         "group": {"wrong-axis:per-sample": plain(groups(1)), "wrong-axis:per-channel": plain(groups(c)),
-                  "wrong-axis:batch-statistics": plain(spatial), "wrong-axis:strided-groups": strided},
+                  "wrong-axis:batch-statistics": plain(spatial), "wrong-axis:strided-groups": strided,
+                  "wrong-axis:per-pixel-groups": per_pixel},
     }[kind]
     what_if = {}
     for key, compute in candidates.items():
@@ -141,17 +224,27 @@ def _wrong_axes(kind: str, case: Case) -> dict[str, tuple]:
     return what_if
 
 
+def _affines(v: View, shape, *names: str) -> dict[str, Callable]:
+    """out from x̂ as the course has it ("") and as each named slip of the affine has it."""
+    every = {"": lambda xhat: v.gamma * xhat + v.beta, "gamma-not-applied": lambda xhat: xhat + v.beta,
+             "test-mode:no-gamma": lambda xhat: xhat + v.beta, "test-mode:no-affine": lambda xhat: xhat}
+    return {name: (lambda xhat, f=every[name]: f(xhat).reshape(shape)) for name in ("", *names)}
+
+
 def forward(kind: str, case: Case) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """The reference output of a train-mode forward and each mistake's output."""
     x, gamma, beta, eps, groups = case.x, case.gamma, case.beta, case.eps_value, case.groups
     out, cache = reference_forward(kind, x, gamma, beta, eps, groups)
-
-    def given(var, g=gamma):
-        return reference_forward(kind, x, g, beta, eps, groups, mean=cache.mean, var=var)[0]
-
-    what_if = {code: given(forward_variance(code, cache)) for code in ("unbiased-variance", "eps-outside-sqrt")}
-    what_if["gamma-not-applied"] = given(cache.var, np.ones_like(gamma))
+    v = _view(kind, case)
+    what_if = _normalization_what_ifs(case, v, _affines(v, x.shape, "gamma-not-applied"), train=True)
     what_if.update({key: values[0] for key, values in _wrong_axes(kind, case).items()})
+    if kind == "group":
+        # mean and variance of each group divided by N·G (x.shape[0] of the (N·G, ...) reshape) instead of m
+        shrink = v.m / (x.shape[0] * groups)
+        mean = cache.mean * shrink
+        var = shrink * (cache.var + (cache.mean - mean) ** 2)
+        what_if["wrong-count:statistics-NG"] = reference_forward(kind, x, gamma, beta, eps, groups,
+                                                                 mean=mean, var=var)[0]
     return out, what_if
 
 
@@ -171,8 +264,12 @@ def _dx_what_ifs(kind: str, case: Case, p: Pieces) -> dict[str, np.ndarray]:
     if kind in ("batch", "layer"):
         # The sums of the other norm's backward (layer norm written from batch norm's, or the reverse).
         other = (1, 2, 3) if kind == "batch" else (0, 1, 3)
+        other_count = case.x.shape[kind == "batch"]
         what_if["wrong-axis:backward-sums"] = _wrong_dx(p, axes=other)
-        what_if["wrong-axis:backward-sums-and-count"] = _wrong_dx(p, axes=other, m=case.x.shape[kind == "batch"])
+        what_if["wrong-axis:backward-sums-and-count"] = _wrong_dx(p, axes=other, m=other_count)
+        what_if[f"wrong-count:backward-{'D' if kind == 'batch' else 'N'}"] = _wrong_dx(p, m=other_count)
+    if kind == "group":
+        what_if["wrong-count:backward-NG"] = _wrong_dx(p, m=case.x.shape[0] * case.groups)
     return {key: value.reshape(case.x.shape) for key, value in what_if.items()}
 
 
@@ -187,12 +284,13 @@ def _param_sums(per_value: np.ndarray) -> dict[str, np.ndarray]:
     return sums
 
 
-def backward(kind: str, case: Case, forward_codes=()) -> dict[str, tuple[np.ndarray, dict[str, np.ndarray]]]:
+def backward(kind: str, case: Case, forward_keys=()) -> dict[str, tuple[np.ndarray, dict[str, np.ndarray]]]:
     """Per gradient ("dx", "dgamma", "dbeta"): the reference (dgamma/dbeta (C,)) and each mistake's value.
 
-    forward_codes: the diagnosis of the student's forward. A backward fed by the cache of a forward
-    that normalized with another variance is also judged as if that variance were right (keys
-    "forward-code+mistake", and "forward-code+none" for a backward that is right for its forward).
+    forward_keys: the hypotheses that explain the student's forward. A backward fed by the cache of a
+    forward that normalized with another denominator (``denominator``) is also judged as if that
+    denominator were right (keys "forward-key+mistake", and "forward-key+none" for a backward that
+    is right for its forward).
     """
     _, cache = reference_forward(kind, case.x, case.gamma, case.beta, case.eps_value, case.groups)
     dx, dgamma, dbeta = reference_backward(case.dout, cache)
@@ -204,14 +302,14 @@ def backward(kind: str, case: Case, forward_codes=()) -> dict[str, tuple[np.ndar
     for what_if, index in ((dx_if, 1), (dgamma_if, 2), (dbeta_if, 3)):
         what_if.pop("right", None)
         what_if.update({key: values[index] for key, values in alternatives.items()})
-    for code in forward_codes:
-        var = forward_variance(code, cache)
-        if var is not None:
-            q = _pieces(kind, case, var)
-            dx_if.update({f"{code}+{k}": v for k, v in _dx_what_ifs(kind, case, q).items()})
-            dx_if[f"{code}+none"] = _wrong_dx(q).reshape(case.x.shape)
+    for key in forward_keys:
+        d = denominator(key, case, cache.var, cache.layout.count)
+        if d is not None:
+            q = _pieces(kind, case, d)
+            dx_if.update({f"{key}+{k}": v for k, v in _dx_what_ifs(kind, case, q).items()})
+            dx_if[f"{key}+none"] = _wrong_dx(q).reshape(case.x.shape)
             sums = _param_sums(case.dout * q.xhat.reshape(case.x.shape))
-            dgamma_if.update({f"{code}+{'none' if k == 'right' else k}": v for k, v in sums.items()})
+            dgamma_if.update({f"{key}+{'none' if k == 'right' else k}": v for k, v in sums.items()})
     return {"dx": (dx, dx_if), "dgamma": (dgamma, dgamma_if), "dbeta": (dbeta, dbeta_if)}
 
 
@@ -239,11 +337,10 @@ def inference(kind: str, case: Case, running_mean: np.ndarray, running_var: np.n
     """A test-mode forward: the reference (running statistics) and each mistake's output."""
     x, gamma, beta, eps = case.x, case.gamma, case.beta, case.eps_value
     out = reference_forward(kind, x, gamma, beta, eps, mean=running_mean, var=running_var)[0]
-    what_if = {
-        "eps-outside-sqrt": reference_forward(kind, x, gamma, beta, eps, mean=running_mean,
-                                              var=(np.sqrt(running_var) + eps) ** 2 - eps)[0],
-        "running:test-uses-batch": reference_forward(kind, x, gamma, beta, eps)[0],
-    }
+    v = _view(kind, case, mean=running_mean, var=running_var)
+    what_if = _normalization_what_ifs(case, v, _affines(v, x.shape, "test-mode:no-gamma", "test-mode:no-affine"),
+                                      train=False)
+    what_if["running:test-uses-batch"] = reference_forward(kind, x, gamma, beta, eps)[0]
     if kind == "spatial":
         c = x.shape[1]
         what_if["wrong-axis:reshape-without-transpose"] = norms.batchnorm_forward(
