@@ -265,7 +265,7 @@ def test_import_that_hangs_is_bounded():
     with Worker(DATA / "import_hangs.py", grade.FUNCTIONS, timeout=0.5, startup=2.0) as worker:
         loaded = worker.loaded()
         assert loaded.functions == ("batchnorm_forward",)  # read from the source, not run
-        assert "no answer within 2.5 s" in loaded.error
+        assert "no answer within 0.5 s" in loaded.error  # the start (up to 2 s) is not the import's time
         reply = worker.call("batchnorm_forward", [], [], arity=2)
         assert reply.outcome == "raised" and worker.starts == 1  # not restarted
     assert time.monotonic() - start < 6

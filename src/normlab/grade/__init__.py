@@ -135,7 +135,8 @@ def grade(path, *, only: str | None = None, timeout: float = DEFAULT_TIMEOUT, li
                             hide=(file.parent, Path.cwd()), label=str(path))
 
 
-def main(path, *, json_path=None, only: str | None = None, timeout: float = DEFAULT_TIMEOUT, console=None) -> int:
+def main(path, *, json_path=None, only: str | None = None, timeout: float = DEFAULT_TIMEOUT,
+         limits: Limits = Limits(), console=None) -> int:
     """Grade PATH, print the report (and write JSON): 0 all present pass, 1 something fails, 2 usage error."""
     from rich.console import Console
 
@@ -143,7 +144,7 @@ def main(path, *, json_path=None, only: str | None = None, timeout: float = DEFA
     try:
         if json_path is not None and not Path(json_path).resolve().parent.is_dir():
             raise UsageError(f"--json: no folder {Path(json_path).parent} to write {Path(json_path).name} in")
-        result = grade(path, only=only, timeout=timeout)
+        result = grade(path, only=only, timeout=timeout, limits=limits)
     except UsageError as exc:
         console.print(f"normlab grade: {exc}", markup=False)
         return 2

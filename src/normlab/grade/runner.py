@@ -42,7 +42,8 @@ from .protocol import HEADER, Handle, ProtocolError
 from .sandbox import Limits, environment, format_size, python_paths, unreadable_python_paths
 from .submission import Submission, from_file
 
-#: Seconds allowed for the interpreter and NumPy to start, on top of the per-call timeout for the import.
+#: Seconds allowed for the interpreter and NumPy to start and the sandbox to be set up (the import of the
+#: student's module then has the per-call timeout).
 STARTUP_S = 10.0
 STDERR_TAIL_CHARS = 400
 #: Seconds the keeper gets to stop the student's process before the whole group is killed.
@@ -51,6 +52,9 @@ BOOT = ("import sys; sys.dont_write_bytecode = True; sys.path.insert(0, sys.argv
         "from normlab.grade.worker import main; main(sys.argv[2])")
 _SIGNALS = {signal.SIGXCPU: "the CPU-time limit", signal.SIGXFSZ: "the file-size limit",
             signal.SIGKILL: "SIGKILL", signal.SIGSEGV: "a crash (SIGSEGV)"}
+
+#: How the note on output beyond what was kept begins (a student's own note, unlike the sandbox's).
+OUTPUT_NOTE = "the student's code printed"
 
 __all__ = ["Handle", "Limits", "Loaded", "Reply", "Worker"]
 
@@ -113,7 +117,7 @@ class Output:
     def note(self) -> str | None:
         if self.total <= 2 * self.half:
             return None
-        return (f"the student's code printed {format_size(self.total)}; the first and last "
+        return (f"{OUTPUT_NOTE} {format_size(self.total)}; the first and last "
                 f"{format_size(self.half)} were kept")
 
 
@@ -132,14 +136,16 @@ def hidden_paths(paths) -> list[str]:
 def _checked(request: dict, answer) -> Any:
     """The decoded reply if it is of the form the request asks for; ProtocolError otherwise."""
     protocol.expect(answer, dict, "the reply")
+    if request["op"] == "ready":  # before the student's code runs: the sandbox's notes
+        notes = protocol.field(answer, "notes", tuple)
+        if not all(isinstance(n, str) for n in notes):
+            raise ProtocolError("notes: expected strings")
+        return {"notes": notes}
     if request["op"] == "load":
         functions = protocol.field(answer, "functions", tuple)
         if not all(isinstance(f, str) and f in request["names"] for f in functions):
             raise ProtocolError("the reply names functions that were not asked for")
-        notes = protocol.field(answer, "notes", tuple, ())
-        if not all(isinstance(n, str) for n in notes):
-            raise ProtocolError("notes: expected strings")
-        return {"functions": functions, "error": protocol.field(answer, "error", (str, type(None))), "notes": notes}
+        return {"functions": functions, "error": protocol.field(answer, "error", (str, type(None)))}
     outcome = protocol.field(answer, "outcome", str)
     if outcome not in ("ok", "raised", "bad-return"):
         raise ProtocolError(f"an unknown outcome {outcome[:40]!r}")
@@ -240,13 +246,18 @@ class Worker:
         self._proc.stdout.close()
         os.set_blocking(self._output_fd, False)
         self.starts += 1
+        ready = self._exchange({"op": "ready"}, self.startup)
+        if ready.outcome != "ok":
+            self._loaded = Loaded(defined_names(self.submission.source, self.names),
+                                  f"the worker did not start: {ready.error}")
+            return
         reply = self._exchange({"op": "load", "module": str(self.submission.module), "names": self.names},
-                               self.startup + self.timeout)
+                               self.timeout)
+        notes = ready.value["notes"]
         if reply.outcome == "ok" and reply.value["error"] is None:
-            self._loaded = Loaded(reply.value["functions"], None, reply.value["notes"])
+            self._loaded = Loaded(reply.value["functions"], None, notes)
         else:  # the import raised, hung or killed the process: the functions are read from the source
             error = reply.value["error"] if reply.outcome == "ok" else reply.error
-            notes = reply.value["notes"] if reply.outcome == "ok" else ()
             self._loaded = Loaded(defined_names(self.submission.source, self.names), error, notes)
 
     def close(self) -> None:
@@ -325,7 +336,8 @@ class Worker:
     def _exchange(self, request: dict, timeout: float) -> Reply:
         deadline = time.monotonic() + timeout
         try:
-            self._write(protocol.frame(request), deadline)
+            if request["op"] != "ready":  # "ready" is sent unasked, once the worker has started
+                self._write(protocol.frame(request), deadline)
             body = self._read_exactly(protocol.body_size(self._read_exactly(HEADER.size, deadline)), deadline)
             answer = _checked(request, protocol.decode(body))
         except _Deadline:
@@ -335,7 +347,7 @@ class Worker:
             return Reply("died", error=f"the worker process exited ({self._kill()})")
         except ProtocolError as exc:
             return Reply("died", error=f"its reply was refused ({exc}); the worker was stopped ({self._kill()})")
-        if request["op"] == "load":
+        if request["op"] in ("ready", "load"):
             return Reply("ok", value=answer)
         return answer
 

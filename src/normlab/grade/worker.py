@@ -232,11 +232,11 @@ def main(config_json: str) -> None:
     requests, replies = _take_std_streams(config["reply_fd"])
     workdir, notes = sandbox.enter(config, (requests, replies))
     _LIMITS = sandbox.Limits(**config["limits"])
+    write_frame(replies, {"ready": True, "notes": notes})  # started and fenced in: the import's clock starts
     module, store, directory = None, {}, workdir
     while (request := read_frame(requests)) is not None:
         if request["op"] == "load":
             module, reply = _load(request, workdir)
-            reply["notes"] = notes
             if module is not None:
                 directory = Path(module.__file__).resolve().parent
         else:
