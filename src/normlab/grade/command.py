@@ -78,7 +78,7 @@ def run(path=None, *, json_path=None, only=None, timeout=DEFAULT_TIMEOUT, memory
 
         return main(path, json_path=json_path, only=only, timeout=timeout, limits=limits, console=console)
     except UsageError as exc:
-        console.print(f"normlab grade: {exc}", markup=False)
+        console.print(f"normlab grade: {exc}", markup=False, soft_wrap=True)
         return 2
 
 

@@ -68,8 +68,8 @@ def markdown(st: Stats, total: int, figure_note: str | None, notes) -> str:
         for i, d in enumerate(st.diagnoses, 1):
             where = ", ".join(f"`{f}` {n}" for f, n in d.functions.items())
             entry = CODES.get(d.code)
-            meaning = f" {escape(entry.explanation)}. Fix: {escape(entry.fix)}" if entry else ""
-            items.append(f"{i}. **`{d.code}`: {d.students} student{'s' * (d.students != 1)}** ({where}).{meaning}")
+            meaning = f" — {escape(entry.explanation)}. Fix: {escape(entry.fix)}" if entry else ""
+            items.append(f"{i}. **`{d.code}`: {d.students} student{'s' * (d.students != 1)}** ({where}){meaning}")
         parts += ["## Diagnoses across the class", "\n".join(items)]
     if st.not_graded:
         parts += ["## Not graded", "\n".join(f"- {escape(name)}: {escape(reason)}" for name, reason in st.not_graded)]

@@ -3,8 +3,11 @@
     python tests/data/grade/make_class.py      # again whenever a variant is added
 
 Every variant ``*.py`` of this folder becomes a student (the reference ``layers.py`` three times: as the
-course's zip, as a folder holding a2/cs231n/, as a plain .py), and so do a few attack files, in the forms
-a collect script produces:
+course's zip, as a folder holding a2/cs231n/, as a plain .py), and so do a few attack files. A student
+hands in the whole assignment: each variant's module starts with ``from layers import *`` (the
+reference's functions), so its own definitions are its slips and the rest passes, as in a real class
+(but for the variants that are about what is missing or unimportable). The forms are those a collect
+script produces:
 
 - a folder holding ``cs231n/`` (a package: imports become relative) or a plain ``layers.py``,
 - a ``.zip`` holding ``cs231n/``, with the ``__MACOSX`` litter a Mac adds,
@@ -29,6 +32,11 @@ CLASS = HERE / "class"
 HELPERS = {"layers.py": "reference_layers", "course_batchnorm.py": "course_batchnorm", "_honest.py": None}
 SKIP = {"make_class.py"}
 ATTACKS = ("write_outside.py", "read_env.py", "kill_parent.py")
+#: Variants handed in as they are: what they leave out or cannot import is their point.
+AS_IS = {"partial", "unrelated", "import_error", "import_hangs"}
+COMPLETE = "from layers import *  # noqa: F401,F403 - the rest of the assignment, done right\n"
+#: After a course_batchnorm forward, whose cache the reference's backwards cannot read: handed in without them.
+NO_BACKWARD = "\ndel batchnorm_backward, batchnorm_backward_alt  # noqa: F821 - they read another cache\n"
 IMPORT = re.compile(r"^from (layers|course_batchnorm|_honest) import", re.M)
 DATE = (2024, 1, 1, 0, 0, 0)
 
@@ -53,6 +61,12 @@ def _files(source: str, package: bool) -> dict[str, str]:
         files = {f"cs231n/{name}": text for name, text in files.items()}
         files["cs231n/__init__.py"] = ""
     return files
+
+
+def _complete(source: str) -> str:
+    """The variant as a whole assignment: the reference's functions, then the variant's own."""
+    text = COMPLETE + source
+    return text + NO_BACKWARD if "from course_batchnorm import" in source else text
 
 
 def _write_folder(entry: Path, files: dict[str, str]) -> None:
@@ -100,8 +114,8 @@ def main() -> None:
     _student("correct_folder", reference, "package")
     _student("correct_py", reference, "py")
     variants = sorted(p for p in HERE.glob("*.py") if p.name not in HELPERS and p.name not in SKIP)
-    sources = [(p.stem, p.read_text()) for p in variants]
-    sources += [(f"attack_{Path(a).stem}", (HERE / "attacks" / a).read_text()) for a in ATTACKS]
+    sources = [(p.stem, p.read_text() if p.stem in AS_IS else _complete(p.read_text())) for p in variants]
+    sources += [(f"attack_{Path(a).stem}", _complete((HERE / "attacks" / a).read_text())) for a in ATTACKS]
     for i, (name, source) in enumerate(sources):
         form = "py" if not IMPORT.search(source) else ("package", "zip", "folder")[i % 3]
         _student(name, source, form)

@@ -1,3 +1,4 @@
+from reference_layers import *  # noqa: F401,F403 - the rest of the assignment, done right
 """batchnorm_backward_alt whose mean term has the wrong sign (derivation erratum E10)."""
 from reference_layers import batchnorm_backward, batchnorm_forward  # noqa: F401
 

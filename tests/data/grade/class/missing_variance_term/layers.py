@@ -1,3 +1,4 @@
+from reference_layers import *  # noqa: F401,F403 - the rest of the assignment, done right
 """layernorm_backward without the variance path (derivation erratum E12)."""
 from reference_layers import layernorm_forward  # noqa: F401
 

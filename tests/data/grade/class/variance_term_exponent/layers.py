@@ -1,3 +1,4 @@
+from reference_layers import *  # noqa: F401,F403 - the rest of the assignment, done right
 """spatial_groupnorm_backward with (σ²+ε)^(−1/2) for (σ²+ε)^(−3/2) in the variance term (derivation erratum E14)."""
 from reference_layers import spatial_groupnorm_forward  # noqa: F401
 

@@ -1,3 +1,4 @@
+from .reference_layers import *  # noqa: F401,F403 - the rest of the assignment, done right
 """layernorm_forward that returns only out, and a backward that returns an object instead of dbeta."""
 from .reference_layers import batchnorm_backward as _right
 from .reference_layers import batchnorm_forward, layernorm_forward as _layernorm_forward  # noqa: F401

@@ -1,3 +1,4 @@
+from .reference_layers import *  # noqa: F401,F403 - the rest of the assignment, done right
 """layernorm_backward whose ∂l/∂σ² forgets the sum over the features (derivation erratum E4)."""
 from .reference_layers import layernorm_forward  # noqa: F401
 
