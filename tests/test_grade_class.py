@@ -27,13 +27,14 @@ from normlab.grade.submission import SubmissionError
 DATA = Path(__file__).parent / "data" / "grade"
 CLASS = DATA / "class"
 TIMEOUT = "2"
+#: Every function but batchnorm_backward_alt, whose timing runs change no status and take a third of the time.
+ONLY = ",".join(f for f in grade.FUNCTIONS if f != "batchnorm_backward_alt")
 UNREADABLE = {"traversal": "unsafe path", "zip_bomb": "zip bomb", "corrupt": "not a readable zip archive",
               "no_layers": "no layers.py", "two_layers": "2 files named layers.py", "notes.txt": "not a folder"}
 #: Graded alone too: every form (zip, folder with cs231n/, plain folder, .py) and every kind of trouble.
 #: (All of them agree as well; that takes as long again as the class: see the docstring.)
 ALONE = ("correct_zip", "correct_folder", "correct_py", "missing_mean_term", "dx_negated", "eps_outside_sqrt",
-         "groupnorm_c_edition", "hangs", "import_hangs", "raises", "attack_kill_parent", "attack_write_outside",
-         "unrelated", "partial")
+         "hangs", "import_hangs", "raises", "attack_write_outside", "unrelated")
 
 
 def _cli(*args):
@@ -57,7 +58,7 @@ def _statuses(result) -> dict[str, str]:
 
 def test_class_statuses_equal_grading_each_file_alone(tmp_path):
     out = tmp_path / "grades"
-    outcome = _cli(CLASS, "--class", "--out", out, "--timeout", TIMEOUT, "--jobs", "2")
+    outcome = _cli(CLASS, "--class", "--out", out, "--timeout", TIMEOUT, "--jobs", "2", "--only", ONLY)
     assert outcome.exit_code == 0, outcome.output
     assert "graded 46/46 students" in outcome.output  # the plain progress line (no terminal here)
     data = json.loads((out / "grades.json").read_text())["students"]
@@ -67,7 +68,7 @@ def test_class_statuses_equal_grading_each_file_alone(tmp_path):
     def alone(entry: Path):
         name = classroom._names(entries)[entry]
         try:
-            return name, grade.grade(_module_file(entry, tmp_path / "unpacked"), timeout=float(TIMEOUT))
+            return name, grade.grade(_module_file(entry, tmp_path / "unpacked"), only=ONLY, timeout=float(TIMEOUT))
         except grade.UsageError as exc:
             return name, str(exc)
 
@@ -86,7 +87,7 @@ def test_class_statuses_equal_grading_each_file_alone(tmp_path):
 
     # what the class was written for
     for name in ("correct_zip", "correct_folder", "correct_py"):
-        assert {c["status"] for c in data[name]["result"]["checks"]} == {"pass"}, name
+        assert [c["status"] for c in data[name]["result"]["checks"]] == ["pass"] * 8, name
     statuses = {n: {c["function"]: c["status"] for c in s["result"]["checks"]} for n, s in data.items() if s["result"]}
     assert statuses["hangs"]["batchnorm_forward"] == statuses["import_hangs"]["batchnorm_forward"] == "error"
     assert statuses["attack_write_outside"]["layernorm_forward"] == "pass"  # an attack is one row
@@ -98,7 +99,7 @@ def _check_files(out: Path, data: dict) -> None:
         rows = list(csv.DictReader(file))
     assert [r["student"] for r in rows] == list(data)
     by_name = {r["student"]: r for r in rows}
-    assert by_name["correct_zip"]["points"] == by_name["correct_zip"]["max_points"] == "9"
+    assert by_name["correct_zip"]["points"] == by_name["correct_zip"]["max_points"] == "8"
     assert by_name["missing_mean_term"]["batchnorm_backward"] == "fail"
     assert by_name["missing_mean_term"]["batchnorm_backward_points"] == "0"
     assert "missing-mean-term" in by_name["missing_mean_term"]["diagnoses"].split()

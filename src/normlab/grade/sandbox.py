@@ -47,6 +47,7 @@ MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4
 PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS = 1, 38
 #: Student uids are drawn from here: above systemd's container range, below 2**31, where no account lives.
 UID_RANGE = (0x70000000, 0x71000000)
+NOBODY = 65534
 #: Where the private tmpfs is also mounted, so the world-writable places of the machine are the student's own.
 SHARED_TMP = ("/var/tmp", "/dev/shm", "/run/lock")
 WORKDIR = "/tmp"
@@ -173,6 +174,24 @@ def _enter_namespaces(root: bool) -> tuple[set[str], str | None]:
     return entered, reason
 
 
+def _mapped(uid: int) -> bool:
+    """Whether this user namespace can hold ``uid`` (a container may map only a few thousand uids)."""
+    try:
+        lines = Path("/proc/self/uid_map").read_text().split("\n")
+    except OSError:
+        return True  # no user namespaces here: every uid is real
+    ranges = [tuple(map(int, line.split())) for line in lines if line.strip()]
+    return any(inside <= uid < inside + count for inside, _, count in ranges)
+
+
+def _student_uid() -> int | None:
+    """A random unused uid from UID_RANGE, else nobody's, whichever this namespace can hold; None if neither."""
+    for uid in (random.SystemRandom().randrange(*UID_RANGE), NOBODY):
+        if _mapped(uid):
+            return uid
+    return None
+
+
 def _keep(child: int) -> None:
     """The keeper: wait for the student's process, kill it on SIGTERM, exit as it exited.
 
@@ -216,7 +235,7 @@ def enter(config: dict, protocol_files) -> tuple[Path, list[str]]:
             step()
         except (OSError, ValueError):
             pass
-    uid = random.SystemRandom().randrange(*UID_RANGE) if root else None
+    uid = _student_uid() if root else None
     # Copied before the namespaces: in a user namespace without a uid map no file can be created.
     scratch = Path(config["scratch"])
     scratch.mkdir(mode=0o700)
@@ -237,12 +256,17 @@ def enter(config: dict, protocol_files) -> tuple[Path, list[str]]:
     limits = Limits(**config["limits"])
     workdir, more = _private_files(scratch, config["hide"], config["reveal"], namespaces, uid, limits)
     notes += more
-    if uid is not None and unreadable_python_paths():
+    if not root:
+        notes.append("not run as another user: the grader is not root, so the student's code runs as your user "
+                     "and can read and write what you can")
+    elif uid is None:
+        notes.append("not run as another user: no uid but root's is mapped in this user namespace")
+    elif unreadable_python_paths():
         notes.append(f"not run as another user: it could not read Python ({unreadable_python_paths()[0]}); "
                      "install Python where every user can read it")
         uid = None
     notes += _set_limits(limits, root)
-    notes += _drop(uid, root)
+    notes += _drop(uid)
     os.environ.update(HOME=str(workdir), TMPDIR=str(workdir), NUMBA_CACHE_DIR=str(workdir),
                       MPLCONFIGDIR=str(workdir))
     return workdir, notes
@@ -337,17 +361,15 @@ def _set_limits(limits: Limits, root: bool) -> list[str]:
     return notes
 
 
-def _drop(uid: int | None, root: bool) -> list[str]:
+def _drop(uid: int | None) -> list[str]:
+    """no_new_privs, then the student's user and group (None: stay, the caller has said why)."""
     notes = []
     try:
         _prctl(PR_SET_NO_NEW_PRIVS, 1)
     except OSError as exc:
         notes.append(f"setuid programs not disarmed (no_new_privs: {exc})")
     if uid is None:
-        if root:
-            return notes
-        return notes + ["not run as another user: the grader is not root, so the student's code runs as your "
-                        "user and can read and write what you can"]
+        return notes
     try:
         os.setgroups([])
         os.setgid(uid)
