@@ -149,7 +149,11 @@ def _reused(old: dict | None, name: str, entry: Path, submission: Submission) ->
 def grade_class(folder, out=None, *, jobs: int | None = None, force: bool = False, only: str | None = None,
                 timeout: float = 10.0, limits: Limits = Limits(), points: dict | None = None,
                 console=None) -> ClassRun:
-    """Grade every entry of ``folder``; write the files listed in the module's docstring under ``out``."""
+    """Grade every entry of ``folder``; write the files listed in the module's docstring under ``out``.
+
+    With more than one job the students are graded in processes started with the spawn method: a
+    script that calls this needs the usual ``if __name__ == "__main__":`` guard.
+    """
     from . import selected_functions
 
     folder = Path(folder)
