@@ -221,19 +221,34 @@ def _bench_cases(suite: str, cases: str | None):
 
 
 @main.command()
-@click.argument("path")
+@click.argument("path", required=False)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
-              help="Write the result as JSON too.")
+              help="Write the result as JSON too (with --format gradescope: Gradescope's results.json).")
 @click.option("--only", default=None, help="Comma-separated function names to check [default: all it defines].")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
               help="Seconds a single call of the student's code may take.")
 @click.option("--gn-gamma-shape", default=None, metavar="1,C,1,1|C",
               help="Group norm's gamma/beta shape in your course [default: the one the student's forward takes].")
-def grade(path, json_path, only, timeout, gn_gamma_shape):
-    """Check a student's layers.py (or its folder) and diagnose what is wrong; exit 0 pass, 1 fail, 2 usage."""
-    from .grade import main as grade_main
+@click.option("--memory", default="2G", show_default=True,
+              help="Address space the student's process may use (e.g. 2G, 512M).")
+@click.option("--class", "class_", is_flag=True,
+              help="PATH is a folder with one submission per student (a folder, .py or .zip each).")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="--class: where grades.csv, feedback/ and summary.md go [default: next to PATH, grades/].")
+@click.option("--jobs", type=click.IntRange(min=1), default=None, help="--class: students at once [default: cores].")
+@click.option("--force", is_flag=True, help="--class: grade every student again, changed or not.")
+@click.option("--format", "fmt", type=click.Choice(["normlab", "gradescope"]), default="normlab", show_default=True,
+              help="gradescope: write Gradescope's results.json (to --json FILE, default results.json).")
+@click.option("--points", type=click.Path(dir_okay=False), default=None,
+              help="JSON or TOML file mapping function to points [default: 1 each].")
+@click.option("--autograder", type=click.Path(dir_okay=False), default=None,
+              help="Write Gradescope's autograder bundle (setup.sh, run_autograder) to this .zip; no PATH.")
+def grade(path, json_path, only, timeout, gn_gamma_shape, memory, class_, out, jobs, force, fmt, points, autograder):
+    """Check a student's layers.py (or its folder), or a class (--class), in a sandbox; exit 0 pass, 1 fail, 2 usage."""
+    from .grade.command import run
 
-    sys.exit(grade_main(path, json_path=json_path, only=only, timeout=timeout, gn_gamma_shape=gn_gamma_shape))
+    sys.exit(run(path, json_path=json_path, only=only, timeout=timeout, gn_gamma_shape=gn_gamma_shape, memory=memory,
+                 class_=class_, out=out, jobs=jobs, force=force, fmt=fmt, points=points, autograder=autograder))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,10 +1,13 @@
 """``normlab grade``: check a student's own normalization layers and say what is wrong.
 
-Loads a course-style ``layers.py`` in a worker process (``runner``), runs
+Loads a course-style ``layers.py`` in a sandboxed worker process (``runner``,
+``sandbox``, ``protocol``), runs
 each function it defines on the inputs of ``cases`` against normlab's core
 (``checks``), names the most likely mistake behind every wrong number
 (``hypotheses``, ``diagnose``), times ``batchnorm_backward_alt`` (``timing``)
-and prints a table or writes JSON (``report``). See docs/grade.md.
+and prints a table or writes JSON (``report``). ``classroom`` grades a
+folder of submissions in parallel, ``gradescope`` writes Gradescope's
+results.json and its autograder bundle. See docs/grade.md.
 """
 
 from __future__ import annotations
@@ -18,10 +21,13 @@ from .checks import Row, check_backward, check_forward, group_edition
 from .diagnose import CODES
 from .report import Result, exit_code, print_report, write_json
 from .runner import Worker
+from .sandbox import Limits
+from .submission import Submission, SubmissionError, from_file
 
 DEFAULT_TIMEOUT = 10.0
 
-__all__ = ["CODES", "DEFAULT_TIMEOUT", "FUNCTIONS", "Result", "Row", "UsageError", "grade", "main"]
+__all__ = ["CODES", "DEFAULT_TIMEOUT", "FUNCTIONS", "Limits", "Result", "Row", "UsageError", "grade",
+           "grade_submission", "main"]
 
 
 class UsageError(ValueError):
@@ -105,32 +111,52 @@ def course_edition(gn_gamma_shape: str | None) -> str | None:
         raise UsageError(f"--gn-gamma-shape: {exc}") from None
 
 
-def grade(path, *, only: str | None = None, timeout: float = DEFAULT_TIMEOUT,
-          gn_gamma_shape: str | None = None) -> Result:
-    """Check the functions of a student's layers.py (PATH: the file or its folder). Raises UsageError.
+def grade_submission(submission: Submission, *, only: str | None = None, timeout: float = DEFAULT_TIMEOUT,
+                     limits: Limits = Limits(), hide=(), label: str | None = None,
+                     gn_gamma_shape: str | None = None) -> Result:
+    """Check the functions of a submission in a sandboxed worker. Raises UsageError when it defines none.
 
     gn_gamma_shape: group norm's gamma/beta shape as the course passes them, "1,C,1,1" or "C";
     None: the one the student's forward gets right.
     """
-    file = resolve(path)
     selected = selected_functions(only)
     edition = course_edition(gn_gamma_shape)
-    with Worker(file, FUNCTIONS, timeout) as worker:
+    label = str(submission.origin) if label is None else label
+    with Worker(submission, FUNCTIONS, timeout, limits=limits, hide=hide) as worker:
         loaded = worker.loaded()
         present = [f for f in loaded.functions if f in FUNCTIONS]
         if not set(present) & set(selected):
             reason = f" (importing it failed: {loaded.error})" if loaded.error else ""
-            raise UsageError(f"{path} defines none of {', '.join(selected)}{reason}")
+            raise UsageError(f"{label} defines none of {', '.join(selected)}{reason}")
         if loaded.error is not None:
-            rows = [Row(f, "error", None, ("raises",), f"importing {file.name} failed: {loaded.error}")
+            rows = [Row(f, "error", None, ("raises",), f"importing {submission.module.name} failed: {loaded.error}")
                     if f in present else _missing(f) for f in selected]
-            return Result(str(path), rows, None)
-        rows, speedup = _time_alt(worker, _rows(worker, selected, present, edition), present)
-    return Result(str(path), rows, speedup)
+            speedup = None
+        else:
+            rows, speedup = _time_alt(worker, _rows(worker, selected, present, edition), present)
+    return Result(label, rows, speedup, worker.notes)
+
+
+def grade(path, *, only: str | None = None, timeout: float = DEFAULT_TIMEOUT, limits: Limits = Limits(),
+          gn_gamma_shape: str | None = None) -> Result:
+    """Check the functions of a student's layers.py (PATH: the file or its folder). Raises UsageError.
+
+    The student's process sees the file's folder and the current directory empty (where the OS allows).
+    gn_gamma_shape: as for :func:`grade_submission`.
+    """
+    file = resolve(path)
+    selected_functions(only)  # a bad --only is a usage error before anything runs
+    course_edition(gn_gamma_shape)  # and so is a bad --gn-gamma-shape
+    try:
+        submission = from_file(file)
+    except SubmissionError as exc:
+        raise UsageError(f"{path}: {exc}") from None
+    return grade_submission(submission, only=only, timeout=timeout, limits=limits,
+                            hide=(file.parent, Path.cwd()), label=str(path), gn_gamma_shape=gn_gamma_shape)
 
 
 def main(path, *, json_path=None, only: str | None = None, timeout: float = DEFAULT_TIMEOUT,
-         gn_gamma_shape: str | None = None, console=None) -> int:
+         limits: Limits = Limits(), gn_gamma_shape: str | None = None, console=None) -> int:
     """Grade PATH, print the report (and write JSON): 0 all present pass, 1 something fails, 2 usage error."""
     from rich.console import Console
 
@@ -138,7 +164,7 @@ def main(path, *, json_path=None, only: str | None = None, timeout: float = DEFA
     try:
         if json_path is not None and not Path(json_path).resolve().parent.is_dir():
             raise UsageError(f"--json: no folder {Path(json_path).parent} to write {Path(json_path).name} in")
-        result = grade(path, only=only, timeout=timeout, gn_gamma_shape=gn_gamma_shape)
+        result = grade(path, only=only, timeout=timeout, limits=limits, gn_gamma_shape=gn_gamma_shape)
     except UsageError as exc:
         console.print(f"normlab grade: {exc}", markup=False)
         return 2

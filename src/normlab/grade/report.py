@@ -5,11 +5,13 @@ JSON schema::
     {"path": str,
      "checks": [{"function": str, "status": "pass" | "fail" | "missing" | "error",
                  "max_rel_error": float | null, "diagnosis": [code, ...], "message": str}, ...],
-     "speedup_alt": float | null}
+     "speedup_alt": float | null,
+     "notes": [str, ...]}
 
 speedup_alt is batchnorm_backward's median time over batchnorm_backward_alt's
 at the course's shape (100, 500); null when it was not measured.
 max_rel_error is null when no output could be compared (or it is not a number).
+notes: what the sandbox could not apply here, and output of the student's beyond what was kept.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class Result(NamedTuple):
     path: str
     rows: list[Row]
     speedup_alt: float | None
+    notes: tuple[str, ...] = ()
 
 
 def exit_code(result: Result) -> int:
@@ -50,6 +53,7 @@ def to_json(result: Result) -> dict:
         "checks": [{"function": row.function, "status": row.status, "max_rel_error": _finite(row.max_rel_error),
                     "diagnosis": list(row.diagnosis), "message": row.message} for row in result.rows],
         "speedup_alt": _finite(result.speedup_alt),
+        "notes": list(result.notes),
     }
 
 
@@ -85,5 +89,7 @@ def print_report(result: Result, console: Console) -> None:
         errata = f" (erratum {', '.join(entry.errata)} of docs/derivation.md)" if entry.errata else ""
         console.print(f"{code}: {entry.explanation}{errata}\n  fix: {entry.fix}", markup=False, highlight=False,
                       soft_wrap=True)
+    for note in result.notes:
+        console.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True, style="dim")
     counts = {s: sum(row.status == s for row in result.rows) for s in STATUS_STYLE}
     console.print(", ".join(f"{n} {s}" for s, n in counts.items() if n), markup=False, highlight=False)

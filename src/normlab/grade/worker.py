@@ -1,41 +1,41 @@
 """The worker process: imports a student's layers.py and runs one call per request.
 
-Runs as ``python -c "from normlab.grade.worker import main; main()"`` in its
-own session (see ``runner.Worker``). Requests and replies are length-prefixed
-pickles on the process's original stdin/stdout; before the student's module is
-imported those descriptors are moved aside, so a ``print`` or ``input`` in the
-student's code cannot corrupt the exchange (prints go to stderr).
+Started by ``runner.Worker`` as ``python -I -c BOOT NORMLAB_PATH CONFIG``.
+Before anything of the student's runs, ``sandbox.enter`` fences the process
+in (namespaces, a private working directory holding a copy of the
+submission, another user, resource limits). Requests arrive on fd 0 and
+replies leave on the descriptor named in CONFIG, both as ``protocol`` frames
+(data only); fd 0 is then ``/dev/null`` and fds 1 and 2 go to the output pipe
+the grader drains, so ``print`` and ``input`` cannot disturb the exchange.
 
-A request is a dict: ``{"op": "load", "path", "names"}`` or ``{"op": "call",
+A request is a dict: ``{"op": "load", "module", "names"}`` or ``{"op": "call",
 "func", "args", "names", "arity", "keep", "reply", "watch", "send_back"}``.
 Values the student's forward returns as its cache stay here, under the name
-``keep``; a later call passes ``Handle(name)`` in their place, so a cache that
-cannot be pickled (or is large) never crosses the pipe.
+``keep``; a later call passes ``Handle(name)`` in their place, so a cache
+(which may hold anything) never crosses the pipe.
 """
 
 from __future__ import annotations
 
+import errno
 import importlib
 import importlib.util
+import json
 import os
-import pickle
-import struct
 import sys
 import time
 import traceback
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, NamedTuple
 
 import numpy as np
 
-HEADER = struct.Struct(">Q")  # frame length
+from . import protocol, sandbox
+from .protocol import HEADER, Handle
+
 MESSAGE_CHARS = 200
-
-
-class Handle(NamedTuple):
-    """Stands for a cache the worker keeps (``keep=name`` of an earlier call)."""
-
-    name: str
+#: Set by main: the limits, for the messages of exceptions they cause.
+_LIMITS = sandbox.Limits()
 
 
 class _Stored(NamedTuple):
@@ -46,8 +46,7 @@ class _Stored(NamedTuple):
 # ----------------------------------------------------------------------------- frames
 
 def write_frame(stream, obj) -> None:
-    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    stream.write(HEADER.pack(len(data)) + data)
+    stream.write(protocol.frame(obj))
     stream.flush()
 
 
@@ -56,17 +55,16 @@ def read_frame(stream):
     header = stream.read(HEADER.size)
     if len(header) < HEADER.size:
         return None
-    return pickle.loads(stream.read(HEADER.unpack(header)[0]))
+    return protocol.decode(stream.read(protocol.body_size(header)))
 
 
-def _take_std_streams():
-    """Move the protocol off fds 0/1: stdin becomes /dev/null, stdout goes to stderr."""
+def _take_std_streams(reply_fd: int):
+    """Requests from fd 0 (then /dev/null), replies to ``reply_fd``; fds 1 and 2 stay the output pipe."""
     requests = os.fdopen(os.dup(0), "rb")
-    replies = os.fdopen(os.dup(1), "wb")
+    replies = os.fdopen(reply_fd, "wb")
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.close(null)
-    os.dup2(2, 1)
     sys.stdout = sys.stderr
     return requests, replies
 
@@ -75,16 +73,36 @@ def _take_std_streams():
 
 def describe_exception(exc: BaseException, directory: Path) -> str:
     """``Type: message (file.py:line in function: source)``, shortened; the frame: the last in the student's folder."""
-    message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    try:
+        raw = str(exc).strip()
+    except BaseException:  # noqa: BLE001 - the student's __str__ raised
+        raw = "(its message could not be read)"
+    message = raw.splitlines()[0] if raw else ""
     if len(message) > MESSAGE_CHARS:
         message = message[: MESSAGE_CHARS - 3] + "..."
     text = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    hint = limit_hint(exc)
+    if hint:
+        text = f"{hint}: {text}"
     frames = [f for f in traceback.extract_tb(exc.__traceback__)
               if Path(f.filename).resolve().parent == directory]
     if frames:
         f = frames[-1]
-        text += f" ({Path(f.filename).name}:{f.lineno} in {f.name}: {(f.line or '').strip()})"
-    return text
+        text += f" ({Path(f.filename).name}:{f.lineno} in {f.name}: {(f.line or '').strip()[:MESSAGE_CHARS]})"
+    return text[: protocol.MAX_STRING]
+
+
+def limit_hint(exc: BaseException) -> str | None:
+    """Which of the sandbox's limits an exception comes from, when one does."""
+    if isinstance(exc, MemoryError):
+        return f"memory limit {sandbox.format_size(_LIMITS.memory)}"
+    code = getattr(exc, "errno", None)
+    hints = {errno.EAGAIN: f"process limit {_LIMITS.processes}", errno.EMFILE: f"open-file limit {_LIMITS.open_files}",
+             errno.EFBIG: f"file-size limit {sandbox.format_size(_LIMITS.file_size)}",
+             errno.ENOSPC: f"disk limit {sandbox.format_size(_LIMITS.disk)}",
+             errno.ENETUNREACH: "no network", errno.EACCES: "permission denied by the sandbox",
+             errno.EPERM: "not permitted by the sandbox", errno.EROFS: "read-only"}
+    return hints.get(code) if isinstance(exc, OSError) else None
 
 
 # ----------------------------------------------------------------------------- load
@@ -105,8 +123,11 @@ def _import(path: Path):
     return module
 
 
-def _load(request):
-    path = Path(request["path"]).resolve()
+def _load(request, workdir: Path):
+    module = PurePosixPath(request["module"])
+    if module.is_absolute() or ".." in module.parts:
+        return None, {"functions": [], "error": f"internal: module path {module} outside the working directory"}
+    path = workdir.joinpath(*module.parts)
     try:
         module = _import(path)
     except BaseException as exc:  # SystemExit included: the student's import ran exit()
@@ -121,27 +142,39 @@ def _changed(live: np.ndarray, copy: np.ndarray) -> bool:
     return live.shape != copy.shape or not np.array_equal(live, copy, equal_nan=True)
 
 
-def plain(value):
-    """``value`` as plain data: numeric ndarrays (base class), numbers, strings, tuples, dicts.
+def plain(value, depth: int = 0):
+    """``value`` as plain data within the protocol's bounds: numeric ndarrays, numbers, strings, tuples, dicts.
 
-    Only such data is sent back, and the grader unpickles nothing else, so no
-    object of the student's can run code in the grader's process. Anything
-    else becomes a string that says what it was.
+    Only such data is sent back (``protocol`` can express nothing else), so no
+    object of the student's reaches the grader's process. Anything else, or
+    anything too large or too deeply nested, becomes a string saying what it was.
     """
-    if isinstance(value, (bool, int, float, str, type(None))):
+    if value is None or type(value) in (bool, int, float):
         return value
-    if isinstance(value, np.generic) and value.dtype.kind in "biuf":
+    if isinstance(value, str):
+        return str.__str__(value)[: protocol.MAX_STRING]
+    if isinstance(value, np.generic) and value.dtype.kind in protocol.NUMERIC_KINDS:
         return value.item()
+    if depth >= protocol.MAX_DEPTH - 2:
+        return f"<{type(value).__name__} nested too deeply>"
     if isinstance(value, (tuple, list)) and not all(isinstance(v, (int, float, np.generic)) for v in value):
-        return tuple(plain(v) for v in value)
+        if len(value) > protocol.MAX_ITEMS:
+            return f"<{type(value).__name__} of {len(value)} items>"
+        return tuple(plain(v, depth + 1) for v in value)
     if isinstance(value, dict):
-        return {str(k): plain(v) for k, v in value.items()}
+        if len(value) > protocol.MAX_ITEMS:
+            return f"<dict of {len(value)} items>"
+        return {str(k)[:200]: plain(v, depth + 1) for k, v in value.items()}
     try:
         array = np.array(value, subok=False)
     except Exception:
         array = None
-    if array is not None and array.dtype.kind in "biuf":
+    if array is not None and array.dtype.kind in protocol.NUMERIC_KINDS and array.dtype.fields is None:
+        if array.size > protocol.MAX_ELEMENTS or array.nbytes > protocol.MAX_FRAME_BYTES // 4:
+            return f"<an array of shape {array.shape}, too large to send>"
         return array
+    if isinstance(value, (int, float)):  # subclasses of int and float
+        return float(value) if isinstance(value, float) else int(value)
     return f"<{type(value).__name__}>"
 
 
@@ -193,13 +226,19 @@ def _call(module, store: dict, request, directory: Path) -> dict:
     return reply
 
 
-def main() -> None:
-    requests, replies = _take_std_streams()
-    module, store, directory = None, {}, Path.cwd()
+def main(config_json: str) -> None:
+    global _LIMITS
+    config = json.loads(config_json)
+    requests, replies = _take_std_streams(config["reply_fd"])
+    workdir, notes = sandbox.enter(config, (requests, replies))
+    _LIMITS = sandbox.Limits(**config["limits"])
+    write_frame(replies, {"ready": True, "notes": notes})  # started and fenced in: the import's clock starts
+    module, store, directory = None, {}, workdir
     while (request := read_frame(requests)) is not None:
         if request["op"] == "load":
-            directory = Path(request["path"]).resolve().parent
-            module, reply = _load(request)
+            module, reply = _load(request, workdir)
+            if module is not None:
+                directory = Path(module.__file__).resolve().parent
         else:
             reply = _call(module, store, request, directory)
         write_frame(replies, reply)

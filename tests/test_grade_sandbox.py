@@ -1,0 +1,253 @@
+"""normlab grade's sandbox: every attack of a hostile layers.py ends as a row, and the grader carries on.
+
+Each file in tests/data/grade/attacks is graded from a copy in a temporary folder, with the test's
+working directory and HOME elsewhere and a secret in the grader's environment. After each: nothing
+was written outside the sandbox (the copy's folder, the working directory, HOME, the shared
+temporary folders and every place the attacks name), the secret appears nowhere in the result,
+and the file's honest layernorm_forward still passed.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+import secrets
+import shutil
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import normlab
+from normlab import grade
+from normlab.grade import protocol, runner
+
+ATTACKS = Path(__file__).parent / "data" / "grade" / "attacks"
+SECRET = "NORMLAB_GRADE_TEST_SECRET"
+ONLY = "batchnorm_forward,layernorm_forward"
+MARK = "normlab-grade-attack"
+#: Every folder an attack names (write_outside.py) or could reach for.
+SHARED = ["/tmp", "/var/tmp", "/dev/shm", "/run/lock", "/root", "/", "/etc", os.path.dirname(os.__file__),
+          os.path.dirname(np.__file__), os.path.dirname(normlab.__file__)]
+
+
+@functools.lru_cache(maxsize=None)
+def _sandbox_notes() -> tuple[str, ...]:
+    result = grade.grade(ATTACKS / "_honest.py", only="layernorm_forward", timeout=5)
+    return result.notes
+
+
+@pytest.fixture
+def attack(tmp_path, monkeypatch):
+    """Grade one attack file as described above; returns (its batchnorm_forward row, the result)."""
+    notes = _sandbox_notes()
+    if notes:
+        pytest.skip(f"the sandbox cannot be applied in full here: {'; '.join(notes)}")
+
+    def run(name: str, timeout: float = 2.0, extra: dict[str, str] | None = None):
+        submission, cwd, home = (tmp_path / d for d in ("submission", "cwd", "home"))
+        for folder in (submission, cwd, home):
+            folder.mkdir()
+        for file in (name, "_honest.py"):
+            shutil.copy(ATTACKS / file, submission / file)
+        for file, text in (extra or {}).items():
+            (submission / file).write_text(text)
+        monkeypatch.chdir(cwd)
+        monkeypatch.setenv("HOME", str(home))
+        secret = secrets.token_hex(16)
+        monkeypatch.setenv(SECRET, secret)
+        before = _snapshot(submission, cwd, home)
+        result = grade.grade(submission / name, only=ONLY, timeout=timeout)
+        assert _snapshot(submission, cwd, home) == before
+        assert [str(p) for d in SHARED if os.path.isdir(d) for p in Path(d).glob(f"{MARK}*")] == []
+        assert secret not in json.dumps(grade.report.to_json(result))
+        by_name = {row.function: row for row in result.rows}
+        assert by_name["layernorm_forward"].status == "pass", by_name["layernorm_forward"].message
+        return by_name["batchnorm_forward"], result
+
+    return run
+
+
+def _snapshot(*folders: Path) -> list:
+    """Every entry under the folders with its size and modification time."""
+    return [(str(p), p.lstat().st_size, p.lstat().st_mtime_ns) for folder in folders
+            for p in sorted(folder.rglob("*"))] + [(str(f), f.stat().st_mtime_ns) for f in folders]
+
+
+def _processes_of(uid: int) -> list[int]:
+    pids = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            text = status.read_text()
+        except OSError:
+            continue
+        if int(re.search(r"^Uid:\s+(\d+)", text, re.M).group(1)) == uid and "State:\tZ" not in text:
+            pids.append(int(status.parent.name))
+    return pids
+
+
+# ----------------------------------------------------------------------------- the attacks
+
+def test_memory_bomb_hits_the_memory_limit(attack):
+    row, _ = attack("memory_bomb.py")
+    assert row.status == "error"
+    assert "memory limit 2 GiB: MemoryError" in row.message
+
+
+def test_fork_loop_hits_the_process_limit_and_its_children_go(attack):
+    row, _ = attack("fork_loop.py")
+    assert row.status == "error"
+    assert "process limit 32: BlockingIOError" in row.message
+    uid = int(re.search(r"as uid (\d+)", row.message).group(1))
+    assert uid != os.getuid()
+    deadline = time.monotonic() + 5
+    while _processes_of(uid) and time.monotonic() < deadline:  # children that left its session too
+        time.sleep(0.05)
+    assert _processes_of(uid) == []
+
+
+def test_writes_outside_land_in_its_own_tmp(attack):
+    row, _ = attack("write_outside.py")
+    written = re.search(r"wrote into (\[.*?\])", row.message).group(1)
+    # /tmp (also its HOME and working directory) and its aliases are its private tmpfs; nothing else
+    assert set(json.loads(written.replace("'", '"'))) == {"/tmp", "/var/tmp", "/dev/shm", "/run/lock"} & {
+        d for d in SHARED if os.path.isdir(d)}
+
+
+def test_grader_s_environment_is_not_readable(attack):
+    row, _ = attack("read_env.py")
+    assert "found nothing secret" in row.message
+
+
+def test_loopback_server_is_not_reachable(attack):
+    accepted = []
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        server.settimeout(0.1)
+        stop = threading.Event()
+
+        def serve():
+            while not stop.is_set():
+                try:
+                    connection, _ = server.accept()
+                except OSError:
+                    continue
+                with connection:
+                    connection.settimeout(1)
+                    accepted.append(connection.recv(100))
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        port = server.getsockname()[1]
+        try:
+            row, _ = attack("connect_loopback.py", extra={"_loopback_port.py": f"PORT = {port}\n"})
+            with socket.create_connection(("127.0.0.1", port), timeout=2) as probe:  # reachable from here
+                probe.sendall(b"the test")
+            deadline = time.monotonic() + 5
+            while len(accepted) < 1 and time.monotonic() < deadline:
+                time.sleep(0.02)
+        finally:
+            stop.set()
+            thread.join(timeout=5)
+    assert accepted == [b"the test"]
+    assert "no network: OSError: [Errno 101]" in row.message
+
+
+def test_forged_reply_is_refused_and_runs_nothing(attack):
+    row, _ = attack("forge_reply.py")
+    assert row.status == "error"
+    assert "its reply was refused (a frame cut short)" in row.message  # a pickle is not a frame
+    assert not Path("/tmp/normlab-grade-attack-forged").exists()
+
+
+def test_printing_100_mb_is_capped(attack):
+    row, result = attack("print_flood.py")
+    assert row.status == "fail"  # it returns x: graded as usual
+    assert any(note.startswith("the student's code printed 100.0 MiB; the first and last 32 KiB were kept")
+               for note in result.notes), result.notes
+
+
+def test_sleeping_forever_times_out(attack):
+    row, _ = attack("sleep_forever.py", timeout=1.0)
+    assert (row.status, row.diagnosis) == ("error", ("timeout",))
+
+
+def test_killing_its_parent_kills_only_itself(attack):
+    row, _ = attack("kill_parent.py")
+    assert row.status == "error"
+    # its parent is outside its PID namespace (pid 0 there), and pid 1 of a namespace ignores its own SIGKILL
+    assert "RuntimeError: killed its parent 0 and lived on" in row.message
+
+
+# ----------------------------------------------------------------------------- the protocol
+
+def test_protocol_round_trips_data_and_handles():
+    value = {"op": "call", "args": [np.arange(6.0).reshape(2, 3), runner.Handle("cache"), {"mode": "train"}],
+             "n": 3, "f": float("nan"), "b": True, "s": "x", "none": None, "t": (1, 2.5)}
+    back = protocol.decode(protocol.encode(value))
+    assert back["args"][0].tolist() == [[0, 1, 2], [3, 4, 5]] and back["args"][1] == runner.Handle("cache")
+    assert back["args"][2] == {"mode": "train"} and back["t"] == (1, 2.5) and np.isnan(back["f"])
+    assert np.asfortranarray(np.eye(3)).flags.f_contiguous
+    assert protocol.decode(protocol.encode([np.asfortranarray(np.arange(6.0).reshape(2, 3))]))[0][1, 0] == 3.0
+
+
+def _npy(header: str, data: bytes = b"") -> bytes:
+    head = f"{{'descr': {header}, }}".encode()
+    head += b" " * (63 - len(head)) + b"\n"
+    return b"\x93NUMPY\x01\x00" + len(head).to_bytes(2, "little") + head + data
+
+
+def _body(document: bytes, *blobs: bytes) -> bytes:
+    return b"".join(protocol.HEADER.pack(len(part)) + part for part in (document, *blobs))
+
+
+@pytest.mark.parametrize("body, why", [
+    (_body(b'{"a":'), "not JSON"),
+    (protocol.HEADER.pack(30) + b"x", "cut short"),
+    (_body(b'{"$array": 0}'), "not data of the agreed form"),
+    (_body(b'{"$object": "os.system"}'), "not data of the agreed form"),
+    (_body(b'{"$array": 0}', _npy("'|O', 'fortran_order': False, 'shape': (1,)")), "not numeric"),
+    (_body(b'{"$array": 0}', _npy("'<f8', 'fortran_order': False, 'shape': (10000000000,)", b"\0" * 16)),
+     "elements"),
+    (_body(b'{"$array": 0}', _npy("'<f8', 'fortran_order': False, 'shape': (3,)", b"\0" * 8)), "does not match"),
+    (_body(b"cos\nsystem\n(S'touch /tmp/x'\ntR."), "not JSON"),
+    (_body(b"[" * 100_000 + b"]" * 100_000), "not JSON"),
+])
+def test_protocol_refuses_what_is_not_data(body, why):
+    with pytest.raises(protocol.ProtocolError, match=why):
+        protocol.decode(body)
+
+
+def test_protocol_refuses_random_bytes_with_its_own_error_only():
+    rng = np.random.default_rng(0)
+    for size in (0, 1, 8, 9, 64, 1000):
+        for _ in range(20):
+            with pytest.raises(protocol.ProtocolError):
+                protocol.decode(rng.integers(0, 256, size, dtype=np.uint8).tobytes())
+    with pytest.raises(protocol.ProtocolError, match="larger than"):
+        protocol.body_size(protocol.HEADER.pack(1 << 60))
+
+
+@pytest.mark.parametrize("answer, why", [
+    ([1, 2], "expected dict"),
+    ({"outcome": "ok", "seconds": 0.0, "value": (1, 2, 3)}, "not a duration"),
+    ({"outcome": "ok", "seconds": 1e-3, "value": (1, 2)}, "a tuple of 3"),
+    ({"outcome": "ok", "seconds": 1e-3, "value": (1, 2, 3), "dicts": {"x": {}}}, "dicts"),
+    ({"outcome": "ok", "seconds": 1e-3, "value": (1, 2, 3), "mutated": (1,)}, "mutated"),
+    ({"outcome": "pwned"}, "unknown outcome"),
+])
+def test_a_reply_of_the_wrong_form_is_refused(answer, why):
+    request = {"op": "call", "reply": "all", "arity": 3, "send_back": ["bn_param"]}
+    with pytest.raises(protocol.ProtocolError, match=why):
+        runner._checked(request, answer)
+
+
+def test_the_worker_sees_only_its_own_environment():
+    env = grade.sandbox.environment()
+    assert SECRET not in env and "HOME" not in env and env["OMP_NUM_THREADS"] == "1"
+    assert sys.executable  # the worker's interpreter is this one
