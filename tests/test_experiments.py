@@ -241,7 +241,8 @@ def test_cli_runs_on_a_local_cifar_copy(tmp_path):
 
     write_cifar(tmp_path / "data" / "cifar-10-batches-py", n_per_batch=30)
     result = CliRunner().invoke(main, ["experiment", "layernorm", "--dataset", "cifar10", "--data-dir",
-                                       str(tmp_path / "data"), "--epochs", "1", "--jobs", "1", "--out", str(tmp_path / "out")])
+                                       str(tmp_path / "data"), "--epochs", "1", "--jobs", "1",
+                                       "--out", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
     results = read(tmp_path / "out" / "layernorm" / "results.json")
     assert results["data"]["features"] == 3072 and results["config"]["dataset"] == "cifar10"

@@ -88,7 +88,7 @@ def _same(what: str, values: list):
 
 
 def spread(stats: dict):
-    """(low, high) of the band drawn around the mean, or None for one seed: min–max up to three seeds, else ±1 std."""
+    """(low, high) of the band around the mean, or None for one seed: min–max up to three seeds, else ±1 std."""
     if stats is None or stats["n"] < 2:
         return None
     if stats["n"] <= MIN_MAX_UP_TO:
@@ -141,6 +141,15 @@ def affine(stats: dict | None, offset: float, scale: float) -> dict | None:
     out = dict(stats, mean=offset + scale * stats["mean"], min=ends[0], max=ends[1])
     out["std"] = None if stats["std"] is None else abs(scale) * stats["std"]
     return out
+
+
+def beyond_text(pairs: dict) -> str:
+    """'beyond the spread at 2, 4' / 'at none' for {name: (a, b)} whose bands do not overlap; a single seed
+    says there is no spread to judge by."""
+    judged = {name: separated(a, b) for name, (a, b) in pairs.items()}
+    if any(v is None for v in judged.values()):
+        return "one seed: no spread to judge the differences by (--seeds N gives one)"
+    return "beyond the spread at " + (", ".join(str(name) for name, apart in judged.items() if apart) or "none")
 
 
 def verdict(a: dict, b: dict) -> str:

@@ -35,28 +35,19 @@ class Config(common.SweepConfig):
                              f"batch_sizes {self.batch_sizes}")
 
 
-SWEEP = common.Sweep(VARIANTS)
-plan, train, assemble = SWEEP.plan, SWEEP.train, SWEEP.assemble
-
-
-def extras(config: Config, results: dict) -> dict:
-    return {"finding": finding(results["summary"]["variants"], config.batch_sizes)}
-
-
 def finding(summary: dict, batch_sizes) -> str:
     base, bn = summary["baseline"], summary["batchnorm"]
-
-    def acc(runs, bs):
-        return runs[str(bs)]["best_val_acc"]
-
-    ahead = [bs for bs in batch_sizes if acc(bn, bs)["mean"] > acc(base, bs)["mean"]]
-    beyond = [bs for bs in ahead if stats.separated(acc(bn, bs), acc(base, bs))]
-    behind = [bs for bs in batch_sizes if acc(bn, bs)["mean"] < acc(base, bs)["mean"]
-              and stats.separated(acc(bn, bs), acc(base, bs))]
-    accs = ", ".join(f"{bs}: {stats.fmt(acc(bn, bs))} vs {stats.fmt(acc(base, bs))}" for bs in batch_sizes)
+    pairs = {bs: (bn[str(bs)]["best_val_acc"], base[str(bs)]["best_val_acc"]) for bs in batch_sizes}
+    accs = ", ".join(f"{bs}: {stats.fmt(a)} vs {stats.fmt(b)}" for bs, (a, b) in pairs.items())
+    ahead = {bs: p for bs, p in pairs.items() if p[0]["mean"] > p[1]["mean"]}
+    behind = {bs: p for bs, p in pairs.items() if p[0]["mean"] < p[1]["mean"]}
     return (f"Best validation accuracy, batch norm vs baseline, by batch size: {accs}. Batch norm's mean is "
-            f"ahead at batch sizes {common.sizes_text(ahead)}; beyond the spread at "
-            f"{common.sizes_text(beyond)}; behind beyond the spread at {common.sizes_text(behind)}.")
+            f"ahead at batch sizes {common.sizes_text(ahead)} ({stats.beyond_text(ahead)}) and behind at "
+            f"{common.sizes_text(behind)} ({stats.beyond_text(behind)}).")
+
+
+SWEEP = common.Sweep(VARIANTS, finding)
+plan, train, assemble, extras = SWEEP.plan, SWEEP.train, SWEEP.assemble, SWEEP.extras
 
 
 def by_batch_size(results: dict) -> dict:

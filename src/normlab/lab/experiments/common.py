@@ -204,10 +204,11 @@ def accuracy(model, data: dict, split: str) -> float:
 
 class Sweep:
     """The batch-size sweeps (``batch-size``, ``layernorm``): each of ``variants`` (label -> normalization)
-    trained at every ``config.batch_sizes``; one seed's ``variants[label][str(batch_size)]`` is one run."""
+    trained at every ``config.batch_sizes``; one seed's ``variants[label][str(batch_size)]`` is one run;
+    ``finding(summary variants, batch_sizes)`` says what the means and spreads show."""
 
-    def __init__(self, variants: dict):
-        self.variants = variants
+    def __init__(self, variants: dict, finding: Callable):
+        self.variants, self.finding = variants, finding
 
     def plan(self, config, data) -> list:
         n = len(data["y_train"])
@@ -222,6 +223,9 @@ class Sweep:
 
     def assemble(self, config, runs: dict) -> dict:
         return {label: {str(bs): runs[(label, bs)] for bs in config.batch_sizes} for label in self.variants}
+
+    def extras(self, config, results: dict) -> dict:
+        return {"finding": self.finding(results["summary"]["variants"], config.batch_sizes)}
 
 
 def sizes_text(sizes) -> str:

@@ -26,22 +26,19 @@ class Config(common.SweepConfig):
     batch_sizes: tuple = (2, 4, 8, 16)
 
 
-SWEEP = common.Sweep(VARIANTS)
-plan, train, assemble = SWEEP.plan, SWEEP.train, SWEEP.assemble
-
-
-def extras(config: Config, results: dict) -> dict:
-    return {"finding": finding(results["summary"]["variants"], config.batch_sizes)}
-
-
 def finding(summary: dict, batch_sizes) -> str:
     ln, bn = summary["layernorm"], summary["batchnorm"]
-    pairs = ", ".join(f"batch {bs}: {stats.fmt(ln[str(bs)]['best_val_acc'])} vs "
-                      f"{stats.fmt(bn[str(bs)]['best_val_acc'])}" for bs in batch_sizes)
-    ahead = [bs for bs in batch_sizes if ln[str(bs)]["best_val_acc"]["mean"] > bn[str(bs)]["best_val_acc"]["mean"]]
-    beyond = [bs for bs in ahead if stats.separated(ln[str(bs)]["best_val_acc"], bn[str(bs)]["best_val_acc"])]
-    return (f"Best validation accuracy, layer norm vs batch norm: {pairs}. Layer norm's mean is ahead at batch "
-            f"sizes {common.sizes_text(ahead)}; beyond the spread at {common.sizes_text(beyond)}.")
+    pairs = {bs: (ln[str(bs)]["best_val_acc"], bn[str(bs)]["best_val_acc"]) for bs in batch_sizes}
+    accs = ", ".join(f"batch {bs}: {stats.fmt(a)} vs {stats.fmt(b)}" for bs, (a, b) in pairs.items())
+    ahead = {bs: p for bs, p in pairs.items() if p[0]["mean"] > p[1]["mean"]}
+    behind = {bs: p for bs, p in pairs.items() if p[0]["mean"] < p[1]["mean"]}
+    return (f"Best validation accuracy, layer norm vs batch norm: {accs}. Layer norm's mean is ahead at batch "
+            f"sizes {common.sizes_text(ahead)} ({stats.beyond_text(ahead)}) and behind at "
+            f"{common.sizes_text(behind)} ({stats.beyond_text(behind)}).")
+
+
+SWEEP = common.Sweep(VARIANTS, finding)
+plan, train, assemble, extras = SWEEP.plan, SWEEP.train, SWEEP.assemble, SWEEP.extras
 
 
 def plot(results: dict, out_dir) -> list:

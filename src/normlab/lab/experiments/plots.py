@@ -176,7 +176,7 @@ def figure_by_batch_size(batch_sizes, curves: dict, title: str):
 
 def figure_accuracy_bars(labels, ours: list, reference, title: str, reference_label: str = "paper"):
     """Horizontal bars of our mean test accuracies (``stats.describe`` each) with error bars of their
-    spread, and a reference accuracy marked on each bar."""
+    spread, and a reference accuracy marked across each bar (dashed)."""
     fig, (ax,) = _figure(1, width=8.5, height=0.55 * len(labels) + 2.0)
     rows = np.arange(len(labels))[::-1]
     colors = [VARIANT_COLORS.get(label, f"C{i}") for i, label in enumerate(labels)]
@@ -184,8 +184,9 @@ def figure_accuracy_bars(labels, ours: list, reference, title: str, reference_la
     ax.barh(rows, means, color=colors, alpha=0.85, label="ours (test, mean)")
     if band is not None:
         ax.errorbar(means, rows, xerr=[means - band[0], band[1] - means], fmt="none", ecolor="black",
-                    elinewidth=1.2, capsize=4, label=f"ours: {stats.spread_name(n)}")
-    ax.scatter(reference, rows, marker="|", s=600, color="black", linewidths=2.5, zorder=3, label=reference_label)
+                    elinewidth=1.5, capsize=5, label=f"ours: {stats.spread_name(n)}")
+    ax.vlines(reference, rows - 0.42, rows + 0.42, colors="0.15", linestyles="--", linewidth=1.5, zorder=3,
+              label=reference_label)
     for row, value, ref in zip(rows, means, reference):
         ax.text(min(value, 1.0) - 0.03, row, f"{value:.1%}", ha="right", va="center", color="white",
                 fontweight="bold", fontsize="small")
