@@ -135,7 +135,7 @@ def plot(results: dict, out_dir) -> list:
     summary = results["summary"]["variants"]
     names = list(summary)
     paper = [results["paper_test_acc"][_paper_key(label)] for label in names]
-    cnn = f"CNN {cfg['conv_channels']} kernels {cfg['kernel_size']} stride {cfg['stride']}"
+    cnn = f"CNN {list(cfg['conv_channels'])} kernels {list(cfg['kernel_size'])} stride {cfg['stride']}"
     title = (f"Test accuracy on {cfg['dataset']} ({cfg['epochs']} epochs, {cfg['update_rule']} lr "
              f"{cfg['learning_rate']:g}, batch {cfg['batch_size']}, mean of {len(results['seeds'])} seed(s))")
     bars = plots.figure_accuracy_bars(names, [summary[label]["test_acc"] for label in names], paper, title,

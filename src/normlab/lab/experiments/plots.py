@@ -200,26 +200,28 @@ def figure_accuracy_bars(labels, ours: list, reference, title: str, reference_la
 
 
 def _batch_axis(ax, batch_sizes, title: str, xlabel: str, n: int) -> None:
-    """Batch size on a log axis, largest on the left (as the Group Norm paper draws it); error in % upwards."""
+    """Batch size on a log axis, largest on the left (as the Group Norm paper draws it); error in % upwards;
+    the legend below the axes, where no band hides it."""
     ax.set_xscale("log")
     ax.set_xticks(list(batch_sizes), [str(b) for b in batch_sizes])
     ax.minorticks_off()
     ax.set_xlim(max(batch_sizes) * 1.3, min(batch_sizes) / 1.3)
     ax.set(title=title, xlabel=xlabel, ylabel="validation error (%)")
     ax.grid(True, alpha=0.3)
-    legend(ax, n, loc="upper left")
+    legend(ax, n, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, fontsize="x-small", frameon=False)
 
 
-def figure_small_batch(batch_sizes, errors: dict, paper: dict, title: str, ghost_batch: int):
+def figure_small_batch(batch_sizes, errors: dict, paper: dict, title: str, ghost_batch: int,
+                       precise: tuple = ("batchnorm",)):
     """Three panels: our validation error by batch size per norm; running vs precise statistics; the GN paper's.
 
-    errors: label -> validation error (%) per batch size, one ``stats.describe`` each; labels
-        "<norm> (precise)" go to the middle panel with their running-statistics twin.
+    errors: label -> validation error (%) per batch size, one ``stats.describe`` each; "<norm> (precise)"
+        labels are the same nets evaluated with precise statistics.
+    precise: the norms whose running and precise curves the middle panel compares.
     paper: {"batch_sizes", "batchnorm", "groupnorm"}, the Group Norm paper's ImageNet numbers (one value each).
     """
-    fig, (ax_ours, ax_precise, ax_paper) = _figure(3, width=4.8, height=4.2)
+    fig, (ax_ours, ax_precise, ax_paper) = _figure(3, width=4.8, height=4.8)
     names = {"ghostbatchnorm": f"ghost BN (batch {ghost_batch}, chunks of b)"}
-    precise = {label.removesuffix(" (precise)") for label in errors if label.endswith(" (precise)")}
     n = 0
     for label, points in errors.items():
         norm = label.removesuffix(" (precise)")

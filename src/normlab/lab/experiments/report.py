@@ -49,7 +49,7 @@ def seeds_note(seeds: list) -> str:
         return f"One seed ({seeds[0]}): each number is one run's, shown as 'value (1)'; no spread."
     return (f"Seeds {seeds[0]} to {seeds[-1]}: each number is the mean ± standard deviation (ddof 1) over the "
             f"{len(seeds)} seeds, with their number in brackets (fewer where a run gave no value). Figures: the mean "
-            f"with a band of the {stats.spread_name(len(seeds))}.")
+            f"with a band showing the {stats.spread_name(len(seeds))}.")
 
 
 def write_report(out_dir, *, name: str, results: dict, figures, headers, rows, command: str) -> Path:

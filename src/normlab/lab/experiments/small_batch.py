@@ -181,10 +181,10 @@ def finding(summary: dict, batch_sizes) -> str:
 
 def plot(results: dict, out_dir) -> list:
     cfg = results["config"]
-    net = (f"CNN {cfg['conv_channels']} on {cfg['dataset']}, {cfg['epochs']} epochs at every batch size b, "
+    net = (f"CNN {list(cfg['conv_channels'])} on {cfg['dataset']}, {cfg['epochs']} epochs at every batch size b, "
            f"{cfg['update_rule']} lr {cfg['learning_rate']:g}·sqrt(b/{cfg['ghost_batch_size']})")
     fig = plots.figure_small_batch(cfg["batch_sizes"], errors(results), results["gn_paper"], net,
-                                   cfg["ghost_batch_size"])
+                                   cfg["ghost_batch_size"], precise=("batchnorm", "batchrenorm"))
     return [plots.save(fig, Path(out_dir) / "small_batch.png")]
 
 
