@@ -157,6 +157,7 @@ def test_batch_size_sweeps(tmp_path, name):
     results = check_written(run_quietly(name, tmp_path, config), name)
     labels = {"batch-size": {"baseline", "batchnorm"}, "layernorm": {"batchnorm", "layernorm"}}[name]
     assert set(only_seed(results)) == labels
+    assert "one seed: no spread to judge the differences by" in results["finding"]
     for runs in only_seed(results).values():
         assert set(runs) == {str(bs) for bs in config.batch_sizes}
         for bs, run in runs.items():

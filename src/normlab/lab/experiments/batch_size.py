@@ -35,19 +35,8 @@ class Config(common.SweepConfig):
                              f"batch_sizes {self.batch_sizes}")
 
 
-def finding(summary: dict, batch_sizes) -> str:
-    base, bn = summary["baseline"], summary["batchnorm"]
-    pairs = {bs: (bn[str(bs)]["best_val_acc"], base[str(bs)]["best_val_acc"]) for bs in batch_sizes}
-    accs = ", ".join(f"{bs}: {stats.fmt(a)} vs {stats.fmt(b)}" for bs, (a, b) in pairs.items())
-    ahead = {bs: p for bs, p in pairs.items() if p[0]["mean"] > p[1]["mean"]}
-    behind = {bs: p for bs, p in pairs.items() if p[0]["mean"] < p[1]["mean"]}
-    return (f"Best validation accuracy, batch norm vs baseline, by batch size: {accs}. Batch norm's mean is "
-            f"ahead at batch sizes {common.sizes_text(ahead)} ({stats.beyond_text(ahead)}) and behind at "
-            f"{common.sizes_text(behind)} ({stats.beyond_text(behind)}).")
-
-
-SWEEP = common.Sweep(VARIANTS, finding)
-plan, train, assemble, extras = SWEEP.plan, SWEEP.train, SWEEP.assemble, SWEEP.extras
+SWEEP = common.Sweep(VARIANTS, ("batchnorm", "baseline"), ("batch norm", "the baseline"))
+plan, train, assemble, extras, finding = SWEEP.plan, SWEEP.train, SWEEP.assemble, SWEEP.extras, SWEEP.finding
 
 
 def by_batch_size(results: dict) -> dict:

@@ -10,6 +10,7 @@ import numpy as np
 
 from ... import _checks
 from ..._checks import check_positive_int
+from .. import stats
 from ..data import num_classes
 
 #: A progress callback: one line at a time. ``print`` in the CLI, a list's append in tests.
@@ -204,11 +205,11 @@ def accuracy(model, data: dict, split: str) -> float:
 
 class Sweep:
     """The batch-size sweeps (``batch-size``, ``layernorm``): each of ``variants`` (label -> normalization)
-    trained at every ``config.batch_sizes``; one seed's ``variants[label][str(batch_size)]`` is one run;
-    ``finding(summary variants, batch_sizes)`` says what the means and spreads show."""
+    trained at every ``config.batch_sizes``; one seed's ``variants[label][str(batch_size)]`` is one run.
+    The finding compares ``compared = (label, reference label)``, called ``names`` in its text."""
 
-    def __init__(self, variants: dict, finding: Callable):
-        self.variants, self.finding = variants, finding
+    def __init__(self, variants: dict, compared: tuple[str, str], names: tuple[str, str]):
+        self.variants, self.compared, self.names = variants, compared, names
 
     def plan(self, config, data) -> list:
         n = len(data["y_train"])
@@ -226,6 +227,17 @@ class Sweep:
 
     def extras(self, config, results: dict) -> dict:
         return {"finding": self.finding(results["summary"]["variants"], config.batch_sizes)}
+
+    def finding(self, summary: dict, batch_sizes) -> str:
+        """Best val accuracy of the compared pair per batch size, and where one is ahead beyond the spread."""
+        (a, b), (name, other) = self.compared, self.names
+        pairs = {bs: (summary[a][str(bs)]["best_val_acc"], summary[b][str(bs)]["best_val_acc"]) for bs in batch_sizes}
+        accs = ", ".join(f"batch {bs}: {stats.fmt(x)} vs {stats.fmt(y)}" for bs, (x, y) in pairs.items())
+        ahead = {bs: p for bs, p in pairs.items() if p[0]["mean"] > p[1]["mean"]}
+        behind = {bs: p for bs, p in pairs.items() if p[0]["mean"] < p[1]["mean"]}
+        return (f"Best validation accuracy, {name} vs {other}: {accs}. The mean of {name} is ahead at batch sizes "
+                f"{sizes_text(ahead)} ({stats.beyond_text(ahead)}) and behind at {sizes_text(behind)} "
+                f"({stats.beyond_text(behind)}).")
 
 
 def sizes_text(sizes) -> str:

@@ -26,19 +26,8 @@ class Config(common.SweepConfig):
     batch_sizes: tuple = (2, 4, 8, 16)
 
 
-def finding(summary: dict, batch_sizes) -> str:
-    ln, bn = summary["layernorm"], summary["batchnorm"]
-    pairs = {bs: (ln[str(bs)]["best_val_acc"], bn[str(bs)]["best_val_acc"]) for bs in batch_sizes}
-    accs = ", ".join(f"batch {bs}: {stats.fmt(a)} vs {stats.fmt(b)}" for bs, (a, b) in pairs.items())
-    ahead = {bs: p for bs, p in pairs.items() if p[0]["mean"] > p[1]["mean"]}
-    behind = {bs: p for bs, p in pairs.items() if p[0]["mean"] < p[1]["mean"]}
-    return (f"Best validation accuracy, layer norm vs batch norm: {accs}. Layer norm's mean is ahead at batch "
-            f"sizes {common.sizes_text(ahead)} ({stats.beyond_text(ahead)}) and behind at "
-            f"{common.sizes_text(behind)} ({stats.beyond_text(behind)}).")
-
-
-SWEEP = common.Sweep(VARIANTS, finding)
-plan, train, assemble, extras = SWEEP.plan, SWEEP.train, SWEEP.assemble, SWEEP.extras
+SWEEP = common.Sweep(VARIANTS, ("layernorm", "batchnorm"), ("layer norm", "batch norm"))
+plan, train, assemble, extras, finding = SWEEP.plan, SWEEP.train, SWEEP.assemble, SWEEP.extras, SWEEP.finding
 
 
 def plot(results: dict, out_dir) -> list:
