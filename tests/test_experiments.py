@@ -11,9 +11,10 @@ import pytest
 from click.testing import CliRunner
 
 from normlab.cli import main
+from normlab.lab.stats import describe
 from normlab.lab.experiments import (DEFAULT_EXPERIMENT, EXPERIMENTS, get_experiment, make_config, run_experiment,
                                      strip_timing)
-from normlab.lab.experiments import batch_size, batchnorm, layernorm, plots, report, weight_scale
+from normlab.lab.experiments import batchnorm, plots, report, runner, weight_scale
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SMALL = {"num_train": 200, "epochs": 2}  # a few seconds per experiment
@@ -24,7 +25,7 @@ def tiny_config(name, **extra):
     shrink = {
         "batchnorm": {"hidden_dims": (20, 20, 20)},
         "weight-scale": {"hidden_dims": (20, 20, 20), "points": 3, "scale_min": 1e-3, "scale_max": 1e-1,
-                         "repeats": 2},
+                         "seeds": 2},
         "batch-size": {"hidden_dims": (20, 20), "batch_sizes": (20, 50), "reference_batch_size": 50},
         "layernorm": {"hidden_dims": (20, 20), "batch_sizes": (10, 40)},
     }[name]
@@ -36,6 +37,17 @@ def read(path):
         return json.load(fh)
 
 
+def run_quietly(name, out, config, jobs=1):
+    """run_experiment in this process, no progress display."""
+    return run_experiment(name, out, config=config, jobs=jobs, progress="none", log=lambda _: None)
+
+
+def only_seed(results):
+    """The variants of a one-seed results.json."""
+    assert results["seeds"] == [results["config"]["seed"]] and len(results["runs"]) == 1
+    return results["runs"][0]["variants"]
+
+
 def test_registry_names_and_configs():
     assert list(EXPERIMENTS) == ["batchnorm", "weight-scale", "batch-size", "layernorm", "convnet", "small-batch"]
     assert DEFAULT_EXPERIMENT == "batchnorm"
@@ -43,6 +55,7 @@ def test_registry_names_and_configs():
         assert dataclasses.is_dataclass(exp.config)
         config = exp.config()
         assert config.dataset == ("mnist1d" if name in ("convnet", "small-batch") else "digits") and config.seed == 0
+        assert config.seeds == (3 if name in ("weight-scale", "convnet", "small-batch") else 1)
         with pytest.raises(dataclasses.FrozenInstanceError):
             config.epochs = 3
 
@@ -60,6 +73,8 @@ def test_unknown_names_and_settings_are_refused():
         make_config("batch-size", batch_sizes=(5, 10), reference_batch_size=50)
     with pytest.raises(ValueError, match="scale_min"):
         make_config("weight-scale", scale_min=1.0, scale_max=0.1)
+    with pytest.raises(ValueError, match="seeds"):
+        make_config("batchnorm", seeds=0)
 
 
 def check_written(paths, name):
@@ -79,11 +94,11 @@ def check_written(paths, name):
 def test_batchnorm_writes_results_plot_report_and_is_deterministic(tmp_path):
     config = tiny_config("batchnorm")
     lines = []
-    a = run_experiment("batchnorm", tmp_path / "a", config=config, log=lines.append)
-    b = run_experiment("batchnorm", tmp_path / "b", config=config, log=lambda _: None)
+    a = run_experiment("batchnorm", tmp_path / "a", config=config, jobs=1, progress="plain", log=lines.append)
+    b = run_quietly("batchnorm", tmp_path / "b", config)
     results = check_written(a, "batchnorm")
-    assert set(results["variants"]) == {"baseline", "batchnorm"}
-    for run in results["variants"].values():
+    assert set(only_seed(results)) == {"baseline", "batchnorm"}
+    for run in only_seed(results).values():
         assert len(run["train_acc"]) == len(run["val_acc"]) == len(run["epoch_loss"]) == 2
         assert len(run["loss"]) == 2 * run["iterations_per_epoch"] and run["iterations_per_epoch"] == 200 // 50
         assert run["best_val_acc"] == max(run["val_acc"])
@@ -92,12 +107,13 @@ def test_batchnorm_writes_results_plot_report_and_is_deterministic(tmp_path):
     # same seed, same numbers: every float equal, only wall times may differ
     assert strip_timing(results) == strip_timing(read(b["results"]))
     assert "seconds" in results["timing"]
-    # one progress line per variant at least
-    assert any(line.startswith("[batchnorm] baseline: best val acc") for line in lines)
-    assert any(line.startswith("[batchnorm] batchnorm: best val acc") for line in lines)
+    # one progress line per finished run: runs done / total, and what the run gave
+    assert [line.split(" runs,")[0] for line in lines if " runs," in line] == ["[batchnorm] 1/2", "[batchnorm] 2/2"]
+    assert any("| baseline, seed 0: best val acc" in line for line in lines)
+    assert any("| batchnorm, seed 0: best val acc" in line for line in lines)
     # a different seed changes the numbers
-    c = run_experiment("batchnorm", tmp_path / "c", config=dataclasses.replace(config, seed=1), log=lambda _: None)
-    assert strip_timing(read(c["results"]))["variants"] != strip_timing(results)["variants"]
+    c = run_quietly("batchnorm", tmp_path / "c", dataclasses.replace(config, seed=1))
+    assert strip_timing(read(c["results"]))["runs"][0]["variants"] != strip_timing(results)["runs"][0]["variants"]
 
 
 def test_variants_start_from_the_same_weights():
@@ -112,21 +128,21 @@ def test_variants_start_from_the_same_weights():
 
 
 def test_weight_scale_sweep(tmp_path):
-    paths = run_experiment("weight-scale", tmp_path, config=tiny_config("weight-scale"), log=lambda _: None)
-    results = check_written(paths, "weight-scale")
+    results = check_written(run_quietly("weight-scale", tmp_path, tiny_config("weight-scale")), "weight-scale")
     np.testing.assert_allclose(results["scales"], [1e-3, 1e-2, 1e-1])
-    for run in results["variants"].values():
-        assert len(run["best_val_acc"]) == len(run["final_train_loss"]) == 3
+    assert results["seeds"] == [0, 1]
+    curves = weight_scale.curves(results["summary"]["variants"])
+    for label, curve in curves.items():
         for metric in ("best_val_acc", "final_train_loss", "test_acc"):
-            per_seed = run["per_seed"][metric]
-            assert [len(v) for v in per_seed] == [2, 2, 2]
-            np.testing.assert_allclose(run[metric], np.mean(per_seed, axis=1), rtol=1e-12)
-        assert any(a != b for a, b in run["per_seed"]["best_val_acc"]) or \
-            any(a != b for a, b in run["per_seed"]["final_train_loss"])  # the repeats use different seeds
-        good = run["good_scales"]
+            per_seed = [[run[metric] for run in seed["variants"][label]] for seed in results["runs"]]
+            assert np.shape(per_seed) == (2, 3)
+            np.testing.assert_allclose([p["mean"] for p in curve[metric]], np.mean(per_seed, axis=0), rtol=1e-12)
+            assert [p["n"] for p in curve[metric]] == [2, 2, 2]
+        good = results["good_scales"][label]
         assert 0 <= good["run"] <= good["count"] <= 3
+    assert curves["baseline"]["best_val_acc"] != curves["batchnorm"]["best_val_acc"]
     assert math.isclose(results["good_threshold"],
-                        0.9 * max(max(r["best_val_acc"]) for r in results["variants"].values()))
+                        0.9 * max(p["mean"] for c in curves.values() for p in c["best_val_acc"]))
 
 
 def test_good_range_picks_the_widest_unbroken_run():
@@ -138,10 +154,11 @@ def test_good_range_picks_the_widest_unbroken_run():
 @pytest.mark.parametrize("name", ["batch-size", "layernorm"])
 def test_batch_size_sweeps(tmp_path, name):
     config = tiny_config(name)
-    results = check_written(run_experiment(name, tmp_path, config=config, log=lambda _: None), name)
+    results = check_written(run_quietly(name, tmp_path, config), name)
     labels = {"batch-size": {"baseline", "batchnorm"}, "layernorm": {"batchnorm", "layernorm"}}[name]
-    assert set(results["variants"]) == labels
-    for runs in results["variants"].values():
+    assert set(only_seed(results)) == labels
+    assert "one seed: no spread to judge the differences by" in results["finding"]
+    for runs in only_seed(results).values():
         assert set(runs) == {str(bs) for bs in config.batch_sizes}
         for bs, run in runs.items():
             assert run["batch_size"] == int(bs) and run["iterations_per_epoch"] == 200 // int(bs)
@@ -152,8 +169,8 @@ def test_default_batchnorm_run_shows_the_effect(tmp_path):
 
     This guards the README's claim: if a change to the defaults or the model loses the effect, this fails.
     """
-    results = batchnorm.run(batchnorm.Config(), log=lambda _: None)
-    base, bn = results["variants"]["baseline"], results["variants"]["batchnorm"]
+    results = runner.run_seeds(batchnorm, batchnorm.Config(), jobs=1, progress="none")
+    base, bn = results["runs"][0]["variants"]["baseline"], results["runs"][0]["variants"]["batchnorm"]
     assert bn["best_val_acc"] > base["best_val_acc"] + 0.02
     assert bn["epochs_to_reach"] is not None
     assert base["epochs_to_reach"] is None or bn["epochs_to_reach"] + 3 <= base["epochs_to_reach"]
@@ -165,11 +182,12 @@ def test_json_has_no_nan_and_plots_survive_divergence(tmp_path):
                              tmp_path / "r.json")
     assert read(path) == {"a": [1.5, None, None], "b": {"c": [0.1, None]}}
     scales = [1e-2, 1e-1, 1.0]
-    runs = {"baseline": {"best_val_acc": np.array([0.1, 0.9, 0.2]),
-                         "final_train_loss": np.array([2.3, 0.1, np.nan])},
-            "batchnorm": {"best_val_acc": np.array([0.8, 0.9, 0.7]), "final_train_loss": np.array([0.5, 0.2, 0.6])}}
-    fig = plots.plot_weight_scale(scales, runs, tmp_path / "ws.png", "diverged baseline", chance=0.1)
-    assert fig.read_bytes()[:8] == PNG_MAGIC
+    curves = {"baseline": {"best_val_acc": [describe([0.1, 0.2]), describe([0.9, 0.8]), describe([0.2, 0.1])],
+                           "final_train_loss": [describe([2.3, 2.2]), describe([0.1, 0.2]),
+                                                describe([float("nan"), None])]},
+              "batchnorm": {"best_val_acc": [describe([0.8, 0.7])] * 3, "final_train_loss": [describe([0.5])] * 3}}
+    fig = plots.figure_weight_scale(scales, curves, "diverged baseline", chance=0.1)
+    assert plots.save(fig, tmp_path / "ws.png").read_bytes()[:8] == PNG_MAGIC
 
 
 def test_plotting_never_touches_pyplot(tmp_path):
@@ -179,7 +197,8 @@ import sys
 from normlab.lab.experiments import plots
 run = {{"loss": [2.0, 1.0, 0.5, 0.4], "epoch_loss": [1.5, 0.45], "train_acc": [0.5, 0.8],
         "val_acc": [0.4, 0.7], "iterations_per_epoch": 2}}
-path = plots.plot_histories({{"baseline": run, "batchnorm": run}}, {str(tmp_path / "h.png")!r}, "t")
+fig = plots.figure_histories({{"baseline": [run, run], "batchnorm": [run]}}, "t")
+path = plots.save(fig, {str(tmp_path / "h.png")!r})
 assert path.read_bytes()[:8] == b"\\x89PNG\\r\\n\\x1a\\n"
 print("matplotlib" in sys.modules, "matplotlib.pyplot" in sys.modules)
 """
@@ -191,9 +210,10 @@ print("matplotlib" in sys.modules, "matplotlib.pyplot" in sys.modules)
 def test_cli_default_is_batchnorm_on_digits(tmp_path):
     result = CliRunner().invoke(main, ["experiment", "--out", str(tmp_path), "--epochs", "1", "--num-train", "100"])
     assert result.exit_code == 0, result.output
-    assert "[batchnorm] baseline: best val acc" in result.output
+    assert "[batchnorm] 2/2 runs, " in result.output and "| baseline, seed 0: best val acc" in result.output
     results = read(tmp_path / "batchnorm" / "results.json")
     assert results["config"]["dataset"] == "digits" and results["config"]["epochs"] == 1
+    assert results["seeds"] == [0]
     assert (tmp_path / "batchnorm" / "batchnorm.png").is_file() and (tmp_path / "batchnorm" / "report.md").is_file()
     assert f"normlab experiment batchnorm --out {tmp_path} --epochs 1 --num-train 100" in \
         (tmp_path / "batchnorm" / "report.md").read_text()
@@ -222,7 +242,8 @@ def test_cli_runs_on_a_local_cifar_copy(tmp_path):
 
     write_cifar(tmp_path / "data" / "cifar-10-batches-py", n_per_batch=30)
     result = CliRunner().invoke(main, ["experiment", "layernorm", "--dataset", "cifar10", "--data-dir",
-                                       str(tmp_path / "data"), "--epochs", "1", "--out", str(tmp_path / "out")])
+                                       str(tmp_path / "data"), "--epochs", "1", "--jobs", "1",
+                                       "--out", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
     results = read(tmp_path / "out" / "layernorm" / "results.json")
     assert results["data"]["features"] == 3072 and results["config"]["dataset"] == "cifar10"
@@ -230,10 +251,10 @@ def test_cli_runs_on_a_local_cifar_copy(tmp_path):
 
 def test_cli_all_runs_every_experiment(tmp_path):
     result = CliRunner().invoke(main, ["experiment", "all", "--epochs", "1", "--num-train", "100", "--seed", "3",
-                                       "--out", str(tmp_path)])
+                                       "--seeds", "1", "--jobs", "1", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
     for name in EXPERIMENTS:
         results = read(tmp_path / name / "results.json")
-        assert results["experiment"] == name and results["config"]["seed"] == 3
+        assert results["experiment"] == name and results["config"]["seed"] == 3 and results["seeds"] == [3]
         assert (tmp_path / name / "report.md").is_file()
     assert result.output.count("report: ") == len(EXPERIMENTS)

@@ -58,8 +58,9 @@ def local_rendezvous():
 
 
 @contextlib.contextmanager
-def _environment(env: dict[str, str] | None):
-    """Variables the spawned workers read at startup; the user's own values win; restored afterwards."""
+def child_environment(env: dict[str, str] | None):
+    """Variables the processes started inside the block read at startup; the user's own values win;
+    restored afterwards."""
     added = [name for name in (env or {}) if name not in os.environ]
     for name in added:
         os.environ[name] = env[name]
@@ -93,7 +94,7 @@ def spawn(fn: Callable, args: tuple, nprocs: int, *, timeout: float | None = Non
     results = ctx.SimpleQueue()
     processes = [ctx.Process(target=_worker, args=(rank, fn, args, results), daemon=True) for rank in range(nprocs)]
     try:
-        with _environment(env):
+        with child_environment(env):
             for process in processes:
                 process.start()
         return _collect(processes, results, timeout, what)

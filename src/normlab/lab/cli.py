@@ -6,6 +6,8 @@ the registries that implement them, so a new entry shows up here by itself.
 
 from __future__ import annotations
 
+import contextlib
+
 import click
 
 from .._params import FiniteFloatRange, PositiveIntList, one_line, timeout_option
@@ -15,6 +17,7 @@ from .experiments import EXPERIMENTS
 from .launch import DataParallelError, TorchMissingError
 from .model import NORMALIZATIONS
 from .optim import UPDATE_RULES
+from .pool import RunError
 from .train import MODELS
 
 #: What a lab command turns into a one-line error (exit 1): bad settings, data, checkpoints (CheckpointError
@@ -23,6 +26,10 @@ from .train import MODELS
 USER_ERRORS = (ValueError, OSError, DatasetError, DataParallelError, TorchMissingError)
 
 _DATA_DIR_HELP = "CIFAR-10: the cifar-10-batches-py directory (default: $NORMLAB_DATA)."
+
+
+jobs_option = click.option("--jobs", default=None, type=click.IntRange(min=1),
+                           help="Processes the runs share [default: every core]; the numbers do not depend on it.")
 
 
 @click.command()
@@ -53,7 +60,10 @@ _DATA_DIR_HELP = "CIFAR-10: the cifar-10-batches-py directory (default: $NORMLAB
 @click.option("--epochs", default=10, show_default=True, type=click.IntRange(min=1),
               help="Total epochs (a resumed run continues up to it).")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0),
-              help="Seeds the split, init, dropout and batch order.")
+              help="Seeds the split, init, dropout and batch order (the first seed, with --seeds).")
+@click.option("--seeds", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Train with seeds SEED .. SEED+N-1, side by side in --jobs processes, and report mean ± std.")
+@jobs_option
 @click.option("--num-train", default=None, type=click.IntRange(min=1), help="Use at most this many training examples.")
 @click.option("--checkpoint-dir", default=None, help="Write a checkpoint here every --checkpoint-every epochs.")
 @click.option("--checkpoint-every", default=1, show_default=True, type=click.IntRange(min=1))
@@ -79,10 +89,8 @@ def train(quiet, hidden_dims, conv_channels, normalization, **options):
         raise click.BadParameter("a fully-connected net needs at least one hidden layer", param_hint="'--hidden-dims'")
     config = lab_train.TrainConfig(hidden_dims=hidden_dims, conv_channels=conv_channels,
                                    normalization=None if normalization == "none" else normalization, **options)
-    try:
+    with user_errors():
         summary = lab_train.train(config, verbose=not quiet)
-    except USER_ERRORS as exc:
-        raise click.ClickException(one_line(exc)) from exc
     if summary is None:  # a rank other than 0 under torchrun: rank 0 prints the summary
         return
     for line in lab_train.format_summary(summary):
@@ -95,11 +103,15 @@ def train(quiet, hidden_dims, conv_channels, normalization, **options):
 @click.option("--epochs", default=None, type=click.IntRange(min=1),
               help="Epochs per training run (default: per experiment).")
 @click.option("--seed", default=None, type=click.IntRange(min=0),
-              help="Seeds the split, init and batch order [default: 0].")
+              help="The first seed; each seeds the split, init and batch order of its runs [default: 0].")
+@click.option("--seeds", default=None, type=click.IntRange(min=1),
+              help="Train every configuration with seeds SEED .. SEED+N-1 and report mean ± std [default: 3 for "
+                   "weight-scale, convnet and small-batch, 1 for the others].")
+@jobs_option
 @click.option("--dataset", default=None, type=click.Choice(DATASETS), help="[default: digits]")
 @click.option("--data-dir", default=None, help=_DATA_DIR_HELP)
 @click.option("--num-train", default=None, type=click.IntRange(min=1), help="Use at most this many training examples.")
-def experiment(name, out, **overrides):
+def experiment(name, out, jobs, **overrides):
     """Run experiment NAME (or all) and write its results.json, plots and report.md."""
     from .experiments import run_experiment
 
@@ -108,11 +120,22 @@ def experiment(name, out, **overrides):
         raise click.BadParameter(f"unknown experiment {name!r}; choose from {', '.join(EXPERIMENTS)} or all",
                                  param_hint="NAME")
     for each in names:
-        try:
-            paths = run_experiment(each, out, log=lambda line: click.echo(line), **overrides)
-        except USER_ERRORS as exc:  # bad settings or a missing/corrupt dataset
-            raise click.ClickException(one_line(exc)) from exc
+        with user_errors():
+            paths = run_experiment(each, out, jobs=jobs, log=lambda line: click.echo(line), **overrides)
         click.echo(f"report: {paths['report']}")
+
+
+@contextlib.contextmanager
+def user_errors():
+    """Bad settings, a missing or corrupt dataset, a failed run: one line (and a run's traceback on stderr), exit 1."""
+    try:
+        yield
+    except RunError as exc:
+        if exc.details:
+            click.echo(exc.details, err=True)
+        raise click.ClickException(one_line(exc)) from exc
+    except USER_ERRORS as exc:
+        raise click.ClickException(one_line(exc)) from exc
 
 
 experiment.help = (f"Run experiment NAME ({', '.join(EXPERIMENTS)}, or all) and write its results.json, "

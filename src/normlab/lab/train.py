@@ -8,6 +8,7 @@ parses options and prints).
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from pathlib import Path
 
@@ -16,10 +17,11 @@ import numpy as np
 from .. import distributed
 from .._params import MAX_TIMEOUT_S
 from . import checkpoint as ckpt
-from . import launch
+from . import launch, pool, stats
 from .convnet import ConvNet
 from .data import INPUT_SHAPES, load_dataset, num_classes
 from .model import FullyConnectedNet
+from .progress import RunsProgress
 from .solver import Solver
 
 
@@ -44,6 +46,8 @@ class TrainConfig:
     batch_size: int = 100
     epochs: int = 10
     seed: int = 0
+    seeds: int = 1
+    jobs: int | None = None
     num_train: int | None = None
     checkpoint_dir: str | None = None
     checkpoint_every: int = 1
@@ -65,13 +69,18 @@ def train(config: TrainConfig, *, verbose: bool = True, progress: str = "auto", 
     and a process started by torchrun joins its group
     (``normlab.lab.launch``); then the processes print to stdout (not
     ``stream``), and under torchrun ranks other than 0 return None.
+    ``config.seeds > 1`` trains the run once per seed (:func:`train_seeds`).
     """
-    if isinstance(config.nproc, bool) or not isinstance(config.nproc, int) or config.nproc < 1:
-        raise ValueError(f"nproc must be an integer >= 1, got {config.nproc!r}")
+    for name in ("nproc", "seeds"):
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
     if (isinstance(config.timeout, bool) or not isinstance(config.timeout, (int, float))
             or not 0 < config.timeout <= MAX_TIMEOUT_S):
         raise ValueError(f"timeout must be a number of seconds > 0 and at most {MAX_TIMEOUT_S:g}, "
                          f"got {config.timeout!r}")
+    if config.seeds > 1:
+        return train_seeds(config, verbose=verbose, progress=progress, stream=stream)
     if config.nproc > 1 or launch.launched_by_torchrun():
         single = dataclasses.replace(config, nproc=1)
         return launch.run_data_parallel(train_in_process, (single, verbose, progress, None, True),
@@ -84,10 +93,7 @@ def train_in_process(config: TrainConfig, verbose: bool = True, progress: str = 
     """:func:`train` in this process; ``data_parallel``: as one rank of the initialized default
     process group (only rank 0 prints)."""
     started = time.perf_counter()
-    if config.checkpoint_dir is not None and not config.resume and ckpt.exists(config.checkpoint_dir):
-        raise FileExistsError(
-            f"{Path(config.checkpoint_dir) / ckpt.META_NAME} already exists; resume it with --resume "
-            f"or choose another --checkpoint-dir")
+    _refuse_overwrite(config)
     if data_parallel:
         verbose = verbose and distributed.rank() == 0
     data = load_dataset(config.dataset, seed=config.seed, data_dir=config.data_dir, num_train=config.num_train)
@@ -101,6 +107,59 @@ def train_in_process(config: TrainConfig, verbose: bool = True, progress: str = 
     resumed_from = solver.epoch if config.resume else None
     solver.train()  # ends with the best epoch's parameters in the model
     return _summary(config, solver, model, data, started, resumed_from)
+
+
+#: The numbers of a run's summary that :func:`train_seeds` describes over the seeds.
+SEED_NUMBERS = ("final_loss", "final_train_acc", "final_val_acc", "best_val_acc", "test_acc", "train_seconds")
+
+
+def seed_configs(config: TrainConfig) -> list[TrainConfig]:
+    """One config per seed, seed .. seed + seeds - 1; checkpoints in ``checkpoint_dir/seed-S``."""
+    return [dataclasses.replace(config, seed=seed, seeds=1, checkpoint_dir=None if config.checkpoint_dir is None
+                                else str(Path(config.checkpoint_dir) / f"seed-{seed}"))
+            for seed in range(config.seed, config.seed + config.seeds)]
+
+
+def train_seeds(config: TrainConfig, *, verbose: bool = True, progress: str = "auto", stream=None) -> dict:
+    """The run once per seed, in up to ``config.jobs`` processes (None: every core), each quiet, with one
+    progress display; the summary of the first seed's settings, every seed's summary under ``runs`` and
+    the mean/std/n/min/max of each of ``SEED_NUMBERS`` under ``summary``."""
+    if config.nproc > 1 or launch.launched_by_torchrun():
+        raise ValueError("seeds > 1 trains whole runs side by side in processes of their own; data-parallel "
+                         "training (--nproc > 1 or torchrun) spreads one run over several: use one or the other")
+    configs = seed_configs(config)
+    for each in configs:
+        _refuse_overwrite(each)
+    started = time.perf_counter()
+    stream = sys.stdout if stream is None else stream
+    display = RunsProgress(f"{len(configs)} seeds", [1.0] * len(configs), mode=progress if verbose else "none",
+                           log=lambda line: print(line, file=stream, flush=True), stream=stream)
+
+    def done(index, summary):
+        display.done(index, f"seed {configs[index].seed}: best val acc {summary['best_val_acc']:.4f}, "
+                            f"test acc {summary['test_acc']:.4f}")
+
+    try:
+        runs = pool.run_all(_train_quietly, configs, pool.default_jobs() if config.jobs is None else config.jobs,
+                            labels=[f"seed {c.seed}" for c in configs], on_done=done, on_wait=display.tick)
+    finally:
+        display.close()
+    shared = {k: v for k, v in runs[0].items() if k not in (*SEED_NUMBERS, "checkpoint", "total_seconds")}
+    return {**shared, "seeds": [c.seed for c in configs], "runs": runs,
+            "summary": {k: stats.describe([r[k] for r in runs]) for k in SEED_NUMBERS},
+            "total_seconds": time.perf_counter() - started,
+            "checkpoint": None if config.checkpoint_dir is None else str(Path(config.checkpoint_dir) / "seed-*")}
+
+
+def _train_quietly(config: TrainConfig) -> dict:
+    return train_in_process(config, verbose=False)
+
+
+def _refuse_overwrite(config: TrainConfig) -> None:
+    if config.checkpoint_dir is not None and not config.resume and ckpt.exists(config.checkpoint_dir):
+        raise FileExistsError(
+            f"{Path(config.checkpoint_dir) / ckpt.META_NAME} already exists; resume it with --resume "
+            f"or choose another --checkpoint-dir")
 
 
 def _fully_connected(config: TrainConfig, data: dict) -> FullyConnectedNet:
@@ -132,6 +191,7 @@ def get_model(name: str):
 def _summary(config, solver, model, data, started, resumed_from) -> dict:
     return {
         "dataset": config.dataset,
+        "seed": config.seed,
         "model": config.model,
         "conv_channels": list(config.conv_channels) if config.model == "convnet" else None,
         "normalization": config.normalization or "none",
@@ -152,24 +212,41 @@ def _summary(config, solver, model, data, started, resumed_from) -> dict:
 
 
 def format_summary(summary: dict) -> list[str]:
-    """The summary as aligned ``label  value`` lines."""
-    def pct(v):
-        return "n/a" if v is None else f"{100 * v:.2f}%"
+    """The summary as aligned ``label  value`` lines; over several seeds, "mean ± std % (n seeds)" and one
+    line per seed."""
+    over = summary.get("summary")
 
+    def number(key, pct=True):
+        if over is not None:
+            d = over[key]
+            if d is None:
+                return "n/a"
+            scale, unit, spec = (100, " %", ".2f") if pct else (1, "", ".4f")
+            std = "" if d["std"] is None else f" ± {scale * d['std']:{spec}}"
+            return f"{scale * d['mean']:{spec}}{std}{unit} ({d['n']} seeds)"
+        value = summary[key]
+        return "n/a" if value is None else (f"{100 * value:.2f}%" if pct else f"{value:.4f}")
+
+    resumed = summary["resumed_from_epoch"]
     rows = [
         ("dataset", summary["dataset"]),
         ("net", (f"conv {summary['conv_channels']}, " if summary.get("conv_channels") else "")
          + f"hidden {summary['hidden_dims']}, normalization {summary['normalization']}"),
         ("epochs", f"{summary['epochs']} ({summary['iterations']} iterations"
-                   + (f", resumed from epoch {summary['resumed_from_epoch']})" if summary["resumed_from_epoch"]
-                      is not None else ")")),
-        ("final loss", "n/a" if summary["final_loss"] is None else f"{summary['final_loss']:.4f}"),
-        ("final train acc", pct(summary["final_train_acc"])),
-        ("final val acc", pct(summary["final_val_acc"])),
-        ("best val acc", pct(summary["best_val_acc"])),
-        ("test acc (best)", pct(summary["test_acc"])),
-        ("training time", f"{summary['train_seconds']:.1f} s (total {summary['total_seconds']:.1f} s)"),
+                   + (f", resumed from epoch {resumed})" if resumed is not None else ")")),
+        ("final loss", number("final_loss", pct=False)),
+        ("final train acc", number("final_train_acc")),
+        ("final val acc", number("final_val_acc")),
+        ("best val acc", number("best_val_acc")),
+        ("test acc (best)", number("test_acc")),
     ]
+    if over is None:
+        rows.append(("training time", f"{summary['train_seconds']:.1f} s (total {summary['total_seconds']:.1f} s)"))
+    else:
+        rows.append(("training time", f"{over['train_seconds']['mean']:.1f} s per seed (total "
+                                      f"{summary['total_seconds']:.1f} s)"))
+        rows += [(f"seed {run['seed']}", f"best val acc {100 * run['best_val_acc']:.2f}%, test acc "
+                                         f"{100 * run['test_acc']:.2f}%") for run in summary["runs"]]
     if summary.get("processes", 1) > 1:
         rows.append(("processes", f"{summary['processes']} (data-parallel)"))
     if summary["checkpoint"]:

@@ -1,36 +1,42 @@
-"""The lab's experiments: each a config dataclass and a function from it to a results dict.
+"""The lab's experiments: each a config dataclass and the runs it trains, over seeds, in parallel processes.
 
 ``EXPERIMENTS`` maps a name to an :class:`Experiment`; :func:`run_experiment`
 runs one and writes ``OUT/NAME/results.json``, its PNG figures and
 ``OUT/NAME/report.md``::
 
     from normlab.lab.experiments import run_experiment
-    paths = run_experiment("batchnorm", "results", epochs=5)
+    paths = run_experiment("batchnorm", "results", epochs=5, seeds=3, jobs=2)
+
+Every configuration is trained with seeds ``seed`` .. ``seed + seeds - 1``
+(``runner``); results.json keeps every run and the mean, std and n of every
+number, the figures draw means with their spread, the report's tables say
+"mean ± std (n)".
 """
 
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from types import ModuleType
 from typing import Callable, NamedTuple
 
-from . import batch_size, batchnorm, convnet, layernorm, small_batch, weight_scale
+from . import batch_size, batchnorm, convnet, layernorm, runner, small_batch, weight_scale
 from .common import strip_timing
 
 
 class Experiment(NamedTuple):
-    """config: the config dataclass (defaults are the documented run); run(config, log) -> results;
-    plot(results, out_dir) -> figure paths; table(results) -> (headers, rows) of key numbers."""
+    """module: plan/train/assemble/extras for ``runner``; config: the config dataclass (defaults are the
+    documented run); plot(results, out_dir) -> figure paths; table(results) -> (headers, rows) of key numbers."""
 
+    module: ModuleType
     config: type
-    run: Callable
     plot: Callable
     table: Callable
     description: str
 
 
 EXPERIMENTS: dict[str, Experiment] = {
-    module.NAME: Experiment(module.Config, module.run, module.plot, module.table, module.DESCRIPTION)
+    module.NAME: Experiment(module, module.Config, module.plot, module.table, module.DESCRIPTION)
     for module in (batchnorm, weight_scale, batch_size, layernorm, convnet, small_batch)
 }
 DEFAULT_EXPERIMENT = "batchnorm"
@@ -53,12 +59,14 @@ def make_config(name: str, **overrides):
     return cls(**{k: v for k, v in overrides.items() if v is not None})
 
 
-def run_experiment(name: str, out, *, config=None, log: Callable[[str], None] = print, command: str | None = None,
-                   **overrides) -> dict:
+def run_experiment(name: str, out, *, config=None, jobs: int | None = None, progress: str = "auto",
+                   log: Callable[[str], None] = print, command: str | None = None, **overrides) -> dict:
     """Run experiment ``name`` and write its results.json, figures and report.md under ``out/name``.
 
-    config: a ready config (else the defaults with ``overrides``, e.g. epochs=5, seed=1, dataset="mnist1d").
-    log: called with one line per training run (progress), and one at the end.
+    config: a ready config (else the defaults with ``overrides``, e.g. epochs=5, seed=1, seeds=3).
+    jobs: processes for the runs (None: every core); the results do not depend on it.
+    progress: "auto" (a bar in a terminal, else plain lines through ``log``), "rich", "plain" or "none".
+    log: called with the experiment's lines (its description, plain progress, what it wrote).
     Returns the paths written: ``{"dir", "results", "figures", "report"}``.
     """
     from . import report
@@ -70,7 +78,8 @@ def run_experiment(name: str, out, *, config=None, log: Callable[[str], None] = 
         raise ValueError("pass either config or overrides, not both")
     out_dir = Path(out) / name
     log(f"[{name}] {experiment.description}")
-    results = experiment.run(config, log=lambda line: log(f"[{name}] {line}"))
+    results = runner.run_seeds(experiment.module, config, jobs=jobs, progress=progress,
+                               log=lambda line: log(f"[{name}] {line}"))
     results["environment"] = environment()
     results_path = report.write_json(results, out_dir / "results.json")
     figures = experiment.plot(results, out_dir)
@@ -107,7 +116,7 @@ def _command(name, config, out) -> str:
     default = get_experiment(name).config()
     parts = ["normlab experiment", name, "--out", str(out)]
     for field, flag in (("dataset", "--dataset"), ("epochs", "--epochs"), ("seed", "--seed"),
-                        ("num_train", "--num-train"), ("data_dir", "--data-dir")):
+                        ("seeds", "--seeds"), ("num_train", "--num-train"), ("data_dir", "--data-dir")):
         value = getattr(config, field)
         if value != getattr(default, field):
             parts += [flag, str(value)]

@@ -9,10 +9,10 @@ smaller batches take more steps).
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import stats
 from . import common, plots
 
 NAME = "batch-size"
@@ -35,45 +35,35 @@ class Config(common.SweepConfig):
                              f"batch_sizes {self.batch_sizes}")
 
 
-def run(config: Config, log: common.Log = print) -> dict:
-    """Train both variants at every batch size; ``variants[label][str(batch_size)]`` is one run."""
-    return common.sweep_batch_sizes(sys.modules[__name__], config, log)
-
-
-def finding(runs, batch_sizes) -> str:
-    wins = [bs for bs in batch_sizes
-            if runs["batchnorm"][str(bs)]["best_val_acc"] > runs["baseline"][str(bs)]["best_val_acc"]]
-    accs = ", ".join(f"{bs}: {runs['batchnorm'][str(bs)]['best_val_acc']:.3f}" for bs in batch_sizes)
-    return (f"Batch norm beats the baseline's best validation accuracy at batch sizes "
-            f"{', '.join(map(str, wins)) or 'none'} of {', '.join(map(str, batch_sizes))}. "
-            f"Batch norm's best validation accuracy by batch size: {accs}.")
+SWEEP = common.Sweep(VARIANTS, ("batchnorm", "baseline"), ("batch norm", "the baseline"))
+plan, train, assemble, extras, finding = SWEEP.plan, SWEEP.train, SWEEP.assemble, SWEEP.extras, SWEEP.finding
 
 
 def by_batch_size(results: dict) -> dict:
-    """label -> {metric: [value per batch size]} for the summary figure and table."""
+    """label -> {metric: [stats.describe per batch size]} for the summary figure."""
     sizes = [str(bs) for bs in results["config"]["batch_sizes"]]
-    return {label: {m: [float("nan") if r[s][m] is None else r[s][m] for s in sizes]
-                    for m in ("best_val_acc", "final_train_loss")}
-            for label, r in results["variants"].items()}
+    return {label: {m: [runs[s][m] for s in sizes] for m in ("best_val_acc", "final_train_loss")}
+            for label, runs in results["summary"]["variants"].items()}
 
 
 def plot(results: dict, out_dir) -> list:
     cfg = results["config"]
     ref = str(cfg["reference_batch_size"])
-    curves = {f"baseline, batch {ref}": results["variants"]["baseline"][ref]}
+    curves = {f"baseline, batch {ref}": common.seed_runs(results, "baseline", ref)}
     styles = {f"baseline, batch {ref}": {"color": "black", "linestyle": "--"}}
     sizes = cfg["batch_sizes"]
     for i, bs in enumerate(sizes):
         label = f"batchnorm, batch {bs}"
-        curves[label] = results["variants"]["batchnorm"][str(bs)]
+        curves[label] = common.seed_runs(results, "batchnorm", str(bs))
         styles[label] = {"color": _shade(i, len(sizes))}
     net = f"{len(cfg['hidden_dims'])} hidden layers of {cfg['hidden_dims'][0]} on {cfg['dataset']}"
     out_dir = Path(out_dir)
     return [
-        plots.plot_histories(curves, out_dir / "batch_size_curves.png",
-                             f"Batch norm at several batch sizes vs baseline: {net}", styles),
-        plots.plot_by_batch_size(sizes, by_batch_size(results), out_dir / "batch_size_summary.png",
-                                 f"Batch size: baseline vs batch norm, {net}, {cfg['epochs']} epochs"),
+        plots.save(plots.figure_histories(curves, f"Batch norm at several batch sizes vs baseline: {net}", styles),
+                   out_dir / "batch_size_curves.png"),
+        plots.save(plots.figure_by_batch_size(sizes, by_batch_size(results),
+                                              f"Batch size: baseline vs batch norm, {net}, {cfg['epochs']} epochs"),
+                   out_dir / "batch_size_summary.png"),
     ]
 
 
@@ -88,11 +78,8 @@ def table(results: dict):
                "batchnorm final loss")
     rows = []
     for bs in results["config"]["batch_sizes"]:
-        b, n = results["variants"]["baseline"][str(bs)], results["variants"]["batchnorm"][str(bs)]
-        rows.append((bs, f"{b['best_val_acc']:.3f}", f"{n['best_val_acc']:.3f}",
-                     _loss(b["final_train_loss"]), _loss(n["final_train_loss"])))
+        b, n = (results["summary"]["variants"][label][str(bs)] for label in ("baseline", "batchnorm"))
+        rows.append((bs, stats.fmt(b["best_val_acc"]), stats.fmt(n["best_val_acc"]),
+                     stats.fmt(b["final_train_loss"], none="diverged"),
+                     stats.fmt(n["final_train_loss"], none="diverged")))
     return headers, rows
-
-
-def _loss(value):
-    return "diverged" if value is None or value != value else f"{value:.3f}"

@@ -9,10 +9,10 @@ rescales every layer's pre-activations and trains at once.
 
 from __future__ import annotations
 
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
+from .. import stats
 from . import common, plots
 
 NAME = "batchnorm"
@@ -42,61 +42,62 @@ class Config(common.BaseConfig):
         self._check("batch_size", common.check_positive_int)
 
 
-def run(config: Config, log: common.Log = print) -> dict:
-    """Train both variants; returns the results dict that results.json holds."""
-    started = time.perf_counter()
-    data = common.load_data(config)
-    runs = {}
-    for label, normalization in VARIANTS.items():
-        runs[label] = common.train_run(
-            data, hidden_dims=config.hidden_dims, normalization=normalization, weight_scale=config.weight_scale,
-            learning_rate=config.learning_rate, batch_size=config.batch_size, epochs=config.epochs,
-            seed=config.seed, update_rule=config.update_rule, label=label, log=log)
-        runs[label]["epochs_to_reach"] = common.epochs_to_reach(runs[label]["val_acc"], config.reach)
-    return {
-        "experiment": NAME,
-        "description": DESCRIPTION,
-        "config": asdict(config),
-        "data": common.data_summary(data),
-        "variants": runs,
-        "finding": finding(runs, config),
-        "timing": {"seconds": time.perf_counter() - started},
-    }
+def plan(config: Config, data: dict) -> list:
+    """Both variants, at one seed."""
+    cost = common.run_cost(len(data["y_train"]), config.batch_size, config.epochs)
+    return [common.Run((label,), label, cost) for label in VARIANTS]
 
 
-def finding(runs: dict, config: Config) -> str:
-    """One sentence on what the numbers show, from the numbers (never a fixed claim)."""
-    base, bn = runs["baseline"], runs["batchnorm"]
-    faster = _reach_phrase(bn["epochs_to_reach"], base["epochs_to_reach"], config.reach)
-    better = "higher" if bn["best_val_acc"] > base["best_val_acc"] else (
-        "equal" if bn["best_val_acc"] == base["best_val_acc"] else "lower")
-    return (f"Batch norm's best validation accuracy is {better} than the baseline's "
-            f"({bn['best_val_acc']:.3f} vs {base['best_val_acc']:.3f}); {faster}")
+def train(config: Config, key: tuple, data: dict) -> dict:
+    """One variant at ``config.seed``, with the first epoch that reaches ``config.reach``."""
+    (label,) = key
+    run = common.train_run(data, hidden_dims=config.hidden_dims, normalization=VARIANTS[label],
+                           weight_scale=config.weight_scale, learning_rate=config.learning_rate,
+                           batch_size=config.batch_size, epochs=config.epochs, seed=config.seed,
+                           update_rule=config.update_rule)
+    run["epochs_to_reach"] = common.epochs_to_reach(run["val_acc"], config.reach)
+    return run
 
 
-def _reach_phrase(bn_epoch, base_epoch, reach):
-    def at(epoch):
-        return "never" if epoch is None else f"at epoch {epoch}"
+def assemble(config: Config, runs: dict) -> dict:
+    return {label: runs[(label,)] for label in VARIANTS}
 
-    return f"it reaches {reach:.0%} validation accuracy {at(bn_epoch)}, the baseline {at(base_epoch)}."
+
+def extras(config: Config, results: dict) -> dict:
+    return {"finding": finding(results["summary"]["variants"], config)}
+
+
+def finding(summary: dict, config: Config) -> str:
+    """What the numbers show, from the numbers (never a fixed claim): means over the seeds and their spread."""
+    base, bn = summary["baseline"], summary["batchnorm"]
+    better = "higher" if bn["best_val_acc"]["mean"] > base["best_val_acc"]["mean"] else "not higher"
+    return (f"Batch norm's best validation accuracy is {better} than the baseline's: "
+            f"{stats.fmt(bn['best_val_acc'])} vs {stats.fmt(base['best_val_acc'])} "
+            f"{stats.verdict(bn['best_val_acc'], base['best_val_acc'])}. First epoch with validation accuracy "
+            f">= {config.reach:g}: batch norm {_reach(bn)}, baseline {_reach(base)}.")
+
+
+def _reach(summary: dict) -> str:
+    reach = summary["epochs_to_reach"]
+    return "never" if reach is None else stats.fmt(reach, ".1f")
 
 
 def plot(results: dict, out_dir) -> list:
-    """One figure: loss, train accuracy and val accuracy per epoch for both variants."""
+    """One figure: loss, train accuracy and val accuracy per epoch for both variants, mean and spread over seeds."""
     cfg = results["config"]
     depth = len(cfg["hidden_dims"])
     title = (f"{depth} hidden layers of {cfg['hidden_dims'][0]} on {cfg['dataset']}, weight scale "
              f"{cfg['weight_scale']:g}, {cfg['update_rule']} lr {cfg['learning_rate']:g}, batch {cfg['batch_size']}")
-    return [plots.plot_histories(results["variants"], Path(out_dir) / "batchnorm.png", title)]
+    curves = {label: common.seed_runs(results, label) for label in VARIANTS}
+    return [plots.save(plots.figure_histories(curves, title), Path(out_dir) / "batchnorm.png")]
 
 
 def table(results: dict):
-    """Key numbers: one row per variant."""
+    """Key numbers: one row per variant, each "mean ± std (seeds)"."""
     reach = results["config"]["reach"]
     headers = ("variant", "best val acc", "final train loss", "test acc", f"first epoch with val acc >= {reach:g}")
     rows = []
-    for label, r in results["variants"].items():
-        rows.append((label, f"{r['best_val_acc']:.3f}", f"{r['final_train_loss']:.3f}",
-                     "n/a" if r["test_acc"] is None else f"{r['test_acc']:.3f}",
-                     "never" if r["epochs_to_reach"] is None else r["epochs_to_reach"]))
+    for label, r in results["summary"]["variants"].items():
+        rows.append((label, stats.fmt(r["best_val_acc"]), stats.fmt(r["final_train_loss"]), stats.fmt(r["test_acc"]),
+                     _reach(r)))
     return headers, rows

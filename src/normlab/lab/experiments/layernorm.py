@@ -8,10 +8,10 @@ sizes layer norm should keep training well while batch norm degrades.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import stats
 from . import batch_size as _bs
 from . import common, plots
 
@@ -26,31 +26,22 @@ class Config(common.SweepConfig):
     batch_sizes: tuple = (2, 4, 8, 16)
 
 
-def run(config: Config, log: common.Log = print) -> dict:
-    """Train both norms at every batch size; ``variants[label][str(batch_size)]`` is one run."""
-    return common.sweep_batch_sizes(sys.modules[__name__], config, log)
-
-
-def finding(runs, batch_sizes) -> str:
-    pairs = ", ".join(f"batch {bs}: {runs['layernorm'][str(bs)]['best_val_acc']:.3f} vs "
-                      f"{runs['batchnorm'][str(bs)]['best_val_acc']:.3f}" for bs in batch_sizes)
-    wins = [bs for bs in batch_sizes
-            if runs["layernorm"][str(bs)]["best_val_acc"] > runs["batchnorm"][str(bs)]["best_val_acc"]]
-    return (f"Best validation accuracy, layer norm vs batch norm: {pairs}. Layer norm is ahead at batch sizes "
-            f"{', '.join(map(str, wins)) or 'none'}.")
+SWEEP = common.Sweep(VARIANTS, ("layernorm", "batchnorm"), ("layer norm", "batch norm"))
+plan, train, assemble, extras, finding = SWEEP.plan, SWEEP.train, SWEEP.assemble, SWEEP.extras, SWEEP.finding
 
 
 def plot(results: dict, out_dir) -> list:
     cfg = results["config"]
     smallest = str(min(cfg["batch_sizes"]))
-    curves = {label: results["variants"][label][smallest] for label in VARIANTS}
+    curves = {label: common.seed_runs(results, label, smallest) for label in VARIANTS}
     net = f"{len(cfg['hidden_dims'])} hidden layers of {cfg['hidden_dims'][0]} on {cfg['dataset']}"
     out_dir = Path(out_dir)
     return [
-        plots.plot_by_batch_size(cfg["batch_sizes"], _bs.by_batch_size(results), out_dir / "layernorm_summary.png",
-                                 f"Layer norm vs batch norm by batch size: {net}, {cfg['epochs']} epochs"),
-        plots.plot_histories(curves, out_dir / "layernorm_curves.png",
-                             f"Layer norm vs batch norm at batch size {smallest}: {net}"),
+        plots.save(plots.figure_by_batch_size(cfg["batch_sizes"], _bs.by_batch_size(results),
+                                              f"Layer norm vs batch norm by batch size: {net}, {cfg['epochs']} epochs"),
+                   out_dir / "layernorm_summary.png"),
+        plots.save(plots.figure_histories(curves, f"Layer norm vs batch norm at batch size {smallest}: {net}"),
+                   out_dir / "layernorm_curves.png"),
     ]
 
 
@@ -59,11 +50,7 @@ def table(results: dict):
                "layernorm test acc")
     rows = []
     for bs in results["config"]["batch_sizes"]:
-        b, n = results["variants"]["batchnorm"][str(bs)], results["variants"]["layernorm"][str(bs)]
-        rows.append((bs, f"{b['best_val_acc']:.3f}", f"{n['best_val_acc']:.3f}", _acc(b["test_acc"]),
-                     _acc(n["test_acc"])))
+        b, n = (results["summary"]["variants"][label][str(bs)] for label in ("batchnorm", "layernorm"))
+        rows.append((bs, stats.fmt(b["best_val_acc"]), stats.fmt(n["best_val_acc"]), stats.fmt(b["test_acc"]),
+                     stats.fmt(n["test_acc"])))
     return headers, rows
-
-
-def _acc(value):
-    return "n/a" if value is None else f"{value:.3f}"

@@ -41,12 +41,23 @@ def markdown_table(headers, rows) -> str:
     return "\n".join(lines)
 
 
+def seeds_note(seeds: list) -> str:
+    """What the numbers and bands are, for the report under its table."""
+    from .. import stats
+
+    if len(seeds) == 1:
+        return f"One seed ({seeds[0]}): each number is one run's, shown as 'value (1)'; no spread."
+    return (f"Seeds {seeds[0]} to {seeds[-1]}: each number is the mean ± standard deviation (ddof 1) over the "
+            f"{len(seeds)} seeds, with their number in brackets (fewer where a run gave no value). Figures: the mean "
+            f"with a band showing the {stats.spread_name(len(seeds))}.")
+
+
 def write_report(out_dir, *, name: str, results: dict, figures, headers, rows, command: str) -> Path:
     """Write ``out_dir/report.md``: what ran, the figures (relative links) and a table of key numbers."""
     out_dir = Path(out_dir)
     config = results["config"]
     data = results.get("data", {})
-    seconds = results.get("timing", {}).get("seconds")
+    timing = results.get("timing", {})
     parts = [
         f"# Experiment `{name}`",
         "",
@@ -57,6 +68,8 @@ def write_report(out_dir, *, name: str, results: dict, figures, headers, rows, c
         "## Key numbers",
         "",
         markdown_table(headers, rows),
+        "",
+        seeds_note(results["seeds"]),
         "",
     ]
     if results.get("finding"):
@@ -72,11 +85,12 @@ def write_report(out_dir, *, name: str, results: dict, figures, headers, rows, c
         parts += [f"Data: {config.get('dataset')} ({data['num_train']} train / {data['num_val']} val / "
                   f"{data['num_test']} test examples, {data['features']} features, {data['classes']} classes).", ""]
     parts += [markdown_table(("setting", "value"), [(k, f"`{v}`") for k, v in config.items()]), ""]
-    if seconds is not None:
+    if "seconds" in timing:
         backend = results.get("environment", {}).get("backend")
         on = f" on the same backend ({backend})" if backend else ""
-        parts += [f"Wall time: {seconds:.1f} s. All numbers in results.json; the same seed reproduces them "
-                  f"exactly{on}.", ""]
+        jobs = f" with {timing['jobs']} process(es)" if "jobs" in timing else ""
+        parts += [f"Wall time: {timing['seconds']:.1f} s{jobs}. Every run and every number in results.json; the "
+                  f"same seeds reproduce them exactly{on}, whatever the number of processes.", ""]
     path = out_dir / "report.md"
     path.write_text("\n".join(parts), encoding="utf-8")
     return path

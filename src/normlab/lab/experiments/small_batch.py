@@ -25,12 +25,12 @@ the running statistics' and how much the training's.
 from __future__ import annotations
 
 import math
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .. import stats
 from . import common, plots
 
 NAME = "small-batch"
@@ -47,8 +47,7 @@ GN_PAPER = {"batch_sizes": [32, 16, 8, 4, 2], "batchnorm": [23.6, 23.7, 24.8, 27
 NOTES = ("The reference shape: Wu & He (2018) report ResNet-50 on ImageNet with validation error 23.6 / 23.7 / "
          "24.8 / 27.3 / 34.7 % for batch norm and 24.1 / 24.2 / 24.0 / 24.2 / 24.1 % for group norm at 32 / 16 / "
          "8 / 4 / 2 images per GPU (right panel). Those are their numbers on their data, shown for the shape of the "
-         "curves, not as a claim about this data set or net. Here one seed per point: differences of a point or "
-         "two are within what another seed moves.")
+         "curves, not as a claim about this data set or net.")
 
 
 @dataclass(frozen=True)
@@ -59,6 +58,7 @@ class Config(common.CNNConfig):
     second; precise_batch_size: the batches of the precise-BN pass."""
 
     epochs: int = 10
+    seeds: int = 3
     batch_sizes: tuple = (64, 32, 16, 8, 4, 2)
     ghost_batch_size: int = 64
     rmax: float = 3.0
@@ -109,82 +109,89 @@ def _precise(model, data: dict, config: Config) -> dict:
             "running_vs_population": gap}
 
 
-def run(config: Config, log: common.Log = print) -> dict:
-    """Every variant at every batch size: ``variants[variant][str(b)]`` is one run, with ``precise`` where it applies."""
-    started = time.perf_counter()
-    data = common.load_data(config)
-    runs = {variant: {} for variant in VARIANTS}
-    with common.single_threaded():
-        for b in config.batch_sizes:
-            for variant in VARIANTS:
-                train_batch = config.ghost_batch_size if variant == "ghostbatchnorm" else b
-                model = _model(config, data, variant, b, train_batch)
-                label = f"{variant}, batch {train_batch}" + (f" in chunks of {b}" if train_batch != b else "")
-                r = common.fit(model, data, learning_rate=learning_rate(config, train_batch),
-                               batch_size=train_batch, epochs=config.epochs, seed=config.seed,
-                               update_rule=config.update_rule, label=label, log=log)
-                if variant in RUNNING:
-                    r["precise"] = _precise(model, data, config)
-                    log(f"{label}: with precise statistics val acc {r['precise']['val_acc']:.3f} "
-                        f"(running statistics {r['best_val_acc']:.3f})")
-                runs[variant][str(b)] = r
-    return {
-        "experiment": NAME,
-        "description": DESCRIPTION,
-        "config": asdict(config),
-        "data": common.data_summary(data),
-        "gn_paper": GN_PAPER,
-        "variants": runs,
-        "finding": finding(runs, config.batch_sizes),
-        "notes": NOTES,
-        "timing": {"seconds": time.perf_counter() - started},
-    }
+def plan(config: Config, data: dict) -> list:
+    """Every variant at every batch size, at one seed (ghost batch norm trains at ``ghost_batch_size``)."""
+    n = len(data["y_train"])
+    runs = []
+    for b in config.batch_sizes:
+        for variant in VARIANTS:
+            train_batch = config.ghost_batch_size if variant == "ghostbatchnorm" else b
+            label = f"{variant}, batch {train_batch}" + (f" in chunks of {b}" if train_batch != b else "")
+            runs.append(common.Run((variant, b), label, common.run_cost(n, train_batch, config.epochs)))
+    return runs
+
+
+def train(config: Config, key: tuple, data: dict) -> dict:
+    """One variant at batch size b (ghost batch norm: chunks of b), with ``precise`` where it applies."""
+    variant, b = key
+    train_batch = config.ghost_batch_size if variant == "ghostbatchnorm" else b
+    model = _model(config, data, variant, b, train_batch)
+    run = common.fit(model, data, learning_rate=learning_rate(config, train_batch), batch_size=train_batch,
+                     epochs=config.epochs, seed=config.seed, update_rule=config.update_rule)
+    if variant in RUNNING:
+        run["precise"] = _precise(model, data, config)
+    return run
+
+
+def assemble(config: Config, runs: dict) -> dict:
+    """One seed's ``variants[variant][str(b)]``: one run each."""
+    return {variant: {str(b): runs[(variant, b)] for b in config.batch_sizes} for variant in VARIANTS}
+
+
+def extras(config: Config, results: dict) -> dict:
+    return {"gn_paper": GN_PAPER, "finding": finding(results["summary"]["variants"], config.batch_sizes),
+            "notes": NOTES}
 
 
 def errors(results: dict) -> dict:
-    """label -> validation error (%) per batch size: each variant, and "<variant> (precise)" where it applies."""
+    """label -> validation error (%) per batch size, a ``stats.describe`` each: each variant, and
+    "<variant> (precise)" where it applies."""
     sizes = [str(b) for b in results["config"]["batch_sizes"]]
-    out = {}
-    for variant, runs in results["variants"].items():
-        out[variant] = [100 * (1 - runs[s]["best_val_acc"]) for s in sizes]
+    summary = results["summary"]["variants"]
+    out = {variant: [_error(runs[s]["best_val_acc"]) for s in sizes] for variant, runs in summary.items()}
     for variant in RUNNING:
-        if variant in results["variants"]:
-            out[f"{variant} (precise)"] = [100 * (1 - results["variants"][variant][s]["precise"]["val_acc"])
-                                           for s in sizes]
+        if variant in summary:
+            out[f"{variant} (precise)"] = [_error(summary[variant][s]["precise"]["val_acc"]) for s in sizes]
     return out
 
 
-def finding(runs: dict, batch_sizes) -> str:
+def _error(accuracy: dict) -> dict:
+    return stats.affine(accuracy, 100.0, -100.0)
+
+
+def finding(summary: dict, batch_sizes) -> str:
     large, small = str(max(batch_sizes)), str(min(batch_sizes))
 
     def err(variant, size, key=None):
-        r = runs[variant][size]
-        return 100 * (1 - (r["best_val_acc"] if key is None else r["precise"][key]))
+        run = summary[variant][size]
+        return _error(run["best_val_acc"] if key is None else run["precise"][key])
 
-    moves = ", ".join(f"{v} {err(v, large):.1f} % -> {err(v, small):.1f} %" for v in VARIANTS)
-    bn = runs["batchnorm"][small]
+    moves = "; ".join(f"{v} {stats.fmt(err(v, large), '.1f')} % -> {stats.fmt(err(v, small), '.1f')} % "
+                      f"{stats.verdict(err(v, large), err(v, small))}" for v in VARIANTS)
+    bn = summary["batchnorm"][small]
     gap = bn["precise"]["running_vs_population"]
-    off = ", ".join(f"{100 * g['var']:.0f} %" for g in gap.values())
+    off = ", ".join(f"{100 * g['var']['mean']:.0f} %" for g in gap.values())
     return (f"Validation error from batch {large} to batch {small}: {moves}. At batch {small}, batch norm "
             f"evaluated with precise statistics instead of its running averages: validation error "
-            f"{err('batchnorm', small):.1f} % -> {err('batchnorm', small, 'val_acc'):.1f} %, test error "
-            f"{100 * (1 - bn['test_acc']):.1f} % -> {100 * (1 - bn['precise']['test_acc']):.1f} % "
-            f"(its running variances were off the population's by {off} on average in layers "
-            f"{', '.join(gap)}).")
+            f"{stats.fmt(err('batchnorm', small), '.1f')} % -> {stats.fmt(err('batchnorm', small, 'val_acc'), '.1f')} "
+            f"%, test error {stats.fmt(_error(bn['test_acc']), '.1f')} % -> "
+            f"{stats.fmt(_error(bn['precise']['test_acc']), '.1f')} % (its running variances were off the "
+            f"population's by {off} on average in layers {', '.join(gap)}).")
 
 
 def plot(results: dict, out_dir) -> list:
     cfg = results["config"]
-    net = (f"CNN {cfg['conv_channels']} on {cfg['dataset']}, {cfg['epochs']} epochs at every batch size b, "
+    net = (f"CNN {list(cfg['conv_channels'])} on {cfg['dataset']}, {cfg['epochs']} epochs at every batch size b, "
            f"{cfg['update_rule']} lr {cfg['learning_rate']:g}·sqrt(b/{cfg['ghost_batch_size']})")
-    return [plots.plot_small_batch(cfg["batch_sizes"], errors(results), results["gn_paper"],
-                                   Path(out_dir) / "small_batch.png", net, cfg["ghost_batch_size"])]
+    fig = plots.figure_small_batch(cfg["batch_sizes"], errors(results), results["gn_paper"], net,
+                                   cfg["ghost_batch_size"], precise=("batchnorm", "batchrenorm"))
+    return [plots.save(fig, Path(out_dir) / "small_batch.png")]
 
 
 def table(results: dict):
     by_label = errors(results)
     labels = list(by_label)
     headers = ("batch size", *(f"{label} val err %" for label in labels))
-    rows = [(b, *(f"{by_label[label][i]:.1f}" for label in labels))
+    rows = [(b, *(stats.fmt(by_label[label][i], ".1f") for label in labels))
             for i, b in enumerate(results["config"]["batch_sizes"])]
     return headers, rows
