@@ -122,7 +122,7 @@ def test_writes_outside_land_in_its_own_tmp(attack):
 
 def test_grader_s_environment_is_not_readable(attack):
     row, _ = attack("read_env.py")
-    assert "found nothing secret" in row.message
+    assert "RuntimeError: found nothing secret" in row.message  # the exception's text, not its line
 
 
 def test_loopback_server_is_not_reachable(attack):
