@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import csv
+import io
 import json
 import os
 import sys
@@ -18,6 +19,7 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 from click.testing import CliRunner
+from rich.console import Console
 
 from normlab import grade
 from normlab.cli import main as cli
@@ -142,6 +144,26 @@ def test_rerun_grades_only_what_changed_unless_forced(tmp_path):
     assert _statuses(changed.students[1].result) == {"layernorm_forward": "pass"}
     forced = classroom.grade_class(folder, out, jobs=1, only="layernorm_forward", timeout=5.0, force=True)
     assert (forced.regraded, forced.reused) == (2, 0)
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_names_from_the_class_folder_are_shown_as_they_are_and_sent_nowhere(tmp_path):
+    """Entry names are the students' to choose: neither markup for the progress bar nor escape sequences."""
+    folder, out = tmp_path / "class", tmp_path / "out"
+    folder.mkdir()
+    (folder / "[red]ana.py").write_text((DATA / "attacks" / "_honest.py").read_text())
+    (folder / "\x1b]0;eve\x07.zip").write_bytes(b"not a zip")
+    screen = _Terminal()
+    graded = classroom.grade_class(folder, out, jobs=1, only="layernorm_forward", timeout=5.0,
+                                   console=Console(file=screen, width=200))
+    assert [s.name for s in graded.students] == ["\\x1b]0;eve\\x07", "[red]ana"]
+    assert "[red]ana" in screen.getvalue()  # the bar's last name, as it is
+    text = (out / "grades.csv").read_text() + (out / "summary.md").read_text()
+    assert "\x1b" not in text and "\\x1b]0;eve\\x07" in text
 
 
 def test_the_course_s_group_norm_gamma_shape_reaches_every_student_and_a_change_regrades(tmp_path):

@@ -10,6 +10,7 @@ and the file's honest layernorm_forward still passed.
 from __future__ import annotations
 
 import functools
+import io
 import json
 import os
 import re
@@ -23,10 +24,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from rich.console import Console
 
 import normlab
 from normlab import grade
-from normlab.grade import protocol, runner
+from normlab.grade import feedback, protocol, runner
 
 ATTACKS = Path(__file__).parent / "data" / "grade" / "attacks"
 SECRET = "NORMLAB_GRADE_TEST_SECRET"
@@ -184,6 +186,15 @@ def test_killing_its_parent_kills_only_itself(attack):
     assert "RuntimeError: killed its parent 0 and lived on" in row.message
 
 
+def test_escape_sequences_are_written_out_not_sent(attack):
+    row, result = attack("escape_sequences.py")
+    assert row.status == "error" and "\\x1b[2J\\x1b[H\\x1b]0;graded: all pass\\x07\\u202esdrawkcab" in row.message
+    screen = io.StringIO()
+    grade.print_report(result, Console(file=screen, width=200))
+    for text in (screen.getvalue(), feedback.markdown(result, "ana"), json.dumps(grade.report.to_json(result))):
+        assert not re.search("[\x00-\x09\x0b-\x1f\x7f-\x9f\u202a-\u202e]", text)
+
+
 # ----------------------------------------------------------------------------- the protocol
 
 def test_protocol_round_trips_data_and_handles():
@@ -245,6 +256,16 @@ def test_a_reply_of_the_wrong_form_is_refused(answer, why):
     request = {"op": "call", "reply": "all", "arity": 3, "send_back": ["bn_param"]}
     with pytest.raises(protocol.ProtocolError, match=why):
         runner._checked(request, answer)
+
+
+def test_text_in_a_reply_is_made_printable():
+    request = {"op": "call", "reply": "none", "arity": 2, "send_back": []}
+    reply = runner._checked(request, {"outcome": "raised", "error": "\x1b]52;c;cm0gLXJmIH4=\x07 \u202eok",
+                                      "mutated": ("x\x1b[8m",)})
+    assert (reply.error, reply.mutated) == ("\\x1b]52;c;cm0gLXJmIH4=\\x07 \\u202eok", ("x\\x1b[8m",))
+    load = runner._checked({"op": "load", "names": ("f",)}, {"functions": (), "error": "\x9b2J"})
+    assert load["error"] == "\\x9b2J"
+    assert protocol.printable("x̂ · γ − é\u00a0") == "x̂ · γ − é\u00a0"  # what is printable stays
 
 
 def test_the_worker_sees_only_its_own_environment():

@@ -17,7 +17,8 @@ Replies are ``protocol`` frames (data only) and each is checked against the
 request before use; a frame that is not (too large, malformed, a forged reply
 of the wrong form) stops the worker like a crash. The student's stdout and
 stderr are drained while waiting, the first and last ``Limits.output`` / 2
-bytes kept.
+bytes kept. Text from the worker (messages, output) is made ``printable``
+before anything shows it: a student's escape sequences never reach a terminal.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from typing import Any, NamedTuple, Sequence
 
 from .. import procs
 from . import protocol
-from .protocol import HEADER, Handle, ProtocolError
+from .protocol import HEADER, Handle, ProtocolError, printable
 from .sandbox import Limits, environment, format_size, python_paths, unreadable_python_paths
 from .submission import Submission, from_file
 
@@ -112,7 +113,9 @@ class Output:
             self.tail = (self.tail + chunk)[-self.half:]
 
     def last(self, chars: int) -> str:
-        return (bytes(self.head) + bytes(self.tail)).decode(errors="replace").strip()[-chars:]
+        """The end of what was kept, its lines joined with " | ", made printable."""
+        text = (bytes(self.head) + bytes(self.tail)).decode(errors="replace").strip()[-chars:]
+        return printable(" | ".join(text.splitlines()))
 
     def note(self) -> str | None:
         if self.total <= 2 * self.half:
@@ -145,7 +148,8 @@ def _checked(request: dict, answer) -> Any:
         functions = protocol.field(answer, "functions", tuple)
         if not all(isinstance(f, str) and f in request["names"] for f in functions):
             raise ProtocolError("the reply names functions that were not asked for")
-        return {"functions": functions, "error": protocol.field(answer, "error", (str, type(None)))}
+        error = protocol.field(answer, "error", (str, type(None)))
+        return {"functions": functions, "error": None if error is None else printable(error)}
     outcome = protocol.field(answer, "outcome", str)
     if outcome not in ("ok", "raised", "bad-return"):
         raise ProtocolError(f"an unknown outcome {outcome[:40]!r}")
@@ -155,6 +159,7 @@ def _checked(request: dict, answer) -> Any:
     mutated = protocol.field(answer, "mutated", tuple, ())
     if not all(isinstance(m, str) and len(m) <= 200 for m in mutated):
         raise ProtocolError("mutated: expected short strings")
+    mutated = tuple(printable(m) for m in mutated)
     dicts = protocol.field(answer, "dicts", dict, {})
     if not all(k in request["send_back"] and isinstance(v, dict) for k, v in dicts.items()):
         raise ProtocolError("dicts: only the parameter dicts asked for, as dicts")
@@ -163,7 +168,7 @@ def _checked(request: dict, answer) -> Any:
                                                               len(value) == request["arity"]):
         raise ProtocolError(f"value: expected a tuple of {request['arity']}")
     return Reply(outcome, value=value, seconds=seconds, mutated=mutated, dicts=dicts,
-                 error=protocol.field(answer, "error", str, ""))
+                 error=printable(protocol.field(answer, "error", str, "")))
 
 
 class _Deadline(Exception):
@@ -304,7 +309,7 @@ class Worker:
             how = f"killed by {_SIGNALS.get(-code, signal.Signals(-code).name if -code in signal.valid_signals() else code)}"
         else:
             how = f"exit status {code}"
-        tail = " | ".join(self.output.last(STDERR_TAIL_CHARS).splitlines())
+        tail = self.output.last(STDERR_TAIL_CHARS)
         return how + (f"; its last output: {tail}" if tail else "")
 
     # -- calls
@@ -346,7 +351,8 @@ class Worker:
         except (EOFError, BrokenPipeError, ConnectionResetError):
             return Reply("died", error=f"the worker process exited ({self._kill()})")
         except ProtocolError as exc:
-            return Reply("died", error=f"its reply was refused ({exc}); the worker was stopped ({self._kill()})")
+            return Reply("died", error=f"its reply was refused ({printable(str(exc))}); the worker was stopped "
+                                       f"({self._kill()})")
         if request["op"] in ("ready", "load"):
             return Reply("ok", value=answer)
         return answer
