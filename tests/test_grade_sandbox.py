@@ -18,6 +18,7 @@ import secrets
 import shutil
 import socket
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -193,6 +194,21 @@ def test_escape_sequences_are_written_out_not_sent(attack):
     grade.print_report(result, Console(file=screen, width=200))
     for text in (screen.getvalue(), feedback.markdown(result, "ana"), json.dumps(grade.report.to_json(result))):
         assert not re.search("[\x00-\x09\x0b-\x1f\x7f-\x9f\u202a-\u202e]", text)
+
+
+def test_its_staged_copy_outside_tmp_is_not_its_own(attack, monkeypatch):
+    """With the grader's temporary folder outside /tmp, the copy the worker starts from is on the grader's
+    disk, past the tmpfs's bound: it must stay root's."""
+    home = Path.home()  # the real one: the fixture moves HOME only when the attack runs
+    parent = next(p for p in (Path("/run"), Path("/var/cache"), home) if p.is_dir() and os.access(p, os.W_OK))
+    outside = Path(tempfile.mkdtemp(prefix="normlab-grade-test-", dir=parent))
+    try:
+        os.chmod(outside, 0o1777)  # as a shared temporary folder is
+        monkeypatch.setattr(tempfile, "tempdir", str(outside))
+        row, _ = attack("write_scratch.py")
+    finally:
+        shutil.rmtree(outside)
+    assert "RuntimeError: wrote nothing" in row.message
 
 
 # ----------------------------------------------------------------------------- the protocol
