@@ -211,6 +211,11 @@ def test_its_staged_copy_outside_tmp_is_not_its_own(attack, monkeypatch):
     assert "RuntimeError: wrote nothing" in row.message
 
 
+def test_normlab_s_reference_is_neither_imported_nor_readable(attack):
+    row, _ = attack("import_reference.py")
+    assert "RuntimeError: found no reference" in row.message
+
+
 # ----------------------------------------------------------------------------- the protocol
 
 def test_protocol_round_trips_data_and_handles():

@@ -49,8 +49,13 @@ STARTUP_S = 10.0
 STDERR_TAIL_CHARS = 400
 #: Seconds the keeper gets to stop the student's process before the whole group is killed.
 STOP_GRACE_S = 1.0
-BOOT = ("import sys; sys.dont_write_bytecode = True; sys.path.insert(0, sys.argv[1]); "
-        "from normlab.grade.worker import main; main(sys.argv[2])")
+#: The worker's three modules (worker, protocol, sandbox) loaded from this folder as a package of their
+#: own, without normlab: the reference the student is graded against is not in the student's process,
+#: and normlab's folder is hidden from it (``PACKAGE`` joins the hidden folders).
+BOOT = ("import sys, types; sys.dont_write_bytecode = True; "
+        "grader = types.ModuleType('_normlab_grader'); grader.__path__ = [sys.argv[1]]; "
+        "sys.modules['_normlab_grader'] = grader; from _normlab_grader.worker import main; main(sys.argv[2])")
+PACKAGE = Path(__file__).resolve().parents[1]
 _SIGNALS = {signal.SIGXCPU: "the CPU-time limit", signal.SIGXFSZ: "the file-size limit",
             signal.SIGKILL: "SIGKILL", signal.SIGSEGV: "a crash (SIGSEGV)"}
 
@@ -190,7 +195,7 @@ class Worker:
         self.timeout = float(timeout)
         self.startup = float(startup)
         self.limits = limits
-        self.hide = hidden_paths(hide)
+        self.hide = hidden_paths([*hide, PACKAGE])
         self.reveal = unreadable_python_paths()
         self.output = Output(limits.output)
         self._proc: subprocess.Popen | None = None
@@ -241,7 +246,7 @@ class Worker:
                   "reveal": self.reveal}
         try:
             self._proc = subprocess.Popen(
-                [sys.executable, "-I", "-c", BOOT, str(Path(__file__).resolve().parents[2]), json.dumps(config)],
+                [sys.executable, "-I", "-c", BOOT, str(Path(__file__).resolve().parent), json.dumps(config)],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, pass_fds=(reply_end,),
                 start_new_session=True, env=environment(), cwd=folder)
         finally:
