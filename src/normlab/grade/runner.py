@@ -11,7 +11,10 @@ then SIGKILL to the whole process group) and the call's reply says "timeout";
 the next call starts a fresh worker, which imports the module again. A worker
 that dies (os._exit, a limit, a crash) is replaced the same way. A function
 that timed out or killed its worker is not called again: later calls get the
-same reply at once, so one endless loop costs one timeout.
+same reply at once, so one endless loop costs one timeout. Calls that each
+stay just under the timeout are bounded too: once a submission's exchanges
+have taken ``Limits.total_seconds`` in all, no call is made any more (a
+Gradescope run that outlasts its own timeout writes no results at all).
 
 Replies are ``protocol`` frames (data only) and each is checked against the
 request before use; a frame that is not (too large, malformed, a forged reply
@@ -204,6 +207,7 @@ class Worker:
         self._folder: Path | None = None
         self._loaded: Loaded | None = None
         self._given_up: dict[str, Reply] = {}  # function -> its timeout or death
+        self._spent = 0.0  # seconds of exchanges with the worker, summed over every start
         self.starts = 0
 
     def __enter__(self):
@@ -332,6 +336,9 @@ class Worker:
         """
         if func in self._given_up:
             return self._given_up[func]
+        if self._spent >= self.limits.total_seconds:
+            return Reply("timeout", error=f"not called: the submission's calls have taken "
+                                          f"{self.limits.total_seconds:g} s in all, as many as it is given")
         loaded = self.loaded()
         if self._proc is None or func not in loaded.functions:
             return Reply("raised", error=loaded.error or f"{func} is not defined")
@@ -344,7 +351,8 @@ class Worker:
         return answer
 
     def _exchange(self, request: dict, timeout: float) -> Reply:
-        deadline = time.monotonic() + timeout
+        start = time.monotonic()
+        deadline = start + timeout
         try:
             if request["op"] != "ready":  # "ready" is sent unasked, once the worker has started
                 self._write(protocol.frame(request), deadline)
@@ -358,6 +366,8 @@ class Worker:
         except ProtocolError as exc:
             return Reply("died", error=f"its reply was refused ({printable(str(exc))}); the worker was stopped "
                                        f"({self._kill()})")
+        finally:
+            self._spent += time.monotonic() - start
         if request["op"] in ("ready", "load"):
             return Reply("ok", value=answer)
         return answer

@@ -63,6 +63,8 @@ class Limits(NamedTuple):
     open_files: int = 64         # open descriptors (RLIMIT_NOFILE)
     disk: int = 64 << 20         # the private /tmp
     output: int = 64 << 10       # stdout/stderr kept by the grader (the rest is counted, not kept)
+    total_seconds: float = 300.0  # wall-clock time of all of a submission's calls, restarts included (the
+                                  # grader's own bound: each call also has its timeout)
 
 
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
