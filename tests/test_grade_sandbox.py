@@ -216,6 +216,14 @@ def test_normlab_s_reference_is_neither_imported_nor_readable(attack):
     assert "RuntimeError: found no reference" in row.message
 
 
+@pytest.mark.skipif(not Path("/proc/self/oom_score_adj").exists(), reason="no out-of-memory killer to steer")
+def test_the_student_s_process_is_the_first_the_out_of_memory_killer_takes(tmp_path):
+    (tmp_path / "layers.py").write_text("def layernorm_forward(x, gamma, beta, ln_param):\n"
+                                        "    raise RuntimeError('score ' + open('/proc/self/oom_score_adj').read())\n")
+    row, = grade.grade(tmp_path / "layers.py", only="layernorm_forward", timeout=5).rows
+    assert "RuntimeError: score 1000" in row.message
+
+
 # ----------------------------------------------------------------------------- the protocol
 
 def test_protocol_round_trips_data_and_handles():

@@ -14,7 +14,8 @@ process, first in its new PID namespace, then
 - copies the staged submission into its working directory (``/tmp``, or a
   fresh folder when there is no mount namespace);
 - sets resource limits (address space, CPU seconds, processes, file size,
-  open files, no core files);
+  open files, no core files), and makes itself the first the kernel's
+  out-of-memory killer takes (a container with less memory than ``--memory``);
 - drops to a user and group of its own (a random unused uid, so students'
   processes cannot count against, signal or write for each other), with no
   supplementary groups and ``no_new_privs``, so setuid programs give nothing back.
@@ -372,6 +373,10 @@ def _set_limits(limits: Limits, root: bool) -> list[str]:
             resource.setrlimit(which, soft_hard)
         except (OSError, ValueError) as exc:
             notes.append(f"{what} not limited ({exc})")
+    try:  # Linux; any process may raise its own score. Elsewhere there is no such killer to steer.
+        Path("/proc/self/oom_score_adj").write_text("1000")
+    except OSError:
+        pass
     return notes
 
 
