@@ -262,6 +262,18 @@ def test_too_many_files_is_refused(tmp_path, monkeypatch):
         submission.from_zip(_zip(tmp_path / "s.zip", members), "s")
 
 
+def test_reading_stops_as_soon_as_the_files_hold_too_much(tmp_path, monkeypatch):
+    """Each file under its own bound, together over the total: refused before the rest is read."""
+    monkeypatch.setattr(submission, "MAX_TOTAL_BYTES", 3 << 20)
+    read = []
+    real = submission._read_member
+    monkeypatch.setattr(submission, "_read_member", lambda archive, info: read.append(info) or real(archive, info))
+    members = {"layers.py": LAYERS, **{f"m{i}.py": b"#" * (1 << 20) for i in range(10)}}
+    with pytest.raises(SubmissionError, match="more than the 3145728"):
+        submission.from_zip(_zip(tmp_path / "s.zip", members), "s")
+    assert len(read) == 4  # layers.py and three of a mebibyte: past 3 MiB
+
+
 # ----------------------------------------------------------------------------- the command line
 
 @pytest.mark.parametrize("args, says", [
