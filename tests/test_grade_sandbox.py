@@ -17,6 +17,7 @@ import re
 import secrets
 import shutil
 import socket
+import subprocess
 import sys
 import tempfile
 import threading
@@ -46,11 +47,27 @@ def _sandbox_notes() -> tuple[str, ...]:
     return result.notes
 
 
+#: New network, PID, mount and IPC namespaces, asked of the kernel by a process of its own.
+_PROBE = ("import ctypes, sys; libc = ctypes.CDLL(None, use_errno=True); "
+          "sys.exit(1 if libc.unshare(0x40000000 | 0x20000000 | 0x00020000 | 0x08000000) else 0)")
+
+
+@functools.lru_cache(maxsize=None)
+def _os_allows_the_whole_sandbox() -> bool:
+    """Root, and the kernel makes the namespaces: asked without the sandbox's code, so that a bug of
+    its that leaves a restriction out fails these tests instead of skipping them."""
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return False
+    return subprocess.run([sys.executable, "-c", _PROBE], timeout=30).returncode == 0
+
+
 @pytest.fixture
 def attack(tmp_path, monkeypatch):
     """Grade one attack file as described above; returns (its batchnorm_forward row, the result)."""
     notes = _sandbox_notes()
     if notes:
+        if _os_allows_the_whole_sandbox():
+            pytest.fail(f"the OS allows the whole sandbox, yet the grader says: {'; '.join(notes)}")
         pytest.skip(f"the sandbox cannot be applied in full here: {'; '.join(notes)}")
 
     def run(name: str, timeout: float = 2.0, extra: dict[str, str] | None = None):
