@@ -204,6 +204,17 @@ def test_killing_its_parent_kills_only_itself(attack):
     assert "RuntimeError: killed its parent 0 and lived on" in row.message
 
 
+def test_killing_everyone_it_may_reaches_no_other_student(attack):
+    layer = grade.cases.NORMS[1]
+    args, names = grade.cases.forward_arguments(layer, grade.cases.cases("layer")[0], {})
+    with runner.Worker(ATTACKS / "_honest.py", grade.FUNCTIONS, timeout=5) as other:  # another student's
+        assert other.call("layernorm_forward", args, names, arity=2, reply="none").outcome == "ok"
+        row, _ = attack("kill_everyone.py")
+        assert "RuntimeError: kill -1: No such process" in row.message  # alone in its PID namespace
+        assert other.call("layernorm_forward", args, names, arity=2, reply="none").outcome == "ok"
+        assert other.starts == 1
+
+
 def test_escape_sequences_are_written_out_not_sent(attack):
     row, result = attack("escape_sequences.py")
     assert row.status == "error" and "\\x1b[2J\\x1b[H\\x1b]0;graded: all pass\\x07\\u202esdrawkcab" in row.message
