@@ -215,6 +215,12 @@ def test_killing_everyone_it_may_reaches_no_other_student(attack):
         assert other.starts == 1
 
 
+def test_patching_numpy_in_the_worker_leaves_the_grader_s_comparisons_alone(attack):
+    row, _ = attack("patch_numpy.py")
+    assert row.status == "fail" and row.max_rel_error > 1
+    assert "mutates-input" not in row.diagnosis  # watched in the worker: faked, as docs/grade.md says
+
+
 def test_escape_sequences_are_written_out_not_sent(attack):
     row, result = attack("escape_sequences.py")
     assert row.status == "error" and "\\x1b[2J\\x1b[H\\x1b]0;graded: all pass\\x07\\u202esdrawkcab" in row.message
