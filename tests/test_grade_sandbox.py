@@ -70,7 +70,7 @@ def attack(tmp_path, monkeypatch):
             pytest.fail(f"the OS allows the whole sandbox, yet the grader says: {'; '.join(notes)}")
         pytest.skip(f"the sandbox cannot be applied in full here: {'; '.join(notes)}")
 
-    def run(name: str, timeout: float = 2.0, extra: dict[str, str] | None = None):
+    def run(name: str, timeout: float = 10.0, extra: dict[str, str] | None = None):
         submission, cwd, home = (tmp_path / d for d in ("submission", "cwd", "home"))
         for folder in (submission, cwd, home):
             folder.mkdir()
