@@ -372,6 +372,22 @@ def test_worker_is_restarted_after_a_timeout_and_ended_on_close():
     assert proc.poll() is not None  # closed and reaped
 
 
+def test_calls_just_under_the_timeout_are_bounded_in_all(tmp_path):
+    """Each call stays under its timeout, so only the submission's total time can end it."""
+    (tmp_path / "layers.py").write_text("import time\n\ndef layernorm_forward(x, gamma, beta, ln_param):\n"
+                                        "    time.sleep(0.4)\n    return x, None\n")
+    layer = cases.NORMS[1]
+    args, names = cases.forward_arguments(layer, cases.cases("layer")[0], {})
+    start = time.monotonic()
+    with Worker(tmp_path / "layers.py", grade.FUNCTIONS, timeout=1.0,
+                limits=grade.Limits(total_seconds=1.0)) as worker:
+        replies = [worker.call("layernorm_forward", args, names, arity=2, reply="none") for _ in range(8)]
+    outcomes = [r.outcome for r in replies]
+    assert outcomes[:2] == ["ok", "ok"] and outcomes[-1] == "timeout", outcomes
+    assert "taken 1 s in all" in replies[-1].error
+    assert time.monotonic() - start < 4  # not 8 × 0.4 s plus starting
+
+
 def test_import_that_hangs_is_bounded():
     start = time.monotonic()
     with Worker(DATA / "import_hangs.py", grade.FUNCTIONS, timeout=0.5, startup=2.0) as worker:

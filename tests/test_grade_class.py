@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import csv
+import io
 import json
 import os
 import sys
@@ -18,6 +19,7 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 from click.testing import CliRunner
+from rich.console import Console
 
 from normlab import grade
 from normlab.cli import main as cli
@@ -144,6 +146,26 @@ def test_rerun_grades_only_what_changed_unless_forced(tmp_path):
     assert (forced.regraded, forced.reused) == (2, 0)
 
 
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_names_from_the_class_folder_are_shown_as_they_are_and_sent_nowhere(tmp_path):
+    """Entry names are the students' to choose: neither markup for the progress bar nor escape sequences."""
+    folder, out = tmp_path / "class", tmp_path / "out"
+    folder.mkdir()
+    (folder / "[red]ana.py").write_text((DATA / "attacks" / "_honest.py").read_text())
+    (folder / "\x1b]0;eve\x07.zip").write_bytes(b"not a zip")
+    screen = _Terminal()
+    graded = classroom.grade_class(folder, out, jobs=1, only="layernorm_forward", timeout=5.0,
+                                   console=Console(file=screen, width=200))
+    assert [s.name for s in graded.students] == ["\\x1b]0;eve\\x07", "[red]ana"]
+    assert "[red]ana" in screen.getvalue()  # the bar's last name, as it is
+    text = (out / "grades.csv").read_text() + (out / "summary.md").read_text()
+    assert "\x1b" not in text and "\\x1b]0;eve\\x07" in text
+
+
 def test_the_course_s_group_norm_gamma_shape_reaches_every_student_and_a_change_regrades(tmp_path):
     folder, out = tmp_path / "class", tmp_path / "out"
     folder.mkdir()
@@ -238,6 +260,18 @@ def test_too_many_files_is_refused(tmp_path, monkeypatch):
     members = {"layers.py": LAYERS, **{f"m{i}.py": b"" for i in range(3)}}
     with pytest.raises(SubmissionError, match="more than the 3 accepted"):
         submission.from_zip(_zip(tmp_path / "s.zip", members), "s")
+
+
+def test_reading_stops_as_soon_as_the_files_hold_too_much(tmp_path, monkeypatch):
+    """Each file under its own bound, together over the total: refused before the rest is read."""
+    monkeypatch.setattr(submission, "MAX_TOTAL_BYTES", 3 << 20)
+    read = []
+    real = submission._read_member
+    monkeypatch.setattr(submission, "_read_member", lambda archive, info: read.append(info) or real(archive, info))
+    members = {"layers.py": LAYERS, **{f"m{i}.py": b"#" * (1 << 20) for i in range(10)}}
+    with pytest.raises(SubmissionError, match="more than the 3145728"):
+        submission.from_zip(_zip(tmp_path / "s.zip", members), "s")
+    assert len(read) == 4  # layers.py and three of a mebibyte: past 3 MiB
 
 
 # ----------------------------------------------------------------------------- the command line

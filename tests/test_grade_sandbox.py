@@ -10,23 +10,27 @@ and the file's honest layernorm_forward still passed.
 from __future__ import annotations
 
 import functools
+import io
 import json
 import os
 import re
 import secrets
 import shutil
 import socket
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from rich.console import Console
 
 import normlab
 from normlab import grade
-from normlab.grade import protocol, runner
+from normlab.grade import feedback, protocol, runner
 
 ATTACKS = Path(__file__).parent / "data" / "grade" / "attacks"
 SECRET = "NORMLAB_GRADE_TEST_SECRET"
@@ -43,14 +47,30 @@ def _sandbox_notes() -> tuple[str, ...]:
     return result.notes
 
 
+#: New network, PID, mount and IPC namespaces, asked of the kernel by a process of its own.
+_PROBE = ("import ctypes, sys; libc = ctypes.CDLL(None, use_errno=True); "
+          "sys.exit(1 if libc.unshare(0x40000000 | 0x20000000 | 0x00020000 | 0x08000000) else 0)")
+
+
+@functools.lru_cache(maxsize=None)
+def _os_allows_the_whole_sandbox() -> bool:
+    """Root, and the kernel makes the namespaces: asked without the sandbox's code, so that a bug of
+    its that leaves a restriction out fails these tests instead of skipping them."""
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return False
+    return subprocess.run([sys.executable, "-c", _PROBE], timeout=30).returncode == 0
+
+
 @pytest.fixture
 def attack(tmp_path, monkeypatch):
     """Grade one attack file as described above; returns (its batchnorm_forward row, the result)."""
     notes = _sandbox_notes()
     if notes:
+        if _os_allows_the_whole_sandbox():
+            pytest.fail(f"the OS allows the whole sandbox, yet the grader says: {'; '.join(notes)}")
         pytest.skip(f"the sandbox cannot be applied in full here: {'; '.join(notes)}")
 
-    def run(name: str, timeout: float = 2.0, extra: dict[str, str] | None = None):
+    def run(name: str, timeout: float = 10.0, extra: dict[str, str] | None = None):
         submission, cwd, home = (tmp_path / d for d in ("submission", "cwd", "home"))
         for folder in (submission, cwd, home):
             folder.mkdir()
@@ -122,7 +142,7 @@ def test_writes_outside_land_in_its_own_tmp(attack):
 
 def test_grader_s_environment_is_not_readable(attack):
     row, _ = attack("read_env.py")
-    assert "found nothing secret" in row.message
+    assert "RuntimeError: found nothing secret" in row.message  # the exception's text, not its line
 
 
 def test_loopback_server_is_not_reachable(attack):
@@ -182,6 +202,60 @@ def test_killing_its_parent_kills_only_itself(attack):
     assert row.status == "error"
     # its parent is outside its PID namespace (pid 0 there), and pid 1 of a namespace ignores its own SIGKILL
     assert "RuntimeError: killed its parent 0 and lived on" in row.message
+
+
+def test_killing_everyone_it_may_reaches_no_other_student(attack):
+    layer = grade.cases.NORMS[1]
+    args, names = grade.cases.forward_arguments(layer, grade.cases.cases("layer")[0], {})
+    with runner.Worker(ATTACKS / "_honest.py", grade.FUNCTIONS, timeout=5) as other:  # another student's
+        assert other.call("layernorm_forward", args, names, arity=2, reply="none").outcome == "ok"
+        row, _ = attack("kill_everyone.py")
+        assert "RuntimeError: kill -1: No such process" in row.message  # alone in its PID namespace
+        assert other.call("layernorm_forward", args, names, arity=2, reply="none").outcome == "ok"
+        assert other.starts == 1
+
+
+def test_patching_numpy_in_the_worker_leaves_the_grader_s_comparisons_alone(attack):
+    row, _ = attack("patch_numpy.py")
+    assert row.status == "fail" and row.max_rel_error > 1
+    assert "mutates-input" not in row.diagnosis  # watched in the worker: faked, as docs/grade.md says
+
+
+def test_escape_sequences_are_written_out_not_sent(attack):
+    row, result = attack("escape_sequences.py")
+    assert row.status == "error" and "\\x1b[2J\\x1b[H\\x1b]0;graded: all pass\\x07\\u202esdrawkcab" in row.message
+    screen = io.StringIO()
+    grade.print_report(result, Console(file=screen, width=200))
+    for text in (screen.getvalue(), feedback.markdown(result, "ana"), json.dumps(grade.report.to_json(result))):
+        assert not re.search("[\x00-\x09\x0b-\x1f\x7f-\x9f\u202a-\u202e]", text)
+
+
+def test_its_staged_copy_outside_tmp_is_not_its_own(attack, monkeypatch):
+    """With the grader's temporary folder outside /tmp, the copy the worker starts from is on the grader's
+    disk, past the tmpfs's bound: it must stay root's."""
+    home = Path.home()  # the real one: the fixture moves HOME only when the attack runs
+    parent = next(p for p in (Path("/run"), Path("/var/cache"), home) if p.is_dir() and os.access(p, os.W_OK))
+    outside = Path(tempfile.mkdtemp(prefix="normlab-grade-test-", dir=parent))
+    try:
+        os.chmod(outside, 0o1777)  # as a shared temporary folder is
+        monkeypatch.setattr(tempfile, "tempdir", str(outside))
+        row, _ = attack("write_scratch.py")
+    finally:
+        shutil.rmtree(outside)
+    assert "RuntimeError: wrote nothing" in row.message
+
+
+def test_normlab_s_reference_is_neither_imported_nor_readable(attack):
+    row, _ = attack("import_reference.py")
+    assert "RuntimeError: found no reference" in row.message
+
+
+@pytest.mark.skipif(not Path("/proc/self/oom_score_adj").exists(), reason="no out-of-memory killer to steer")
+def test_the_student_s_process_is_the_first_the_out_of_memory_killer_takes(tmp_path):
+    (tmp_path / "layers.py").write_text("def layernorm_forward(x, gamma, beta, ln_param):\n"
+                                        "    raise RuntimeError('score ' + open('/proc/self/oom_score_adj').read())\n")
+    row, = grade.grade(tmp_path / "layers.py", only="layernorm_forward", timeout=5).rows
+    assert "RuntimeError: score 1000" in row.message
 
 
 # ----------------------------------------------------------------------------- the protocol
@@ -245,6 +319,16 @@ def test_a_reply_of_the_wrong_form_is_refused(answer, why):
     request = {"op": "call", "reply": "all", "arity": 3, "send_back": ["bn_param"]}
     with pytest.raises(protocol.ProtocolError, match=why):
         runner._checked(request, answer)
+
+
+def test_text_in_a_reply_is_made_printable():
+    request = {"op": "call", "reply": "none", "arity": 2, "send_back": []}
+    reply = runner._checked(request, {"outcome": "raised", "error": "\x1b]52;c;cm0gLXJmIH4=\x07 \u202eok",
+                                      "mutated": ("x\x1b[8m",)})
+    assert (reply.error, reply.mutated) == ("\\x1b]52;c;cm0gLXJmIH4=\\x07 \\u202eok", ("x\\x1b[8m",))
+    load = runner._checked({"op": "load", "names": ("f",)}, {"functions": (), "error": "\x9b2J"})
+    assert load["error"] == "\\x9b2J"
+    assert protocol.printable("x̂ · γ − é\u00a0") == "x̂ · γ − é\u00a0"  # what is printable stays
 
 
 def test_the_worker_sees_only_its_own_environment():

@@ -28,6 +28,7 @@ from typing import NamedTuple
 
 from . import feedback, points as points_mod, summary
 from .checks import Row
+from .protocol import printable
 from .report import Result, to_json
 from .runner import OUTPUT_NOTE
 from .sandbox import Limits
@@ -99,9 +100,9 @@ def entries(folder: Path, out: Path) -> list[Path]:
 
 
 def _names(paths: list[Path]) -> dict[Path, str]:
-    """Each entry's student name: without .py/.zip, unless two entries would share it."""
-    stems = [p.stem if p.suffix in (".py", ".zip") and not p.is_dir() else p.name for p in paths]
-    return {p: (s if stems.count(s) == 1 else p.name) for p, s in zip(paths, stems)}
+    """Each entry's student name: without .py/.zip, unless two entries would share it; printable."""
+    stems = [printable(p.stem if p.suffix in (".py", ".zip") and not p.is_dir() else p.name) for p in paths]
+    return {p: (s if stems.count(s) == 1 else printable(p.name)) for p, s in zip(paths, stems)}
 
 
 def _previous(out: Path, options: dict) -> dict:
@@ -176,7 +177,7 @@ def grade_class(folder, out=None, *, jobs: int | None = None, force: bool = Fals
         try:
             submission = from_entry(entry)._replace(name=name)
         except SubmissionError as exc:
-            students[name] = Graded(name, entry.name, None, None, f"could not be read: {exc}")
+            students[name] = Graded(name, entry.name, None, None, f"could not be read: {printable(str(exc))}")
             continue
         reused = _reused(previous.get(name), name, entry, submission)
         if reused is not None:
@@ -241,7 +242,7 @@ class _Progress:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
             self.bar = Progress(TextColumn("grading"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                                TextColumn("{task.fields[last]}"), console=console, transient=False)
+                                TextColumn("{task.fields[last]}", markup=False), console=console, transient=False)
             self.bar.start()
             self.task = self.bar.add_task("grading", total=total, completed=done, last="")
         self.stream = stream

@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 import struct
 from typing import Any, NamedTuple
 
@@ -33,6 +34,10 @@ MAX_STRING = 4000
 MAX_DEPTH = 6
 MAX_ITEMS = 256
 NUMERIC_KINDS = "biuf"
+#: Characters a terminal or an editor acts on rather than shows: C0 and C1 controls (ESC starts the
+#: sequences that clear a screen, retitle a window or write the clipboard), DEL, and Unicode's
+#: bidirectional and invisible formatting characters (text that reads otherwise than it is).
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]")
 
 
 class ProtocolError(ValueError):
@@ -178,6 +183,12 @@ def body_size(header: bytes) -> int:
 
 
 # ----------------------------------------------------------------------------- checking a decoded reply
+
+def printable(text: str) -> str:
+    """Text from the student's process (an exception's message, what it printed) safe to show anywhere:
+    each control or formatting character written out as its escape (``\\x1b``, ``\\u202e``)."""
+    return _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
 
 def expect(value, kind, what: str):
     """``value`` when it is of ``kind`` (a type or tuple of types), else ProtocolError naming ``what``."""

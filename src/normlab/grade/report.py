@@ -23,6 +23,7 @@ from typing import NamedTuple
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from .checks import Row
 from .diagnose import CODES
@@ -69,7 +70,7 @@ def _speedup_cell(row: Row) -> str:
 
 def print_report(result: Result, console: Console) -> None:
     """The table, each row's findings, then what each code found means and how to fix it."""
-    table = Table(title=f"normlab grade: {result.path}")
+    table = Table(title=Text(f"normlab grade: {result.path}"))  # a path is not markup
     for column in ("function", "status", "worst rel. error", "diagnosis", "alt speedup"):
         table.add_column(column, justify="right" if column in ("worst rel. error", "alt speedup") else "left")
     for row in result.rows:

@@ -11,13 +11,17 @@ then SIGKILL to the whole process group) and the call's reply says "timeout";
 the next call starts a fresh worker, which imports the module again. A worker
 that dies (os._exit, a limit, a crash) is replaced the same way. A function
 that timed out or killed its worker is not called again: later calls get the
-same reply at once, so one endless loop costs one timeout.
+same reply at once, so one endless loop costs one timeout. Calls that each
+stay just under the timeout are bounded too: once a submission's exchanges
+have taken ``Limits.total_seconds`` in all, no call is made any more (a
+Gradescope run that outlasts its own timeout writes no results at all).
 
 Replies are ``protocol`` frames (data only) and each is checked against the
 request before use; a frame that is not (too large, malformed, a forged reply
 of the wrong form) stops the worker like a crash. The student's stdout and
 stderr are drained while waiting, the first and last ``Limits.output`` / 2
-bytes kept.
+bytes kept. Text from the worker (messages, output) is made ``printable``
+before anything shows it: a student's escape sequences never reach a terminal.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from typing import Any, NamedTuple, Sequence
 
 from .. import procs
 from . import protocol
-from .protocol import HEADER, Handle, ProtocolError
+from .protocol import HEADER, Handle, ProtocolError, printable
 from .sandbox import Limits, environment, format_size, python_paths, unreadable_python_paths
 from .submission import Submission, from_file
 
@@ -48,8 +52,13 @@ STARTUP_S = 10.0
 STDERR_TAIL_CHARS = 400
 #: Seconds the keeper gets to stop the student's process before the whole group is killed.
 STOP_GRACE_S = 1.0
-BOOT = ("import sys; sys.dont_write_bytecode = True; sys.path.insert(0, sys.argv[1]); "
-        "from normlab.grade.worker import main; main(sys.argv[2])")
+#: The worker's three modules (worker, protocol, sandbox) loaded from this folder as a package of their
+#: own, without normlab: the reference the student is graded against is not in the student's process,
+#: and normlab's folder is hidden from it (``PACKAGE`` joins the hidden folders).
+BOOT = ("import sys, types; sys.dont_write_bytecode = True; "
+        "grader = types.ModuleType('_normlab_grader'); grader.__path__ = [sys.argv[1]]; "
+        "sys.modules['_normlab_grader'] = grader; from _normlab_grader.worker import main; main(sys.argv[2])")
+PACKAGE = Path(__file__).resolve().parents[1]
 _SIGNALS = {signal.SIGXCPU: "the CPU-time limit", signal.SIGXFSZ: "the file-size limit",
             signal.SIGKILL: "SIGKILL", signal.SIGSEGV: "a crash (SIGSEGV)"}
 
@@ -112,7 +121,9 @@ class Output:
             self.tail = (self.tail + chunk)[-self.half:]
 
     def last(self, chars: int) -> str:
-        return (bytes(self.head) + bytes(self.tail)).decode(errors="replace").strip()[-chars:]
+        """The end of what was kept, its lines joined with " | ", made printable."""
+        text = (bytes(self.head) + bytes(self.tail)).decode(errors="replace").strip()[-chars:]
+        return printable(" | ".join(text.splitlines()))
 
     def note(self) -> str | None:
         if self.total <= 2 * self.half:
@@ -145,7 +156,8 @@ def _checked(request: dict, answer) -> Any:
         functions = protocol.field(answer, "functions", tuple)
         if not all(isinstance(f, str) and f in request["names"] for f in functions):
             raise ProtocolError("the reply names functions that were not asked for")
-        return {"functions": functions, "error": protocol.field(answer, "error", (str, type(None)))}
+        error = protocol.field(answer, "error", (str, type(None)))
+        return {"functions": functions, "error": None if error is None else printable(error)}
     outcome = protocol.field(answer, "outcome", str)
     if outcome not in ("ok", "raised", "bad-return"):
         raise ProtocolError(f"an unknown outcome {outcome[:40]!r}")
@@ -155,6 +167,7 @@ def _checked(request: dict, answer) -> Any:
     mutated = protocol.field(answer, "mutated", tuple, ())
     if not all(isinstance(m, str) and len(m) <= 200 for m in mutated):
         raise ProtocolError("mutated: expected short strings")
+    mutated = tuple(printable(m) for m in mutated)
     dicts = protocol.field(answer, "dicts", dict, {})
     if not all(k in request["send_back"] and isinstance(v, dict) for k, v in dicts.items()):
         raise ProtocolError("dicts: only the parameter dicts asked for, as dicts")
@@ -163,7 +176,7 @@ def _checked(request: dict, answer) -> Any:
                                                               len(value) == request["arity"]):
         raise ProtocolError(f"value: expected a tuple of {request['arity']}")
     return Reply(outcome, value=value, seconds=seconds, mutated=mutated, dicts=dicts,
-                 error=protocol.field(answer, "error", str, ""))
+                 error=printable(protocol.field(answer, "error", str, "")))
 
 
 class _Deadline(Exception):
@@ -185,7 +198,7 @@ class Worker:
         self.timeout = float(timeout)
         self.startup = float(startup)
         self.limits = limits
-        self.hide = hidden_paths(hide)
+        self.hide = hidden_paths([*hide, PACKAGE])
         self.reveal = unreadable_python_paths()
         self.output = Output(limits.output)
         self._proc: subprocess.Popen | None = None
@@ -194,6 +207,7 @@ class Worker:
         self._folder: Path | None = None
         self._loaded: Loaded | None = None
         self._given_up: dict[str, Reply] = {}  # function -> its timeout or death
+        self._spent = 0.0  # seconds of exchanges with the worker, summed over every start
         self.starts = 0
 
     def __enter__(self):
@@ -236,7 +250,7 @@ class Worker:
                   "reveal": self.reveal}
         try:
             self._proc = subprocess.Popen(
-                [sys.executable, "-I", "-c", BOOT, str(Path(__file__).resolve().parents[2]), json.dumps(config)],
+                [sys.executable, "-I", "-c", BOOT, str(Path(__file__).resolve().parent), json.dumps(config)],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, pass_fds=(reply_end,),
                 start_new_session=True, env=environment(), cwd=folder)
         finally:
@@ -304,7 +318,7 @@ class Worker:
             how = f"killed by {_SIGNALS.get(-code, signal.Signals(-code).name if -code in signal.valid_signals() else code)}"
         else:
             how = f"exit status {code}"
-        tail = " | ".join(self.output.last(STDERR_TAIL_CHARS).splitlines())
+        tail = self.output.last(STDERR_TAIL_CHARS)
         return how + (f"; its last output: {tail}" if tail else "")
 
     # -- calls
@@ -322,6 +336,9 @@ class Worker:
         """
         if func in self._given_up:
             return self._given_up[func]
+        if self._spent >= self.limits.total_seconds:
+            return Reply("timeout", error=f"not called: the submission's calls have taken "
+                                          f"{self.limits.total_seconds:g} s in all, as many as it is given")
         loaded = self.loaded()
         if self._proc is None or func not in loaded.functions:
             return Reply("raised", error=loaded.error or f"{func} is not defined")
@@ -334,7 +351,8 @@ class Worker:
         return answer
 
     def _exchange(self, request: dict, timeout: float) -> Reply:
-        deadline = time.monotonic() + timeout
+        start = time.monotonic()
+        deadline = start + timeout
         try:
             if request["op"] != "ready":  # "ready" is sent unasked, once the worker has started
                 self._write(protocol.frame(request), deadline)
@@ -346,7 +364,10 @@ class Worker:
         except (EOFError, BrokenPipeError, ConnectionResetError):
             return Reply("died", error=f"the worker process exited ({self._kill()})")
         except ProtocolError as exc:
-            return Reply("died", error=f"its reply was refused ({exc}); the worker was stopped ({self._kill()})")
+            return Reply("died", error=f"its reply was refused ({printable(str(exc))}); the worker was stopped "
+                                       f"({self._kill()})")
+        finally:
+            self._spent += time.monotonic() - start
         if request["op"] in ("ready", "load"):
             return Reply("ok", value=answer)
         return answer

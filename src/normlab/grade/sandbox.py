@@ -14,7 +14,8 @@ process, first in its new PID namespace, then
 - copies the staged submission into its working directory (``/tmp``, or a
   fresh folder when there is no mount namespace);
 - sets resource limits (address space, CPU seconds, processes, file size,
-  open files, no core files);
+  open files, no core files), and makes itself the first the kernel's
+  out-of-memory killer takes (a container with less memory than ``--memory``);
 - drops to a user and group of its own (a random unused uid, so students'
   processes cannot count against, signal or write for each other), with no
   supplementary groups and ``no_new_privs``, so setuid programs give nothing back.
@@ -63,6 +64,8 @@ class Limits(NamedTuple):
     open_files: int = 64         # open descriptors (RLIMIT_NOFILE)
     disk: int = 64 << 20         # the private /tmp
     output: int = 64 << 10       # stdout/stderr kept by the grader (the rest is counted, not kept)
+    total_seconds: float = 300.0  # wall-clock time of all of a submission's calls, restarts included (the
+                                  # grader's own bound: each call also has its timeout)
 
 
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -236,10 +239,11 @@ def enter(config: dict, protocol_files) -> tuple[Path, list[str]]:
         except (OSError, ValueError):
             pass
     uid = _student_uid() if root else None
-    # Copied before the namespaces: in a user namespace without a uid map no file can be created.
+    # Copied before the namespaces: in a user namespace without a uid map no file can be created. It stays
+    # root's: the student gets it only when there is no private /tmp to copy it into (_private_files).
     scratch = Path(config["scratch"])
     scratch.mkdir(mode=0o700)
-    _copy_staged(Path(config["staged"]), scratch, uid)
+    _copy_staged(Path(config["staged"]), scratch)
     namespaces, reason = _enter_namespaces(root)
     notes = []
     if "net" not in namespaces:
@@ -274,18 +278,23 @@ def enter(config: dict, protocol_files) -> tuple[Path, list[str]]:
 
 # ----------------------------------------------------------------------------- the student's process
 
-def _copy_staged(staged: Path, destination: Path, uid: int | None) -> None:
-    """The staged submission (regular files and folders only) into ``destination``, owned by ``uid``."""
+def _copy_staged(staged: Path, destination: Path) -> None:
+    """The staged submission (regular files and folders only) into ``destination``."""
     for folder, dirs, files in os.walk(staged):
         relative = Path(os.path.relpath(folder, staged))
         for name in dirs:
             (destination / relative / name).mkdir(mode=0o700)
         for name in files:
             shutil.copyfile(Path(folder, name), destination / relative / name, follow_symlinks=False)
-    if uid is not None:
-        for folder, dirs, files in os.walk(destination):
-            for name in [folder, *(os.path.join(folder, n) for n in dirs + files)]:
-                os.chown(name, uid, uid, follow_symlinks=False)
+
+
+def _give(destination: Path, uid: int | None) -> None:
+    """``destination`` and everything in it to ``uid`` (None: left as it is)."""
+    if uid is None:
+        return
+    for folder, dirs, files in os.walk(destination):
+        for name in [folder, *(os.path.join(folder, n) for n in dirs + files)]:
+            os.chown(name, uid, uid, follow_symlinks=False)
 
 
 def _reveal(paths) -> None:
@@ -321,12 +330,17 @@ def _private_mounts(scratch: Path, hide, reveal, pid_namespace: bool, uid: int |
     for path in SHARED_TMP:
         if os.path.isdir(path) and not os.path.islink(path):
             _mount(WORKDIR, path, None, MS_BIND)
-    _copy_staged(Path("."), Path(WORKDIR), uid)
+    _copy_staged(Path("."), Path(WORKDIR))
+    _give(Path(WORKDIR), uid)
     return Path(WORKDIR)
 
 
 def _private_files(scratch: Path, hide, reveal, namespaces, uid, limits: Limits) -> tuple[Path, list[str]]:
-    """The working directory: /tmp of a private tmpfs, else the scratch copy (with a note saying so)."""
+    """The working directory: /tmp of a private tmpfs, else the scratch copy (with a note saying so).
+
+    Only the working directory becomes the student's: the scratch copy, outside the tmpfs when the
+    grader's temporary folder is not /tmp, stays root's, so the student cannot fill that disk.
+    """
     if "mount" in namespaces:
         try:
             workdir = _private_mounts(scratch, hide, reveal, "pid" in namespaces, uid, limits)
@@ -336,6 +350,7 @@ def _private_files(scratch: Path, hide, reveal, namespaces, uid, limits: Limits)
             note = f"no private /tmp, nothing hidden: mounting failed ({exc})"
     else:
         note = "no private /tmp, nothing hidden: no mount namespace"
+    _give(scratch, uid)
     os.chdir(scratch)
     return scratch, [note]
 
@@ -358,6 +373,10 @@ def _set_limits(limits: Limits, root: bool) -> list[str]:
             resource.setrlimit(which, soft_hard)
         except (OSError, ValueError) as exc:
             notes.append(f"{what} not limited ({exc})")
+    try:  # Linux; any process may raise its own score. Elsewhere there is no such killer to steer.
+        Path("/proc/self/oom_score_adj").write_text("1000")
+    except OSError:
+        pass
     return notes
 
 

@@ -104,10 +104,18 @@ def _check_counts(files) -> None:
         raise SubmissionError(f"{len(files)} .py files go with it, more than the {MAX_FILES} accepted")
 
 
-def _check_total(files) -> None:
-    total = sum(len(data) for _, data in files)
-    if total > MAX_TOTAL_BYTES:
-        raise SubmissionError(f"its .py files hold {total} bytes, more than the {MAX_TOTAL_BYTES} accepted")
+def _read_all(chosen, read, prefix: PurePosixPath) -> tuple[tuple[PurePosixPath, bytes], ...]:
+    """(path under ``prefix``, ``read(path)``) for each chosen file, refused as soon as they hold more
+    than MAX_TOTAL_BYTES: at most that much (and one file) is ever held, not MAX_FILES files' worth."""
+    _check_counts(chosen)
+    files, total = [], 0
+    for path in chosen:
+        data = read(path)
+        total += len(data)
+        if total > MAX_TOTAL_BYTES:
+            raise SubmissionError(f"its .py files hold more than the {MAX_TOTAL_BYTES} bytes accepted")
+        files.append((path.relative_to(prefix), data))
+    return tuple(files)
 
 
 # ----------------------------------------------------------------------------- from a folder
@@ -153,10 +161,7 @@ def _walk(folder: Path, depth: int = MAX_DEPTH) -> list[PurePosixPath]:
 
 
 def _read_files(folder: Path, prefix: PurePosixPath, chosen) -> tuple[tuple[PurePosixPath, bytes], ...]:
-    _check_counts(chosen)
-    files = tuple((p.relative_to(prefix), _read_regular(folder.joinpath(*p.parts))) for p in chosen)
-    _check_total(files)
-    return files
+    return _read_all(chosen, lambda p: _read_regular(folder.joinpath(*p.parts)), prefix)
 
 
 def from_file(path, name: str | None = None) -> Submission:
@@ -222,11 +227,9 @@ def from_zip(path: Path, name: str) -> Submission:
                     members[member] = info
             module = find_module(members)
             prefix, chosen = select(members, module)
-            _check_counts(chosen)
-            files = tuple((p.relative_to(prefix), _read_member(archive, members[p])) for p in chosen)
+            files = _read_all(chosen, lambda p: _read_member(archive, members[p]), prefix)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError, OSError) as exc:
         raise SubmissionError(f"not a readable zip archive ({exc})") from None
-    _check_total(files)
     return Submission(name, path, module.relative_to(prefix), files)
 
 

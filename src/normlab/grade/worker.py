@@ -1,6 +1,9 @@
 """The worker process: imports a student's layers.py and runs one call per request.
 
-Started by ``runner.Worker`` as ``python -I -c BOOT NORMLAB_PATH CONFIG``.
+Started by ``runner.Worker`` as ``python -I -c BOOT GRADE_FOLDER CONFIG``, which
+loads this module, ``protocol`` and ``sandbox`` alone, not normlab: nothing
+imported here may come from the rest of normlab (its reference is not for the
+student's process; its folder is hidden from it).
 Before anything of the student's runs, ``sandbox.enter`` fences the process
 in (namespaces, a private working directory holding a copy of the
 submission, another user, resource limits). Requests arrive on fd 0 and
