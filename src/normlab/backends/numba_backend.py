@@ -211,16 +211,19 @@ class FusedPlan(NamedTuple):
         self.backward(xv, dyv, gamma, stats[0], stats[2], bool(given), dgamma, dbeta, dx, *self.extra)
         return dgamma, dbeta
 
-    def entry_points(self, dtype) -> tuple[int, ...]:
-        """These kernels as C functions, for input of ``dtype``: the addresses of forward, backward and the
-        running-statistics rule on float32 and on float64 buffers, then dims (N, C, L, width, row blocks)
+    def entry_points(self, dtype) -> dict[str, int]:
+        """These kernels as C functions for input of ``dtype``, as fields of the plan record
+        (``plan_record``): the addresses of forward, backward and the running-statistics rule on float32
+        and on float64 buffers, and the view (N, C, 1, L) with the columns kernels' task grid
         (``_numba_entry_points`` gives the signatures). Compiled on first use."""
         from . import _numba_entry_points as ep
 
         forward, backward = ep.batch_entry_points(self.kind, self.parallel, dtype)
         n, c, length = (*self.view, 1)[:3]
-        return (forward, backward, ep.update_entry_point(np.float32), ep.update_entry_point(np.float64),
-                n, c, length, *(self.extra or (0, 0)))
+        width, row_blocks = self.extra or (0, 0)
+        return {"forward": forward, "backward": backward, "update_float": ep.update_entry_point(np.float32),
+                "update_double": ep.update_entry_point(np.float64), "n": n, "groups": c, "per_group": 1,
+                "length": length, "width": width, "row_blocks": row_blocks}
 
 
 class RowsPlan(NamedTuple):
@@ -267,14 +270,17 @@ class RowsPlan(NamedTuple):
         """Which backward kernel serves these rows: per run, or per element (short runs)."""
         return "rows" if self.shape[3] >= ROWS_MIN_LENGTH else "rows_elementwise"
 
-    def entry_points(self, dtype) -> tuple[int, ...]:
-        """As :meth:`FusedPlan.entry_points`: forward, backward, no running-statistics rule (0, 0), then
-        dims (N, G, K, L, blocks), blocks the backward's row blocks for the thread count of now."""
+    def entry_points(self, dtype) -> dict[str, int]:
+        """As :meth:`FusedPlan.entry_points`: forward, backward, no running-statistics rule (0), the view
+        (N, G, K, L), and the backward's row blocks for the thread count of now."""
         from . import _numba_entry_points as ep
 
         size = math.prod(self.shape)
         forward, backward = ep.rows_entry_points(self.kernel_kind, size >= SERIAL_BELOW, self.center, dtype)
-        return (forward, backward, 0, 0, *self.shape, _blocks(size, self.view[0], ROW_BLOCKS_PER_THREAD))
+        n, g, k, length = self.shape
+        return {"forward": forward, "backward": backward, "update_float": 0, "update_double": 0, "n": n,
+                "groups": g, "per_group": k, "length": length, "width": 0,
+                "row_blocks": _blocks(size, self.view[0], ROW_BLOCKS_PER_THREAD)}
 
 
 def fused_plan(view4, batch_stats: bool = True, center: bool = True,

@@ -30,7 +30,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from ..backends import get_backend
+from ..backends import get_backend, plan_record
 from . import fused_node, memory, ops
 
 _DTYPES = (torch.float32, torch.float64)
@@ -43,8 +43,8 @@ class Plan(NamedTuple):
     stat_shape: tuple  # the statistics as the user sees them ((C,) for batch norm, (N, ...) per sample)
     param_shape: tuple  # weight's and bias's shape
     count: int  # values per statistic
-    #: the native node's ``Plan`` (``fused_node.cpp``: the norm, kernel addresses, huge-page bytes, counts,
-    #: dims); None: the route stays in Python (the node could not be built)
+    #: the native node's ``Plan`` (``fused_node.cpp``: the norm and its plan record, ``plan_record``); None: the
+    #: route stays in Python (the node could not be built)
     native: object = None
     #: given statistics above the fused sizes: only for calls that need no gradient (:func:`serves`)
     forward_only: bool = False
@@ -79,10 +79,10 @@ def plan_for(kind: str, shape: tuple, arg: tuple, dtype: torch.dtype, backend: s
         return None
     native, node = None, fused_node.load()
     if node is not None:
-        fwd, bwd, update32, update64, *dims = kernels.entry_points(np.float32 if dtype == torch.float32 else np.float64)
-        native = node.Plan(kind, list(arg), [fwd, bwd, update32, update64, memory.HUGE_PAGE_MIN_BYTES,
-                                             math.prod(layout.stat_shape), math.prod(layout.param_shape), *dims],
-                           math.prod(shape))
+        fields = kernels.entry_points(np.float32 if dtype == torch.float32 else np.float64)
+        native = node.Plan(kind, list(arg), plan_record.record(
+            **fields, numel=math.prod(shape), stats=math.prod(layout.stat_shape),
+            params=math.prod(layout.param_shape), huge_page_bytes=memory.HUGE_PAGE_MIN_BYTES))
     return Plan(kernels, layout.stat_shape, layout.param_shape, layout.count, native, kernels.forward_only)
 
 

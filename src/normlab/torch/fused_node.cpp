@@ -18,12 +18,12 @@
 // the route is never taken under torch.compile, tracing or functorch
 // transforms, where an operator would be needed.
 //
-// Plan(kind, arg, ints, numel): one input signature's facts, built once (normlab.torch.fused.plan_for)
+// Plan(kind, arg, record): one input signature's facts, built once (normlab.torch.fused.plan_for)
 //   kind, arg the norm (a key of normlab.torch.ops.LAYOUTS and its argument): for double backward
-//   ints      [forward, backward, update float, update double, huge-page bytes, S, P, dims...]:
-//             S statistics of x.numel() / S values each, P parameters, dims as the entry points take
-//             them (normlab/backends/_numba_entry_points.py)
-//   numel     the number of values of x the dims describe (checked on every call)
+//   record    the plan record, int64 fields named in normlab/backends/plan_record.py (the only definition;
+//             normlab_plan_fields.h is generated from it at build time): the kernels' entry points, the
+//             sizes every call is checked against (numel, stats, params), the kernels' view and task grid,
+//             which the entry points read from the same record
 //
 // fused_norm(x, weight, bias, mean, var, running_mean, running_var, num_batches_tracked, momentum, eps, plan)
 //   -> (out, stats)
@@ -52,6 +52,8 @@
 #include <sys/mman.h>
 #endif
 
+#include "normlab_plan_fields.h"
+
 namespace {
 
 namespace py = pybind11;
@@ -63,13 +65,31 @@ using ForwardFn = int64_t (*)(void*, void*, void*, double, int64_t, double*, voi
 using BackwardFn = void (*)(void*, void*, void*, double*, int64_t, void*, void*, void*, const int64_t*);
 using UpdateFn = void (*)(void*, void*, double*, int64_t, int64_t, double);
 
-enum PlanSlot { kForward, kBackward, kUpdateFloat, kUpdateDouble, kHugePageBytes, kStats, kParams, kDims };
+// The plan record's fields, in the order of normlab/backends/plan_record.py: k_forward, k_backward, ...
+#define NORMLAB_FIELD_ENUM(name) k_##name,
+enum Field : size_t { NORMLAB_PLAN_FIELDS(NORMLAB_FIELD_ENUM) kFieldCount };
+#undef NORMLAB_FIELD_ENUM
 
 struct Plan {
   std::string kind;
-  std::vector<int64_t> arg, ints;
-  int64_t numel;  // x's size the kernels' dims describe: any other x would be read out of bounds
+  std::vector<int64_t> arg, record;
+  int64_t operator[](Field field) const { return record[field]; }
+  const int64_t* data() const { return record.data(); }  // what the entry points read
 };
+
+std::shared_ptr<Plan> make_plan(std::string kind, std::vector<int64_t> arg, std::vector<int64_t> record) {
+  TORCH_CHECK(record.size() == kFieldCount, "Plan: a plan record has ", kFieldCount, " fields, got ", record.size());
+  auto plan = std::make_shared<Plan>(Plan{std::move(kind), std::move(arg), std::move(record)});
+  const Plan& p = *plan;
+  // The record's sizes must describe one view: the kernels index x by (n, groups, per_group, length).
+  TORCH_CHECK(p[k_numel] > 0 && p[k_n] * p[k_groups] * p[k_per_group] * p[k_length] == p[k_numel] &&
+                  p[k_params] == p[k_groups] * p[k_per_group] &&
+                  p[k_stats] == (p.kind == "batch" ? p[k_groups] : p[k_n] * p[k_groups]),
+              "Plan: the record's sizes do not describe one view (numel ", p[k_numel], ", n ", p[k_n], ", groups ",
+              p[k_groups], ", per_group ", p[k_per_group], ", length ", p[k_length], ", stats ", p[k_stats],
+              ", params ", p[k_params], ")");
+  return plan;
+}
 
 bool present(const OptTensor& t) { return t.has_value() && t->defined(); }
 OptTensor or_none(const at::Tensor& t) { return t.defined() ? OptTensor(t) : OptTensor(); }
@@ -138,17 +158,17 @@ struct FusedNormBackward : public torch::autograd::Node {
       std::tie(dx, dweight, dbias) = op.call(grads[0], x_, or_none(weight_), stats_, or_none(mean_),
                                              or_none(var_), plan->kind, plan->arg, eps);
     } else {
-      const auto& ints = plan->ints;
+      const Plan& p = *plan;
       at::Tensor dout = grads[0];
       if (dout.scalar_type() != x_.scalar_type() || !dout.is_contiguous()) {
         dout = dout.to(x_.scalar_type()).contiguous();
       }
-      dx = fresh_like(x_, ints[kHugePageBytes]);
+      dx = fresh_like(x_, p[k_huge_page_bytes]);
       dweight = fresh(param_shape, x_.scalar_type());
       dbias = fresh(param_shape, x_.scalar_type());
-      reinterpret_cast<BackwardFn>(ints[kBackward])(x_.data_ptr(), dout.data_ptr(), gamma_.data_ptr(),
-                                                    stats_.data_ptr<double>(), mean_.defined(), dweight.data_ptr(),
-                                                    dbias.data_ptr(), dx.data_ptr(), ints.data() + kDims);
+      reinterpret_cast<BackwardFn>(p[k_backward])(x_.data_ptr(), dout.data_ptr(), gamma_.data_ptr(),
+                                                  stats_.data_ptr<double>(), mean_.defined(), dweight.data_ptr(),
+                                                  dbias.data_ptr(), dx.data_ptr(), p.data());
     }
     if (task_should_compute_output(0)) result[0] = dx;
     if (task_should_compute_output(1)) result[1] = dweight;
@@ -162,14 +182,13 @@ std::tuple<at::Tensor, at::Tensor> fused_norm(const at::Tensor& x, const OptTens
                                               const OptTensor& running_mean, const OptTensor& running_var,
                                               const OptTensor& num_batches_tracked, std::optional<double> momentum,
                                               double eps, const std::shared_ptr<const Plan>& plan) {
-  const auto& ints = plan->ints;
-  TORCH_CHECK(ints.size() > kDims, "fused_norm: the plan has ", ints.size(), " entries");
+  const Plan& p = *plan;
   TORCH_CHECK(x.device().is_cpu() && x.is_contiguous() &&
                   (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble),
               "fused_norm: x must be a contiguous float32/float64 CPU tensor");
-  const int64_t stats_count = ints[kStats], params = ints[kParams];
-  TORCH_CHECK(stats_count > 0 && x.numel() == plan->numel, "fused_norm: the plan (for ", plan->numel,
-              " values) does not match x of shape ", x.sizes());
+  const int64_t stats_count = p[k_stats], params = p[k_params];
+  TORCH_CHECK(x.numel() == p[k_numel], "fused_norm: the plan (for ", p[k_numel], " values) does not match x of shape ",
+              x.sizes());
   const int64_t count = x.numel() / stats_count;  // values per statistic
   // The kernels index every per-channel tensor by the plan's counts (the callers have checked the shapes).
   for (const auto& [t, want] : {std::pair{&weight, params}, {&bias, params}, {&mean, stats_count}, {&var, stats_count},
@@ -195,10 +214,10 @@ std::tuple<at::Tensor, at::Tensor> fused_norm(const at::Tensor& x, const OptTens
       copy_row(stats.data_ptr<double>(), *mean, stats_count);
       copy_row(stats.data_ptr<double>() + stats_count, *var, stats_count);
     }
-    out = fresh_like(x, ints[kHugePageBytes]);
-    const auto finite = reinterpret_cast<ForwardFn>(ints[kForward])(x.data_ptr(), gamma.data_ptr(), beta.data_ptr(),
-                                                                    eps, given, stats.data_ptr<double>(),
-                                                                    out.data_ptr(), ints.data() + kDims);
+    out = fresh_like(x, p[k_huge_page_bytes]);
+    const auto finite = reinterpret_cast<ForwardFn>(p[k_forward])(x.data_ptr(), gamma.data_ptr(), beta.data_ptr(), eps,
+                                                                  given, stats.data_ptr<double>(), out.data_ptr(),
+                                                                  p.data());
     if (!finite) return {at::Tensor(), stats};
   }
   const bool update = present(running_mean) && present(running_var), counts = present(num_batches_tracked);
@@ -217,8 +236,8 @@ std::tuple<at::Tensor, at::Tensor> fused_norm(const at::Tensor& x, const OptTens
     } else if (counts) {
       factor = 1.0 / static_cast<double>(*num_batches_tracked->data_ptr<int64_t>() + 1);
     }
-    const auto update_fn = reinterpret_cast<UpdateFn>(
-        ints[running_mean->scalar_type() == at::kFloat ? kUpdateFloat : kUpdateDouble]);
+    const auto update_fn =
+        reinterpret_cast<UpdateFn>(p[running_mean->scalar_type() == at::kFloat ? k_update_float : k_update_double]);
     TORCH_CHECK(update_fn != nullptr, "fused_norm: this plan has no running-statistics rule");
     update_fn(running_mean->data_ptr(), running_var->data_ptr(), stats.data_ptr<double>(), stats_count, count,
               factor);
@@ -244,16 +263,22 @@ std::tuple<at::Tensor, at::Tensor> fused_norm(const at::Tensor& x, const OptTens
 
 }  // namespace
 
+#define NORMLAB_FIELD_NAME(name) #name,
+const char* const kFieldNames[] = {NORMLAB_PLAN_FIELDS(NORMLAB_FIELD_NAME)};
+#undef NORMLAB_FIELD_NAME
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  py::class_<Plan, std::shared_ptr<Plan>>(m, "Plan")
-      .def(py::init([](std::string kind, std::vector<int64_t> arg, std::vector<int64_t> ints, int64_t numel) {
-             return std::make_shared<Plan>(Plan{std::move(kind), std::move(arg), std::move(ints), numel});
-           }),
-           py::arg("kind"), py::arg("arg"), py::arg("ints"), py::arg("numel"))
-      .def_readonly("kind", &Plan::kind)
-      .def_readonly("arg", &Plan::arg)
-      .def_readonly("ints", &Plan::ints)
-      .def_readonly("numel", &Plan::numel);
+  auto plan = py::class_<Plan, std::shared_ptr<Plan>>(m, "Plan")
+                  .def(py::init(&make_plan), py::arg("kind"), py::arg("arg"), py::arg("record"))
+                  .def_readonly("kind", &Plan::kind)
+                  .def_readonly("arg", &Plan::arg);
+  // Each field read back by name, as this side reads it (tests compare with what Python wrote).
+#define NORMLAB_FIELD_PROPERTY(name) plan.def_property_readonly(#name, [](const Plan& p) { return p[k_##name]; });
+  NORMLAB_PLAN_FIELDS(NORMLAB_FIELD_PROPERTY)
+#undef NORMLAB_FIELD_PROPERTY
+  py::tuple names(static_cast<size_t>(kFieldCount));
+  for (size_t i = 0; i < kFieldCount; ++i) names[i] = py::str(kFieldNames[i]);
+  m.attr("PLAN_FIELDS") = names;
   // The GIL is released while the kernels run: other Python threads (data loading) go on.
   m.def("fused_norm", &fused_norm, py::call_guard<py::gil_scoped_release>());
 }

@@ -25,7 +25,10 @@ from pathlib import Path
 
 import torch
 
+from ..backends import plan_record
+
 SOURCE = Path(__file__).with_name("fused_node.cpp")
+HEADER = "normlab_plan_fields.h"  # generated from plan_record.FIELDS into the build directory
 
 
 def _build_dir(name: str) -> Path:
@@ -37,6 +40,12 @@ def _build_dir(name: str) -> Path:
         except OSError:
             continue
     raise OSError(f"no writable directory for the native node (tried {root})")
+
+
+def _write_if_changed(path: Path, text: str) -> None:
+    """Write the generated header only when it differs: a new mtime alone would make ninja rebuild."""
+    if not path.exists() or path.read_text() != text:
+        path.write_text(text)
 
 
 @contextlib.contextmanager
@@ -65,10 +74,12 @@ def load():
     says why)."""
     if os.environ.get("NORMLAB_NATIVE", "1") == "0":
         return None
-    source = SOURCE.read_bytes()
-    # One build per source, torch and Python: each environment its own (torch's builder rebuilds when the
-    # include paths in its build file change, so two environments sharing one directory would take turns).
-    tag = hashlib.sha256(source + f"{torch.__version__}|{torch.__file__}|{sys.version}".encode()).hexdigest()[:12]
+    source, header = SOURCE.read_bytes(), plan_record.c_header()
+    # One build per source, plan record, torch and Python: each environment its own (torch's builder rebuilds
+    # when the include paths in its build file change, so two environments sharing one directory would take
+    # turns).
+    tag = hashlib.sha256(source + f"{header}|{torch.__version__}|{torch.__file__}|{sys.version}".encode()
+                         ).hexdigest()[:12]
     name = f"normlab_fused_node_{tag}"
     try:
         from torch.utils import cpp_extension
@@ -77,9 +88,10 @@ def load():
         if not (build_dir / f"{name}.so").exists():
             print(f"normlab.torch: compiling the native autograd node into {build_dir} (once, ~25 s)",
                   file=sys.stderr, flush=True)
+        _write_if_changed(build_dir / HEADER, header)
         with _ninja_on_path():
             return cpp_extension.load(name=name, sources=[str(SOURCE)], build_directory=str(build_dir),
-                                      extra_cflags=["-O2"], verbose=False)
+                                      extra_cflags=["-O2"], extra_include_paths=[str(build_dir)], verbose=False)
     except Exception as exc:  # no compiler, no ninja, a read-only disk: the Python route still works
         warnings.warn(f"normlab.torch: the native autograd node is unavailable ({type(exc).__name__}: {exc}); "
                       "the fused route runs in Python (same results, more time per call)", RuntimeWarning,
