@@ -3,8 +3,9 @@
 The cases found by trying the bridge as a user would (a perturbed parameter or
 buffer of a module, against torch.nn) run through tests/_torch_fuzz.py's
 comparison, in child processes (some of them used to crash the process), on the
-native route and on the route a machine without a C++ compiler takes. The
-cases a code read found are tests of their own below.
+native route, the route a machine without a C++ compiler takes, and the
+backends "numpy" and "torch". The cases a code read found are tests of their
+own below.
 """
 
 import os
@@ -55,7 +56,7 @@ def _native_or_skip():
         pytest.fail("the native node did not build although a C++ compiler is here (see the warning)")
 
 
-@pytest.mark.parametrize("route", ["native", "python"])
+@pytest.mark.parametrize("route", list(fuzz.ROUTES))
 def test_the_cases_of_issue_24_behave_as_torch_nn(route):
     if route == "native":
         _native_or_skip()
@@ -65,31 +66,33 @@ def test_the_cases_of_issue_24_behave_as_torch_nn(route):
     assert not failures, "\n".join(f"{names[i]}: {'; '.join(p)}" for i, p in sorted(failures.items()))
 
 
-@pytest.fixture(params=["native", "core"])
-def eager_route(request, monkeypatch):
+@pytest.fixture(params=["native", "core", "numpy", "ops"])
+def backend(request, monkeypatch):
+    """The backend argument that takes each route: the native node, the core from Python (the node not
+    built), the NumPy backend, the torch ops."""
     if request.param == "core":
         monkeypatch.setattr(fused_node, "load", lambda: None)
-    else:
+    elif request.param == "native":
         _native_or_skip()
     routes.clear_plans()
-    yield request.param
+    yield {"numpy": "numpy", "ops": "torch"}.get(request.param, "auto")
     routes.clear_plans()
 
 
-def test_a_refused_call_leaves_the_running_statistics_and_the_count(eager_route):
+def test_a_refused_call_leaves_the_running_statistics_and_the_count(backend):
     """Every check runs before any state changes: a wrong-size weight or bias, a 2-d weight, on every route."""
     for name, value in [("weight", torch.ones(3)), ("bias", torch.zeros(5)), ("weight", torch.ones(1, 4))]:
-        bn = nt.BatchNorm1d(4)
+        bn = nt.BatchNorm1d(4, backend=backend)
         setattr(bn, name, torch.nn.Parameter(value))
         with pytest.raises(ValueError, match=f"{name} must have shape"):
             bn(torch.randn(8, 4))
         assert bn.num_batches_tracked == 0 and bn.running_mean.eq(0).all() and bn.running_var.eq(1).all()
 
 
-def test_statistics_returned_by_normalize_cannot_be_edited_into_the_backward(eager_route):
+def test_statistics_returned_by_normalize_cannot_be_edited_into_the_backward(backend):
     """They are views of what the backward reads: an in-place edit is refused there, as torch refuses one of
     its saved statistics, instead of silently changing the gradients."""
-    spec = nt.functions.Spec("batch", (), 1e-5, "auto")
+    spec = nt.functions.Spec("batch", (), 1e-5, backend)
     x = torch.randn(16, 4, dtype=torch.float64, requires_grad=True)
     out, mean, var, invstd = nt.functions.normalize(x, None, None, spec)
     assert mean.shape == var.shape == invstd.shape == (4,)
