@@ -9,7 +9,6 @@ own below.
 """
 
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -19,6 +18,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import _torch_fuzz as fuzz  # noqa: E402
+from _native import node_or_skip  # noqa: E402
 import normlab.torch as nt  # noqa: E402
 from normlab.torch import fused_node, route as routes  # noqa: E402
 
@@ -49,17 +49,10 @@ ISSUE_CASES = {
 }
 
 
-def _native_or_skip():
-    if fused_node.load() is None:
-        if os.environ.get("NORMLAB_NATIVE") == "0" or shutil.which("c++") is None:
-            pytest.skip("the native node is switched off (NORMLAB_NATIVE=0) or there is no C++ compiler")
-        pytest.fail("the native node did not build although a C++ compiler is here (see the warning)")
-
-
 @pytest.mark.parametrize("route", list(fuzz.ROUTES))
 def test_the_cases_of_issue_24_behave_as_torch_nn(route):
     if route == "native":
-        _native_or_skip()
+        node_or_skip()
     names = list(ISSUE_CASES)
     cases = [fuzz.complete(ISSUE_CASES[name]) for name in names]
     failures = fuzz.run_in_children(route, cases)
@@ -67,32 +60,32 @@ def test_the_cases_of_issue_24_behave_as_torch_nn(route):
 
 
 @pytest.fixture(params=["native", "core", "numpy", "ops"])
-def backend(request, monkeypatch):
+def route_backend(request, monkeypatch):
     """The backend argument that takes each route: the native node, the core from Python (the node not
     built), the NumPy backend, the torch ops."""
     if request.param == "core":
         monkeypatch.setattr(fused_node, "load", lambda: None)
     elif request.param == "native":
-        _native_or_skip()
+        node_or_skip()
     routes.clear_plans()
     yield {"numpy": "numpy", "ops": "torch"}.get(request.param, "auto")
     routes.clear_plans()
 
 
-def test_a_refused_call_leaves_the_running_statistics_and_the_count(backend):
+def test_a_refused_call_leaves_the_running_statistics_and_the_count(route_backend):
     """Every check runs before any state changes: a wrong-size weight or bias, a 2-d weight, on every route."""
     for name, value in [("weight", torch.ones(3)), ("bias", torch.zeros(5)), ("weight", torch.ones(1, 4))]:
-        bn = nt.BatchNorm1d(4, backend=backend)
+        bn = nt.BatchNorm1d(4, backend=route_backend)
         setattr(bn, name, torch.nn.Parameter(value))
         with pytest.raises(ValueError, match=f"{name} must have shape"):
             bn(torch.randn(8, 4))
         assert bn.num_batches_tracked == 0 and bn.running_mean.eq(0).all() and bn.running_var.eq(1).all()
 
 
-def test_statistics_returned_by_normalize_cannot_be_edited_into_the_backward(backend):
+def test_statistics_returned_by_normalize_cannot_be_edited_into_the_backward(route_backend):
     """They are views of what the backward reads: an in-place edit is refused there, as torch refuses one of
     its saved statistics, instead of silently changing the gradients."""
-    spec = nt.functions.Spec("batch", (), 1e-5, backend)
+    spec = nt.functions.Spec("batch", (), 1e-5, route_backend)
     x = torch.randn(16, 4, dtype=torch.float64, requires_grad=True)
     out, mean, var, invstd = nt.functions.normalize(x, None, None, spec)
     assert mean.shape == var.shape == invstd.shape == (4,)
@@ -118,7 +111,7 @@ def test_a_synchronized_batch_refuses_an_inference_count_before_any_buffer_chang
 
 def test_the_native_node_refuses_running_statistics_of_two_dtypes():
     """The node picks its running-statistics rule by one dtype: two would have one of them read as the other."""
-    _native_or_skip()
+    node_or_skip()
     from normlab.torch import fused
 
     plan = fused.plan_for("batch", (8, 4), (), torch.float32, "auto")
@@ -211,7 +204,7 @@ def test_the_first_build_runs_once_however_many_threads_ask(monkeypatch):
 def test_the_native_and_the_python_signature_tell_the_same_calls_apart():
     """The plan cache's key: the node's encoding (where it is built) and route._signature (elsewhere) must
     distinguish exactly the same tensors: class, layout, dtype, device, contiguity, requires_grad, sizes."""
-    _native_or_skip()
+    node_or_skip()
     node = fused_node.load()
     with torch.inference_mode():
         inference = torch.randn(4)
