@@ -696,8 +696,9 @@ def _child(route: str, cases: list[dict], timeout: float) -> tuple[dict, int | N
     return results, died, err[-1500:]
 
 
-def run_in_children(route: str, cases: list[dict], batch: int = 150, timeout: float = 300) -> dict:
-    """{position in cases: problems} of every failing case, the cases run ``batch`` to a child process.
+def run_in_children(route: str, cases: list[dict], batch: int = 1000, timeout: float = 300) -> dict:
+    """{position in cases: problems} of every failing case, the cases run ``batch`` to a child process
+    (a child's start, torch and normlab imported, costs as much CPU as a few hundred cases).
 
     A child that dies (a crash, an abort, a timeout) names the case it was in: that case is run again
     alone, in a process of its own (a crash there is its failure; a pass means an earlier case of the

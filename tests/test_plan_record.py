@@ -6,12 +6,11 @@ is checked against what Python wrote, field by field.
 """
 
 import ctypes
-import os
-import shutil
 
 import numpy as np
 import pytest
 
+from _native import node_or_skip
 from normlab.backends import plan_record
 
 # Distinct values, consistent as one view: group norm on (n, groups * per_group, length).
@@ -31,27 +30,15 @@ def test_a_record_has_exactly_the_named_fields():
     assert plan_record.c_header().count("X(") == len(plan_record.FIELDS)
 
 
-def _native():
-    torch = pytest.importorskip("torch")  # noqa: F841
-    from normlab.torch import fused_node
-
-    node = fused_node.load()
-    if node is None:
-        if os.environ.get("NORMLAB_NATIVE") == "0" or shutil.which("c++") is None:
-            pytest.skip("the native node is switched off (NORMLAB_NATIVE=0) or there is no C++ compiler")
-        pytest.fail("the native node did not build although a C++ compiler is here (see the warning)")
-    return node
-
-
 def test_the_native_node_reads_every_field_python_wrote():
-    node = _native()
+    node = node_or_skip()
     assert node.PLAN_FIELDS == plan_record.FIELDS
     plan = node.Plan("group", [3], plan_record.record(**VALUES))
     assert {name: getattr(plan, name) for name in plan_record.FIELDS} == VALUES
 
 
 def test_the_native_node_refuses_a_record_of_another_length_or_inconsistent_sizes():
-    node = _native()
+    node = node_or_skip()
     with pytest.raises(RuntimeError, match="a plan record has 14 fields, got 13"):
         node.Plan("group", [3], plan_record.record(**VALUES)[:-1])
     for name, value in [("numel", 211), ("params", 14), ("stats", 3)]:

@@ -8,9 +8,7 @@ on a machine where it cannot be built (the core's route for everything).
 """
 
 import os
-import shutil
 import sys
-import threading
 
 import numpy as np
 import pytest
@@ -18,6 +16,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("numba")
 
+from _native import node_or_skip  # noqa: E402
 import normlab.torch as nt  # noqa: E402
 from normlab.torch import checks, fused, fused_node, ops, route as routes  # noqa: E402
 
@@ -29,10 +28,8 @@ def route(request, monkeypatch):
     """The route under test: the native node, or (as where it cannot be built) the core's."""
     if request.param == "core":
         monkeypatch.setattr(fused_node, "load", lambda: None)
-    elif fused_node.load() is None:
-        if os.environ.get("NORMLAB_NATIVE") == "0" or shutil.which("c++") is None:
-            pytest.skip("the native node is switched off (NORMLAB_NATIVE=0) or there is no C++ compiler")
-        pytest.fail("the native node did not build although a C++ compiler is here (see the warning)")
+    else:
+        node_or_skip()
     routes.clear_plans()  # plans carry the native node's plan, or none
     yield request.param
     routes.clear_plans()

@@ -3,12 +3,12 @@
 The cases found by trying the bridge as a user would (a perturbed parameter or
 buffer of a module, against torch.nn) run through tests/_torch_fuzz.py's
 comparison, in child processes (some of them used to crash the process), on the
-native route and on the route a machine without a C++ compiler takes. The
-cases a code read found are tests of their own below.
+native route, the route a machine without a C++ compiler takes, and the
+backends "numpy" and "torch". The cases a code read found are tests of their
+own below.
 """
 
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -18,6 +18,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import _torch_fuzz as fuzz  # noqa: E402
+from _native import node_or_skip  # noqa: E402
 import normlab.torch as nt  # noqa: E402
 from normlab.torch import fused_node, route as routes  # noqa: E402
 
@@ -48,48 +49,43 @@ ISSUE_CASES = {
 }
 
 
-def _native_or_skip():
-    if fused_node.load() is None:
-        if os.environ.get("NORMLAB_NATIVE") == "0" or shutil.which("c++") is None:
-            pytest.skip("the native node is switched off (NORMLAB_NATIVE=0) or there is no C++ compiler")
-        pytest.fail("the native node did not build although a C++ compiler is here (see the warning)")
-
-
-@pytest.mark.parametrize("route", ["native", "python"])
+@pytest.mark.parametrize("route", list(fuzz.ROUTES))
 def test_the_cases_of_issue_24_behave_as_torch_nn(route):
     if route == "native":
-        _native_or_skip()
+        node_or_skip()
     names = list(ISSUE_CASES)
     cases = [fuzz.complete(ISSUE_CASES[name]) for name in names]
     failures = fuzz.run_in_children(route, cases)
     assert not failures, "\n".join(f"{names[i]}: {'; '.join(p)}" for i, p in sorted(failures.items()))
 
 
-@pytest.fixture(params=["native", "core"])
-def eager_route(request, monkeypatch):
+@pytest.fixture(params=["native", "core", "numpy", "ops"])
+def route_backend(request, monkeypatch):
+    """The backend argument that takes each route: the native node, the core from Python (the node not
+    built), the NumPy backend, the torch ops."""
     if request.param == "core":
         monkeypatch.setattr(fused_node, "load", lambda: None)
-    else:
-        _native_or_skip()
+    elif request.param == "native":
+        node_or_skip()
     routes.clear_plans()
-    yield request.param
+    yield {"numpy": "numpy", "ops": "torch"}.get(request.param, "auto")
     routes.clear_plans()
 
 
-def test_a_refused_call_leaves_the_running_statistics_and_the_count(eager_route):
+def test_a_refused_call_leaves_the_running_statistics_and_the_count(route_backend):
     """Every check runs before any state changes: a wrong-size weight or bias, a 2-d weight, on every route."""
     for name, value in [("weight", torch.ones(3)), ("bias", torch.zeros(5)), ("weight", torch.ones(1, 4))]:
-        bn = nt.BatchNorm1d(4)
+        bn = nt.BatchNorm1d(4, backend=route_backend)
         setattr(bn, name, torch.nn.Parameter(value))
         with pytest.raises(ValueError, match=f"{name} must have shape"):
             bn(torch.randn(8, 4))
         assert bn.num_batches_tracked == 0 and bn.running_mean.eq(0).all() and bn.running_var.eq(1).all()
 
 
-def test_statistics_returned_by_normalize_cannot_be_edited_into_the_backward(eager_route):
+def test_statistics_returned_by_normalize_cannot_be_edited_into_the_backward(route_backend):
     """They are views of what the backward reads: an in-place edit is refused there, as torch refuses one of
     its saved statistics, instead of silently changing the gradients."""
-    spec = nt.functions.Spec("batch", (), 1e-5, "auto")
+    spec = nt.functions.Spec("batch", (), 1e-5, route_backend)
     x = torch.randn(16, 4, dtype=torch.float64, requires_grad=True)
     out, mean, var, invstd = nt.functions.normalize(x, None, None, spec)
     assert mean.shape == var.shape == invstd.shape == (4,)
@@ -115,7 +111,7 @@ def test_a_synchronized_batch_refuses_an_inference_count_before_any_buffer_chang
 
 def test_the_native_node_refuses_running_statistics_of_two_dtypes():
     """The node picks its running-statistics rule by one dtype: two would have one of them read as the other."""
-    _native_or_skip()
+    node_or_skip()
     from normlab.torch import fused
 
     plan = fused.plan_for("batch", (8, 4), (), torch.float32, "auto")
@@ -208,7 +204,7 @@ def test_the_first_build_runs_once_however_many_threads_ask(monkeypatch):
 def test_the_native_and_the_python_signature_tell_the_same_calls_apart():
     """The plan cache's key: the node's encoding (where it is built) and route._signature (elsewhere) must
     distinguish exactly the same tensors: class, layout, dtype, device, contiguity, requires_grad, sizes."""
-    _native_or_skip()
+    node_or_skip()
     node = fused_node.load()
     with torch.inference_mode():
         inference = torch.randn(4)

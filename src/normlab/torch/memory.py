@@ -2,10 +2,10 @@
 
 An output the size of an activation is fresh memory on every call, and the
 first write to it faults every page in: torch's allocator leaves a 32 MiB
-tensor to 8192 faults of 4 KiB (~19 ms to allocate and fill on the 2-core
-machine of docs/benchmarks.md), where NumPy asks the kernel for huge pages
-(``madvise(MADV_HUGEPAGE)`` on arrays of 4 MiB and more) and takes ~530 faults
-(~4.6 ms). :func:`empty_like` gives torch tensors the same advice, so the
+tensor to 8192 faults of 4 KiB, where NumPy asks the kernel for huge pages
+(``madvise(MADV_HUGEPAGE)`` on arrays of 4 MiB and more) and takes about 530
+(what each costs: docs/benchmarks.md, "PyTorch bridge: modules through
+autograd"). :func:`empty_like` gives torch tensors the same advice, so the
 kernels that fill them do not spend most of their time in page faults. The
 tensors stay torch's own; where madvise is unavailable (not Linux) or
 refused, they are plain ``torch.empty_like`` results.

@@ -26,8 +26,9 @@ _AFFINE = ("weight", "bias")
 
 def _own(module, names: tuple) -> tuple:
     """The module's parameters or buffers ``names``, read from its own dicts: torch's ``Module.__getattr__``
-    costs about a microsecond per read, and a model calls its norms dozens of times per step. Where one is
-    served otherwise (a parametrization's property) all are read as attributes."""
+    is a Python call per read (docs/benchmarks.md, "Whole training steps", has what a call costs), and a
+    model calls its norms dozens of times per step. Where one is served otherwise (a parametrization's
+    property) all are read as attributes."""
     params, buffers = module._parameters, module._buffers
     found = []
     for name in names:

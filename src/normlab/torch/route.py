@@ -70,7 +70,7 @@ def _signature(t):
 
 
 def signature(x, weight, bias, running_mean, running_var, num_batches_tracked):
-    """The call's tensors as a key: the native node's encoding where it is built (a few times faster), else
+    """The call's tensors as a key: the native node's encoding where it is built (cheaper per call), else
     a tuple of :func:`_signature`'s."""
     node = fused_node.load()
     if node is not None:
