@@ -399,7 +399,8 @@ def _child_run(models, repeat, rounds, variables, timeout_s, log, control=False,
     env.update(variables)
     code = ("import json, sys; from normlab.bench.models_suite import run_here; "
             f"r = run_here({list(models) if models else None!r}, {repeat}, {rounds}, "
-            f"log=lambda s: print(s, file=sys.stderr, flush=True), control={bool(control)}, compiled={bool(compiled)}); "
+            f"log=lambda s: print(s, file=sys.stderr, flush=True), control={bool(control)}, "
+            f"compiled={bool(compiled)}); "
             "print(json.dumps(r))")
     proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)

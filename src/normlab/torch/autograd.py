@@ -75,9 +75,10 @@ class NormFunction(torch.autograd.Function):
     Under torch.compile, off the CPU and with ``backend="torch"`` forward and
     backward are the closed form in torch ops (``closed_form``: dynamo traces
     both, inductor fuses them); otherwise, on CPU (torch.func transforms,
-    tracing), the core's ``normlab::normalize`` operators. This form (forward without ctx, ``setup_context``, a vmap rule) is
-    what torch.compile and torch.func need; plain eager CPU calls take
-    :class:`EagerNormFunction` or the native node.
+    tracing), the core's ``normlab::normalize`` operators. This form (forward
+    without ctx, ``setup_context``, a vmap rule) is what torch.compile and
+    torch.func need; plain eager CPU calls take :class:`EagerNormFunction` or
+    the native node.
     """
 
     generate_vmap_rule = True  # forward and backward are torch ops or operators with vmap rules
