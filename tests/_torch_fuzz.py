@@ -53,6 +53,36 @@ EPS = [1e-3, 0.0, -1e-5, True, 1, 0, "np.float64"]
 
 # ----------------------------------------------------------------------------- drawing a case
 
+_BN = {"target": "BatchNorm1d", "shape": [8, 4]}
+#: The cases found by trying the bridge as a user would (issue 24: a perturbed parameter or buffer of a module,
+#: against torch.nn), by name, as :func:`complete` takes them; each failed on some route before the fix.
+FOUND_CASES = {
+    "meta weight": {**_BN, "perturb": [["weight", "meta", 0]]},
+    "meta bias": {**_BN, "perturb": [["bias", "meta", 0]]},
+    "meta bias of layer_norm": {"target": "layer_norm", "shape": [3, 2], "perturb": [["bias", "meta", 0]]},
+    "3-element weight": {**_BN, "perturb": [["weight", "numel", 3]]},
+    "3-element bias, eval": {**_BN, "training": False, "perturb": [["bias", "numel", 3]]},
+    "1000-element running_mean": {**_BN, "perturb": [["running_mean", "numel", 1000]]},
+    "2-element running statistics": {**_BN, "perturb": [["running_mean", "numel", 2], ["running_var", "numel", 2]]},
+    "2-element running statistics, eval": {**_BN, "training": False, "perturb": [["running_mean", "numel", 2],
+                                                                                 ["running_var", "numel", 2]]},
+    "float64 weight": {**_BN, "perturb": [["weight", "dtype", "float64"]]},
+    "float64 running_var": {**_BN, "perturb": [["running_var", "dtype", "float64"]]},
+    "float32 running_var of a float64 module": {**_BN, "dtype": "float64",
+                                                "perturb": [["running_var", "dtype", "float32"]]},
+    "2-d weight": {**_BN, "perturb": [["weight", "2d", 0]]},
+    "(16.0,) after (16,)": {"target": "layer_norm", "shape": [3, 16], "warm": True,
+                            "perturb": [["scalar", "shape_form", "float"]]},
+    "(True,) after (1,)": {"target": "rms_norm", "shape": [3, 1], "warm": True,
+                           "perturb": [["scalar", "shape_form", "bool"]]},
+    "eps=True": {"target": "layer_norm", "shape": [3, 4], "perturb": [["scalar", "eps", True]]},
+    "eps=True after eps=1": {"target": "layer_norm", "shape": [3, 4], "warm": [["scalar", "eps", 1]],
+                             "perturb": [["scalar", "eps", True]]},
+    "eps=True on a module": {**_BN, "perturb": [["scalar", "eps", True]]},
+}
+
+
+
 def _shape(r: random.Random, target: str) -> tuple[list, int]:
     """(x's shape, C or the normalized size) for a target; now and then large enough for the parallel kernels."""
     big = r.random() < 0.08
@@ -571,7 +601,8 @@ def _saving_refusal(result: dict, case: dict, torch_side: bool = False) -> bool:
 
 def _without_saving_artifacts(case: dict) -> dict:
     """The case with plain copies in place of its inference tensors and without its in-place edit."""
-    return {**case, "edit": None, "perturb": [[w, "clone" if h == "inference" else h, a] for w, h, a in case["perturb"]]}
+    return {**case, "edit": None,
+            "perturb": [[w, "clone" if h == "inference" else h, a] for w, h, a in case["perturb"]]}
 
 
 def _differences(case, ours, theirs, state: bool = True, oracle: dict | None = None) -> list[str]:
@@ -682,6 +713,8 @@ def _child(route: str, cases: list[dict], timeout: float) -> tuple[dict, int | N
         proc = subprocess.run([sys.executable, __file__, "--route", route, "--cases", "-"], input=json.dumps(cases),
                               capture_output=True, text=True, timeout=timeout, env=env)
         out, err, code = proc.stdout, proc.stderr, proc.returncode
+        if code < 0:  # (a crash's stderr is often empty: the signal says what happened)
+            err += f"\nkilled by signal {-code}"
     except subprocess.TimeoutExpired as exc:
         out, err, code = exc.stdout or "", f"timed out after {timeout} s", -1
         out, err = (out.decode() if isinstance(out, bytes) else out), err
@@ -716,9 +749,9 @@ def run_in_children(route: str, cases: list[dict], batch: int = 1000, timeout: f
         if alone_died is not None:
             failures[culprit] = [f"the process died (crash, abort or timeout): {alone_err}"]
         else:
-            earlier = [cases[p].get("seed") for p in positions[:died]]
+            earlier = f"the {died} before it, from {describe(cases[positions[0]])}" if died else "none"
             failures[culprit] = alone.get(0) or [f"the batch's process died in this case, which passes alone: an "
-                                                 f"earlier case of the batch (seeds {earlier}) corrupted it: {err}"]
+                                                 f"earlier case of the batch ({earlier}) corrupted it: {err}"]
         if positions[died + 1:]:
             todo.insert(0, positions[died + 1:])
     return failures

@@ -1,11 +1,9 @@
 """normlab.torch's one route: bad input raises as torch.nn's does on every route, with the state untouched.
 
 The cases found by trying the bridge as a user would (a perturbed parameter or
-buffer of a module, against torch.nn) run through tests/_torch_fuzz.py's
-comparison, in child processes (some of them used to crash the process), on the
-native route, the route a machine without a C++ compiler takes, and the
-backends "numpy" and "torch". The cases a code read found are tests of their
-own below.
+buffer of a module, against torch.nn: ``_torch_fuzz.FOUND_CASES``) run with the
+fuzz test's, on every route (test_torch_fuzz.py). The cases a code read found
+are tests of their own here.
 """
 
 import os
@@ -17,46 +15,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-import _torch_fuzz as fuzz  # noqa: E402
 from _native import node_or_skip  # noqa: E402
 import normlab.torch as nt  # noqa: E402
 from normlab.torch import fused_node, route as routes  # noqa: E402
-
-BN = {"target": "BatchNorm1d", "shape": [8, 4]}
-ISSUE_CASES = {
-    "meta weight": {**BN, "perturb": [["weight", "meta", 0]]},
-    "meta bias": {**BN, "perturb": [["bias", "meta", 0]]},
-    "meta bias of layer_norm": {"target": "layer_norm", "shape": [3, 2], "perturb": [["bias", "meta", 0]]},
-    "3-element weight": {**BN, "perturb": [["weight", "numel", 3]]},
-    "3-element bias, eval": {**BN, "training": False, "perturb": [["bias", "numel", 3]]},
-    "1000-element running_mean": {**BN, "perturb": [["running_mean", "numel", 1000]]},
-    "2-element running statistics": {**BN, "perturb": [["running_mean", "numel", 2], ["running_var", "numel", 2]]},
-    "2-element running statistics, eval": {**BN, "training": False, "perturb": [["running_mean", "numel", 2],
-                                                                                 ["running_var", "numel", 2]]},
-    "float64 weight": {**BN, "perturb": [["weight", "dtype", "float64"]]},
-    "float64 running_var": {**BN, "perturb": [["running_var", "dtype", "float64"]]},
-    "float32 running_var of a float64 module": {**BN, "dtype": "float64",
-                                                "perturb": [["running_var", "dtype", "float32"]]},
-    "2-d weight": {**BN, "perturb": [["weight", "2d", 0]]},
-    "(16.0,) after (16,)": {"target": "layer_norm", "shape": [3, 16], "warm": True,
-                            "perturb": [["scalar", "shape_form", "float"]]},
-    "(True,) after (1,)": {"target": "rms_norm", "shape": [3, 1], "warm": True,
-                           "perturb": [["scalar", "shape_form", "bool"]]},
-    "eps=True": {"target": "layer_norm", "shape": [3, 4], "perturb": [["scalar", "eps", True]]},
-    "eps=True after eps=1": {"target": "layer_norm", "shape": [3, 4], "warm": [["scalar", "eps", 1]],
-                             "perturb": [["scalar", "eps", True]]},
-    "eps=True on a module": {**BN, "perturb": [["scalar", "eps", True]]},
-}
-
-
-@pytest.mark.parametrize("route", list(fuzz.ROUTES))
-def test_the_cases_of_issue_24_behave_as_torch_nn(route):
-    if route == "native":
-        node_or_skip()
-    names = list(ISSUE_CASES)
-    cases = [fuzz.complete(ISSUE_CASES[name]) for name in names]
-    failures = fuzz.run_in_children(route, cases)
-    assert not failures, "\n".join(f"{names[i]}: {'; '.join(p)}" for i, p in sorted(failures.items()))
 
 
 @pytest.fixture(params=["native", "core", "numpy", "ops"])
