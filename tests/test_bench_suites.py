@@ -121,6 +121,34 @@ def test_models_suite_pairs_steps_and_takes_the_median_ratio(monkeypatch):
     assert row["torch_ms"] == pytest.approx(6.0) and row["normlab_ms"] == pytest.approx(1.5)
 
 
+def test_models_suite_compile_times_four_steps_per_turn_and_compiling_apart(monkeypatch):
+    from normlab.bench import models_suite
+
+    names = iter(["nn", "nl", "nn-c", "nl-c"])  # made in this order: eager twins, then compiled ones
+    monkeypatch.setattr(models_suite, "_stepper", lambda model, x, y, mode: next(names))
+    calls = []
+    seconds = {"nn": iter([1.0, 0.004, 0.004]), "nl": iter([1.0, 0.002, 0.008]),
+               "nn-c": iter([20.0, 0.003, 0.006]), "nl-c": iter([30.0, 0.001, 0.002])}  # warm-up, then 2 turns
+
+    def timer(step, repeat, warmup):
+        calls.append(step)
+        return [next(seconds[step])] * repeat
+
+    monkeypatch.setattr(models_suite, "timed_runs", timer)
+    row = models_suite.time_model(models_suite.MODELS["tiny-bn"], repeat=2, rounds=1, compiled=True)
+    assert calls[4:] == ["nn", "nl", "nn-c", "nl-c", "nl-c", "nn-c", "nl", "nn"]  # reversed every turn
+    assert row["ratio"] == pytest.approx((2.0 + 0.5) / 2) and row["torch_ms"] == pytest.approx(4.0)
+    compiled = row["compiled"]
+    assert compiled["ratio"] == pytest.approx((3.0 + 3.0) / 2) and compiled["normlab_ms"] == pytest.approx(1.5)
+    assert compiled["torch_compile_s"] == 20.0 and compiled["normlab_compile_s"] == 30.0  # the first step's
+    md = models_suite.markdown_models({"rounds": 1, "repeat": 2, "compiled": True, "environments": {"default": {
+        "machine": {"cpu": "cpu", "cores": 2, "loadavg_start": [1.0], "loadavg_end": [1.0]}, "variables": {},
+        "busy_processes": 0, "rows": [row], **models_suite._summary([row])}}})
+    assert "**Compiled**" in md and "| 3.000 |" in md and "| 20.0, 30.0 |" in md and "eager and compiled" in md
+    result = CliRunner().invoke(main, ["bench", "--suite", "torch", "--compile"])
+    assert result.exit_code == 2 and "--compile is for the models suite" in result.output
+
+
 def test_models_suite_control_times_torch_nn_against_its_own_copy(monkeypatch):
     from torch import nn
 
@@ -144,7 +172,7 @@ def test_models_suite_control_times_torch_nn_against_its_own_copy(monkeypatch):
     md = models_suite.markdown_models({"rounds": 2, "repeat": 7, "control": True,
                                        "environments": {"default": {**result, "variables": {}, "busy_processes": 0}}})
     assert "| A/A | A/A 95% |" in md and md.count("| 1.000 | 1.000-1.000 | 1.00-1.00 | 1.000 | 1.000-1.000 |") == 1
-    assert "median over 14 pairs of steps" in md
+    assert "median over 14 turns (one step of each twin, the first of a pair alternating" in md
     assert "A/A (torch.nn against its own copy): 1.000x to 1.000x over the models." in md
 
 
@@ -168,7 +196,7 @@ def test_models_suite_processes_reports_the_median_over_fresh_processes(monkeypa
                  _process_result((1.08, 1.6), 1.02, 5.0)])
     calls = []
 
-    def child_run(models, repeat, rounds, variables, timeout_s, log, control=False):
+    def child_run(models, repeat, rounds, variables, timeout_s, log, control=False, compiled=False):
         calls.append((models, repeat, rounds, variables, control))
         return next(runs)
 

@@ -31,6 +31,7 @@ def _run_suite(suite, dtypes, log, timeout_s, environments, **options) -> dict:
     dtypes = dtypes or DEFAULT_DTYPES[suite]
     control = options.pop("control", False)  # the models suite's alone
     processes = options.pop("processes", 1)
+    compiled = options.pop("compiled", False)
     if suite == "kernels":
         return run_kernels(dtypes=dtypes, log=log, **options)
     if suite == "models":
@@ -41,7 +42,7 @@ def _run_suite(suite, dtypes, log, timeout_s, environments, **options) -> dict:
             raise ValueError("the models suite trains float32 models: leave out --dtype")
         models = options["cases"] or (MODELS_QUICK if options["quick"] else None)
         return run_models(models, options["repeat"], options["rounds"], environments, timeout_s, log,
-                          control=control, processes=processes)
+                          control=control, processes=processes, compiled=compiled)
     if suite == "torch":
         from .torch_suite import run_torch
         return run_torch(dtypes=dtypes, log=log, **options)
@@ -54,7 +55,7 @@ REPORTS = {"kernels": markdown, "torch": markdown_torch, "sync": markdown_sync, 
 
 def main(cases=None, dtypes=None, repeat=7, threads=None, quick=False, rounds=3,
          json_path=None, markdown_path=None, command=None, suite="kernels", sync_timeout_s=600.0,
-         environments=("default",), control=False, processes=1) -> dict:
+         environments=("default",), control=False, processes=1, compiled=False) -> dict:
     """Run ``suite`` (kernels, torch, sync or all), print the Markdown report, write JSON/Markdown files
     when asked; returns the result (for ``all``: {"suite": "all", "kernels": ..., "torch": ..., "sync": ...}).
 
@@ -63,6 +64,7 @@ def main(cases=None, dtypes=None, repeat=7, threads=None, quick=False, rounds=3,
     environments: the models suite's environments (``models_suite.ENVIRONMENTS``), each a child process.
     control: the models suite also times each torch.nn model against a copy of itself (A/A).
     processes: the models suite runs each environment in that many fresh processes (ratios across them).
+    compiled: the models suite also times both models under torch.compile.
     """
     if suite not in (*SUITES, "all"):
         raise ValueError(f"suite must be one of {', '.join(SUITES)} or all, got {suite!r}")
@@ -74,7 +76,8 @@ def main(cases=None, dtypes=None, repeat=7, threads=None, quick=False, rounds=3,
     texts, results = [], {}
     for name in (SUITES if suite == "all" else (suite,)):
         result = _run_suite(name, dtypes, log, sync_timeout_s, environments, cases=cases, repeat=repeat,
-                            threads=threads, quick=quick, rounds=rounds, control=control, processes=processes)
+                            threads=threads, quick=quick, rounds=rounds, control=control, processes=processes,
+                            compiled=compiled)
         result["command"] = command
         results[name] = result
         text = REPORTS[name](result, command)

@@ -186,44 +186,67 @@ def _stepper(model, x, y, mode: str):
     return step
 
 
-def time_model(spec: Model, repeat: int, rounds: int, seed: int = 0, twin: Callable = None) -> dict:
-    """Step ms of the torch.nn model and its twin (``twin(model)``, default :func:`normlab_twin`), and their
-    ratio (> 1: the twin is faster).
+#: The steps a row times, in pairs (reference, twin); ``compiled`` adds the second pair.
+EAGER, COMPILED = ("torch.nn", "normlab.torch"), ("torch.nn compiled", "normlab.torch compiled")
 
-    ``rounds`` x ``repeat`` pairs of steps, one of each twin, the first of a pair alternating between them.
-    The ratio is the median over pairs of torch.nn's step time over the twin's: two steps a few
-    milliseconds apart see the same state of the machine, so load that comes and goes cancels (a ratio of
-    medians pooled over blocks of steps moved far more between runs: docs/benchmarks.md); its 95%
-    interval is a bootstrap of that median.
+
+def time_model(spec: Model, repeat: int, rounds: int, seed: int = 0, twin: Callable = None,
+               compiled: bool = False) -> dict:
+    """Step ms of the torch.nn model and its twin (``twin(model)``, default :func:`normlab_twin`), and their
+    ratio (> 1: the twin is faster); with ``compiled`` also both under ``torch.compile`` (row["compiled"]).
+
+    ``rounds`` x ``repeat`` turns, each one step of every variant, the order reversed every turn. The ratio
+    is the median over turns of torch.nn's step time over the twin's: two steps a few milliseconds apart see
+    the same state of the machine, so load that comes and goes cancels (a ratio of medians pooled over
+    blocks of steps moved far more between runs: docs/benchmarks.md); its 95% interval is a bootstrap of
+    that median. Compiled variants are compiled copies of the same two models; their first step (compiling
+    forward and backward) is timed apart, as compile_s.
     """
     import torch
 
     torch.manual_seed(seed)
     model, x, y = spec.build()
-    steps = {"torch.nn": _stepper(model, x, y, spec.mode),
-             "normlab.torch": _stepper((twin or normlab_twin)(model), x, y, spec.mode)}
-    for step in steps.values():  # warm-up: compilation, caches, allocator
-        timed_runs(step, 3, warmup=0)
+    models = {EAGER[0]: model, EAGER[1]: (twin or normlab_twin)(model)}
+    pairs = [EAGER]
+    if compiled:
+        models.update({COMPILED[0]: torch.compile(copy.deepcopy(model)), COMPILED[1]: torch.compile(
+            (twin or normlab_twin)(model))})
+        pairs.append(COMPILED)
+    steps = {name: _stepper(m, x, y, spec.mode) for name, m in models.items()}
+    # warm-up, 3 steps each: caches, allocator; a compiled step's first call compiles forward and backward
+    first_step_s = {name: timed_runs(step, 3, warmup=0)[0] for name, step in steps.items()}
     samples = {name: [] for name in steps}
-    pair_ratios, round_ratios = [], []
+    turn_ratios = {pair: [] for pair in pairs}
+    round_ratios = {pair: [] for pair in pairs}
     order = list(steps)
     for _ in range(rounds):
-        this_round = []
+        this_round = {pair: [] for pair in pairs}
         for _ in range(repeat):
             took = {name: timed_runs(steps[name], 1, warmup=0)[0] for name in order}
             order.reverse()
             for name, seconds in took.items():
                 samples[name].append(seconds)
-            this_round.append(took["torch.nn"] / took["normlab.torch"])
-        pair_ratios += this_round
-        round_ratios.append(statistics.median(this_round))
-    ms = {name: statistics.median(t) * 1e3 for name, t in samples.items()}
-    return {"model": spec.name, "description": spec.description, "mode": spec.mode,
-            "torch_ms": ms["torch.nn"], "normlab_ms": ms["normlab.torch"],
-            "torch_min_ms": min(samples["torch.nn"]) * 1e3, "normlab_min_ms": min(samples["normlab.torch"]) * 1e3,
-            "ratio": statistics.median(pair_ratios), "ratio_interval": _median_interval(pair_ratios, seed),
-            # each round's median ratio: how far the ratio moves within this run
-            "round_ratios": round_ratios, "loadavg": os.getloadavg()[0]}
+            for pair in pairs:
+                this_round[pair].append(took[pair[0]] / took[pair[1]])
+        for pair in pairs:
+            turn_ratios[pair] += this_round[pair]
+            round_ratios[pair].append(statistics.median(this_round[pair]))
+
+    def summary(pair) -> dict:
+        ref, ours = (samples[name] for name in pair)
+        return {"torch_ms": statistics.median(ref) * 1e3, "normlab_ms": statistics.median(ours) * 1e3,
+                "torch_min_ms": min(ref) * 1e3, "normlab_min_ms": min(ours) * 1e3,
+                "ratio": statistics.median(turn_ratios[pair]),
+                "ratio_interval": _median_interval(turn_ratios[pair], seed),
+                # each round's median ratio: how far the ratio moves within this run
+                "round_ratios": round_ratios[pair]}
+
+    row = {"model": spec.name, "description": spec.description, "mode": spec.mode, **summary(EAGER),
+           "loadavg": os.getloadavg()[0]}
+    if compiled:
+        row["compiled"] = dict(summary(COMPILED), torch_compile_s=first_step_s[COMPILED[0]],
+                               normlab_compile_s=first_step_s[COMPILED[1]])
+    return row
 
 
 def _median_interval(values, seed: int, resamples: int = 2000) -> list:
@@ -235,11 +258,12 @@ def _median_interval(values, seed: int, resamples: int = 2000) -> list:
 
 
 def run_here(models=None, repeat: int = 7, rounds: int = 3, log: Callable[[str], None] = print,
-             control: bool = False) -> dict:
+             control: bool = False, compiled: bool = False) -> dict:
     """The suite in this process and its environment (threads as they are: no variable is set).
 
     control: also time each torch.nn model against an identical copy of itself, the same way (an A/A
-    run: the ratios a run gives with nothing changed; row["control"]).
+    run: the ratios a run gives with nothing changed; row["control"]). compiled: also both models under
+    torch.compile, in the same turns (row["compiled"], row["control"]["compiled"]).
     """
     import torch
 
@@ -252,26 +276,47 @@ def run_here(models=None, repeat: int = 7, rounds: int = 3, log: Callable[[str],
     info["loadavg_start"] = os.getloadavg()
     rows = []
     for name in names:
-        row = time_model(MODELS[name], repeat, rounds)
+        row = time_model(MODELS[name], repeat, rounds, compiled=compiled)
         rows.append(row)
-        log(f"{name:>14}: torch.nn {row['torch_ms']:9.3f} ms  normlab.torch {row['normlab_ms']:9.3f} ms  "
-            f"torch.nn/normlab x{row['ratio']:.3f} (95% {_interval(row)}, rounds {_spread(row)})")
+        for label, r in _variants(row):
+            log(f"{name:>14}: torch.nn{label} {r['torch_ms']:9.3f} ms  normlab.torch{label} {r['normlab_ms']:9.3f} "
+                f"ms  torch.nn/normlab x{r['ratio']:.3f} (95% {_interval(r)}, rounds {_spread(r)})"
+                + (f"; compiling {r['torch_compile_s']:.1f} s and {r['normlab_compile_s']:.1f} s" if label else ""))
         if control:
-            same = time_model(MODELS[name], repeat, rounds, twin=copy.deepcopy)
-            row["control"] = {k: same[k] for k in ("ratio", "ratio_interval", "round_ratios")}
-            log(f"{'':>14}  torch.nn against its own copy x{same['ratio']:.3f} (95% {_interval(same)}, "
-                f"rounds {_spread(same)})")
+            same = time_model(MODELS[name], repeat, rounds, twin=copy.deepcopy, compiled=compiled)
+            row["control"] = _ratios(same)
+            if compiled:
+                row["control"]["compiled"] = _ratios(same["compiled"])
+            for label, r in _variants(row["control"]):
+                log(f"{'':>14}  torch.nn{label} against its own copy x{r['ratio']:.3f} (95% {_interval(r)}, "
+                    f"rounds {_spread(r)})")
     info["loadavg_end"] = os.getloadavg()
     return {"machine": info, "rows": rows, **_summary(rows)}
 
 
+def _ratios(row: dict) -> dict:
+    return {k: row[k] for k in ("ratio", "ratio_interval", "round_ratios")}
+
+
+def _variants(row: dict) -> list:
+    """(label, ratios) of a row or its control: eager ("") and, when timed, compiled (" compiled")."""
+    return [("", row)] + ([(" compiled", row["compiled"])] if "compiled" in row else [])
+
+
 def _summary(rows: list) -> dict:
     """The geometric mean and the slowest of the models' ratios (train and eval steps), and normlab's fixed
-    cost per call as a multiple of torch.nn's (the tiny fwd+bwd row's ratio)."""
-    ratios = [r["ratio"] for r in rows if r["mode"] != "fwd+bwd"] or [r["ratio"] for r in rows]
+    cost per call as a multiple of torch.nn's (the tiny fwd+bwd row's ratio); compiled likewise."""
+    models = [r for r in rows if r["mode"] != "fwd+bwd"] or rows
     fixed = [r for r in rows if r["mode"] == "fwd+bwd"]
-    return {"geomean": float(np.exp(np.mean(np.log(ratios)))), "slowest_ratio": min(ratios),
-            "fixed_cost_multiple": 1.0 / fixed[0]["ratio"] if fixed else None}
+    out = {}
+    for label, key in (("", None), ("compiled_", "compiled")):
+        if key and key not in rows[0]:
+            break
+        ratios = [(r[key] if key else r)["ratio"] for r in models]
+        out.update({f"{label}geomean": float(np.exp(np.mean(np.log(ratios)))), f"{label}slowest_ratio": min(ratios),
+                    f"{label}fixed_cost_multiple": 1.0 / (fixed[0][key] if key else fixed[0])["ratio"]
+                    if fixed else None})
+    return out
 
 
 def _busy() -> subprocess.Popen:
@@ -280,11 +325,12 @@ def _busy() -> subprocess.Popen:
 
 
 def run_models(models=None, repeat: int = 7, rounds: int = 3, environments=("default",), timeout_s: float = 1800.0,
-               log: Callable[[str], None] = print, control: bool = False, processes: int = 1) -> dict:
+               log: Callable[[str], None] = print, control: bool = False, processes: int = 1,
+               compiled: bool = False) -> dict:
     """The suite once per environment of ``ENVIRONMENTS``, each in a fresh child process; JSON-ready dict.
 
-    A fresh process per environment: OpenMP and Numba read their variables at start-up. control: see
-    :func:`run_here`. processes > 1: the suite in that many fresh processes per environment, one after
+    A fresh process per environment: OpenMP and Numba read their variables at start-up. control, compiled:
+    see :func:`run_here`. processes > 1: the suite in that many fresh processes per environment, one after
     another, summed up by :func:`across_processes` (a process's allocator state moves its ratios by more
     than the norms do: docs/benchmarks.md). timeout_s holds for each process.
     """
@@ -305,7 +351,7 @@ def run_models(models=None, repeat: int = 7, rounds: int = 3, environments=("def
             for k in range(processes):
                 if processes > 1:
                     log(f"process {k + 1} of {processes}")
-                runs.append(_child_run(models, repeat, rounds, variables, timeout_s, log, control))
+                runs.append(_child_run(models, repeat, rounds, variables, timeout_s, log, control, compiled))
         finally:
             for p in busy:
                 p.kill()
@@ -313,7 +359,7 @@ def run_models(models=None, repeat: int = 7, rounds: int = 3, environments=("def
         results[env_name] = runs[0] if processes == 1 else across_processes(runs)
         results[env_name]["variables"], results[env_name]["busy_processes"] = variables, load
     return {"suite": "models", "repeat": repeat, "rounds": rounds, "control": control, "processes": processes,
-            "environments": results}
+            "compiled": compiled, "environments": results}
 
 
 def across_processes(runs: list) -> dict:
@@ -334,20 +380,28 @@ def across_processes(runs: list) -> dict:
             row[key] = min(r[key] for r in rows)
         row.update(merged(rows))
         row["loadavg"] = rows[-1]["loadavg"]
+        if "compiled" in rows[0]:
+            row["compiled"] = merged([r["compiled"] for r in rows])
+            for key in ("torch_ms", "normlab_ms", "torch_compile_s", "normlab_compile_s"):
+                row["compiled"][key] = statistics.median(r["compiled"][key] for r in rows)
         if "control" in rows[0]:
             row["control"] = merged([r["control"] for r in rows])
+            if "compiled" in rows[0]["control"]:
+                row["control"]["compiled"] = merged([r["control"]["compiled"] for r in rows])
         out_rows.append(row)
     machine = dict(runs[0]["machine"], loadavg_end=runs[-1]["machine"]["loadavg_end"])
     return {"machine": machine, "rows": out_rows, "processes": len(runs), **_summary(out_rows)}
 
 
-def _child_run(models, repeat, rounds, variables, timeout_s, log, control=False) -> dict:
+def _child_run(models, repeat, rounds, variables, timeout_s, log, control=False, compiled=False) -> dict:
     env = {k: v for k, v in os.environ.items()
            if k not in ("OMP_WAIT_POLICY", "NUMBA_THREADING_LAYER", "NUMBA_NUM_THREADS")}
     env.update(variables)
     code = ("import json, sys; from normlab.bench.models_suite import run_here; "
             f"r = run_here({list(models) if models else None!r}, {repeat}, {rounds}, "
-            f"log=lambda s: print(s, file=sys.stderr, flush=True), control={bool(control)}); print(json.dumps(r))")
+            f"log=lambda s: print(s, file=sys.stderr, flush=True), control={bool(control)}, "
+            f"compiled={bool(compiled)}); "
+            "print(json.dumps(r))")
     proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
     try:
@@ -377,9 +431,11 @@ def _interval(row: dict) -> str:
 
 def _ratio_text(result: dict, processes: int) -> str:
     """What the ratio columns of one environment's table mean."""
-    pairs = (f"the median over {result['rounds'] * result['repeat']} pairs of steps (one step of each twin, the "
-             "first of a pair alternating, after 3 warm-up steps each) of torch.nn's step time over normlab's")
-    rounds = (f"rounds: the lowest and highest median of a round of {result['repeat']} pairs, how far the ratio "
+    pairs = (f"the median over {result['rounds'] * result['repeat']} turns (one step of each twin"
+             + (", eager and compiled, in an order reversed every turn" if result.get("compiled") else
+                ", the first of a pair alternating") + ", after 3 warm-up steps each) of torch.nn's step time over "
+             "normlab's in the same mode")
+    rounds = (f"rounds: the lowest and highest median of a round of {result['repeat']} turns, how far the ratio "
               "moves within a process.")
     if processes > 1:
         text = (f"Ratio: the median over {processes} fresh processes, one after another, of each process's ratio, "
@@ -397,32 +453,47 @@ def markdown_models(result: dict, command: str | None = None) -> str:
     for env_name, res in result["environments"].items():
         m = res["machine"]
         processes = res.get("processes", 1)
-        spread = "processes" if processes > 1 else "95%"
         setting = ", ".join(f"{k}={v}" for k, v in res["variables"].items()) or "no thread variables set"
         load = f", {res['busy_processes']} busy process(es) beside it" if res["busy_processes"] else ""
         lines += [f"### Environment `{env_name}` ({setting}{load})", "",
                   f"Machine: {m['cpu']}, {m['cores']} cores, torch threads {m.get('torch_threads')}, "
                   f"numba {m.get('numba')} (threading layer {m.get('numba_threading_layer')}), torch {m.get('torch')}; "
                   f"load average {m['loadavg_start'][0]:.2f} at start, {m['loadavg_end'][0]:.2f} at end.",
-                  _ratio_text(result, processes),
-                  "", f"| model | step | torch.nn ms | normlab.torch ms | torch.nn / normlab | {spread} | rounds |"
-                  + (f" A/A | A/A {spread} |" if control else ""),
-                  "|---|---|---:|---:|---:|---:|---:|" + ("---:|---:|" if control else "")]
-        for r in res["rows"]:
-            line = (f"| {r['model']}: {r['description']} | {r['mode']} "
-                    f"| {r['torch_ms']:.3f} | {r['normlab_ms']:.3f} | {r['ratio']:.3f} | {_interval(r)} "
-                    f"| {_spread(r)} |")
-            if control:
-                line += f" {r['control']['ratio']:.3f} | {_interval(r['control'])} |"
-            lines.append(line)
-        lines += ["", f"Models (train and eval steps): geometric mean {res['geomean']:.3f}x; slowest "
-                  f"{res['slowest_ratio']:.3f}x."]
-        if control:
-            same = [r["control"]["ratio"] for r in res["rows"] if r["mode"] != "fwd+bwd"]
-            lines.append(f"A/A (torch.nn against its own copy): {min(same):.3f}x to {max(same):.3f}x over the "
-                         "models.")
-        if res.get("fixed_cost_multiple") is not None:
-            lines.append(f"Fixed cost per forward+backward (tiny-bn): normlab.torch takes "
-                         f"{res['fixed_cost_multiple']:.2f}x torch.nn's time.")
+                  _ratio_text(result, processes), ""]
+        compiled = "compiled" in res["rows"][0]
+        for label, key in (("eager", None), ("compiled", "compiled"))[:1 + compiled]:
+            if compiled:
+                lines += [f"**{label.capitalize()}**" + (" (`torch.compile(model)`, inductor; compiling: the first "
+                                                         "step's seconds, torch.nn and normlab)" if key else ""), ""]
+            lines += _table(res, key, control, "processes" if processes > 1 else "95%")
         lines.append("")
     return "\n".join(lines)
+
+
+def _table(res: dict, key, control: bool, spread: str) -> list:
+    """The Markdown table of one environment's eager rows (key None) or compiled rows (key "compiled")."""
+    def part(row):
+        return row[key] if key else row
+
+    lines = [f"| model | step | torch.nn ms | normlab.torch ms | torch.nn / normlab | {spread} | rounds |"
+             + (" compiling s |" if key else "") + (f" A/A | A/A {spread} |" if control else ""),
+             "|---|---|---:|---:|---:|---:|---:|" + ("---:|" if key else "") + ("---:|---:|" if control else "")]
+    for row in res["rows"]:
+        r = part(row)
+        line = (f"| {row['model']}: {row['description']} | {row['mode']} "
+                f"| {r['torch_ms']:.3f} | {r['normlab_ms']:.3f} | {r['ratio']:.3f} | {_interval(r)} | {_spread(r)} |")
+        if key:
+            line += f" {r['torch_compile_s']:.1f}, {r['normlab_compile_s']:.1f} |"
+        if control:
+            line += f" {part(row['control'])['ratio']:.3f} | {_interval(part(row['control']))} |"
+        lines.append(line)
+    prefix = "compiled_" if key else ""
+    lines += ["", f"Models (train and eval steps): geometric mean {res[prefix + 'geomean']:.3f}x; slowest "
+              f"{res[prefix + 'slowest_ratio']:.3f}x."]
+    if control:
+        same = [part(r["control"])["ratio"] for r in res["rows"] if r["mode"] != "fwd+bwd"]
+        lines.append(f"A/A (torch.nn against its own copy): {min(same):.3f}x to {max(same):.3f}x over the models.")
+    if res.get(prefix + "fixed_cost_multiple") is not None:
+        lines.append(f"Fixed cost per forward+backward (tiny-bn): normlab.torch takes "
+                     f"{res[prefix + 'fixed_cost_multiple']:.2f}x torch.nn's time.")
+    return lines + [""]

@@ -31,8 +31,10 @@ def _restore(t: torch.Tensor, x: torch.Tensor, rows: bool, kind: str) -> torch.T
 
 def _core(x: torch.Tensor, spec: Spec) -> bool:
     """Whether the torch-ops route runs the core (as an operator): a CPU input with values, not backend "torch"
-    (an empty input has no statistics: the closed form returns its empty results)."""
-    return x.is_cpu and spec.backend != "torch" and x.numel() > 0
+    (an empty input has no statistics: the closed form returns its empty results), and not compiled: under
+    torch.compile the closed form in torch ops reaches inductor, which fuses it with its neighbours (an
+    operator would be an opaque call between them)."""
+    return x.is_cpu and spec.backend != "torch" and x.numel() > 0 and not torch.compiler.is_compiling()
 
 
 def _closed_form_grads(dout, x, weight, mean, invstd, spec: Spec, stats_given: bool, given=None):
@@ -54,7 +56,7 @@ def _grads(ctx, dout, x, weight, mean, invstd, given_mean, given_var, core_cache
                                         given=(given_mean, given_var))
     elif core_cache is not None:  # the core's route, first backward: the forward's cache
         dx, dw, db = ops.core_backward(dout, core_cache, x, spec.kind, weight, ctx.affine)
-    elif _core(x, spec):  # the core's route again (a retained graph), or compiled or transformed: the operator
+    elif _core(x, spec):  # the core's route again (a retained graph), or transformed: the operator
         dx, dw, db = ops.normalize_backward(dout, x, weight, mean, invstd, spec.kind, list(spec.arg),
                                             stats_given, ctx.affine, spec.backend)
     else:
@@ -70,11 +72,13 @@ class NormFunction(torch.autograd.Function):
 
     mean/var: given statistics (inference) or None (computed from x). The
     returned statistics (non-differentiable) are the ones used; var is biased.
-    On CPU the forward is the ``normlab::normalize`` operator (the core, opaque
-    to torch.compile), elsewhere and with ``backend="torch"`` the closed form in
-    torch ops. This form (forward without ctx, ``setup_context``, a vmap rule) is
-    what torch.compile and torch.func need; plain eager CPU calls take
-    :class:`EagerNormFunction` or the native node.
+    Under torch.compile, off the CPU and with ``backend="torch"`` forward and
+    backward are the closed form in torch ops (``closed_form``: dynamo traces
+    both, inductor fuses them); otherwise, on CPU (torch.func transforms,
+    tracing), the core's ``normlab::normalize`` operators. This form (forward
+    without ctx, ``setup_context``, a vmap rule) is what torch.compile and
+    torch.func need; plain eager CPU calls take :class:`EagerNormFunction` or
+    the native node.
     """
 
     generate_vmap_rule = True  # forward and backward are torch ops or operators with vmap rules

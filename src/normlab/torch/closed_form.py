@@ -1,20 +1,35 @@
-"""The normalization core in torch ops: the same layouts and closed form, for tensors on any device.
+"""The normalization core in torch ops: the same layouts and closed form, for tensors on any device and for
+torch.compile.
 
 ``normlab.core`` runs on NumPy views of CPU tensors. This module is its twin
 in torch ops, on the same ``Layout`` (the 4-d view ``(N, G, K, L)``), so a
-model moved to a GPU (or any device without NumPy views) keeps working, and
-``backend="torch"`` runs it on CPU where it can be tested against the core::
+model moved to a GPU (or any device without NumPy views) keeps working,
+``backend="torch"`` runs it on CPU where it can be tested against the core,
+and under torch.compile inductor fuses it with its neighbours into generated
+code (``normlab.torch.autograd``)::
 
-    forward    xhat = (x - mean)*invstd,  out = gamma*xhat + beta
-    backward   dx = invstd/m * (m*dxhat - sum(dxhat) - xhat*sum(dxhat*xhat))
-               (no sum(dxhat) term without a mean: RMS norm; dx = dxhat*invstd
-               when the statistics were given)
+    statistics d = x - p (p: the first value of each statistic's data), mean = p + sum(d)/m,
+               var = max(sum(d*d)/m - (sum(d)/m)**2, 0): one pass, nothing cancels for data far from 0
+    forward    out = (x - mean)*(invstd*gamma) + beta
+    backward   dx = invstd*gamma*dy - (x - mean)*invstd**3*sum(dxhat*(x - mean))/m - invstd*sum(dxhat)/m
+               (dxhat = gamma*dy; no sum(dxhat) term without a mean: RMS norm; dx = invstd*gamma*dy when
+               the statistics were given)
 
-Statistics and the arithmetic run in float64 (float32 on MPS, which has no
-float64); the output takes x's dtype. Everything is differentiable torch ops,
-which is what double backward uses: autograd differentiates this backward,
-with the statistics recomputed from x (``statistics``) so that their
-dependence on x is in the graph.
+Statistics and every per-element product run in float64 (float32 on MPS, which
+has no float64) and round once, to x's dtype, when an output element is
+written: float32 x = 10**6 + N(0, 1) normalizes to within the core's bound,
+[f32max, f32max, f32max, -f32max] to ±sqrt(3) patterns. Unlike the core, a
+float64 x whose float64 sums overflow (|x| beyond about 1e154) is not rescaled,
+and NaN or inf in x propagate (README, "Numerics"). Everything is
+differentiable torch ops, which is what double backward uses: autograd
+differentiates this backward, with the statistics recomputed from x
+(``statistics``) so that their dependence on x is in the graph.
+
+Each pass is written so that inductor fuses it into one loop over x: the
+statistics' two sums in one reduction, the output in one pointwise pass, the
+backward's sums in one more reduction and dx in one pointwise pass (batch
+norm's parameter gradients come from the same sums). docs/benchmarks.md
+("Compiled training steps") has what that costs against torch.nn's.
 """
 
 from __future__ import annotations
@@ -44,22 +59,35 @@ def _param4(param: torch.Tensor, layout: Layout, dtype: torch.dtype) -> torch.Te
     return param.to(dtype).reshape(1, g, k, 1)
 
 
+def _pivot(x4: torch.Tensor, layout: Layout) -> torch.Tensor:
+    """One value of each statistic's own data (its first), 4-d: subtracted before summing, so sums of
+    x - p stay of the order of the spread, not of the offset."""
+    n, g, _, _ = layout.view
+    if x4.numel() == 0:  # (no value to take: the statistics come out NaN, as torch's do)
+        return x4.new_zeros((1 if layout.batch_stats else n, g, 1, 1))
+    first = x4[:, :, 0:1, 0:1]
+    return first[0:1] if layout.batch_stats else first
+
+
 def statistics(x: torch.Tensor, layout: Layout, eps: float, mean=None, var=None):
     """(mean, var, invstd) of ``layout.stat_shape`` in the compute dtype: from x, or the given mean/var.
 
-    var is biased; without a centre (RMS norm) mean is 0 and var the mean square.
+    var is biased and clamped at 0; without a centre (RMS norm) mean is 0 and var the mean square.
     """
     dtype = compute_dtype(x.device)
     if mean is not None:  # copies (O(C)): returned statistics never alias the caller's buffers
         var = var.to(dtype, copy=True)
         return mean.to(dtype, copy=True), var, torch.rsqrt(var + eps)
     x4 = x.reshape(layout.view).to(dtype)
-    dims = _reduced_dims(layout)
+    dims, m = _reduced_dims(layout), layout.count
     if layout.center:
-        mean4 = x4.mean(dim=dims, keepdim=True)
-        var4 = (x4 - mean4).square().mean(dim=dims, keepdim=True)  # two passes: exact for data far from 0
+        pivot = _pivot(x4, layout)
+        d = x4 - pivot
+        shift = d.sum(dim=dims, keepdim=True) / m
+        var4 = ((d * d).sum(dim=dims, keepdim=True) / m - shift * shift).clamp_min(0)
+        mean4 = pivot + shift
     else:
-        var4 = x4.square().mean(dim=dims, keepdim=True)
+        var4 = (x4 * x4).sum(dim=dims, keepdim=True) / m
         mean4 = torch.zeros_like(var4)
     shape = layout.stat_shape
     return mean4.reshape(shape), var4.reshape(shape), torch.rsqrt(var4 + eps).reshape(shape)
@@ -69,9 +97,10 @@ def forward(x, weight, bias, layout: Layout, eps: float, mean=None, var=None):
     """-> (out of x's shape and dtype, mean, var, invstd); mean/var given means inference statistics."""
     mean, var, invstd = statistics(x, layout, eps, mean, var)
     dtype = mean.dtype
-    out4 = (x.reshape(layout.view).to(dtype) - _stat4(mean, layout)) * _stat4(invstd, layout)
+    scale = _stat4(invstd, layout)
     if weight is not None:
-        out4 = out4 * _param4(weight, layout, dtype)
+        scale = scale * _param4(weight, layout, dtype)  # O(C) (batch/instance norm) or O(N*K) (layer norm)
+    out4 = (x.reshape(layout.view).to(dtype) - _stat4(mean, layout)) * scale
     if bias is not None:
         out4 = out4 + _param4(bias, layout, dtype)
     return out4.reshape(x.shape).to(x.dtype), mean, var, invstd
@@ -85,6 +114,30 @@ def grad_sums(dout, x, mean, invstd, layout: Layout):
     return d4.sum(dim=dims).reshape(layout.stat_shape), (d4 * xhat).sum(dim=dims).reshape(layout.stat_shape)
 
 
+def _sums(d4, xc, s4, w4, layout: Layout):
+    """(sum dxhat, sum dxhat*xhat) per statistic (4-d), and (dweight, dbias) of ``param_shape``.
+
+    One statistic per parameter (K == 1: batch and instance norm, group norm with one channel per group):
+    two sums over x, and gamma factored out of them. Otherwise (layer, group, RMS norm) the statistics'
+    sums and the parameters' sums run over different axes.
+    """
+    dims = _reduced_dims(layout)
+    if layout.view[2] == 1:
+        sum_dy = d4.sum(dim=dims, keepdim=True)
+        sum_dy_xhat = (d4 * xc * s4).sum(dim=dims, keepdim=True)  # (s4 inside: an empty x has NaN statistics)
+        per_param = (0, 2, 3) if layout.batch_stats else (0,)
+        dweight, dbias = sum_dy_xhat.sum(dim=per_param), sum_dy.sum(dim=per_param)
+        if w4 is not None:
+            sum_dy, sum_dy_xhat = sum_dy * w4, sum_dy_xhat * w4
+        return sum_dy, sum_dy_xhat, dweight.reshape(layout.param_shape), dbias.reshape(layout.param_shape)
+    dbias = d4.sum(dim=(0, 3)).reshape(layout.param_shape)
+    dweight = (d4 * xc * s4).sum(dim=(0, 3)).reshape(layout.param_shape)
+    dxhat = d4 if w4 is None else d4 * w4
+    sum_dxhat = dxhat.sum(dim=dims, keepdim=True)
+    sum_dxhat_xhat = (dxhat * xc).sum(dim=dims, keepdim=True) * s4
+    return sum_dxhat, sum_dxhat_xhat, dweight, dbias
+
+
 def backward(dout, x, weight, mean, invstd, layout: Layout, stats_given: bool, sums=None):
     """Closed-form -> (dx of x's dtype, dweight, dbias of ``layout.param_shape`` in the compute dtype).
 
@@ -94,27 +147,23 @@ def backward(dout, x, weight, mean, invstd, layout: Layout, stats_given: bool, s
     """
     dtype = invstd.dtype
     d4 = dout.reshape(layout.view).to(dtype)
-    invstd4 = _stat4(invstd, layout)
-    xhat = (x.reshape(layout.view).to(dtype) - _stat4(mean, layout)) * invstd4
-    dbias = d4.sum(dim=(0, 3)).reshape(layout.param_shape)
-    dweight = (d4 * xhat).sum(dim=(0, 3)).reshape(layout.param_shape)
+    s4 = _stat4(invstd, layout)
+    xc = x.reshape(layout.view).to(dtype) - _stat4(mean, layout)  # x - mean, formed before any scaling
     w4 = None if weight is None else _param4(weight, layout, dtype)
-    dxhat = d4 if w4 is None else d4 * w4
-    if stats_given and sums is None:  # mean and var are constants: only xhat = (x - mean)*invstd remains
-        return (dxhat * invstd4).reshape(x.shape).to(x.dtype), dweight, dbias
-    dims = _reduced_dims(layout)
-    if sums is None:
-        m, sum_dxhat = layout.count, dxhat.sum(dim=dims, keepdim=True)
-        sum_dxhat_xhat = (dxhat * xhat).sum(dim=dims, keepdim=True)
-    else:  # batch statistics (K == 1): the sums of dxhat are gamma times those of dy
-        (sum_dy, sum_dy_xhat), m = sums
-        sum_dxhat, sum_dxhat_xhat = (_stat4(s.to(dtype), layout) for s in (sum_dy, sum_dy_xhat))
-        if w4 is not None:
-            sum_dxhat, sum_dxhat_xhat = sum_dxhat * w4, sum_dxhat_xhat * w4
-    dx4 = dxhat - xhat * (sum_dxhat_xhat / m)
-    if layout.center:  # RMS norm has no mean, so no -sum(dxhat)/m term
-        dx4 = dx4 - sum_dxhat / m
-    return (dx4 * invstd4).reshape(x.shape).to(x.dtype), dweight, dbias
+    sum_dxhat, sum_dxhat_xhat, dweight, dbias = _sums(d4, xc, s4, w4, layout)
+    # gamma*invstd*dy: per statistic where there is one statistic per parameter, else per value
+    dx4 = d4 * (s4 if w4 is None else s4 * w4) if layout.view[2] == 1 else (d4 if w4 is None else d4 * w4) * s4
+    if not stats_given or sums is not None:
+        m = layout.count
+        if sums is not None:  # batch statistics (K == 1): the sums of dxhat are gamma times those of dy
+            (sum_dy, sum_dy_xhat), m = sums
+            sum_dxhat, sum_dxhat_xhat = (_stat4(t.to(dtype), layout) for t in (sum_dy, sum_dy_xhat))
+            if w4 is not None:
+                sum_dxhat, sum_dxhat_xhat = sum_dxhat * w4, sum_dxhat_xhat * w4
+        dx4 = dx4 - xc * (s4 * s4 * sum_dxhat_xhat / m)
+        if layout.center:  # RMS norm has no mean, so no -sum(dxhat)/m term
+            dx4 = dx4 - s4 * sum_dxhat / m
+    return dx4.reshape(x.shape).to(x.dtype), dweight, dbias
 
 
 __all__ = ["backward", "compute_dtype", "forward", "grad_sums", "statistics"]

@@ -17,8 +17,9 @@ before any route runs, on every route. Three routes remain::
                                input, mixed dtypes, sizes the fused kernels do not serve, statistics
                                that come out non-finite (the core rescales or reports them)
       otherwise  `-- "ops"     NormFunction: other devices, backend="torch", empty input, and every call
-                               under torch.compile, torch.func or tracing (custom operators on CPU,
-                               the closed form in torch ops elsewhere; double backward everywhere)
+                               under torch.compile (the closed form in torch ops, which inductor fuses),
+                               torch.func or tracing (custom operators on CPU, the closed form in torch
+                               ops elsewhere; double backward everywhere)
 
 Batch norm's state (running statistics, num_batches_tracked) changes only after
 the checks and the forward have passed: in the node on the native route, in
