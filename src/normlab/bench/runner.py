@@ -178,6 +178,14 @@ def prepare(threads: int | None, repeat: int) -> int:
     return get_num_threads()
 
 
+def run_kernel_threads(thread_counts, **options) -> dict:
+    """The suite once per thread count, one after another in this process; a JSON-ready dict with each run
+    under ``runs`` (keyed by the count) and their per-case ratios and shares of the bound side by side."""
+    runs = {str(t): run_kernels(threads=t, **options) for t in thread_counts}
+    first = next(iter(runs.values()))
+    return {"suite": "kernels", "threads": [int(t) for t in runs], "machine": first["machine"], "runs": runs}
+
+
 def run_kernels(cases=None, dtypes=("float32", "float64"), repeat: int = 7, threads: int | None = None,
         quick: bool = False, rounds: int = 3, log: Callable[[str], None] = print) -> dict:
     """Run the suite; returns a JSON-ready dict (machine, bandwidth, rows, notes)."""
@@ -239,6 +247,11 @@ def run_kernels(cases=None, dtypes=("float32", "float64"), repeat: int = 7, thre
             "summary": summarize(rows, info.get("llc_bytes")), "notes": notes}
 
 
+#: the kernel suite's targets (issue 25): forward+backward at least ATen's speed on every case, a geometric mean
+#: of at least 1.5x, and where x exceeds the last-level cache at least 70% of the bound with fresh outputs
+TARGET_EVERY_CASE, TARGET_GEOMEAN, TARGET_OF_BOUND = 1.0, 1.5, 0.70
+
+
 def summarize(rows: list[dict], llc: int | None) -> dict:
     """The targets: numba vs torch on every case, geometric mean, bandwidth, closed vs graph."""
     def pick(impl):
@@ -251,10 +264,15 @@ def summarize(rows: list[dict], llc: int | None) -> dict:
         out["numba_vs_torch_both"] = speedups
         out["numba_vs_torch_geomean"] = math.exp(sum(map(math.log, speedups.values())) / len(speedups))
         out["numba_faster_everywhere"] = all(v > 1 for v in speedups.values())
+        out["targets_met"] = {"every_case": min(speedups.values()) >= TARGET_EVERY_CASE,
+                              "geomean": out["numba_vs_torch_geomean"] >= TARGET_GEOMEAN}
     if llc:
-        big = {f"{k[0]} {k[1]}": r["both_of_bound"] for k, r in numba.items()
-               if r["x_bytes"] > llc and r["both_of_bound"] is not None}
-        out["numba_of_bound_beyond_llc"] = big
+        for name, impl_rows in (("numba", numba), ("numba+out", pick("numba+out"))):
+            big = {f"{k[0]} {k[1]}": r["both_of_bound"] for k, r in impl_rows.items()
+                   if r["x_bytes"] > llc and r["both_of_bound"] is not None}
+            out[f"{name}_of_bound_beyond_llc"] = big
+        if out["numba_of_bound_beyond_llc"] and "targets_met" in out:
+            out["targets_met"]["of_bound"] = min(out["numba_of_bound_beyond_llc"].values()) >= TARGET_OF_BOUND
     closed = {f"{k[0]} {k[1]}": graph[k]["backward_ms"] / r["backward_ms"] for k, r in numpy.items() if k in graph}
     if closed:
         out["numpy_closed_vs_graph_backward"] = closed
