@@ -4,7 +4,8 @@ Every kernel that writes float32 output in float32 arithmetic, serial and parall
 (the columns kernels), spatial batch norm on short inputs (the channels kernels) and group norm with runs of 32
 values or more (the fused rows, a gamma per run). On each: the extremes test's criterion against a long-double
 reference (|error| <= eps*|v| + 1e-12*scale) on ordinary and offset data, the README's 1e6-offset bound (a
-float32 result within half an ulp of the float64 one) and the [f32max, f32max, f32max, -f32max] pattern.
+float32 result within half an ulp of the float64 one), the [f32max, f32max, f32max, -f32max] pattern, and
+given statistics rounded once as before.
 """
 
 import numpy as np
@@ -99,6 +100,22 @@ def test_offset_1e6_is_rounded_once(name):
     g, b = np.linspace(0.5, 2, c, dtype=np.float32), np.linspace(-1, 1, c, dtype=np.float32)
     out, _ = forward(x, g, b, backend="numba")
     ref, _ = forward(x.astype(np.float64), g.astype(np.float64), b.astype(np.float64), backend="numpy")
+    half_ulp = np.spacing(np.abs(ref).astype(np.float32)).astype(np.float64) / 2
+    assert np.all(np.abs(out - ref) <= half_ulp + 1e-12 * (1 + np.abs(ref)))
+
+
+@pytest.mark.parametrize("name", sorted(PATHS))
+def test_given_statistics_stay_rounded_once(name):
+    """Inference (given mean and var) keeps the float64 path: each output within half an ulp."""
+    forward, shape, c, _ = PATHS[name]
+    rng = np.random.default_rng(4)
+    x = (3 + 2 * rng.standard_normal(shape)).astype(np.float32)
+    g, b = rng.uniform(0.5, 1.5, c).astype(np.float32), rng.normal(size=c).astype(np.float32)
+    _, cache = forward(x, g, b, backend="numpy")
+    mean, var = cache.mean + 0.1, cache.var + 0.5
+    out, _ = forward(x, g, b, mean=mean, var=var, backend="numba")
+    ref, _ = forward(x.astype(np.float64), g.astype(np.float64), b.astype(np.float64), mean=mean, var=var,
+                     backend="numpy")
     half_ulp = np.spacing(np.abs(ref).astype(np.float32)).astype(np.float64) / 2
     assert np.all(np.abs(out - ref) <= half_ulp + 1e-12 * (1 + np.abs(ref)))
 

@@ -62,7 +62,7 @@ def _forward_write(x, gam, bet, eps, given, mean, var, invstd, out, part, first,
     mu = np.empty(w)
     scale = np.empty(w)
     shift_b = np.empty(w)
-    use_lanes = x.itemsize == 4  # float32 input: float32 lanes where every channel of the block allows them
+    use_lanes = x.itemsize == 4 and not given  # batch statistics of float32: lanes where every channel allows
     coef = np.empty((4, w), x.dtype)  # the split coefficients of y = x*a + c
     for j in range(w):
         if given:
@@ -136,7 +136,7 @@ def _backward_write(x, dy, gam, mean, invstd, given, dgamma, dbeta, dx, part, fi
     k1 = np.empty(w)
     k2 = np.zeros(w)
     k3 = np.zeros(w)
-    use_lanes = x.itemsize == 4  # float32 input: float32 lanes where every channel of the block allows them
+    use_lanes = x.itemsize == 4 and not given  # batch statistics of float32: lanes where every channel allows
     coef = np.empty((6, w), x.dtype)  # the split coefficients of dx = k1*dy + k2s*x + k3s
     for j in range(w):
         a = 0.0
@@ -225,7 +225,7 @@ def _channels_forward(x, gam, bet, eps, given, mean, var, invstd, out):
             i = r // c
             ch = r - i * c
             a = invstd[ch] * gam[ch]
-            co = lanes.affine_coefficients(x.itemsize == 4, mean[ch], var[ch], a, bet[ch])
+            co = lanes.affine_coefficients(False, mean[ch], var[ch], a, bet[ch])  # given: float64, rounded once
             lanes.write_affine(x[i, ch], out[i, ch], co, mean[ch], a, bet[ch])
         return
     for ch in prange(c):
@@ -268,7 +268,7 @@ def _channels_backward(x, dy, gam, mean, invstd, given, dgamma, dbeta, dx):
         k2 = 0.0 if given else -k1 * (b / m)
         k3 = 0.0 if given else -k1 * (a / m)
         bound = abs(k1) * np.sqrt(q)
-        co = lanes.grad_coefficients(x.itemsize == 4, m, mu, s, bound, bound / np.sqrt(m), k1, k2, k3)
+        co = lanes.grad_coefficients(x.itemsize == 4 and not given, m, mu, s, bound, bound / np.sqrt(m), k1, k2, k3)
         for i in range(n):
             lanes.write_grad(x[i, ch], dy[i, ch], dx[i, ch], co, mu, s, k1, k2, k3)
 

@@ -20,6 +20,10 @@ that its large part is exact:
   :func:`backward_ok` bounds it by 1e-12*m*B*(1 + max xhat**2), the slack of the float64 path's test, and
   excludes overflow and subnormal tails with the sum of dy**2 over the statistic.
 
+The lanes serve batch statistics (training). With given statistics (inference) the forward is one streaming pass,
+a read and a write per value, where float64 arithmetic costs little: those outputs stay float64 rounded once
+(within half an ulp), as ``tests/test_torch_fused.py`` holds the eval route to.
+
 Everything here is compiled without fast-math: reassociation would undo the two-sum.
 """
 
