@@ -124,7 +124,9 @@ def _require_centered(batch_stats, center):
 
 def forward(x4, gamma, beta, eps, batch_stats, given=None, out=None, center=True):
     _require_centered(batch_stats, center)
-    plan = fused_plan(x4.shape, given=given is not None) if batch_stats else None
+    if not batch_stats:  # per-sample statistics: one launch, no NumPy arithmetic to keep quiet
+        return _rows_forward(x4, gamma, beta, eps, given, out, center)
+    plan = fused_plan(x4.shape, given=given is not None)
     if plan is not None:  # no NumPy arithmetic to keep quiet: skip errstate's cost
         return _fused_forward(plan, x4, gamma, beta, eps, given, out)
     # NaN/inf in x must reach the statistics (the core reports them), quietly.
@@ -243,23 +245,16 @@ class RowsPlan(NamedTuple):
     def run_forward(self, xv, gamma, beta, eps, given, stats, out):
         _, g, k, l = self.shape
         mode = _k.STATS_GIVEN if given else (_k.STATS_BATCH if self.center else _k.STATS_RMS)
-        per_run = l >= ROWS_MIN_LENGTH
-        _pick(_k.fused_rows_forward, xv.size)(xv, _k.param_runs(gamma, g, k, l, per_run),
-                                               _k.param_runs(beta, g, k, l, per_run), float(eps), mode, stats[0],
-                                               stats[1], stats[2], out)
+        _pick(_k.rows_forward, xv.size)(xv, gamma, beta, float(eps), mode, g, l >= ROWS_MIN_LENGTH, stats[0],
+                                         stats[1], stats[2], out)
 
     def run_backward(self, xv, dyv, gamma, stats, given, dx):
         n, g, k, l = self.shape
-        per_run = l >= ROWS_MIN_LENGTH
-        gam_runs = _k.param_runs(gamma, g, k, l, per_run)
         blocks = _blocks(xv.size, n * g, ROW_BLOCKS_PER_THREAD)
-        dgp, dbp = np.zeros((blocks, *gam_runs.shape)), np.zeros((blocks, *gam_runs.shape))
-        kernels = _k.fused_rows_backward if per_run else _k.fused_rows_backward_elementwise
         mode = _k.STATS_GIVEN if given else (_k.STATS_BATCH if self.center else _k.STATS_RMS)
-        _pick(kernels, xv.size)(xv, dyv, gam_runs, stats[0], stats[2], mode, dgp, dbp, np.empty((3, n * g)), dx)
         dgamma, dbeta = np.empty(g * k), np.empty(g * k)
-        _k.fold_param_grads(dgp, k, dgamma)
-        _k.fold_param_grads(dbp, k, dbeta)
+        _pick(_k.rows_backward, xv.size)(xv, dyv, gamma, stats[0], stats[2], mode, g, l >= ROWS_MIN_LENGTH, blocks,
+                                          dgamma, dbeta, dx)
         return dgamma, dbeta
 
     @property
@@ -353,11 +348,6 @@ def _forward(x4, gamma, beta, eps, batch_stats, given, out, center):
     y = out if direct else np.empty(x4.shape, dt)
     gam, bet = _affine(gamma, beta, g * k)
     size = xw.size
-
-    if not batch_stats:
-        mean, var, invstd = _fused_rows_forward(xw, gam, bet, eps, given, center, y, n, g, k, l)
-        return _finish(y, out, direct, x4), mean, var, invstd, None
-
     if given is not None:
         mean, var = _f64(given[0]), _f64(given[1])
     else:
@@ -381,14 +371,20 @@ def _finish(y, out, direct, x4):
     return y if y.dtype == x4.dtype else y.astype(x4.dtype)
 
 
-def _fused_rows_forward(xw, gam, bet, eps, given, center, y, n, g, k, l):
-    """Layer/group norm forward: one (n, g) row per statistic; returns float64 (N, G) stats."""
+def _rows_forward(x4, gamma, beta, eps, given, out, center):
+    """Layer/group norm forward: one (n, g) row per statistic, one kernel launch; float64 (N, G) stats."""
+    n, g, k, l = x4.shape
+    dt = _work_dtype(x4)
+    xw = x4 if x4.dtype == dt and x4.flags.c_contiguous else np.ascontiguousarray(x4, dtype=dt)
+    direct = out is not None and out.dtype == dt and out.flags.c_contiguous
+    y = out if direct else np.empty(x4.shape, dt)
     stats = np.empty((3, n * g))
     if given is not None:
         stats[0], stats[1] = _f64(given[0]).reshape(-1), _f64(given[1]).reshape(-1)
     plan = RowsPlan((n, g, k, l), center)
-    plan.run_forward(xw.reshape(plan.view), gam, bet, eps, given is not None, stats, y.reshape(plan.view))
-    return stats[0].reshape(n, g), stats[1].reshape(n, g), stats[2].reshape(n, g)
+    plan.run_forward(xw.reshape(plan.view), _param(gamma, 1.0, g * k), _param(beta, 0.0, g * k), eps,
+                     given is not None, stats, y.reshape(plan.view))
+    return _finish(y, out, direct, x4), stats[0].reshape(n, g), stats[1].reshape(n, g), stats[2].reshape(n, g), None
 
 
 def backward(dout4, x4, gamma, mean, invstd, batch_stats, stats_given, saved, out=None, center=True):
@@ -400,12 +396,12 @@ def backward(dout4, x4, gamma, mean, invstd, batch_stats, stats_given, saved, ou
     dt = _work_dtype(x4, dout4)
     xw = np.ascontiguousarray(x4, dtype=dt)
     dyw = np.ascontiguousarray(dout4, dtype=dt)
-    gam, _ = _affine(gamma, None, g * k)
     mean, invstd = _f64(mean), _f64(invstd)
     direct = out is not None and out.dtype == dt and out.flags.c_contiguous
     dx = out if direct else np.empty(x4.shape, dt)
 
     if batch_stats:
+        gam, _ = _affine(gamma, None, g)
         m = n * l
         dbeta, dgamma = _batch_grad_sums(xw, dyw, mean, invstd, n, g, l)
         k1 = gam * invstd
@@ -418,8 +414,8 @@ def backward(dout4, x4, gamma, mean, invstd, batch_stats, stats_given, saved, ou
         plan = RowsPlan((n, g, k, l), center)
         stats = np.empty((3, n * g))
         stats[0], stats[2] = mean.reshape(-1), invstd.reshape(-1)
-        dgamma, dbeta = plan.run_backward(xw.reshape(plan.view), dyw.reshape(plan.view), gam, stats, stats_given,
-                                          dx.reshape(plan.view))
+        dgamma, dbeta = plan.run_backward(xw.reshape(plan.view), dyw.reshape(plan.view), _param(gamma, 1.0, g * k),
+                                          stats, stats_given, dx.reshape(plan.view))
     if out is not None and not direct:
         np.copyto(out, dx, casting="unsafe")
         dx = out
