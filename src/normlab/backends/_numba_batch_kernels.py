@@ -18,7 +18,7 @@ import numpy as np
 from numba import prange
 
 from . import _numba_lanes as lanes
-from ._numba_compile import CACHE, FASTMATH, twins
+from ._numba_compile import CACHE, FASTMATH, keyed, twins
 
 
 def _tile(t, col_blocks, width, n, c, row_blocks):
@@ -168,9 +168,11 @@ def _backward_write(x, dy, gam, mean, invstd, given, dgamma, dbeta, dx, part, fi
             oi[j] = k1[j] * np.float64(di[j]) + k2[j] * ((np.float64(xi[j]) - mu[j]) * s[j]) + k3[j]
 
 
-_tile, _forward_sums, _forward_write, _backward_sums, _backward_write = (
-    numba.njit(cache=CACHE, fastmath=FASTMATH, inline="always")(f)
-    for f in (_tile, _forward_sums, _forward_write, _backward_sums, _backward_write))
+# Called, not inlined, from the kernels' parallel loops: inlined, every call site was analysed and compiled again
+# (the parallel columns backward with its float32 lanes took 23 s of CPU to compile, against 6 s called).
+_tile = numba.njit(cache=CACHE, inline="always")(_tile)
+_forward_sums, _forward_write, _backward_sums, _backward_write = (
+    keyed(f, fastmath=FASTMATH, nogil=True) for f in (_forward_sums, _forward_write, _backward_sums, _backward_write))
 
 
 # The columns kernels: tasks on a grid of row blocks times channel blocks (numba_backend._column_grid). A task

@@ -91,6 +91,12 @@ def _sources_key() -> str:
 SOURCES_KEY = _sources_key()
 
 
+def keyed(fn, **options):
+    """A cached dispatcher of fn named with :data:`SOURCES_KEY`, for helpers that call into other kernel files
+    (see :func:`twins`); options as numba.njit's."""
+    return numba.njit(cache=CACHE, **options)(renamed(fn, "_" + SOURCES_KEY))
+
+
 def twins(fn):
     """(parallel, serial) dispatchers compiled from the same Python function, named with :data:`SOURCES_KEY`:
     a kernel calls helpers of other kernel files, and its cache entry must follow their edits too."""

@@ -36,9 +36,9 @@ import numpy as np
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
-from ._numba_compile import CACHE
+from ._numba_compile import CACHE, FASTMATH
 
 #: forward: float32 lanes where |beta| + |mean*a| stays below this (the error bound's offset term).
 FORWARD_OFFSET = 16.0
@@ -65,6 +65,7 @@ def fma(typingctx, a, b, c):
 
 _inline = numba.njit(cache=CACHE, inline="always")
 _plain = numba.njit(cache=CACHE, nogil=True)  # no fast-math: the two-sum must stay as written
+_float64_loops = numba.njit(cache=CACHE, fastmath=FASTMATH, nogil=True)
 
 
 @_inline
@@ -107,7 +108,10 @@ def backward_ok(count, scaled_mean, gamma_dy_max, gamma_dy_rms, k1, k2, k2s, k3)
     return gamma_dy_rms >= TINY and _scale_ok(k1) and _scale_ok(k2s)
 
 
-@_inline
+# The two below are called, not inlined: inside a kernel's parallel loop their branches would be analysed and
+# compiled again at every call site (the parallel columns backward took twice as long to compile).
+
+@_plain
 def affine_coefficients(lanes, mean, var, a, beta):
     """(ok, ah, al, ch, cl): whether y = (x - mean)*a + beta may be written in float32 lanes (``lanes``: x is
     float32, and :func:`forward_ok`), and a and c = beta - mean*a split, so that y = x*a + c."""
@@ -116,7 +120,7 @@ def affine_coefficients(lanes, mean, var, a, beta):
     return lanes and forward_ok(mean, var, a, beta), ah, al, ch, cl
 
 
-@_inline
+@_plain
 def grad_coefficients(lanes, count, mean, invstd, bound_max, bound_rms, k1, k2, k3):
     """(ok, k1h, k1l, k2h, k2l, k3h, k3l): whether dx = k1*dy + k2*xhat + k3 (xhat = (x - mean)*invstd, one
     statistic of ``count`` values) may be written in float32 lanes (``lanes``: x is float32, and
@@ -153,15 +157,13 @@ def grad1(v, d, k1h, k1l, k2h, k2l, k3h, k3l):
 
 # ----------------------------------------------------------------------------- runs with one coefficient set
 
-@_plain
-def affine_run(x, out, ah, al, ch, cl):
+def _affine_run(x, out, ah, al, ch, cl):
     """out[i] = x[i]*a + c for a run (1-d views), coefficients split."""
     for i in range(x.shape[0]):
         out[i] = affine1(x[i], ah, al, ch, cl)
 
 
-@_plain
-def grad_run(x, dy, out, k1h, k1l, k2h, k2l, k3h, k3l):
+def _grad_run(x, dy, out, k1h, k1l, k2h, k2l, k3h, k3l):
     """out[i] = k1*dy[i] + k2s*x[i] + k3 for a run (1-d views), coefficients split."""
     for i in range(x.shape[0]):
         out[i] = grad1(x[i], dy[i], k1h, k1l, k2h, k2l, k3h, k3l)
@@ -169,8 +171,7 @@ def grad_run(x, dy, out, k1h, k1l, k2h, k2l, k3h, k3l):
 
 # ----------------------------------------------------------------------------- rows with a coefficient per column
 
-@_plain
-def affine_rows(x, out, r0, r1, c0, ah, al, ch, cl):
+def _affine_rows(x, out, r0, r1, c0, ah, al, ch, cl):
     """out[i, c0 + j] = x[i, c0 + j]*a[j] + c[j] for rows r0:r1, split coefficients (w,); two rows per sweep, so
     each coefficient is loaded once per two rows."""
     w = ah.shape[0]
@@ -189,8 +190,7 @@ def affine_rows(x, out, r0, r1, c0, ah, al, ch, cl):
             oi[j] = affine1(xi[j], ah[j], al[j], ch[j], cl[j])
 
 
-@_plain
-def grad_rows(x, dy, dx, r0, r1, c0, k):
+def _grad_rows(x, dy, dx, r0, r1, c0, k):
     """dx[i, c0 + j] = k1[j]*dy + k2s[j]*x + k3[j] for rows r0:r1; k: (6, w) float32, the split k1, k2s, k3."""
     w = k.shape[1]
     k1h, k1l, k2h, k2l, k3h, k3l = k[0], k[1], k[2], k[3], k[4], k[5]
@@ -210,10 +210,67 @@ def grad_rows(x, dy, dx, r0, r1, c0, k):
             oi[j] = grad1(xi[j], di[j], k1h[j], k1l[j], k2h[j], k2l[j], k3h[j], k3l[j])
 
 
-# ----------------------------------------------------------------------------- a run, in lanes or in float64
-# Inlined: the float64 loops take the caller's fast-math flags; the lanes are calls, compiled without them.
+# ----------------------------------------------------------------------------- float32 only
+# The loops above as compiled code sees them: for float32 arrays the loop, for any other dtype a stub that
+# raises. The callers' checks never take the lanes for other dtypes, so a float64 kernel does not compile them.
 
-@_inline
+@numba.njit(cache=CACHE)
+def _not_float32():
+    raise TypeError("the float32 lanes take float32 arrays")
+
+
+def _float32(x):
+    return isinstance(x, types.Array) and x.dtype == types.float32
+
+
+def affine_run(x, out, ah, al, ch, cl):
+    """Compiled callers only: :func:`_affine_run` for float32 arrays."""
+    raise TypeError("affine_run is called from compiled kernels")
+
+
+def grad_run(x, dy, out, k1h, k1l, k2h, k2l, k3h, k3l):
+    """Compiled callers only: :func:`_grad_run` for float32 arrays."""
+    raise TypeError("grad_run is called from compiled kernels")
+
+
+def affine_rows(x, out, r0, r1, c0, ah, al, ch, cl):
+    """Compiled callers only: :func:`_affine_rows` for float32 arrays."""
+    raise TypeError("affine_rows is called from compiled kernels")
+
+
+def grad_rows(x, dy, dx, r0, r1, c0, k):
+    """Compiled callers only: :func:`_grad_rows` for float32 arrays."""
+    raise TypeError("grad_rows is called from compiled kernels")
+
+
+_LOOP_OPTIONS = {"nogil": True}  # and no fast-math: the two-sum must stay as written
+
+
+@overload(affine_run, jit_options=_LOOP_OPTIONS)
+def _affine_run_float32(x, out, ah, al, ch, cl):
+    return _affine_run if _float32(x) else (lambda x, out, ah, al, ch, cl: _not_float32())
+
+
+@overload(grad_run, jit_options=_LOOP_OPTIONS)
+def _grad_run_float32(x, dy, out, k1h, k1l, k2h, k2l, k3h, k3l):
+    return _grad_run if _float32(x) else (lambda x, dy, out, k1h, k1l, k2h, k2l, k3h, k3l: _not_float32())
+
+
+@overload(affine_rows, jit_options=_LOOP_OPTIONS)
+def _affine_rows_float32(x, out, r0, r1, c0, ah, al, ch, cl):
+    return _affine_rows if _float32(x) else (lambda x, out, r0, r1, c0, ah, al, ch, cl: _not_float32())
+
+
+@overload(grad_rows, jit_options=_LOOP_OPTIONS)
+def _grad_rows_float32(x, dy, dx, r0, r1, c0, k):
+    return _grad_rows if _float32(x) else (lambda x, dy, dx, r0, r1, c0, k: _not_float32())
+
+
+# ----------------------------------------------------------------------------- a run, in lanes or in float64
+# Called from the kernels' parallel loops, compiled once per dtype (inlined, each call site compiled them again).
+# The float64 loops take the kernels' fast-math flags; the lanes are calls, compiled without them.
+
+@_float64_loops
 def write_affine(x, out, co, mean, a, beta):
     """out = (x - mean)*a + beta over a run (1-d views): in float32 lanes when co (from
     :func:`affine_coefficients`) allows, else float64 rounded once."""
@@ -224,7 +281,7 @@ def write_affine(x, out, co, mean, a, beta):
         out[i] = (np.float64(x[i]) - mean) * a + beta
 
 
-@_inline
+@_float64_loops
 def write_grad(x, dy, out, co, mean, invstd, k1, k2, k3):
     """out = k1*dy + k2*(x - mean)*invstd + k3 over a run: in float32 lanes when co (from
     :func:`grad_coefficients`) allows, else float64 rounded once."""
