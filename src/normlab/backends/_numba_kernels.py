@@ -423,39 +423,3 @@ col_grad_apply = twins(_col_grad_apply)
 fused_rows_forward = twins(_fused_rows_forward)
 fused_rows_backward = twins(_fused_rows_backward)
 fused_rows_backward_elementwise = twins(_fused_rows_backward_elementwise)
-
-
-# ----------------------------------------------------------------------------- fused rows, one call per direction
-# Parameters spread to their runs, the kernel, and dgamma/dbeta folded, in one compiled call: from Python each
-# dispatch costs 1-3 us, as much as the whole kernel at small sizes. FORWARD and BACKWARD_* are bound per twin.
-
-def _rows_forward(x, gamma, beta, eps, mode, groups, per_run, mean, var, invstd, out):
-    """The fused-rows forward of x (N*G, K*L) with gamma, beta (G*K,): see :func:`_fused_rows_forward`."""
-    k = gamma.shape[0] // groups
-    length = x.shape[1] // k
-    FORWARD(x, param_runs(gamma, groups, k, length, per_run), param_runs(beta, groups, k, length, per_run), eps,  # noqa: F821
-            mode, mean, var, invstd, out)
-
-
-def _rows_backward(x, dy, gamma, mean, invstd, mode, groups, per_run, blocks, dgamma, dbeta, dx):
-    """The fused-rows backward: dx, and dgamma, dbeta (G*K,) summed over ``blocks`` row blocks (a slab each)."""
-    rows = x.shape[0]
-    k = gamma.shape[0] // groups
-    length = x.shape[1] // k
-    gam = param_runs(gamma, groups, k, length, per_run)
-    dgp = np.zeros((blocks, groups, gam.shape[1]))
-    dbp = np.zeros((blocks, groups, gam.shape[1]))
-    if per_run:
-        BACKWARD_RUNS(x, dy, gam, mean, invstd, mode, dgp, dbp, np.empty((3, rows)), dx)  # noqa: F821
-    else:
-        BACKWARD_ELEMENTWISE(x, dy, gam, mean, invstd, mode, dgp, dbp, np.empty((3, rows)), dx)  # noqa: F821
-    fold_param_grads(dgp, k, dgamma)
-    fold_param_grads(dbp, k, dbeta)
-
-
-rows_forward = tuple(numba.njit(cache=CACHE)(renamed(_rows_forward, f"_{which}_{SOURCES_KEY}", FORWARD=kernel))
-                     for which, kernel in zip(("parallel", "serial"), fused_rows_forward))
-rows_backward = tuple(
-    numba.njit(cache=CACHE)(renamed(_rows_backward, f"_{which}_{SOURCES_KEY}", BACKWARD_RUNS=runs,
-                                    BACKWARD_ELEMENTWISE=elementwise))
-    for which, runs, elementwise in zip(("parallel", "serial"), fused_rows_backward, fused_rows_backward_elementwise))

@@ -125,7 +125,7 @@ def _require_centered(batch_stats, center):
 def forward(x4, gamma, beta, eps, batch_stats, given=None, out=None, center=True):
     _require_centered(batch_stats, center)
     if not batch_stats:  # per-sample statistics: one launch, no NumPy arithmetic to keep quiet
-        return _rows_forward(x4, gamma, beta, eps, given, out, center)
+        return _fused_rows_forward(x4, gamma, beta, eps, given, out, center)
     plan = fused_plan(x4.shape, given=given is not None)
     if plan is not None:  # no NumPy arithmetic to keep quiet: skip errstate's cost
         return _fused_forward(plan, x4, gamma, beta, eps, given, out)
@@ -245,16 +245,23 @@ class RowsPlan(NamedTuple):
     def run_forward(self, xv, gamma, beta, eps, given, stats, out):
         _, g, k, l = self.shape
         mode = _k.STATS_GIVEN if given else (_k.STATS_BATCH if self.center else _k.STATS_RMS)
-        _pick(_k.rows_forward, xv.size)(xv, gamma, beta, float(eps), mode, g, l >= ROWS_MIN_LENGTH, stats[0],
-                                         stats[1], stats[2], out)
+        per_run = l >= ROWS_MIN_LENGTH
+        _pick(_k.fused_rows_forward, xv.size)(xv, _k.param_runs(gamma, g, k, l, per_run),
+                                               _k.param_runs(beta, g, k, l, per_run), float(eps), mode, stats[0],
+                                               stats[1], stats[2], out)
 
     def run_backward(self, xv, dyv, gamma, stats, given, dx):
         n, g, k, l = self.shape
+        per_run = l >= ROWS_MIN_LENGTH
+        gam_runs = _k.param_runs(gamma, g, k, l, per_run)
         blocks = _blocks(xv.size, n * g, ROW_BLOCKS_PER_THREAD)
+        dgp, dbp = np.zeros((blocks, *gam_runs.shape)), np.zeros((blocks, *gam_runs.shape))
+        kernels = _k.fused_rows_backward if per_run else _k.fused_rows_backward_elementwise
         mode = _k.STATS_GIVEN if given else (_k.STATS_BATCH if self.center else _k.STATS_RMS)
+        _pick(kernels, xv.size)(xv, dyv, gam_runs, stats[0], stats[2], mode, dgp, dbp, np.empty((3, n * g)), dx)
         dgamma, dbeta = np.empty(g * k), np.empty(g * k)
-        _pick(_k.rows_backward, xv.size)(xv, dyv, gamma, stats[0], stats[2], mode, g, l >= ROWS_MIN_LENGTH, blocks,
-                                          dgamma, dbeta, dx)
+        _k.fold_param_grads(dgp, k, dgamma)
+        _k.fold_param_grads(dbp, k, dbeta)
         return dgamma, dbeta
 
     @property
@@ -371,7 +378,7 @@ def _finish(y, out, direct, x4):
     return y if y.dtype == x4.dtype else y.astype(x4.dtype)
 
 
-def _rows_forward(x4, gamma, beta, eps, given, out, center):
+def _fused_rows_forward(x4, gamma, beta, eps, given, out, center):
     """Layer/group norm forward: one (n, g) row per statistic, one kernel launch; float64 (N, G) stats."""
     n, g, k, l = x4.shape
     dt = _work_dtype(x4)
