@@ -182,9 +182,9 @@ def test_fused_rows_backward_takes_several_row_blocks_per_thread():
 
     from normlab.backends.numba_backend import RowsPlan
 
-    assert RowsPlan((2048, 1, 1, 256), True).entry_points(np.float32)[-1] >= 2 * numba.get_num_threads()
-    assert RowsPlan((3, 1, 1, 1 << 15), True).entry_points(np.float32)[-1] == 3
-    assert RowsPlan((8, 1, 1, 16), True).entry_points(np.float32)[-1] == 1
+    assert RowsPlan((2048, 1, 1, 256), True).entry_points(np.float32)["row_blocks"] >= 2 * numba.get_num_threads()
+    assert RowsPlan((3, 1, 1, 1 << 15), True).entry_points(np.float32)["row_blocks"] == 3
+    assert RowsPlan((8, 1, 1, 16), True).entry_points(np.float32)["row_blocks"] == 1
 
 
 def test_column_grid_takes_row_blocks_first(monkeypatch):
@@ -447,16 +447,18 @@ def test_cached_entry_points_follow_kernel_edits(tmp_path):
     shutil.copytree(SRC / "normlab", site / "normlab", ignore=shutil.ignore_patterns("__pycache__"))
     code = """
         import ctypes, json, numpy as np
-        from normlab.backends import _numba_entry_points as ep
+        from normlab.backends import _numba_entry_points as ep, plan_record
         p, i64, f64 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
         forward = ctypes.CFUNCTYPE(i64, p, p, p, f64, i64, p, p, p)(ep.batch_entry_points("columns", False,
                                                                                           np.float64)[0])
         update = ctypes.CFUNCTYPE(None, p, p, p, i64, i64, f64)(ep.update_entry_point(np.float64))
         x = np.arange(12.0).reshape(4, 3)
         gamma, beta, stats, out = np.ones(3), np.zeros(3), np.empty((3, 3)), np.empty((4, 3))
-        dims = np.array([4, 3, 1, 3, 1], dtype=np.int64)  # N, C, L, width, row blocks
+        plan = np.array(plan_record.record(forward=0, backward=0, update_float=0, update_double=0, numel=12,
+                                           stats=3, params=3, n=4, groups=3, per_group=1, length=1, width=3,
+                                           row_blocks=1, huge_page_bytes=0), dtype=np.int64)
         forward(x.ctypes.data, gamma.ctypes.data, beta.ctypes.data, 1e-5, 0, stats.ctypes.data,
-                out.ctypes.data, dims.ctypes.data)
+                out.ctypes.data, plan.ctypes.data)
         running_mean, running_var = np.zeros(3), np.ones(3)
         update(running_mean.ctypes.data, running_var.ctypes.data, stats.ctypes.data, 3, 4, 0.1)
         print(json.dumps({"out": out.mean(), "running_mean": running_mean.tolist()}))

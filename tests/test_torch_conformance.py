@@ -36,6 +36,20 @@ DELIBERATE = {
                     "raise too)",
     "error words": "where both raise, normlab raises ValueError/TypeError naming the argument and shapes, "
                    "torch's C++ checks a RuntimeError or IndexError in their own words",
+    "per-channel shape": "a batch norm weight or bias of C values in another shape (say (1, C)), or a 0-d "
+                         "batch norm weight or bias or instance norm parameter or running statistic for C = 1: "
+                         "torch normalizes with it (and batch norm's backward then fails); normlab raises a "
+                         "ValueError naming the shapes",
+    "empty batch (checks)": "an empty batch: normlab checks the parameters and buffers as for any batch; torch's "
+                            "batch and instance norm skip some of those checks and return an empty output",
+    "empty batch (instance norm)": "instance norm on an empty batch with running statistics: torch sets them "
+                                   "to NaN (the mean over no instances); normlab leaves them as they are, as "
+                                   "both do for batch norm",
+    "what the backward saves": "normlab's backward reads x, weight and given statistics: an in-place edit of "
+                               "one of those between forward and backward, or an inference tensor among them, "
+                               "is refused (RuntimeError, as torch refuses); of the others (bias, running "
+                               "statistics in training) it is not, where torch's kernels, which save other "
+                               "tensors, refuse some",
 }
 
 MODULES = {  # torch.nn class -> normlab.torch classes that must behave like it

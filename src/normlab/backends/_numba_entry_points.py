@@ -9,18 +9,16 @@ of ``_numba_kernels`` (per-sample statistics), or the running-statistics rule.
 
 C signatures, T the input's type (float or double; weight and bias are T too)::
 
-    int64 forward(T *x, T *gamma, T *beta, double eps, int64 given, double *stats, T *out, int64 *dims)
-    void backward(T *x, T *dy, T *gamma, double *stats, int64 given, T *dgamma, T *dbeta, T *dx, int64 *dims)
+    int64 forward(T *x, T *gamma, T *beta, double eps, int64 given, double *stats, T *out, int64 *plan)
+    void backward(T *x, T *dy, T *gamma, double *stats, int64 given, T *dgamma, T *dbeta, T *dx, int64 *plan)
     void update(R *running_mean, R *running_var, double *stats, int64 channels, int64 count, double factor)
 
 stats is the (3, S) float64 stack mean, var (biased), invstd per statistic; with
-``given`` the forward reads mean and var from it. Batch statistics: dims is
-(N, C, L, width, row blocks), L the run length of the channels kernels (1 for
-columns), width and row blocks the columns kernels' task grid (channels per
-block, blocks of rows). Per-sample statistics:
-see :func:`rows_entry_points`. forward returns 1 when the statistics it computed
-are finite (always 1 with ``given``), else 0: the caller then takes the route
-that rescales or reports them.
+``given`` the forward reads mean and var from it. plan is the plan record
+(``plan_record``): the wrappers read the view (n, groups, per_group, length) and the
+task grid (width, row_blocks) from it by name, at the indices ``plan_record.INDEX``
+gives. forward returns 1 when the statistics it computed are finite (always 1
+with ``given``), else 0: the caller then takes the route that rescales or reports them.
 """
 
 from __future__ import annotations
@@ -34,6 +32,13 @@ from numba import types as nt
 
 from . import _numba_batch_kernels as _kb
 from . import _numba_kernels as _k
+from . import plan_record
+
+# The plan record's fields the wrappers read (constants frozen into the compiled code; plan_record.KEY in
+# every wrapper's name keeps a cached one from reading another layout).
+_FIELDS = len(plan_record.FIELDS)
+_N, _GROUPS, _PER_GROUP, _LENGTH, _WIDTH, _ROW_BLOCKS = (
+    plan_record.INDEX[name] for name in ("n", "groups", "per_group", "length", "width", "row_blocks"))
 
 _TYPES = {np.dtype(np.float32): nt.float32, np.dtype(np.float64): nt.float64}
 
@@ -46,38 +51,38 @@ def _finite(stats, c):
     return 1
 
 
-def _columns_forward(xp, gp, bp, eps, given, sp, op, dp):
-    dims = carray(dp, (5,))
-    n, c = dims[0], dims[1]
+def _columns_forward(xp, gp, bp, eps, given, sp, op, pp):
+    plan = carray(pp, (_FIELDS,))
+    n, c = plan[_N], plan[_GROUPS]
     st = carray(sp, (3, c))
     FORWARD(carray(xp, (n, c)), carray(gp, (c,)), carray(bp, (c,)), eps, given != 0, st[0], st[1], st[2],
-            carray(op, (n, c)), dims[3], dims[4])
+            carray(op, (n, c)), plan[_WIDTH], plan[_ROW_BLOCKS])
     return 1 if given != 0 else _finite(st, c)
 
 
-def _columns_backward(xp, dyp, gp, sp, given, dgp, dbp, dxp, dp):
-    dims = carray(dp, (5,))
-    n, c = dims[0], dims[1]
+def _columns_backward(xp, dyp, gp, sp, given, dgp, dbp, dxp, pp):
+    plan = carray(pp, (_FIELDS,))
+    n, c = plan[_N], plan[_GROUPS]
     st = carray(sp, (3, c))
     dgamma, dbeta = np.empty(c), np.empty(c)  # the kernel's float64 sums, rounded once into the caller's type
     BACKWARD(carray(xp, (n, c)), carray(dyp, (n, c)), carray(gp, (c,)), st[0], st[2], given != 0, dgamma, dbeta,
-             carray(dxp, (n, c)), dims[3], dims[4])
+             carray(dxp, (n, c)), plan[_WIDTH], plan[_ROW_BLOCKS])
     carray(dgp, (c,))[:] = dgamma
     carray(dbp, (c,))[:] = dbeta
 
 
-def _channels_forward(xp, gp, bp, eps, given, sp, op, dp):
-    dims = carray(dp, (4,))
-    n, c, length = dims[0], dims[1], dims[2]
+def _channels_forward(xp, gp, bp, eps, given, sp, op, pp):
+    plan = carray(pp, (_FIELDS,))
+    n, c, length = plan[_N], plan[_GROUPS], plan[_LENGTH]
     st = carray(sp, (3, c))
     FORWARD(carray(xp, (n, c, length)), carray(gp, (c,)), carray(bp, (c,)), eps, given != 0, st[0], st[1], st[2],
             carray(op, (n, c, length)))
     return 1 if given != 0 else _finite(st, c)
 
 
-def _channels_backward(xp, dyp, gp, sp, given, dgp, dbp, dxp, dp):
-    dims = carray(dp, (4,))
-    n, c, length = dims[0], dims[1], dims[2]
+def _channels_backward(xp, dyp, gp, sp, given, dgp, dbp, dxp, pp):
+    plan = carray(pp, (_FIELDS,))
+    n, c, length = plan[_N], plan[_GROUPS], plan[_LENGTH]
     st = carray(sp, (3, c))
     dgamma, dbeta = np.empty(c), np.empty(c)
     BACKWARD(carray(xp, (n, c, length)), carray(dyp, (n, c, length)), carray(gp, (c,)), st[0], st[2], given != 0,
@@ -86,9 +91,9 @@ def _channels_backward(xp, dyp, gp, sp, given, dgp, dbp, dxp, dp):
     carray(dbp, (c,))[:] = dbeta
 
 
-def _rows_forward(xp, gp, bp, eps, given, sp, op, dp):
-    dims = carray(dp, (4,))
-    n, g, k, length = dims[0], dims[1], dims[2], dims[3]
+def _rows_forward(xp, gp, bp, eps, given, sp, op, pp):
+    plan = carray(pp, (_FIELDS,))
+    n, g, k, length = plan[_N], plan[_GROUPS], plan[_PER_GROUP], plan[_LENGTH]
     rows, width = n * g, k * length
     st = carray(sp, (3, rows))
     mode = _k.STATS_GIVEN if given != 0 else MODE
@@ -98,13 +103,13 @@ def _rows_forward(xp, gp, bp, eps, given, sp, op, dp):
     return 1 if given != 0 else _finite(st, rows)
 
 
-def _rows_backward(xp, dyp, gp, sp, given, dgp, dbp, dxp, dp):
-    dims = carray(dp, (5,))
-    n, g, k, length = dims[0], dims[1], dims[2], dims[3]
+def _rows_backward(xp, dyp, gp, sp, given, dgp, dbp, dxp, pp):
+    plan = carray(pp, (_FIELDS,))
+    n, g, k, length = plan[_N], plan[_GROUPS], plan[_PER_GROUP], plan[_LENGTH]
     rows, width = n * g, k * length
     st = carray(sp, (3, rows))
     gam = _k.param_runs(carray(gp, (g * k,)), g, k, length, PER_RUN)
-    blocks = dims[4]  # row blocks, a slab each (numba_backend._blocks when the plan was made)
+    blocks = plan[_ROW_BLOCKS]  # row blocks, a slab each (numba_backend._blocks when the plan was made)
     dgamma, dbeta = np.zeros((blocks, g, gam.shape[1])), np.zeros((blocks, g, gam.shape[1]))
     BACKWARD(carray(xp, (rows, width)), carray(dyp, (rows, width)), gam, st[0], st[2],
              _k.STATS_GIVEN if given != 0 else MODE, dgamma, dbeta, np.empty((3, rows)), carray(dxp, (rows, width)))
@@ -123,9 +128,10 @@ _KERNELS = {"columns": (_kb.columns_forward, _kb.columns_backward),
 
 
 def _bound(fn, suffix: str, **names):
-    """fn calling ``names`` (the kernels), under a name of its own per combination and per version of the
-    kernel sources: a cached wrapper compiled against old kernels is never loaded for new ones."""
-    return _k.renamed(fn, f"{suffix}_{_k.SOURCES_KEY}", **names)
+    """fn calling ``names`` (the kernels), under a name of its own per combination, per version of the
+    kernel sources and per layout of the plan record: a cached wrapper compiled against old kernels, or
+    reading another record, is never loaded."""
+    return _k.renamed(fn, f"{suffix}_{_k.SOURCES_KEY}_{plan_record.KEY}", **names)
 
 
 @functools.cache
@@ -157,9 +163,9 @@ def rows_entry_points(kind: str, parallel: bool, center: bool, dtype) -> tuple[i
     """(forward, backward) addresses of the fused-rows kernels (layer, group, instance, RMS norm) for x of
     ``dtype``: ``kind`` "rows" (a parameter per run of L values) or "rows_elementwise"; center False: RMS.
 
-    dims is (N, G, K, L, blocks): N*G rows of K*L values, parameters (G*K,), blocks the backward's
-    row blocks (a dgamma/dbeta slab each); ``given`` reads mean and var (N*G,) from stats. Compiled on
-    first use (cached on disk like the kernels).
+    The plan record gives (N, G, K, L): N*G rows of K*L values, parameters (G*K,), and row_blocks, the
+    backward's row blocks (a dgamma/dbeta slab each); ``given`` reads mean and var (N*G,) from stats.
+    Compiled on first use (cached on disk like the kernels).
     """
     numba.get_num_threads()  # start the pool first, as in batch_entry_points
     t = _TYPES[np.dtype(dtype)]

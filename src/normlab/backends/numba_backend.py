@@ -38,7 +38,9 @@ once to C order; float16 computes in float32 and returns float16.
 
 from __future__ import annotations
 
+import functools
 import math
+import threading
 from typing import Callable, NamedTuple
 
 try:
@@ -52,6 +54,37 @@ except Exception as exc:  # a broken numba (e.g. an unsupported NumPy) must not 
 import numpy as np
 
 NAME = "numba"
+
+_LAUNCH_LOCK = threading.Lock()
+_serialize: bool | None = None  # decided at the first launch, when Numba has picked its threading layer
+
+
+def launch_lock() -> threading.Lock | None:
+    """The lock every kernel launch holds where Numba's threading layer is not thread-safe, else None.
+
+    The ``workqueue`` layer has one task queue: two Python threads launching
+    parallel kernels at once (two models trained in two threads; the native node
+    releases the GIL while its kernels run) corrupt it. ``omp`` and ``tbb``
+    take concurrent launches. The native node holds the same lock
+    (``normlab.torch.fused_node``), so Python and C++ launches take turns too.
+    """
+    global _serialize
+    if _serialize is None:
+        numba.get_num_threads()  # starts the pool, which picks the layer
+        _serialize = numba.threading_layer() == "workqueue"
+    return _LAUNCH_LOCK if _serialize else None
+
+
+def _serialized(fn):
+    """fn under :func:`launch_lock` where there is one."""
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        lock = launch_lock()
+        if lock is None:
+            return fn(*args, **kwargs)
+        with lock:
+            return fn(*args, **kwargs)
+    return call
 
 #: Reductions along contiguous runs at least this long use the ``rows`` kernels.
 ROWS_MIN_LENGTH = 32
@@ -122,6 +155,7 @@ def _require_centered(batch_stats, center):
         raise NotImplementedError("the numba backend computes uncentred (RMS) statistics per sample only")
 
 
+@_serialized
 def forward(x4, gamma, beta, eps, batch_stats, given=None, out=None, center=True):
     _require_centered(batch_stats, center)
     if not batch_stats:  # per-sample statistics: one launch, no NumPy arithmetic to keep quiet
@@ -213,16 +247,19 @@ class FusedPlan(NamedTuple):
         self.backward(xv, dyv, gamma, stats[0], stats[2], bool(given), dgamma, dbeta, dx, *self.extra)
         return dgamma, dbeta
 
-    def entry_points(self, dtype) -> tuple[int, ...]:
-        """These kernels as C functions, for input of ``dtype``: the addresses of forward, backward and the
-        running-statistics rule on float32 and on float64 buffers, then dims (N, C, L, width, row blocks)
+    def entry_points(self, dtype) -> dict[str, int]:
+        """These kernels as C functions for input of ``dtype``, as fields of the plan record
+        (``plan_record``): the addresses of forward, backward and the running-statistics rule on float32
+        and on float64 buffers, and the view (N, C, 1, L) with the columns kernels' task grid
         (``_numba_entry_points`` gives the signatures). Compiled on first use."""
         from . import _numba_entry_points as ep
 
         forward, backward = ep.batch_entry_points(self.kind, self.parallel, dtype)
         n, c, length = (*self.view, 1)[:3]
-        return (forward, backward, ep.update_entry_point(np.float32), ep.update_entry_point(np.float64),
-                n, c, length, *(self.extra or (0, 0)))
+        width, row_blocks = self.extra or (0, 0)
+        return {"forward": forward, "backward": backward, "update_float": ep.update_entry_point(np.float32),
+                "update_double": ep.update_entry_point(np.float64), "n": n, "groups": c, "per_group": 1,
+                "length": length, "width": width, "row_blocks": row_blocks}
 
 
 class RowsPlan(NamedTuple):
@@ -269,14 +306,17 @@ class RowsPlan(NamedTuple):
         """Which backward kernel serves these rows: per run, or per element (short runs)."""
         return "rows" if self.shape[3] >= ROWS_MIN_LENGTH else "rows_elementwise"
 
-    def entry_points(self, dtype) -> tuple[int, ...]:
-        """As :meth:`FusedPlan.entry_points`: forward, backward, no running-statistics rule (0, 0), then
-        dims (N, G, K, L, blocks), blocks the backward's row blocks for the thread count of now."""
+    def entry_points(self, dtype) -> dict[str, int]:
+        """As :meth:`FusedPlan.entry_points`: forward, backward, no running-statistics rule (0), the view
+        (N, G, K, L), and the backward's row blocks for the thread count of now."""
         from . import _numba_entry_points as ep
 
         size = math.prod(self.shape)
         forward, backward = ep.rows_entry_points(self.kernel_kind, size >= SERIAL_BELOW, self.center, dtype)
-        return (forward, backward, 0, 0, *self.shape, _blocks(size, self.view[0], ROW_BLOCKS_PER_THREAD))
+        n, g, k, length = self.shape
+        return {"forward": forward, "backward": backward, "update_float": 0, "update_double": 0, "n": n,
+                "groups": g, "per_group": k, "length": length, "width": 0,
+                "row_blocks": _blocks(size, self.view[0], ROW_BLOCKS_PER_THREAD)}
 
 
 def fused_plan(view4, batch_stats: bool = True, center: bool = True,
@@ -394,6 +434,7 @@ def _fused_rows_forward(x4, gamma, beta, eps, given, out, center):
     return _finish(y, out, direct, x4), stats[0].reshape(n, g), stats[1].reshape(n, g), stats[2].reshape(n, g), None
 
 
+@_serialized
 def backward(dout4, x4, gamma, mean, invstd, batch_stats, stats_given, saved, out=None, center=True):
     _require_centered(batch_stats, center)
     plan = fused_plan(x4.shape) if batch_stats else None
@@ -465,6 +506,7 @@ def _require_batch_stats(batch_stats):
         raise ValueError("grad_sums/grad_apply are defined for batch statistics (one per channel, K == 1)")
 
 
+@_serialized
 def moments(x4, batch_stats):
     """Mean and biased var, float64 (G,) or (N, G): the forward's statistics pass alone."""
     n, g, k, l = x4.shape
@@ -476,6 +518,7 @@ def moments(x4, batch_stats):
         return _channel_moments(np.ascontiguousarray(x4, dtype=_work_dtype(x4)), n, g, l)
 
 
+@_serialized
 def grad_sums(dout4, x4, mean, invstd, batch_stats):
     """(sum dy, sum dy*xhat) per channel, float64 (G,): the backward's first pass alone."""
     _require_batch_stats(batch_stats)
@@ -485,6 +528,7 @@ def grad_sums(dout4, x4, mean, invstd, batch_stats):
                             _f64(mean), _f64(invstd), n, g, l)
 
 
+@_serialized
 def grad_apply(dout4, x4, gamma, mean, invstd, sum_dy, sum_dy_xhat, count, batch_stats, out=None):
     """dx = gamma*invstd*(dy - sum_dy/count - xhat*sum_dy_xhat/count): the backward's second pass alone."""
     _require_batch_stats(batch_stats)

@@ -14,8 +14,11 @@ Requires the optional extra: ``pip install "normlab[torch]"`` (torch 2.13).
 - ``fold_batchnorm``: fold eval-mode batch norms into the preceding Linear/Conv.
 - ``update_bn_stats``: precise BN, running statistics set to the population statistics of data.
 
-CPU tensors run normlab's core (NumPy/Numba); tensors on any other device,
-and ``backend="torch"``, run the same closed form in torch ops.
+Every module and functional goes through ``normlab.torch.route``: the call's
+arguments are checked once per signature (raising as torch.nn raises), and
+the call runs on the native node (eager CPU calls the fused kernels serve),
+the core from Python (other eager CPU calls), or torch ops (other devices,
+``backend="torch"``, torch.compile, torch.func); ``route``'s docstring draws them.
 """
 
 # Inside this package, ``import torch`` still means the top-level torch

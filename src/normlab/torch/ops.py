@@ -139,7 +139,7 @@ def _land(view: torch.Tensor, direct, result: np.ndarray) -> None:
 def core_forward(x: torch.Tensor, weight, bias, mean, var, kind: str, arg, eps: float, backend: str):
     """-> (out tensor, the core's NormCache): the core's forward on NumPy views of x (validated by the caller).
 
-    The eager path of ``normlab.torch.functions`` calls this directly and keeps the cache for backward;
+    The core's route (``normlab.torch.autograd.EagerNormFunction``) calls this directly and keeps the cache for backward;
     the ``normalize`` operator wraps it for torch.compile.
     """
     rows = channels_last_rows(x, kind)

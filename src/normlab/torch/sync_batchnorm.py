@@ -22,8 +22,9 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from .. import distributed
 from ..norms import batch_layout
 from . import closed_form
-from .functions import check_eps, check_tensor, update_running_stats
-from .modules import BatchNorm
+from .checks import check_call, check_tensor
+from .modules import _BATCH_NORM_STATE, BatchNorm, _own
+from .route import update_batch_state
 
 _DOUBLE_BACKWARD = ("normlab.torch.SyncBatchNorm: double backward (create_graph=True) across ranks is not "
                     "supported (nor is it by torch.nn.SyncBatchNorm)")
@@ -169,20 +170,27 @@ class SyncBatchNorm(BatchNorm):
                          backend=backend)
         self.process_group = process_group
 
+    def _synchronizes(self) -> bool:
+        """torch.nn.SyncBatchNorm's rule: synchronize only when training (with batch statistics) on more
+        than one rank."""
+        return self.training and distributed.world_size(self.process_group) > 1
+
     def forward(self, input):
-        # torch.nn.SyncBatchNorm's rule: synchronize only when training (with batch statistics).
-        if not (self.training and distributed.world_size(self.process_group) > 1):
+        if not self._synchronizes():
             return super().forward(input)
         check_tensor(input, "input")
         self._check_input_dim(input)
-        self._check_channels(input, self.weight, self.running_mean)
-        check_eps(self.eps, True, type(self).__name__)
-        out, mean, var, count = _sync_batch_norm(input, self.weight, self.bias, self.eps, self.process_group,
-                                                 self.backend)
-        if self._counts_batch():
-            update_running_stats(self.running_mean, self.running_var, mean, var, int(count),
-                                 self._update_factor(True))
-            self.num_batches_tracked.add_(1)
+        weight, bias, running_mean, running_var, num_batches_tracked = _own(self, _BATCH_NORM_STATE)
+        if not self.track_running_stats:
+            running_mean = running_var = None
+        # The same checks as every route's, before anything is communicated or written (a rank may hold
+        # fewer than 2 samples: the count that matters is the global one, checked after the all_gather).
+        spec, _ = check_call("batch", (), self.eps, self.backend, input, weight, bias, running_mean, running_var,
+                             True, torch.is_grad_enabled(), local_count=False)
+        out, mean, var, count = _sync_batch_norm(input, weight, bias, spec.eps, self.process_group, self.backend)
+        counts = self.track_running_stats and num_batches_tracked is not None
+        update_batch_state("batch", int(count), running_mean, running_var, num_batches_tracked if counts else None,
+                           self.momentum, mean, var)
         return out
 
 
