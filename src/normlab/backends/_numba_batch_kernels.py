@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-from numba import prange
+from numba import prange, types
+from numba.extending import overload
 
 from . import _numba_lanes as lanes
 from ._numba_compile import CACHE, FASTMATH, keyed, twins
@@ -97,9 +98,23 @@ def _forward_write(x, gam, bet, eps, given, mean, var, invstd, out, part, first,
             oi[j] = (np.float64(xi[j]) - mu[j]) * scale[j] + shift_b[j]
 
 
+def _sum_scales(x, s):
+    """(per value, per channel): where the backward's sum of dy * x-hat takes invstd s. float64 x: (s, 1), x-hat
+    formed per value; float32 x: (1, s), the sum of dy * (x - mean) scaled once per channel (one multiply per value
+    fewer; |dy*(x - mean)| stays far inside float64's range for float32 values, not for float64 ones)."""
+    return s, 1.0
+
+
+@overload(_sum_scales, inline="always")
+def _sum_scales_typed(x, s):
+    if isinstance(x, types.Array) and x.dtype == types.float32:
+        return lambda x, s: (1.0, s)
+    return lambda x, s: (s, 1.0)
+
+
 def _backward_sums(x, dy, mean, invstd, r0, r1, c0, w, a, b, q):
     """a, b, q (w,) = sums over rows r0:r1 of dy, dy * x-hat and dy**2, channels c0:c0+w (q bounds max|dy| for the
-    float32 lanes' check)."""
+    float32 lanes' check), b without the per-channel factor of :func:`_sum_scales`."""
     mu = mean[c0:c0 + w]
     s = invstd[c0:c0 + w]
     a[:] = 0.0
@@ -110,7 +125,7 @@ def _backward_sums(x, dy, mean, invstd, r0, r1, c0, w, a, b, q):
         x0, x1, x2, x3 = x[i, c0:c0 + w], x[i + 1, c0:c0 + w], x[i + 2, c0:c0 + w], x[i + 3, c0:c0 + w]
         e0, e1, e2, e3 = dy[i, c0:c0 + w], dy[i + 1, c0:c0 + w], dy[i + 2, c0:c0 + w], dy[i + 3, c0:c0 + w]
         for j in range(w):
-            m, sj = mu[j], s[j]
+            m, sj = mu[j], _sum_scales(x, s[j])[0]
             d0, d1, d2, d3 = np.float64(e0[j]), np.float64(e1[j]), np.float64(e2[j]), np.float64(e3[j])
             a[j] += (d0 + d1) + (d2 + d3)
             b[j] += ((d0 * ((np.float64(x0[j]) - m) * sj) + d1 * ((np.float64(x1[j]) - m) * sj))
@@ -123,7 +138,7 @@ def _backward_sums(x, dy, mean, invstd, r0, r1, c0, w, a, b, q):
         for j in range(w):
             d = np.float64(di[j])
             a[j] += d
-            b[j] += d * ((np.float64(xi[j]) - mu[j]) * s[j])
+            b[j] += d * ((np.float64(xi[j]) - mu[j]) * _sum_scales(x, s[j])[0])
             q[j] += d * d
 
 
@@ -146,6 +161,7 @@ def _backward_write(x, dy, gam, mean, invstd, given, dgamma, dbeta, dx, part, fi
             a += part[k, 0, c0 + j]
             b += part[k, 1, c0 + j]
             q += part[k, 2, c0 + j]
+        b *= _sum_scales(x, s[j])[1]  # float32: the sums of dy * (x - mean) (_backward_sums)
         if first:
             dbeta[c0 + j] = a
             dgamma[c0 + j] = b
