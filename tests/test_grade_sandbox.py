@@ -88,7 +88,8 @@ def attack(tmp_path, monkeypatch):
         assert [str(p) for d in SHARED if os.path.isdir(d) for p in Path(d).glob(f"{MARK}*")] == []
         assert secret not in json.dumps(grade.report.to_json(result))
         by_name = {row.function: row for row in result.rows}
-        assert by_name["layernorm_forward"].status == "pass", by_name["layernorm_forward"].message
+        # every row's message: a worker that did not load in time shows here as "missing"/"error"
+        assert by_name["layernorm_forward"].status == "pass", [(r.function, r.message) for r in result.rows]
         return by_name["batchnorm_forward"], result
 
     return run
@@ -216,7 +217,7 @@ def test_killing_everyone_it_may_reaches_no_other_student(attack):
 
 
 def test_patching_numpy_in_the_worker_leaves_the_grader_s_comparisons_alone(attack):
-    row, _ = attack("patch_numpy.py")
+    row, _ = attack("patch_numpy.py", timeout=30.0)  # its import is NumPy's and then some: room under load
     assert row.status == "fail" and row.max_rel_error > 1
     assert "mutates-input" not in row.diagnosis  # watched in the worker: faked, as docs/grade.md says
 

@@ -45,6 +45,7 @@ from typing import NamedTuple
 CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWUSER = 0x00020000, 0x08000000, 0x10000000
 CLONE_NEWPID, CLONE_NEWNET = 0x20000000, 0x40000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 8, 4096, 16384, 1 << 18
+MS_REMOUNT = 32
 PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS = 1, 38
 #: Student uids are drawn from here: above systemd's container range, below 2**31, where no account lives.
 UID_RANGE = (0x70000000, 0x71000000)
@@ -106,18 +107,21 @@ def python_paths() -> list[Path]:
     return sorted({Path(p).resolve() for p in paths if os.path.isdir(p)})
 
 
-def _blocked_ancestor(path: Path) -> Path | None:
-    """The first folder on the way to ``path`` that other users cannot enter (or ``path``, if they cannot list it)."""
+def _blocked_ancestor(path: Path, uid: int | None = None) -> Path | None:
+    """The first folder on the way to ``path`` that another user (``uid``, if given) cannot enter, or
+    ``path`` if they cannot list it. A folder ``uid`` owns (the private /tmp) is entered by its owner bits."""
     for folder in [*reversed(path.parents), path]:
-        mode = os.stat(folder).st_mode
-        if not mode & stat.S_IXOTH or (folder == path and not mode & stat.S_IROTH):
+        info = os.stat(folder)
+        own = uid is not None and info.st_uid == uid
+        enter, read = (stat.S_IXUSR, stat.S_IRUSR) if own else (stat.S_IXOTH, stat.S_IROTH)
+        if not info.st_mode & enter or (folder == path and not info.st_mode & read):
             return folder
     return None
 
 
-def unreadable_python_paths() -> list[str]:
-    """The python_paths another user could not read (e.g. a Python installed under /root)."""
-    return [str(p) for p in python_paths() if _blocked_ancestor(p) is not None]
+def unreadable_python_paths(uid: int | None = None) -> list[str]:
+    """The python_paths another user (``uid``, if given) could not read (e.g. a Python installed under /root)."""
+    return [str(p) for p in python_paths() if _blocked_ancestor(p, uid) is not None]
 
 
 # ----------------------------------------------------------------------------- libc
@@ -265,8 +269,8 @@ def enter(config: dict, protocol_files) -> tuple[Path, list[str]]:
                      "and can read and write what you can")
     elif uid is None:
         notes.append("not run as another user: no uid but root's is mapped in this user namespace")
-    elif unreadable_python_paths():
-        notes.append(f"not run as another user: it could not read Python ({unreadable_python_paths()[0]}); "
+    elif unreadable := unreadable_python_paths(uid):
+        notes.append(f"not run as another user: it could not read Python ({unreadable[0]}); "
                      "install Python where every user can read it")
         uid = None
     notes += _set_limits(limits, root)
@@ -297,13 +301,17 @@ def _give(destination: Path, uid: int | None) -> None:
             os.chown(name, uid, uid, follow_symlinks=False)
 
 
+def _outermost(paths: list[Path]) -> list[Path]:
+    """The paths not inside another of them."""
+    return [p for p in paths if not any(q in p.parents for q in paths)]
+
+
 def _reveal(paths) -> None:
     """Make ``paths`` readable by the student's user where a folder on their way is not (e.g. /root): an
     empty tmpfs over that folder, holding only the way to each path and the path itself, bound from the
     original (which also hides the rest of that folder)."""
     covers: dict[Path, list[tuple[Path, int]]] = {}
-    paths = [Path(p) for p in paths]
-    for path in [p for p in paths if not any(q in p.parents for q in paths)]:  # outermost only
+    for path in _outermost([Path(p) for p in paths]):
         blocked = _blocked_ancestor(path)
         if blocked is not None and blocked != path:
             covers.setdefault(blocked, []).append((path, os.open(path, os.O_PATH | os.O_DIRECTORY)))
@@ -325,6 +333,10 @@ def _private_mounts(scratch: Path, hide, reveal, pid_namespace: bool, uid: int |
     for path in hide:
         if os.path.isdir(path):
             _mount("tmpfs", path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=4k,mode=0555")
+    # Python installed under /tmp (a clone's venv) would vanish under the student's /tmp: kept, read-only
+    tmp = [Path(t).resolve() for t in (WORKDIR, *SHARED_TMP) if os.path.isdir(t)]
+    covered = _outermost([p for p in python_paths() if any(t in p.parents for t in tmp)])
+    kept = [(path, os.open(path, os.O_PATH | os.O_DIRECTORY)) for path in covered]
     owner = "" if uid is None else f",uid={uid},gid={uid}"
     _mount("tmpfs", WORKDIR, "tmpfs", MS_NOSUID | MS_NODEV, f"size={limits.disk},mode=0700{owner}")
     for path in SHARED_TMP:
@@ -332,6 +344,11 @@ def _private_mounts(scratch: Path, hide, reveal, pid_namespace: bool, uid: int |
             _mount(WORKDIR, path, None, MS_BIND)
     _copy_staged(Path("."), Path(WORKDIR))
     _give(Path(WORKDIR), uid)
+    for path, fd in kept:  # after _give: the student's user is given none of it
+        path.mkdir(mode=0o755, parents=True, exist_ok=True)
+        _mount(f"/proc/self/fd/{fd}", str(path), None, MS_BIND | MS_REC)
+        _mount(None, str(path), None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
+        os.close(fd)
     return Path(WORKDIR)
 
 
