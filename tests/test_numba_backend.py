@@ -449,8 +449,8 @@ def test_cached_entry_points_follow_kernel_edits(tmp_path):
         import ctypes, json, numpy as np
         from normlab.backends import _numba_entry_points as ep, plan_record
         p, i64, f64 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
-        forward = ctypes.CFUNCTYPE(i64, p, p, p, f64, i64, p, p, p)(ep.batch_entry_points("columns", False,
-                                                                                          np.float64)[0])
+        forward = ctypes.CFUNCTYPE(i64, p, p, p, f64, i64, p, p, p)(ep.batch_entry_point("columns", False,
+                                                                                         np.float64, "forward"))
         update = ctypes.CFUNCTYPE(None, p, p, p, i64, i64, f64)(ep.update_entry_point(np.float64))
         x = np.arange(12.0).reshape(4, 3)
         gamma, beta, stats, out = np.ones(3), np.zeros(3), np.empty((3, 3)), np.empty((4, 3))

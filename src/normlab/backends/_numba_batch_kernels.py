@@ -207,7 +207,7 @@ def _columns_forward(x, gam, bet, eps, given, mean, var, invstd, out, width, row
             if not given:
                 _forward_sums(x, r0, r1, c0, w, part[rb, 0, c0:c0 + w], part[rb, 1, c0:c0 + w])
             if row_blocks == 1:
-                _forward_write(x, gam, bet, eps, given, mean, var, invstd, out, part, True, r0, r1, c0, w)
+                _forward_write(x, gam, bet, eps, given, mean, var, invstd, out, part, rb == 0, r0, r1, c0, w)
     if row_blocks > 1:
         for t in prange(tasks):
             rb, r0, r1, c0, w = _tile(t, col_blocks, width, n, c, row_blocks)
@@ -224,7 +224,7 @@ def _columns_backward(x, dy, gam, mean, invstd, given, dgamma, dbeta, dx, width,
         _backward_sums(x, dy, mean, invstd, r0, r1, c0, w, part[rb, 0, c0:c0 + w], part[rb, 1, c0:c0 + w],
                        part[rb, 2, c0:c0 + w])
         if row_blocks == 1:
-            _backward_write(x, dy, gam, mean, invstd, given, dgamma, dbeta, dx, part, True, r0, r1, c0, w)
+            _backward_write(x, dy, gam, mean, invstd, given, dgamma, dbeta, dx, part, rb == 0, r0, r1, c0, w)
     if row_blocks > 1:
         for t in prange(tasks):
             rb, r0, r1, c0, w = _tile(t, col_blocks, width, n, c, row_blocks)
