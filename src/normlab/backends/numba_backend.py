@@ -12,7 +12,8 @@ Memory: the cache holds a reference to x plus the O(C) float64 statistics
 (mean, var, invstd); ``saved`` is None. (The NumPy backend keeps xhat too, a
 float64 array the size of x: 8 bytes per element whatever x's dtype.)
 Scratch per call is O(C*L + threads*C) float64, never O(x); the outputs y
-and dx are the only x-sized allocations.
+and dx are the only x-sized allocations, and from 4 MiB on they come from
+``output_pool`` (recycled blocks, so a step does not fault their pages in again).
 
 Loop shape per layout (see ``_numba_kernels`` and ``_numba_batch_kernels``):
 
@@ -52,6 +53,8 @@ except Exception as exc:  # a broken numba (e.g. an unsupported NumPy) must not 
     raise ImportError(f"the numba backend needs a working numba: {exc}") from exc
 
 import numpy as np
+
+from . import output_pool
 
 NAME = "numba"
 
@@ -351,7 +354,7 @@ def _fused_forward(plan, x4, gamma, beta, eps, given, out):
     dt = _work_dtype(x4)
     xw = x4 if x4.dtype == dt and x4.flags.c_contiguous else np.ascontiguousarray(x4, dtype=dt)
     direct = out is not None and out.dtype == dt and out.flags.c_contiguous
-    y = out if direct else np.empty(x4.shape, dt)
+    y = out if direct else output_pool.empty(x4.shape, dt)
     stats = np.empty((3, g))  # mean, var, invstd
     if given is not None:
         stats[0], stats[1] = given
@@ -367,7 +370,7 @@ def _fused_backward(plan, dout4, x4, gamma, mean, invstd, stats_given, out):
     xw = x4 if x4.dtype == dt and x4.flags.c_contiguous else np.ascontiguousarray(x4, dtype=dt)
     dyw = dout4 if dout4.dtype == dt and dout4.flags.c_contiguous else np.ascontiguousarray(dout4, dtype=dt)
     direct = out is not None and out.dtype == dt and out.flags.c_contiguous
-    dx = out if direct else np.empty(x4.shape, dt)
+    dx = out if direct else output_pool.empty(x4.shape, dt)
     stats = np.empty((3, g))
     stats[0], stats[2] = mean, invstd
     dgamma, dbeta = plan.run_backward(xw.reshape(plan.view), dyw.reshape(plan.view), _param(gamma, 1.0, g), stats,
@@ -392,7 +395,7 @@ def _forward(x4, gamma, beta, eps, batch_stats, given, out, center):
     dt = _work_dtype(x4)
     xw = np.ascontiguousarray(x4, dtype=dt)
     direct = out is not None and out.dtype == dt and out.flags.c_contiguous
-    y = out if direct else np.empty(x4.shape, dt)
+    y = out if direct else output_pool.empty(x4.shape, dt)
     gam, bet = _affine(gamma, beta, g * k)
     size = xw.size
     if given is not None:
@@ -424,7 +427,7 @@ def _fused_rows_forward(x4, gamma, beta, eps, given, out, center):
     dt = _work_dtype(x4)
     xw = x4 if x4.dtype == dt and x4.flags.c_contiguous else np.ascontiguousarray(x4, dtype=dt)
     direct = out is not None and out.dtype == dt and out.flags.c_contiguous
-    y = out if direct else np.empty(x4.shape, dt)
+    y = out if direct else output_pool.empty(x4.shape, dt)
     stats = np.empty((3, n * g))
     if given is not None:
         stats[0], stats[1] = _f64(given[0]).reshape(-1), _f64(given[1]).reshape(-1)
@@ -446,7 +449,7 @@ def backward(dout4, x4, gamma, mean, invstd, batch_stats, stats_given, saved, ou
     dyw = np.ascontiguousarray(dout4, dtype=dt)
     mean, invstd = _f64(mean), _f64(invstd)
     direct = out is not None and out.dtype == dt and out.flags.c_contiguous
-    dx = out if direct else np.empty(x4.shape, dt)
+    dx = out if direct else output_pool.empty(x4.shape, dt)
 
     if batch_stats:
         gam, _ = _affine(gamma, None, g)
@@ -535,7 +538,7 @@ def grad_apply(dout4, x4, gamma, mean, invstd, sum_dy, sum_dy_xhat, count, batch
     n, g, _, l = x4.shape
     dt = _work_dtype(x4, dout4)
     direct = out is not None and out.dtype == dt and out.flags.c_contiguous
-    dx = out if direct else np.empty(x4.shape, dt)
+    dx = out if direct else output_pool.empty(x4.shape, dt)
     invstd = _f64(invstd)
     gam, _ = _affine(gamma, None, g)
     k1 = gam * invstd
