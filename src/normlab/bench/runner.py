@@ -34,6 +34,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..backends import output_pool
 from .cases import QUICK, SUITE, Case, Impl, normlab_impls, parse_case, torch_impl
 
 PASS_BYTES = {"forward": 3, "backward": 5, "both": 8}
@@ -145,10 +146,12 @@ def machine_info(threads: int) -> dict:
 
 
 def _forward_peak(impl: Impl) -> int | None:
-    """Peak bytes allocated during one forward (tracemalloc; NumPy allocations only)."""
+    """Peak bytes allocated during one forward (tracemalloc; NumPy allocations only), recycled output blocks
+    freed first: the memory a forward needs, not what the previous call left idle."""
     if not impl.traced:
         return None
     gc.collect()
+    output_pool.clear()
     tracemalloc.start()
     try:
         state = impl.forward()
@@ -305,11 +308,6 @@ def summarize(rows: list[dict], llc: int | None) -> dict:
             big = {f"{k[0]} {k[1]}": r["both_of_bound"] for k, r in impl_rows.items()
                    if r["x_bytes"] > llc and r["both_of_bound"] is not None}
             out[f"{name}_of_bound_beyond_llc"] = big
-        # the share with the first touch of the two fresh outputs (y, dx) taken out: what page faults cost
-        out["numba_of_bound_beyond_llc_without_first_touch"] = {
-            f"{k[0]} {k[1]}": r["both_of_bound"] * r["both_ms"] / (r["both_ms"] - 2 * r["first_touch_ms"])
-            for k, r in numba.items() if r["x_bytes"] > llc and r["both_of_bound"] is not None
-            and r.get("first_touch_ms") is not None and r["both_ms"] > 2 * r["first_touch_ms"]}
         if out["numba_of_bound_beyond_llc"] and "targets_met" in out:
             out["targets_met"]["of_bound"] = min(out["numba_of_bound_beyond_llc"].values()) >= TARGET_OF_BOUND
     closed = {f"{k[0]} {k[1]}": graph[k]["backward_ms"] / r["backward_ms"] for k, r in numpy.items() if k in graph}
