@@ -11,7 +11,7 @@ code (``normlab.torch.autograd``)::
     statistics d = x - p (p: the first value of each statistic's data), mean = p + sum(d)/m,
                var = max(sum(d*d)/m - (sum(d)/m)**2, 0): one pass, nothing cancels for data far from 0
     forward    out = (x - mean)*(invstd*gamma) + beta
-    backward   dx = invstd*gamma*dy - (x - mean)*invstd**3*sum(dxhat*(x - mean))/m - invstd*sum(dxhat)/m
+    backward   dx = invstd*(dxhat - (x - mean)*invstd*sum(dxhat*xhat)/m - sum(dxhat)/m)
                (dxhat = gamma*dy; no sum(dxhat) term without a mean: RMS norm; dx = invstd*gamma*dy when
                the statistics were given)
 
@@ -114,26 +114,27 @@ def grad_sums(dout, x, mean, invstd, layout: Layout):
     return d4.sum(dim=dims).reshape(layout.stat_shape), (d4 * xhat).sum(dim=dims).reshape(layout.stat_shape)
 
 
-def _sums(d4, xc, s4, w4, layout: Layout):
+def _sums(dy, xc, s4, w4, layout: Layout):
     """(sum dxhat, sum dxhat*xhat) per statistic (4-d), and (dweight, dbias) of ``param_shape``.
 
-    One statistic per parameter (K == 1: batch and instance norm, group norm with one channel per group):
-    two sums over x, and gamma factored out of them. Otherwise (layer, group, RMS norm) the statistics'
-    sums and the parameters' sums run over different axes.
+    dy: the 4-d view of dout in its own dtype, widened by type promotion where it meets a compute-dtype
+    factor (see ``backward``). One statistic per parameter (K == 1: batch and instance norm, group norm with
+    one channel per group): two sums over x, and gamma factored out of them. Otherwise (layer, group, RMS
+    norm) the statistics' sums and the parameters' sums run over different axes.
     """
-    dims = _reduced_dims(layout)
+    dims, dtype = _reduced_dims(layout), s4.dtype
     if layout.view[2] == 1:
-        sum_dy = d4.sum(dim=dims, keepdim=True)
-        sum_dy_xhat = (d4 * xc * s4).sum(dim=dims, keepdim=True)  # (s4 inside: an empty x has NaN statistics)
+        sum_dy = dy.sum(dim=dims, keepdim=True, dtype=dtype)
+        sum_dy_xhat = (dy * xc * s4).sum(dim=dims, keepdim=True)  # (s4 inside: an empty x has NaN statistics)
         per_param = (0, 2, 3) if layout.batch_stats else (0,)
         dweight, dbias = sum_dy_xhat.sum(dim=per_param), sum_dy.sum(dim=per_param)
         if w4 is not None:
             sum_dy, sum_dy_xhat = sum_dy * w4, sum_dy_xhat * w4
         return sum_dy, sum_dy_xhat, dweight.reshape(layout.param_shape), dbias.reshape(layout.param_shape)
-    dbias = d4.sum(dim=(0, 3)).reshape(layout.param_shape)
-    dweight = (d4 * xc * s4).sum(dim=(0, 3)).reshape(layout.param_shape)
-    dxhat = d4 if w4 is None else d4 * w4
-    sum_dxhat = dxhat.sum(dim=dims, keepdim=True)
+    dbias = dy.sum(dim=(0, 3), dtype=dtype).reshape(layout.param_shape)
+    dweight = (dy * xc * s4).sum(dim=(0, 3)).reshape(layout.param_shape)
+    dxhat = dy if w4 is None else dy * w4
+    sum_dxhat = dxhat.sum(dim=dims, keepdim=True, dtype=dtype)
     sum_dxhat_xhat = (dxhat * xc).sum(dim=dims, keepdim=True) * s4
     return sum_dxhat, sum_dxhat_xhat, dweight, dbias
 
@@ -146,23 +147,38 @@ def backward(dout, x, weight, mean, invstd, layout: Layout, stats_given: bool, s
     dweight/dbias stay this x's share.
     """
     dtype = invstd.dtype
-    d4 = dout.reshape(layout.view).to(dtype)
+    # dout stays in its dtype: type promotion widens it exactly inside each product with a compute-dtype
+    # factor. An explicit conversion would be one node that the loops reading dout share, which inductor
+    # stores as a float64 copy of twice dout's size where dout is itself computed (a ReLU's mask).
+    dy = dout.reshape(layout.view)
     s4 = _stat4(invstd, layout)
     xc = x.reshape(layout.view).to(dtype) - _stat4(mean, layout)  # x - mean, formed before any scaling
     w4 = None if weight is None else _param4(weight, layout, dtype)
-    sum_dxhat, sum_dxhat_xhat, dweight, dbias = _sums(d4, xc, s4, w4, layout)
-    # gamma*invstd*dy: per statistic where there is one statistic per parameter, else per value
-    dx4 = d4 * (s4 if w4 is None else s4 * w4) if layout.view[2] == 1 else (d4 if w4 is None else d4 * w4) * s4
-    if not stats_given or sums is not None:
-        m = layout.count
-        if sums is not None:  # batch statistics (K == 1): the sums of dxhat are gamma times those of dy
-            (sum_dy, sum_dy_xhat), m = sums
-            sum_dxhat, sum_dxhat_xhat = (_stat4(t.to(dtype), layout) for t in (sum_dy, sum_dy_xhat))
-            if w4 is not None:
-                sum_dxhat, sum_dxhat_xhat = sum_dxhat * w4, sum_dxhat_xhat * w4
-        dx4 = dx4 - xc * (s4 * s4 * sum_dxhat_xhat / m)
-        if layout.center:  # RMS norm has no mean, so no -sum(dxhat)/m term
-            dx4 = dx4 - s4 * sum_dxhat / m
+    sum_dxhat, sum_dxhat_xhat, dweight, dbias = _sums(dy, xc, s4, w4, layout)
+    per_stat = layout.view[2] == 1  # one statistic per parameter: gamma*invstd is a factor per statistic
+    scale = (s4 if w4 is None else s4 * w4) if per_stat else s4
+    dxhat = dy if per_stat or w4 is None else dy * w4
+    if stats_given and sums is None:
+        return (dxhat * scale).reshape(x.shape).to(x.dtype), dweight, dbias
+    m = layout.count
+    if sums is not None:  # batch statistics (K == 1): the sums of dxhat are gamma times those of dy
+        (sum_dy, sum_dy_xhat), m = sums
+        sum_dxhat, sum_dxhat_xhat = (_stat4(t.to(dtype), layout) for t in (sum_dy, sum_dy_xhat))
+        if w4 is not None:
+            sum_dxhat, sum_dxhat_xhat = sum_dxhat * w4, sum_dxhat_xhat * w4
+    # dx = invstd*(dxhat - xhat*sum(dxhat*xhat)/m - sum(dxhat)/m) = dxhat*scale - (x - mean)*a - b, the
+    # factors per statistic made once, in one small tensor: inductor stores it rather than recomputing
+    # them for every element (and 1/m taken once: no division in the loop over x)
+    inv_m = 1.0 / m if m else float("nan")  # (m = 0: an empty x, whose dx is empty too)
+    factors = [s4 * s4 * sum_dxhat_xhat * inv_m] + ([s4 * sum_dxhat * inv_m] if layout.center else [])
+    if per_stat:
+        factors.append(scale)
+    factors = torch.stack(torch.broadcast_tensors(*factors)).unbind(0)
+    if per_stat:
+        scale = factors[-1]
+    dx4 = dxhat * scale - xc * factors[0]
+    if layout.center:  # RMS norm has no mean, so no -sum(dxhat)/m term
+        dx4 = dx4 - factors[1]
     return dx4.reshape(x.shape).to(x.dtype), dweight, dbias
 
 
