@@ -14,8 +14,14 @@ ndarray of the asked shape and dtype; its contents are undefined, as
 
 Idle blocks are bounded by :func:`limit` bytes in all (``NORMLAB_POOL_BYTES``,
 default the smaller of 1 GiB and an eighth of the memory available at the first
-call; 0 turns recycling off); a block that would exceed it is freed. Smaller
-outputs come from ``np.empty``: malloc already reuses their memory.
+call; 0 turns recycling off; :func:`set_limit` changes it at run time); a block
+that would exceed it is freed. Smaller outputs come from ``np.empty``: malloc
+already reuses their memory.
+
+A block goes back only when its lease (the output's ``base``) is collected, and
+every view, buffer export (``memoryview``, ``np.frombuffer``), ``torch.from_numpy``
+tensor or DLPack capsule of the output holds a reference to it: nothing that can
+still read an output shares its memory with a later one (``tests/test_output_pool``).
 """
 
 from __future__ import annotations
@@ -54,6 +60,23 @@ def limit() -> int:
     return _state["limit"]
 
 
+def set_limit(nbytes: int) -> None:
+    """Keep at most ``nbytes`` of idle blocks from now on (0: recycling off), freeing idle blocks beyond it.
+
+    Outputs handed out before keep their memory; they give it back under the new limit."""
+    if isinstance(nbytes, bool) or not isinstance(nbytes, int) or nbytes < 0:
+        raise ValueError(f"the pool limit must be a whole number of bytes >= 0, got {nbytes!r}")
+    with _lock:
+        _state["limit"] = nbytes
+        for size in sorted(_idle, reverse=True):
+            blocks = _idle[size]
+            while blocks and _state["idle_bytes"] > nbytes:
+                blocks.pop()
+                _state["idle_bytes"] -= size
+            if not blocks:
+                del _idle[size]
+
+
 def idle_bytes() -> int:
     """Bytes held in idle blocks now."""
     return _state["idle_bytes"]
@@ -64,6 +87,16 @@ def clear() -> None:
     with _lock:
         _idle.clear()
         _state["idle_bytes"] = 0
+
+
+def _after_fork_in_child() -> None:
+    """A fork copies the lock as it was: if another thread held it then, nothing in the child would release it."""
+    global _lock
+    _lock = threading.RLock()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class _Lease:
