@@ -54,6 +54,20 @@ def test_idle_blocks_beyond_the_limit_are_freed(fresh_pool, monkeypatch):
     assert pool.idle_bytes() == 4 << 20
 
 
+def test_a_new_size_evicts_the_longest_idle_blocks_of_a_full_pool(fresh_pool, monkeypatch):
+    """A loop whose batch size changes recycles the new size rather than keeping the old one's blocks."""
+    monkeypatch.setitem(pool._state, "limit", 10 << 20)
+    old = [pool.empty(SHAPE, np.float32) for _ in range(2)]
+    del old
+    assert pool.idle_bytes() == 8 << 20  # no room for another size beside them
+    new = pool.empty((5 << 20,), np.uint8)
+    address = new.ctypes.data
+    del new
+    assert pool.idle_bytes() == (4 << 20) + (5 << 20)  # one old block made room
+    again = pool.empty((5 << 20,), np.uint8)
+    assert again.ctypes.data == address
+
+
 def test_limit_from_the_environment(monkeypatch):
     monkeypatch.setitem(pool._state, "limit", None)
     monkeypatch.setenv("NORMLAB_POOL_BYTES", "-1")
@@ -190,7 +204,7 @@ def test_two_threads_never_share_a_live_block(fresh_pool, monkeypatch):
         sys.setswitchinterval(switch)
     assert not any(t.is_alive() for t in threads)
     assert errors == []
-    idle = sum(block.nbytes for blocks in pool._idle.values() for block in blocks)
+    idle = sum(block.nbytes for block in pool._idle)
     assert pool.idle_bytes() == idle <= 6 * 8192
 
 

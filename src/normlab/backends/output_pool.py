@@ -14,8 +14,9 @@ ndarray of the asked shape and dtype; its contents are undefined, as
 
 Idle blocks are bounded by :func:`limit` bytes in all (``NORMLAB_POOL_BYTES``,
 default the smaller of 1 GiB and an eighth of the memory available at the first
-call; 0 turns recycling off; :func:`set_limit` changes it at run time); a block
-that would exceed it is freed. Smaller outputs come from ``np.empty``: malloc
+call; 0 turns recycling off; :func:`set_limit` changes it at run time): a block
+given back to a full pool frees the longest-idle blocks to make room, so a loop
+whose sizes change (another batch size) recycles its new sizes, not the old. Smaller outputs come from ``np.empty``: malloc
 already reuses their memory.
 
 A block goes back only when its lease (the output's ``base``) is collected, and
@@ -38,7 +39,7 @@ MIN_BYTES = 1 << 22
 _DEFAULT_LIMIT = 1 << 30
 
 _lock = threading.RLock()  # re-entrant: a lease collected while the pool holds the lock gives back safely
-_idle: dict[int, list[np.ndarray]] = {}
+_idle: list[np.ndarray] = []  # idle blocks, longest idle first
 _state = {"idle_bytes": 0, "limit": None}
 
 
@@ -68,13 +69,7 @@ def set_limit(nbytes: int) -> None:
         raise ValueError(f"the pool limit must be a whole number of bytes >= 0, got {nbytes!r}")
     with _lock:
         _state["limit"] = nbytes
-        for size in sorted(_idle, reverse=True):
-            blocks = _idle[size]
-            while blocks and _state["idle_bytes"] > nbytes:
-                blocks.pop()
-                _state["idle_bytes"] -= size
-            if not blocks:
-                del _idle[size]
+        _evict_until(nbytes)
 
 
 def idle_bytes() -> int:
@@ -117,12 +112,19 @@ class _Lease:
         _give_back(block)
 
 
+def _evict_until(nbytes: int) -> None:
+    """Free the longest-idle blocks until at most ``nbytes`` are idle (the caller holds the lock)."""
+    while _idle and _state["idle_bytes"] > nbytes:
+        _state["idle_bytes"] -= _idle.pop(0).nbytes
+
+
 def _give_back(block: np.ndarray) -> None:
     with _lock:
         cap = _state["limit"]  # set by the empty() that leased the block (never read from here: shutdown)
-        if cap is None or _state["idle_bytes"] + block.nbytes > cap:
+        if cap is None or block.nbytes > cap:
             return  # freed with the lease
-        _idle.setdefault(block.nbytes, []).append(block)
+        _evict_until(cap - block.nbytes)
+        _idle.append(block)
         _state["idle_bytes"] += block.nbytes
 
 
@@ -133,11 +135,14 @@ def empty(shape: tuple, dtype) -> np.ndarray:
     nbytes = dtype.itemsize * int(np.prod(shape, dtype=np.int64))
     if nbytes < MIN_BYTES or limit() == 0:
         return np.empty(shape, dtype)
+    block = None
     with _lock:
-        blocks = _idle.get(nbytes)
-        block = blocks.pop() if blocks else None
-        if block is not None:
-            _state["idle_bytes"] -= nbytes
+        # the most recently idle block of this size (a few blocks at most: a linear scan)
+        for i in range(len(_idle) - 1, -1, -1):
+            if _idle[i].nbytes == nbytes:
+                block = _idle.pop(i)
+                _state["idle_bytes"] -= nbytes
+                break
     if block is None:
         block = np.empty(nbytes, np.uint8)
     return np.asarray(_Lease(block, shape, dtype))
