@@ -36,13 +36,18 @@ EXTREMES = {
 ORDINARY = st.floats(-10, 10, allow_nan=False, allow_infinity=False)
 
 
-def reference(x, gamma, beta, cache, dout):
-    """(out, dx, var) in long double, from x's layout (only the view; the arithmetic is independent)."""
+def reference(x, gamma, beta, cache, dout, stats=None):
+    """(out, dx, var) in long double, from x's layout (only the view; the arithmetic is independent).
+
+    stats: (mean, var) to use instead of x's exact ones (a backend's float64 statistics: the exact result of
+    forming every output from them, which is what "float64 arithmetic, rounded once" rounds)."""
     layout = cache.layout
     x4 = x.astype(LONG).reshape(layout.view)
     axes = (0, 2, 3) if layout.batch_stats else (2, 3)
     mean = x4.mean(axis=axes, keepdims=True) if layout.center else np.zeros_like(x4[:1, :1, :1, :1])
     var = np.square(x4 - mean).mean(axis=axes, keepdims=True)
+    if stats is not None:
+        mean, var = (np.asarray(s, LONG).reshape(var.shape) for s in stats)
     invstd = 1 / np.sqrt(var + LONG(cache.eps))
     xhat = (x4 - mean) * invstd
     g4 = gamma.astype(LONG).reshape(1, layout.view[1], layout.view[2], 1)

@@ -449,8 +449,8 @@ def test_cached_entry_points_follow_kernel_edits(tmp_path):
         import ctypes, json, numpy as np
         from normlab.backends import _numba_entry_points as ep, plan_record
         p, i64, f64 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
-        forward = ctypes.CFUNCTYPE(i64, p, p, p, f64, i64, p, p, p)(ep.batch_entry_points("columns", False,
-                                                                                          np.float64)[0])
+        forward = ctypes.CFUNCTYPE(i64, p, p, p, f64, i64, p, p, p)(ep.batch_entry_point("columns", False,
+                                                                                         np.float64, "forward"))
         update = ctypes.CFUNCTYPE(None, p, p, p, i64, i64, f64)(ep.update_entry_point(np.float64))
         x = np.arange(12.0).reshape(4, 3)
         gamma, beta, stats, out = np.ones(3), np.zeros(3), np.empty((3, 3)), np.empty((4, 3))
@@ -505,3 +505,24 @@ def test_bench_quick_smoke(tmp_path):
     assert "| bn:64x8 | float64 | numba |" in md.read_text()
     bad = CliRunner().invoke(main, ["bench", "--cases", "bn:64", "--repeat", "7"])
     assert bad.exit_code != 0 and "bn:4096x1024" in bad.output
+
+
+def test_bench_kernel_suite_at_several_thread_counts(tmp_path):
+    """--threads 1,2: one run per count in one process, their ratios and shares of the bound side by side;
+    other suites take one count."""
+    from click.testing import CliRunner
+
+    from normlab.cli import main
+
+    path, md = tmp_path / "bench.json", tmp_path / "bench.md"
+    result = CliRunner().invoke(main, ["bench", "--cases", "bn:64x8", "--dtype", "float32", "--threads", "1,2",
+                                       "--rounds", "1", "--json", str(path), "--markdown", str(md)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(path.read_text())
+    assert data["threads"] == [1, 2] and set(data["runs"]) == {"1", "2"}
+    assert [run["machine"]["threads"] for run in data["runs"].values()] == [1, 2]
+    text = md.read_text()
+    assert "| % of bound, fresh (1 thr / 2 thr) |" in text and "### 2 thread(s)" in text
+    assert "| bn:64x8 | float32 | 2.0 KiB |" in text
+    bad = CliRunner().invoke(main, ["bench", "--suite", "torch", "--threads", "1,2"])
+    assert bad.exit_code != 0 and "kernel suite only" in bad.output

@@ -139,9 +139,10 @@ def check(backend, seed):
 @click.option("--rounds", default=3, show_default=True,
               help="Blocks per implementation, taken in turn (spreads load from elsewhere over all of them); "
                    "models suite: rounds of pairs (rounds x repeat pairs in all).")
-@click.option("--threads", type=int, default=None,
+@click.option("--threads", default=None,
               help="Threads for Numba and PyTorch alike [all cores; sync suite: 1 per rank; models suite: "
-                   "as the environment leaves them].")
+                   "as the environment leaves them]; the kernel suite takes several, e.g. 1,2 (one run each, "
+                   "in one process, reported side by side).")
 @click.option("--env", "environments", default="default", show_default=True,
               help="Models suite: comma-separated environments, each a fresh process: default (no thread "
                    "variables), passive (OMP_WAIT_POLICY=PASSIVE), default+load (a busy process beside it).")
@@ -173,10 +174,7 @@ def bench(suite, quick, cases, dtype, repeat, rounds, threads, environments, con
         if rounds < 1:
             raise ValueError(f"--rounds must be >= 1, got {rounds}")
         check_repeat(repeat)
-        if threads is not None:
-            from .threads import max_threads
-            if not 1 <= threads <= max_threads():
-                raise ValueError(f"--threads must be in [1, {max_threads()}] (NUMBA_NUM_THREADS), got {threads}")
+        threads = _thread_counts(threads, suite)
         env_list = tuple(e.strip() for e in environments.split(","))
         from .bench.models_suite import ENVIRONMENTS
         if not set(env_list) <= set(ENVIRONMENTS):
@@ -197,6 +195,22 @@ def bench(suite, quick, cases, dtype, repeat, rounds, threads, environments, con
                        environments=env_list, control=control, processes=processes, compiled=compiled)
     except ImportError as exc:  # the torch, sync and models suites need PyTorch
         raise click.ClickException(f"--suite {suite} needs PyTorch (pip install 'normlab[torch]'): {exc}") from exc
+
+
+def _thread_counts(text: str | None, suite: str):
+    """--threads as the suites take it: None, one count, or (kernel suite) a tuple of counts."""
+    if text is None:
+        return None
+    from .threads import max_threads
+    try:
+        counts = tuple(int(t) for t in text.split(","))
+    except ValueError:
+        raise ValueError(f"--threads takes a count or comma-separated counts such as 1,2, got {text!r}") from None
+    if not all(1 <= t <= max_threads() for t in counts):
+        raise ValueError(f"--threads must be in [1, {max_threads()}] (NUMBA_NUM_THREADS), got {text}")
+    if len(counts) > 1 and suite != "kernels":
+        raise ValueError(f"several thread counts are for the kernel suite only, not --suite {suite}")
+    return counts if len(counts) > 1 else counts[0]
 
 
 def _bench_cases(suite: str, cases: str | None):

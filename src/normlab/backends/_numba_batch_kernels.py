@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-from numba import prange
+from numba import prange, types
+from numba.extending import overload
 
-from ._numba_kernels import _FASTMATH, CACHE, twins
+from . import _numba_lanes as lanes
+from ._numba_compile import CACHE, FASTMATH, keyed, twins
 
 
 def _tile(t, col_blocks, width, n, c, row_blocks):
@@ -61,6 +63,8 @@ def _forward_write(x, gam, bet, eps, given, mean, var, invstd, out, part, first,
     mu = np.empty(w)
     scale = np.empty(w)
     shift_b = np.empty(w)
+    use_lanes = x.itemsize == 4 and not given  # batch statistics of float32: lanes where every channel allows
+    coef = np.empty((4, w), x.dtype)  # the split coefficients of y = x*a + c
     for j in range(w):
         if given:
             mu[j], v = mean[c0 + j], var[c0 + j]
@@ -76,11 +80,17 @@ def _forward_write(x, gam, bet, eps, given, mean, var, invstd, out, part, first,
         s = 1.0 / np.sqrt(v + eps)
         scale[j] = s * gam[c0 + j]
         shift_b[j] = bet[c0 + j]
+        co = lanes.affine_coefficients(use_lanes, mu[j], v, scale[j], shift_b[j])
+        use_lanes = co[0]
+        coef[0, j], coef[1, j], coef[2, j], coef[3, j] = co[1], co[2], co[3], co[4]
         if first:
             invstd[c0 + j] = s
             if not given:
                 mean[c0 + j] = mu[j]
                 var[c0 + j] = v
+    if use_lanes:
+        lanes.affine_rows(x, out, r0, r1, c0, coef[0], coef[1], coef[2], coef[3])
+        return
     for i in range(r0, r1):
         xi = x[i, c0:c0 + w]
         oi = out[i, c0:c0 + w]
@@ -88,22 +98,39 @@ def _forward_write(x, gam, bet, eps, given, mean, var, invstd, out, part, first,
             oi[j] = (np.float64(xi[j]) - mu[j]) * scale[j] + shift_b[j]
 
 
-def _backward_sums(x, dy, mean, invstd, r0, r1, c0, w, a, b):
-    """a, b (w,) = sums over rows r0:r1 of dy and dy * x-hat, channels c0:c0+w."""
+def _sum_scales(x, s):
+    """(per value, per channel): where the backward's sum of dy * x-hat takes invstd s. float64 x: (s, 1), x-hat
+    formed per value; float32 x: (1, s), the sum of dy * (x - mean) scaled once per channel (one multiply per value
+    fewer; |dy*(x - mean)| stays far inside float64's range for float32 values, not for float64 ones)."""
+    return s, 1.0
+
+
+@overload(_sum_scales, inline="always")
+def _sum_scales_typed(x, s):
+    if isinstance(x, types.Array) and x.dtype == types.float32:
+        return lambda x, s: (1.0, s)
+    return lambda x, s: (s, 1.0)
+
+
+def _backward_sums(x, dy, mean, invstd, r0, r1, c0, w, a, b, q):
+    """a, b, q (w,) = sums over rows r0:r1 of dy, dy * x-hat and dy**2, channels c0:c0+w (q bounds max|dy| for the
+    float32 lanes' check), b without the per-channel factor of :func:`_sum_scales`."""
     mu = mean[c0:c0 + w]
     s = invstd[c0:c0 + w]
     a[:] = 0.0
     b[:] = 0.0
+    q[:] = 0.0
     i = r0
     while i + 4 <= r1:  # four rows per sweep, as in the forward
         x0, x1, x2, x3 = x[i, c0:c0 + w], x[i + 1, c0:c0 + w], x[i + 2, c0:c0 + w], x[i + 3, c0:c0 + w]
         e0, e1, e2, e3 = dy[i, c0:c0 + w], dy[i + 1, c0:c0 + w], dy[i + 2, c0:c0 + w], dy[i + 3, c0:c0 + w]
         for j in range(w):
-            m, sj = mu[j], s[j]
+            m, sj = mu[j], _sum_scales(x, s[j])[0]
             d0, d1, d2, d3 = np.float64(e0[j]), np.float64(e1[j]), np.float64(e2[j]), np.float64(e3[j])
             a[j] += (d0 + d1) + (d2 + d3)
             b[j] += ((d0 * ((np.float64(x0[j]) - m) * sj) + d1 * ((np.float64(x1[j]) - m) * sj))
                      + (d2 * ((np.float64(x2[j]) - m) * sj) + d3 * ((np.float64(x3[j]) - m) * sj)))
+            q[j] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
         i += 4
     for i in range(i, r1):
         xi = x[i, c0:c0 + w]
@@ -111,7 +138,8 @@ def _backward_sums(x, dy, mean, invstd, r0, r1, c0, w, a, b):
         for j in range(w):
             d = np.float64(di[j])
             a[j] += d
-            b[j] += d * ((np.float64(xi[j]) - mu[j]) * s[j])
+            b[j] += d * ((np.float64(xi[j]) - mu[j]) * _sum_scales(x, s[j])[0])
+            q[j] += d * d
 
 
 def _backward_write(x, dy, gam, mean, invstd, given, dgamma, dbeta, dx, part, first, r0, r1, c0, w):
@@ -123,12 +151,17 @@ def _backward_write(x, dy, gam, mean, invstd, given, dgamma, dbeta, dx, part, fi
     k1 = np.empty(w)
     k2 = np.zeros(w)
     k3 = np.zeros(w)
+    use_lanes = x.itemsize == 4 and not given  # batch statistics of float32: lanes where every channel allows
+    coef = np.empty((6, w), x.dtype)  # the split coefficients of dx = k1*dy + k2s*x + k3s
     for j in range(w):
         a = 0.0
         b = 0.0
+        q = 0.0
         for k in range(part.shape[0]):
             a += part[k, 0, c0 + j]
             b += part[k, 1, c0 + j]
+            q += part[k, 2, c0 + j]
+        b *= _sum_scales(x, s[j])[1]  # float32: the sums of dy * (x - mean) (_backward_sums)
         if first:
             dbeta[c0 + j] = a
             dgamma[c0 + j] = b
@@ -136,6 +169,13 @@ def _backward_write(x, dy, gam, mean, invstd, given, dgamma, dbeta, dx, part, fi
         if not given:
             k2[j] = -k1[j] * (b / n)
             k3[j] = -k1[j] * (a / n)
+        bound = abs(k1[j]) * np.sqrt(q)
+        co = lanes.grad_coefficients(use_lanes, n, mu[j], s[j], bound, bound / np.sqrt(n), k1[j], k2[j], k3[j])
+        use_lanes = co[0]
+        coef[0, j], coef[1, j], coef[2, j], coef[3, j], coef[4, j], coef[5, j] = co[1], co[2], co[3], co[4], co[5], co[6]
+    if use_lanes:
+        lanes.grad_rows(x, dy, dx, r0, r1, c0, coef)
+        return
     for i in range(r0, r1):
         xi = x[i, c0:c0 + w]
         di = dy[i, c0:c0 + w]
@@ -144,9 +184,11 @@ def _backward_write(x, dy, gam, mean, invstd, given, dgamma, dbeta, dx, part, fi
             oi[j] = k1[j] * np.float64(di[j]) + k2[j] * ((np.float64(xi[j]) - mu[j]) * s[j]) + k3[j]
 
 
-_tile, _forward_sums, _forward_write, _backward_sums, _backward_write = (
-    numba.njit(cache=CACHE, fastmath=_FASTMATH, inline="always")(f)
-    for f in (_tile, _forward_sums, _forward_write, _backward_sums, _backward_write))
+# Called, not inlined, from the kernels' parallel loops: inlined, every call site was analysed and compiled again
+# (the parallel columns backward with its float32 lanes took 23 s of CPU to compile, against 6 s called).
+_tile = numba.njit(cache=CACHE, inline="always")(_tile)
+_forward_sums, _forward_write, _backward_sums, _backward_write = (
+    keyed(f, fastmath=FASTMATH, nogil=True) for f in (_forward_sums, _forward_write, _backward_sums, _backward_write))
 
 
 # The columns kernels: tasks on a grid of row blocks times channel blocks (numba_backend._column_grid). A task
@@ -165,7 +207,7 @@ def _columns_forward(x, gam, bet, eps, given, mean, var, invstd, out, width, row
             if not given:
                 _forward_sums(x, r0, r1, c0, w, part[rb, 0, c0:c0 + w], part[rb, 1, c0:c0 + w])
             if row_blocks == 1:
-                _forward_write(x, gam, bet, eps, given, mean, var, invstd, out, part, True, r0, r1, c0, w)
+                _forward_write(x, gam, bet, eps, given, mean, var, invstd, out, part, rb == 0, r0, r1, c0, w)
     if row_blocks > 1:
         for t in prange(tasks):
             rb, r0, r1, c0, w = _tile(t, col_blocks, width, n, c, row_blocks)
@@ -176,12 +218,13 @@ def _columns_backward(x, dy, gam, mean, invstd, given, dgamma, dbeta, dx, width,
     n, c = x.shape
     col_blocks = (c + width - 1) // width
     tasks = row_blocks * col_blocks
-    part = np.empty((row_blocks, 2, c))  # each row block's sums of dy and dy * x-hat
+    part = np.empty((row_blocks, 3, c))  # each row block's sums of dy, dy * x-hat and dy**2
     for t in prange(tasks):
         rb, r0, r1, c0, w = _tile(t, col_blocks, width, n, c, row_blocks)
-        _backward_sums(x, dy, mean, invstd, r0, r1, c0, w, part[rb, 0, c0:c0 + w], part[rb, 1, c0:c0 + w])
+        _backward_sums(x, dy, mean, invstd, r0, r1, c0, w, part[rb, 0, c0:c0 + w], part[rb, 1, c0:c0 + w],
+                       part[rb, 2, c0:c0 + w])
         if row_blocks == 1:
-            _backward_write(x, dy, gam, mean, invstd, given, dgamma, dbeta, dx, part, True, r0, r1, c0, w)
+            _backward_write(x, dy, gam, mean, invstd, given, dgamma, dbeta, dx, part, rb == 0, r0, r1, c0, w)
     if row_blocks > 1:
         for t in prange(tasks):
             rb, r0, r1, c0, w = _tile(t, col_blocks, width, n, c, row_blocks)
@@ -199,11 +242,9 @@ def _channels_forward(x, gam, bet, eps, given, mean, var, invstd, out):
         for r in prange(n * c):
             i = r // c
             ch = r - i * c
-            mu = mean[ch]
             a = invstd[ch] * gam[ch]
-            b = bet[ch]
-            for j in range(length):
-                out[i, ch, j] = (np.float64(x[i, ch, j]) - mu) * a + b
+            co = lanes.affine_coefficients(False, mean[ch], var[ch], a, bet[ch])  # given: float64, rounded once
+            lanes.write_affine(x[i, ch], out[i, ch], co, mean[ch], a, bet[ch])
         return
     for ch in prange(c):
         p = np.float64(x[0, ch, 0])
@@ -218,12 +259,10 @@ def _channels_forward(x, gam, bet, eps, given, mean, var, invstd, out):
         mean[ch] = p + shift
         var[ch] = max(s2 / m - shift * shift, 0.0)
         invstd[ch] = 1.0 / np.sqrt(var[ch] + eps)
-        mu = mean[ch]
         a = invstd[ch] * gam[ch]
-        b = bet[ch]
+        co = lanes.affine_coefficients(x.itemsize == 4, mean[ch], var[ch], a, bet[ch])
         for i in range(n):
-            for j in range(length):
-                out[i, ch, j] = (np.float64(x[i, ch, j]) - mu) * a + b
+            lanes.write_affine(x[i, ch], out[i, ch], co, mean[ch], a, bet[ch])
 
 
 def _channels_backward(x, dy, gam, mean, invstd, given, dgamma, dbeta, dx):
@@ -234,19 +273,22 @@ def _channels_backward(x, dy, gam, mean, invstd, given, dgamma, dbeta, dx):
         s = invstd[ch]
         a = 0.0
         b = 0.0
+        q = 0.0
         for i in range(n):
             for j in range(length):
                 d = np.float64(dy[i, ch, j])
                 a += d
                 b += d * ((np.float64(x[i, ch, j]) - mu) * s)
+                q += d * d
         dbeta[ch] = a
         dgamma[ch] = b
         k1 = gam[ch] * s
         k2 = 0.0 if given else -k1 * (b / m)
         k3 = 0.0 if given else -k1 * (a / m)
+        bound = abs(k1) * np.sqrt(q)
+        co = lanes.grad_coefficients(x.itemsize == 4 and not given, m, mu, s, bound, bound / np.sqrt(m), k1, k2, k3)
         for i in range(n):
-            for j in range(length):
-                dx[i, ch, j] = k1 * np.float64(dy[i, ch, j]) + k2 * ((np.float64(x[i, ch, j]) - mu) * s) + k3
+            lanes.write_grad(x[i, ch], dy[i, ch], dx[i, ch], co, mu, s, k1, k2, k3)
 
 
 columns_forward = twins(_columns_forward)

@@ -134,28 +134,34 @@ def _bound(fn, suffix: str, **names):
     return _k.renamed(fn, f"{suffix}_{_k.SOURCES_KEY}_{plan_record.KEY}", **names)
 
 
-@functools.cache
 def batch_entry_points(kind: str, parallel: bool, dtype) -> tuple[int, int]:
     """(forward, backward) addresses of the ``kind`` ("columns" or "channels") kernels for x of ``dtype``.
 
     Compiled on first use (cached on disk like the kernels).
     """
+    return batch_entry_point(kind, parallel, dtype, "forward"), batch_entry_point(kind, parallel, dtype, "backward")
+
+
+@functools.cache
+def batch_entry_point(kind: str, parallel: bool, dtype, direction: str) -> int:
+    """The address of one direction ("forward" or "backward") of :func:`batch_entry_points`: each compiles
+    on its own (a caller that needs one does not pay for the other)."""
     # A cached wrapper of a parallel kernel links against the thread pool's symbols: start the pool
     # first (numba.get_num_threads does), or loading it from the cache aborts the process.
     numba.get_num_threads()
     t = _TYPES[np.dtype(dtype)]
     p, d, i = nt.CPointer(t), nt.CPointer(nt.float64), nt.CPointer(nt.int64)
-    forward_sig = nt.int64(p, p, p, nt.float64, nt.int64, d, p, i)
-    backward_sig = nt.void(p, p, p, d, nt.int64, p, p, p, i)
-    forward, backward = _KERNELS[kind]
     suffix = f"_{'parallel' if parallel else 'serial'}_{t}"
     which = 0 if parallel else 1  # the twins are (parallel, serial)
-    wrap_forward, wrap_backward = _WRAPPERS[kind]
-    compiled_forward = numba.cfunc(forward_sig, cache=_k.CACHE)(_bound(wrap_forward, suffix, FORWARD=forward[which]))
-    compiled_backward = numba.cfunc(backward_sig, cache=_k.CACHE)(
-        _bound(wrap_backward, suffix, BACKWARD=backward[which]))
-    _KEEP.extend((compiled_forward, compiled_backward))
-    return compiled_forward.address, compiled_backward.address
+    if direction == "forward":
+        sig, wrapper, names = nt.int64(p, p, p, nt.float64, nt.int64, d, p, i), _WRAPPERS[kind][0], {
+            "FORWARD": _KERNELS[kind][0][which]}
+    else:
+        sig, wrapper, names = nt.void(p, p, p, d, nt.int64, p, p, p, i), _WRAPPERS[kind][1], {
+            "BACKWARD": _KERNELS[kind][1][which]}
+    compiled = numba.cfunc(sig, cache=_k.CACHE)(_bound(wrapper, suffix, **names))
+    _KEEP.append(compiled)
+    return compiled.address
 
 
 @functools.cache

@@ -39,98 +39,13 @@ inf in x propagate into the statistics, where the core reports them.
 
 from __future__ import annotations
 
-import hashlib
-import os
-import tempfile
-import types
-from pathlib import Path
-
 import numba
 import numpy as np
 from numba import prange
 
 from ..running_rule import blend_running_stats
-
-_FASTMATH = {"reassoc", "contract"}
-
-
-def _choose_cache() -> bool:
-    """Whether ``cache=True`` works here; points Numba at a writable directory if needed.
-
-    Numba caches next to the source, else in the user's cache directory. On a
-    read-only install with a read-only HOME both fail, and ``cache=True``
-    would raise "cannot cache function" at import. Then a per-user directory
-    under the temp dir is used; if even that is not writable, no cache (each
-    process compiles again, a few seconds).
-    """
-
-    def probe() -> bool:
-        def f():  # pragma: no cover - never called, only its cache locator is built
-            return 0
-        try:
-            numba.njit(cache=True)(f)
-        except RuntimeError:
-            return False
-        return True
-
-    if probe():
-        return True
-    if not os.environ.get("NUMBA_CACHE_DIR"):
-        fallback = os.path.join(tempfile.gettempdir(), f"normlab-numba-cache-{os.getuid()}")
-        try:
-            os.makedirs(fallback, exist_ok=True)
-        except OSError:
-            return False
-        os.environ["NUMBA_CACHE_DIR"] = fallback
-        numba.config.CACHE_DIR = fallback  # the locator reads the config, set at numba's import
-        if probe():
-            return True
-    return False
-
-
-CACHE = _choose_cache()
-
-
-def renamed(fn, suffix: str, **names):
-    """fn under the name ``fn.__name__ + suffix``, with ``names`` added to the globals it sees.
-
-    Numba keys its cache by a function's name and its own file: not by the
-    compile flags, the globals it calls, or the files those come from. A
-    distinct name gives each such variant a cache entry of its own.
-    """
-    clone = types.FunctionType(fn.__code__, {**fn.__globals__, **names} if names else fn.__globals__,
-                               fn.__name__ + suffix, fn.__defaults__, fn.__closure__)
-    clone.__qualname__ = fn.__qualname__ + suffix
-    clone.__module__ = fn.__module__
-    return clone
-
-
-def _sources_key() -> str:
-    """A short hash of the kernel sources: this file, ``_numba_batch_kernels`` and the running-statistics rule.
-
-    Numba checks a cached function against its own file only (numba/numba#8396):
-    a cached function calling kernels of another file kept running the old
-    kernels after that file changed. Every such function carries this key in
-    its name (:func:`renamed`), so a change to any kernel source compiles it anew.
-    """
-    here = Path(__file__).resolve().parent
-    digest = hashlib.blake2b(digest_size=6)
-    for path in (here / "_numba_kernels.py", here / "_numba_batch_kernels.py", here.parent / "running_rule.py"):
-        try:
-            digest.update(path.read_bytes())
-        except OSError:  # no source next to the code (a zip): the cache cannot check it either
-            digest.update(path.name.encode())
-    return digest.hexdigest()
-
-
-SOURCES_KEY = _sources_key()
-
-
-def twins(fn):
-    """(parallel, serial) dispatchers compiled from the same Python function."""
-    parallel = numba.njit(parallel=True, cache=CACHE, fastmath=_FASTMATH, nogil=True)(fn)
-    serial = numba.njit(cache=CACHE, fastmath=_FASTMATH, nogil=True)(renamed(fn, "_serial"))
-    return parallel, serial
+from . import _numba_lanes as lanes
+from ._numba_compile import CACHE, FASTMATH, SOURCES_KEY, renamed, twins  # noqa: F401 (re-exported)
 
 
 # ----------------------------------------------------------------------------- rows (R, L)
@@ -353,10 +268,9 @@ def _fused_rows_forward(x, gam, bet, eps, mode, mean, var, invstd, out):
             for q in range(runs):
                 sq = s * gam[g, q]
                 bq = bet[g, q]
-                xq = x[r, q * length:(q + 1) * length]  # a view: indices from 0 keep the loop vectorized
-                oq = out[r, q * length:(q + 1) * length]
-                for i in range(length):
-                    oq[i] = (np.float64(xq[i]) - m) * sq + bq
+                co = lanes.affine_coefficients(x.itemsize == 4 and mode != STATS_GIVEN, m, var[r], sq, bq)
+                lanes.write_affine(x[r, q * length:(q + 1) * length], out[r, q * length:(q + 1) * length], co, m, sq,
+                                   bq)
 
 
 def _row_coefficients(r, s, a, b, width, mode, kx):
@@ -393,28 +307,32 @@ def _fused_rows_backward(x, dy, gam, mean, invstd, mode, dgp, dbp, kx, dx):
             s = invstd[r]
             a = 0.0
             b = 0.0
+            g2 = 0.0  # sum of (gamma*dy)**2: bounds max|gamma*dy| for the float32 lanes' check
             for q in range(runs):
                 aq = 0.0
                 bq = 0.0
+                cq = 0.0
                 xq = x[r, q * length:(q + 1) * length]  # views: indices from 0 keep loops vectorized
                 dq = dy[r, q * length:(q + 1) * length]
                 for i in range(length):
                     d = np.float64(dq[i])
                     aq += d
                     bq += d * ((np.float64(xq[i]) - mu) * s)
+                    cq += d * d
                 a += gam[g, q] * aq
                 b += gam[g, q] * bq
+                g2 += gam[g, q] * gam[g, q] * cq
                 dbp[t, g, q] += aq
                 dgp[t, g, q] += bq
             _row_coefficients(r, s, a, b, width, mode, kx)
             k2, k3 = kx[1, r], kx[2, r]
+            bound = s * np.sqrt(g2)
             for q in range(runs):
                 aq = s * gam[g, q]
-                xq = x[r, q * length:(q + 1) * length]
-                dq = dy[r, q * length:(q + 1) * length]
-                oq = dx[r, q * length:(q + 1) * length]
-                for i in range(length):
-                    oq[i] = aq * np.float64(dq[i]) + k2 * ((np.float64(xq[i]) - mu) * s) + k3
+                co = lanes.grad_coefficients(x.itemsize == 4 and mode != STATS_GIVEN, width, mu, s, bound,
+                                             bound / np.sqrt(width), aq, k2, k3)
+                lanes.write_grad(x[r, q * length:(q + 1) * length], dy[r, q * length:(q + 1) * length],
+                                 dx[r, q * length:(q + 1) * length], co, mu, s, aq, k2, k3)
 
 
 def _fused_rows_backward_elementwise(x, dy, gam, mean, invstd, mode, dgp, dbp, kx, dx):
@@ -422,7 +340,9 @@ def _fused_rows_backward_elementwise(x, dy, gam, mean, invstd, mode, dgp, dbp, k
     group), so the dgamma/dbeta slab entries are loaded and stored once per two rows; then dx of those rows
     while they are in L1, as s*(gam*dy + k2*(x - mean)) + k3, the closed form with invstd factored out
     (k2*(x - mean) = -mean(dxhat*xhat)*xhat stays O(dy)): four float64 operations an element, 13-22%
-    faster than four rows per sweep with x-hat formed again (docs/benchmarks.md)."""
+    faster than four rows per sweep with x-hat formed again (docs/benchmarks.md). The sums take
+    dy*(x - mean) and scale by invstd once per row (and once per pair of values for dgamma): 3-5% faster
+    at (2048, 256) float32 than x-hat per value."""
     rows, width = x.shape
     groups = gam.shape[0]
     blocks = dgp.shape[0]
@@ -441,20 +361,20 @@ def _fused_rows_backward_elementwise(x, dy, gam, mean, invstd, mode, dgp, dbp, k
                 s0, s1 = invstd[r], invstd[r + 1]
                 a0 = a1 = b0 = b1 = 0.0
                 x0, x1, y0, y1 = x[r], x[r + 1], dy[r], dy[r + 1]  # row views: indices from 0 vectorize
-                for j in range(width):
+                for j in range(width):  # e = dy*(x - mean): invstd applied once per row to b, per pair to pg
                     d0 = np.float64(y0[j])
                     d1 = np.float64(y1[j])
-                    e0 = d0 * ((np.float64(x0[j]) - m0) * s0)
-                    e1 = d1 * ((np.float64(x1[j]) - m1) * s1)
+                    e0 = d0 * (np.float64(x0[j]) - m0)
+                    e1 = d1 * (np.float64(x1[j]) - m1)
                     pb[j] += d0 + d1
-                    pg[j] += e0 + e1
+                    pg[j] += e0 * s0 + e1 * s1
                     wj = w[j]
                     a0 += wj * d0
                     a1 += wj * d1
                     b0 += wj * e0
                     b1 += wj * e1
-                _row_coefficients(r, s0, a0, b0, width, mode, kx)
-                _row_coefficients(r + 1, s1, a1, b1, width, mode, kx)
+                _row_coefficients(r, s0, a0, b0 * s0, width, mode, kx)
+                _row_coefficients(r + 1, s1, a1, b1 * s1, width, mode, kx)
             else:
                 mu = mean[r]
                 s = invstd[r]

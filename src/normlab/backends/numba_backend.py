@@ -12,7 +12,8 @@ Memory: the cache holds a reference to x plus the O(C) float64 statistics
 (mean, var, invstd); ``saved`` is None. (The NumPy backend keeps xhat too, a
 float64 array the size of x: 8 bytes per element whatever x's dtype.)
 Scratch per call is O(C*L + threads*C) float64, never O(x); the outputs y
-and dx are the only x-sized allocations.
+and dx are the only x-sized allocations, and from 4 MiB on they come from
+``output_pool`` (recycled blocks, so a step does not fault their pages in again).
 
 Loop shape per layout (see ``_numba_kernels`` and ``_numba_batch_kernels``):
 
@@ -52,6 +53,8 @@ except Exception as exc:  # a broken numba (e.g. an unsupported NumPy) must not 
     raise ImportError(f"the numba backend needs a working numba: {exc}") from exc
 
 import numpy as np
+
+from . import output_pool
 
 NAME = "numba"
 
@@ -158,7 +161,9 @@ def _require_centered(batch_stats, center):
 @_serialized
 def forward(x4, gamma, beta, eps, batch_stats, given=None, out=None, center=True):
     _require_centered(batch_stats, center)
-    plan = fused_plan(x4.shape, given=given is not None) if batch_stats else None
+    if not batch_stats:  # per-sample statistics: one launch, no NumPy arithmetic to keep quiet
+        return _fused_rows_forward(x4, gamma, beta, eps, given, out, center)
+    plan = fused_plan(x4.shape, given=given is not None)
     if plan is not None:  # no NumPy arithmetic to keep quiet: skip errstate's cost
         return _fused_forward(plan, x4, gamma, beta, eps, given, out)
     # NaN/inf in x must reach the statistics (the core reports them), quietly.
@@ -349,7 +354,7 @@ def _fused_forward(plan, x4, gamma, beta, eps, given, out):
     dt = _work_dtype(x4)
     xw = x4 if x4.dtype == dt and x4.flags.c_contiguous else np.ascontiguousarray(x4, dtype=dt)
     direct = out is not None and out.dtype == dt and out.flags.c_contiguous
-    y = out if direct else np.empty(x4.shape, dt)
+    y = out if direct else output_pool.empty(x4.shape, dt)
     stats = np.empty((3, g))  # mean, var, invstd
     if given is not None:
         stats[0], stats[1] = given
@@ -365,7 +370,7 @@ def _fused_backward(plan, dout4, x4, gamma, mean, invstd, stats_given, out):
     xw = x4 if x4.dtype == dt and x4.flags.c_contiguous else np.ascontiguousarray(x4, dtype=dt)
     dyw = dout4 if dout4.dtype == dt and dout4.flags.c_contiguous else np.ascontiguousarray(dout4, dtype=dt)
     direct = out is not None and out.dtype == dt and out.flags.c_contiguous
-    dx = out if direct else np.empty(x4.shape, dt)
+    dx = out if direct else output_pool.empty(x4.shape, dt)
     stats = np.empty((3, g))
     stats[0], stats[2] = mean, invstd
     dgamma, dbeta = plan.run_backward(xw.reshape(plan.view), dyw.reshape(plan.view), _param(gamma, 1.0, g), stats,
@@ -390,14 +395,9 @@ def _forward(x4, gamma, beta, eps, batch_stats, given, out, center):
     dt = _work_dtype(x4)
     xw = np.ascontiguousarray(x4, dtype=dt)
     direct = out is not None and out.dtype == dt and out.flags.c_contiguous
-    y = out if direct else np.empty(x4.shape, dt)
+    y = out if direct else output_pool.empty(x4.shape, dt)
     gam, bet = _affine(gamma, beta, g * k)
     size = xw.size
-
-    if not batch_stats:
-        mean, var, invstd = _fused_rows_forward(xw, gam, bet, eps, given, center, y, n, g, k, l)
-        return _finish(y, out, direct, x4), mean, var, invstd, None
-
     if given is not None:
         mean, var = _f64(given[0]), _f64(given[1])
     else:
@@ -421,14 +421,20 @@ def _finish(y, out, direct, x4):
     return y if y.dtype == x4.dtype else y.astype(x4.dtype)
 
 
-def _fused_rows_forward(xw, gam, bet, eps, given, center, y, n, g, k, l):
-    """Layer/group norm forward: one (n, g) row per statistic; returns float64 (N, G) stats."""
+def _fused_rows_forward(x4, gamma, beta, eps, given, out, center):
+    """Layer/group norm forward: one (n, g) row per statistic, one kernel launch; float64 (N, G) stats."""
+    n, g, k, l = x4.shape
+    dt = _work_dtype(x4)
+    xw = x4 if x4.dtype == dt and x4.flags.c_contiguous else np.ascontiguousarray(x4, dtype=dt)
+    direct = out is not None and out.dtype == dt and out.flags.c_contiguous
+    y = out if direct else output_pool.empty(x4.shape, dt)
     stats = np.empty((3, n * g))
     if given is not None:
         stats[0], stats[1] = _f64(given[0]).reshape(-1), _f64(given[1]).reshape(-1)
     plan = RowsPlan((n, g, k, l), center)
-    plan.run_forward(xw.reshape(plan.view), gam, bet, eps, given is not None, stats, y.reshape(plan.view))
-    return stats[0].reshape(n, g), stats[1].reshape(n, g), stats[2].reshape(n, g)
+    plan.run_forward(xw.reshape(plan.view), _param(gamma, 1.0, g * k), _param(beta, 0.0, g * k), eps,
+                     given is not None, stats, y.reshape(plan.view))
+    return _finish(y, out, direct, x4), stats[0].reshape(n, g), stats[1].reshape(n, g), stats[2].reshape(n, g), None
 
 
 @_serialized
@@ -441,12 +447,12 @@ def backward(dout4, x4, gamma, mean, invstd, batch_stats, stats_given, saved, ou
     dt = _work_dtype(x4, dout4)
     xw = np.ascontiguousarray(x4, dtype=dt)
     dyw = np.ascontiguousarray(dout4, dtype=dt)
-    gam, _ = _affine(gamma, None, g * k)
     mean, invstd = _f64(mean), _f64(invstd)
     direct = out is not None and out.dtype == dt and out.flags.c_contiguous
-    dx = out if direct else np.empty(x4.shape, dt)
+    dx = out if direct else output_pool.empty(x4.shape, dt)
 
     if batch_stats:
+        gam, _ = _affine(gamma, None, g)
         m = n * l
         dbeta, dgamma = _batch_grad_sums(xw, dyw, mean, invstd, n, g, l)
         k1 = gam * invstd
@@ -459,8 +465,8 @@ def backward(dout4, x4, gamma, mean, invstd, batch_stats, stats_given, saved, ou
         plan = RowsPlan((n, g, k, l), center)
         stats = np.empty((3, n * g))
         stats[0], stats[2] = mean.reshape(-1), invstd.reshape(-1)
-        dgamma, dbeta = plan.run_backward(xw.reshape(plan.view), dyw.reshape(plan.view), gam, stats, stats_given,
-                                          dx.reshape(plan.view))
+        dgamma, dbeta = plan.run_backward(xw.reshape(plan.view), dyw.reshape(plan.view), _param(gamma, 1.0, g * k),
+                                          stats, stats_given, dx.reshape(plan.view))
     if out is not None and not direct:
         np.copyto(out, dx, casting="unsafe")
         dx = out
@@ -532,7 +538,7 @@ def grad_apply(dout4, x4, gamma, mean, invstd, sum_dy, sum_dy_xhat, count, batch
     n, g, _, l = x4.shape
     dt = _work_dtype(x4, dout4)
     direct = out is not None and out.dtype == dt and out.flags.c_contiguous
-    dx = out if direct else np.empty(x4.shape, dt)
+    dx = out if direct else output_pool.empty(x4.shape, dt)
     invstd = _f64(invstd)
     gam, _ = _affine(gamma, None, g)
     k1 = gam * invstd

@@ -16,8 +16,8 @@ import sys
 
 from .cases import QUICK, SUITE, parse_case
 from .models_suite import markdown_models
-from .report import markdown, markdown_sync, markdown_torch
-from .runner import run_kernels
+from .report import markdown, markdown_kernel_threads, markdown_sync, markdown_torch
+from .runner import run_kernel_threads, run_kernels
 
 __all__ = ["QUICK", "SUITE", "SUITES", "main", "markdown", "parse_case", "run_kernels"]
 
@@ -33,7 +33,10 @@ def _run_suite(suite, dtypes, log, timeout_s, environments, **options) -> dict:
     processes = options.pop("processes", 1)
     compiled = options.pop("compiled", False)
     if suite == "kernels":
-        return run_kernels(dtypes=dtypes, log=log, **options)
+        threads = options.pop("threads")
+        if isinstance(threads, (tuple, list)) and len(threads) > 1:
+            return run_kernel_threads(threads, dtypes=dtypes, log=log, **options)
+        return run_kernels(dtypes=dtypes, log=log, threads=_one_count(threads), **options)
     if suite == "models":
         from .models_suite import QUICK as MODELS_QUICK
         from .models_suite import run_models
@@ -43,11 +46,21 @@ def _run_suite(suite, dtypes, log, timeout_s, environments, **options) -> dict:
         models = options["cases"] or (MODELS_QUICK if options["quick"] else None)
         return run_models(models, options["repeat"], options["rounds"], environments, timeout_s, log,
                           control=control, processes=processes, compiled=compiled)
+    options["threads"] = _one_count(options["threads"])
     if suite == "torch":
         from .torch_suite import run_torch
         return run_torch(dtypes=dtypes, log=log, **options)
     from .sync_suite import run_sync
     return run_sync(dtypes=dtypes, log=log, timeout_s=timeout_s, **options)
+
+
+def _one_count(threads):
+    """threads as one count (or None): several are the kernel suite's alone."""
+    if isinstance(threads, (tuple, list)):
+        if len(threads) != 1:
+            raise ValueError(f"several thread counts ({', '.join(map(str, threads))}) are for the kernel suite only")
+        return threads[0]
+    return threads
 
 
 REPORTS = {"kernels": markdown, "torch": markdown_torch, "sync": markdown_sync, "models": markdown_models}
@@ -59,7 +72,8 @@ def main(cases=None, dtypes=None, repeat=7, threads=None, quick=False, rounds=3,
     """Run ``suite`` (kernels, torch, sync or all), print the Markdown report, write JSON/Markdown files
     when asked; returns the result (for ``all``: {"suite": "all", "kernels": ..., "torch": ..., "sync": ...}).
 
-    dtypes None: float32 and float64, float32 only for sync. threads None: all cores, 1 per rank for sync.
+    dtypes None: float32 and float64, float32 only for sync. threads None: all cores, 1 per rank for sync; the
+    kernel suite also takes several counts (a tuple), run one after another in this process.
     sync_timeout_s: the sync and models suites fail (their processes stopped) if they take longer.
     environments: the models suite's environments (``models_suite.ENVIRONMENTS``), each a child process.
     control: the models suite also times each torch.nn model against a copy of itself (A/A).
@@ -80,7 +94,7 @@ def main(cases=None, dtypes=None, repeat=7, threads=None, quick=False, rounds=3,
                             compiled=compiled)
         result["command"] = command
         results[name] = result
-        text = REPORTS[name](result, command)
+        text = (markdown_kernel_threads if "runs" in result else REPORTS[name])(result, command)
         texts.append(f"## Suite: {name}\n\n{text}" if suite == "all" else text)
     text = "\n".join(texts)
     print(text)

@@ -48,6 +48,13 @@ def markdown(result: dict, command: str | None = None) -> str:
     if s.get("numba_of_bound_beyond_llc"):
         parts = ", ".join(f"{k} {100 * v:.0f}%" for k, v in s["numba_of_bound_beyond_llc"].items())
         tail.append(f"- Numba forward+backward as a share of the bandwidth bound, where x exceeds the LLC: {parts}.")
+        touch = {f"{r['case']} {r['dtype']}": r["first_touch_ms"] for r in result["rows"]
+                 if r["impl"] == "numba" and r.get("first_touch_ms") is not None}
+        if touch:
+            parts = ", ".join(f"{k} {v:.2f} ms" for k, v in touch.items())
+            tail.append(f"- First touch of a fresh x-sized output (page faults, zeroing), beyond a reused one: {parts} "
+                        "(what np.empty and torch.empty pay per output; the numba rows' outputs are recycled blocks "
+                        "from the second call on, backends/output_pool.py).")
     if s.get("numpy_closed_vs_graph_backward"):
         parts = ", ".join(f"{k} {v:.2f}×" for k, v in s["numpy_closed_vs_graph_backward"].items())
         tail.append(f"- NumPy closed-form backward vs the graph backward: {parts}.")
@@ -114,4 +121,61 @@ def markdown_sync(result: dict, command: str | None = None) -> str:
                      f"{s['math_ms']:+.3f} ms and communication incl. waiting (sync − sync-math) "
                      f"{s['communication_ms']:+.3f} ms; the two collectives alone {s['collectives_ms']:.3f} ms.")
     lines += [f"- {note}" for note in result.get("notes", [])]
+    return "\n".join(lines) + "\n"
+
+
+def _targets(s: dict) -> str:
+    """The kernel suite's targets for one run (runner.TARGET_*), as one line."""
+    from .runner import TARGET_EVERY_CASE, TARGET_GEOMEAN, TARGET_OF_BOUND
+
+    if "numba_vs_torch_both" not in s:
+        return "–"
+    ratios = s["numba_vs_torch_both"]
+    worst = min(ratios, key=ratios.get)
+    parts = [f"min {ratios[worst]:.2f}× ({worst}; target ≥ {TARGET_EVERY_CASE:.1f}×)",
+             f"geo-mean {s['numba_vs_torch_geomean']:.2f}× (≥ {TARGET_GEOMEAN:.1f}×)"]
+    big = s.get("numba_of_bound_beyond_llc")
+    if big:
+        low = min(big, key=big.get)
+        parts.append(f"beyond the LLC, fresh outputs: min {100 * big[low]:.0f}% of the bound ({low}; "
+                     f"≥ {100 * TARGET_OF_BOUND:.0f}%)")
+    met = s.get("targets_met", {})
+    return "; ".join(parts) + f" — met: {', '.join(k for k, v in met.items() if v) or 'none'}" + (
+        f"; missed: {', '.join(k for k, v in met.items() if not v)}" if not all(met.values()) else "")
+
+
+def markdown_kernel_threads(result: dict, command: str | None = None) -> str:
+    """The kernel suite at several thread counts: per case, numba's ratio to ATen and share of the bound (fresh
+    outputs and out= buffers) side by side, the targets per count, then each run's full table."""
+    runs = result["runs"]
+    counts = list(runs)
+    m = result["machine"]
+    lines = [f"Command: `{command}`", ""] if command else []
+    lines.append(f"Machine: {m['cpu']}, {m['cores']} cores, last-level cache {_mib(m.get('llc_bytes'))}; "
+                 f"numpy {m['numpy']}, numba {m.get('numba')}, torch {m.get('torch')}.")
+    for t, run in runs.items():
+        rm = run["machine"]
+        lines.append(f"- {t} thread(s): bound {_fmt(run['bandwidth_gbps'], '.1f')} GB/s (best triad of "
+                     f"{', '.join(f'{v:.1f}' for v in run.get('triad_gbps_all', []))}); load average "
+                     f"{rm['loadavg_start'][0]:.2f} at start, {rm['loadavg_end'][0]:.2f} at end.")
+    per = " / ".join(f"{t} thr" for t in counts)
+    lines += ["", f"| case | dtype | x | numba × torch ({per}) | numba+out × torch ({per}) "
+                  f"| % of bound, fresh ({per}) | % of bound, out= ({per}) |",
+              "|---|---|---:|---:|---:|---:|---:|"]
+    index = {t: {(r["case"], r["dtype"], r["impl"]): r for r in run["rows"]} for t, run in runs.items()}
+    keys = list(dict.fromkeys((r["case"], r["dtype"]) for r in next(iter(runs.values()))["rows"]))
+
+    def cells(impl, field, scale=1.0, spec=".2f", suffix="×"):
+        values = [index[t].get((*k, impl), {}).get(field) for t in counts]
+        return " / ".join("–" if v is None else f"{scale * v:{spec}}{suffix}" for v in values)
+
+    for k in keys:
+        x_bytes = index[counts[0]][(*k, "numba")]["x_bytes"] if (*k, "numba") in index[counts[0]] else None
+        lines.append(f"| {k[0]} | {k[1]} | {_mib(x_bytes)} | {cells('numba', 'both_vs_torch')} "
+                     f"| {cells('numba+out', 'both_vs_torch')} | {cells('numba', 'both_of_bound', 100, '.0f', '%')} "
+                     f"| {cells('numba+out', 'both_of_bound', 100, '.0f', '%')} |")
+    lines += ["", "Targets (numba, fresh outputs):"]
+    lines += [f"- {t} thread(s): {_targets(run['summary'])}" for t, run in runs.items()]
+    for t, run in runs.items():
+        lines += ["", f"### {t} thread(s)", "", markdown(run).rstrip()]
     return "\n".join(lines) + "\n"

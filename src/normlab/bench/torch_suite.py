@@ -80,8 +80,8 @@ def torch_module_impls(case: Case, dtype, available: list[str]) -> list[Impl]:
     """normlab.torch.BatchNorm and torch.nn.BatchNorm1d/2d, then the two kernel-level rows."""
     ours, reference, x, dout = module_pair(case, dtype)
     impls = [module_impl("normlab.torch", ours, x, dout), module_impl("torch.nn", reference, x, dout)]
-    impls += [impl for impl in normlab_impls(case, dtype, available) if impl.name == "numba"]
-    aten = torch_impl(case, dtype)
+    impls += [impl for impl in normlab_impls(case, dtype, available, (0.0, 1.0)) if impl.name == "numba"]
+    aten = torch_impl(case, dtype, (0.0, 1.0))  # the modules' inputs
     if aten is not None:
         impls.append(aten)
     return impls
