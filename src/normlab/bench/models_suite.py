@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -195,7 +196,10 @@ def time_model(spec: Model, repeat: int, rounds: int, seed: int = 0, twin: Calla
     """Step ms of the torch.nn model and its twin (``twin(model)``, default :func:`normlab_twin`), and their
     ratio (> 1: the twin is faster); with ``compiled`` also both under ``torch.compile`` (row["compiled"]).
 
-    ``rounds`` x ``repeat`` turns, each one step of every variant, the order reversed every turn. The ratio
+    ``rounds`` x ``repeat`` turns, each one step of every variant. Two variants alternate which goes first
+    (ABBA: each follows itself and the other equally often); four (eager and compiled) run in an order
+    shuffled every turn (seeded), since reversing four leaves the last of each turn running twice in a row
+    and the pair it belongs to favoured (the compiled A/A read 1.013 in every process that way). The ratio
     is the median over turns of torch.nn's step time over the twin's: two steps a few milliseconds apart see
     the same state of the machine, so load that comes and goes cancels (a ratio of medians pooled over
     blocks of steps moved far more between runs: docs/benchmarks.md); its 95% interval is a bootstrap of
@@ -219,11 +223,15 @@ def time_model(spec: Model, repeat: int, rounds: int, seed: int = 0, twin: Calla
     turn_ratios = {pair: [] for pair in pairs}
     round_ratios = {pair: [] for pair in pairs}
     order = list(steps)
+    shuffle = random.Random(seed).shuffle if len(order) > 2 else None
     for _ in range(rounds):
         this_round = {pair: [] for pair in pairs}
         for _ in range(repeat):
+            if shuffle:
+                shuffle(order)
             took = {name: timed_runs(steps[name], 1, warmup=0)[0] for name in order}
-            order.reverse()
+            if not shuffle:
+                order.reverse()
             for name, seconds in took.items():
                 samples[name].append(seconds)
             for pair in pairs:
@@ -432,7 +440,7 @@ def _interval(row: dict) -> str:
 def _ratio_text(result: dict, processes: int) -> str:
     """What the ratio columns of one environment's table mean."""
     pairs = (f"the median over {result['rounds'] * result['repeat']} turns (one step of each twin"
-             + (", eager and compiled, in an order reversed every turn" if result.get("compiled") else
+             + (", eager and compiled, in an order shuffled every turn" if result.get("compiled") else
                 ", the first of a pair alternating") + ", after 3 warm-up steps each) of torch.nn's step time over "
              "normlab's in the same mode")
     rounds = (f"rounds: the lowest and highest median of a round of {result['repeat']} turns, how far the ratio "
