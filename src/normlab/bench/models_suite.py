@@ -198,8 +198,9 @@ def time_model(spec: Model, repeat: int, rounds: int, seed: int = 0, twin: Calla
 
     ``rounds`` x ``repeat`` turns, each one step of every variant. Two variants alternate which goes first
     (ABBA: each follows itself and the other equally often); four (eager and compiled) run in an order
-    shuffled every turn (seeded), since reversing four leaves the last of each turn running twice in a row
-    and the pair it belongs to favoured (the compiled A/A read 1.013 in every process that way). The ratio
+    shuffled every turn (seeded), since reversing four runs one member of each pair twice in a row at
+    alternate turn boundaries (the compiled A/A read 1.013 in both processes of a run that way, 0.999
+    shuffled: docs/benchmarks.md). The ratio
     is the median over turns of torch.nn's step time over the twin's: two steps a few milliseconds apart see
     the same state of the machine, so load that comes and goes cancels (a ratio of medians pooled over
     blocks of steps moved far more between runs: docs/benchmarks.md); its 95% interval is a bootstrap of
