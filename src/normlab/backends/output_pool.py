@@ -16,8 +16,8 @@ Idle blocks are bounded by :func:`limit` bytes in all (``NORMLAB_POOL_BYTES``,
 default the smaller of 1 GiB and an eighth of the memory available at the first
 call; 0 turns recycling off; :func:`set_limit` changes it at run time): a block
 given back to a full pool frees the longest-idle blocks to make room, so a loop
-whose sizes change (another batch size) recycles its new sizes, not the old. Smaller outputs come from ``np.empty``: malloc
-already reuses their memory.
+whose sizes change (another batch size) recycles its new sizes, not the old.
+Smaller outputs come from ``np.empty``: malloc already reuses their memory.
 
 A block goes back only when its lease (the output's ``base``) is collected, and
 every view, buffer export (``memoryview``, ``np.frombuffer``), ``torch.from_numpy``
