@@ -145,8 +145,16 @@ def test_models_suite_compile_times_four_steps_per_turn_and_compiling_apart(monk
         "machine": {"cpu": "cpu", "cores": 2, "loadavg_start": [1.0], "loadavg_end": [1.0]}, "variables": {},
         "busy_processes": 0, "rows": [row], **models_suite._summary([row])}}})
     assert "**Compiled**" in md and "| 3.000 |" in md and "| 20.0, 30.0 |" in md and "eager and compiled" in md
+    assert "normlab's arithmetic float64" in md
+    md32 = models_suite.markdown_models({"rounds": 1, "repeat": 2, "compiled": True, "compute_dtype": "float32",
+                                         "environments": {"default": {
+        "machine": {"cpu": "cpu", "cores": 2, "loadavg_start": [1.0], "loadavg_end": [1.0]}, "variables": {},
+        "busy_processes": 0, "rows": [row], **models_suite._summary([row])}}})
+    assert "normlab's arithmetic float32, `normlab.torch.set_compute_dtype(torch.float32)`" in md32
     result = CliRunner().invoke(main, ["bench", "--suite", "torch", "--compile"])
     assert result.exit_code == 2 and "--compile is for the models suite" in result.output
+    result = CliRunner().invoke(main, ["bench", "--suite", "models", "--compute-dtype", "float32"])
+    assert result.exit_code == 2 and "give --compile too" in result.output
 
 
 def test_models_suite_compile_order_favours_no_variant(monkeypatch):
@@ -221,7 +229,8 @@ def test_models_suite_processes_reports_the_median_over_fresh_processes(monkeypa
                  _process_result((1.08, 1.6), 1.02, 5.0)])
     calls = []
 
-    def child_run(models, repeat, rounds, variables, timeout_s, log, control=False, compiled=False):
+    def child_run(models, repeat, rounds, variables, timeout_s, log, control=False, compiled=False,
+                  compute_dtype="float64"):
         calls.append((models, repeat, rounds, variables, control))
         return next(runs)
 

@@ -157,3 +157,39 @@ def test_compiled_norms_match_compiled_torch_nn():
         for k, (grad, ref) in enumerate(zip(grads, ref_grads)):
             torch.testing.assert_close(grad, ref, rtol=1e-9, atol=1e-11, msg=f"gradient {k}")
     assert our_count.frame_count == their_count.frame_count == 1
+
+
+@pytest.fixture
+def restore_compute_dtype():
+    previous = nt.set_compute_dtype(torch.float64)
+    yield
+    nt.set_compute_dtype(previous)
+
+
+def test_float32_arithmetic_is_an_explicit_option_and_recompiles(restore_compute_dtype):
+    """set_compute_dtype(torch.float32) trades the README's numerics for float32 arithmetic in the graph: at
+    10**6 offsets the output then moves off the float64 result (0.006 here; torch.nn's float32 is off 0.03), a
+    compiled function recompiles rather than reuse the float64 graph, and the float64 graph serves again once
+    the default is back. float64 input stays float64 whatever the setting."""
+    gen = torch.Generator().manual_seed(2)
+    x = (1e6 + torch.randn(1024, 3, generator=gen, dtype=torch.float64)).float()
+    w, b = torch.randn(3, generator=gen), torch.randn(3, generator=gen)
+    ref = F.batch_norm(x.double(), None, None, w.double(), b.double(), True, 0.1, 1e-5)
+    counter = CompileCounterWithBackend("aot_eager")
+    fn = torch.compile(lambda x, w, b: nt.batch_norm(x, None, None, w, b, True, 0.1, 1e-5), backend=counter,
+                       fullgraph=True)
+
+    def error():
+        return float((fn(x, w, b).double() - ref).abs().max())
+
+    assert error() <= 2.5e-7 and counter.frame_count == 1
+    assert nt.set_compute_dtype(torch.float32) == torch.float64
+    assert 1e-4 < error() < 0.03, "float32 arithmetic at a 10**6 offset"
+    assert counter.frame_count == 2, "the float64 graph was reused after the setting changed"
+    x64 = x.double()
+    torch.testing.assert_close(fn(x64, w.double(), b.double()), ref, rtol=1e-9, atol=1e-9)
+    nt.set_compute_dtype(torch.float64)
+    assert error() <= 2.5e-7
+    assert counter.frame_count == 3  # (the float64 input's graph; the float32 one's float64 graph is reused)
+    with pytest.raises(ValueError, match="dtype must be torch.float32 or torch.float64"):
+        nt.set_compute_dtype(torch.float16)

@@ -152,6 +152,9 @@ def check(backend, seed):
 @click.option("--compile", "compiled", is_flag=True,
               help="Models suite: also time both models under torch.compile (inductor) in the same turns; the "
                    "first compiled step (compiling) is reported apart.")
+@click.option("--compute-dtype", type=click.Choice(["float64", "float32"]), default="float64", show_default=True,
+              help="Models suite with --compile: the arithmetic of normlab's compiled norms "
+                   "(normlab.torch.set_compute_dtype; float64 keeps the README's numerics).")
 @click.option("--processes", default=1, show_default=True,
               help="Models suite: run each environment in this many fresh processes, one after another, and "
                    "report the median of their ratios and the range (a process's allocator state moves a ratio "
@@ -162,7 +165,8 @@ def check(backend, seed):
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the result as JSON.")
 @click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False), default=None,
               help="Write the Markdown report.")
-def bench(suite, quick, cases, dtype, repeat, rounds, threads, environments, control, compiled, processes, timeout,
+def bench(suite, quick, cases, dtype, repeat, rounds, threads, environments, control, compiled, compute_dtype,
+          processes, timeout,
           json_path, markdown_path):
     """Time numpy, numba and PyTorch's native kernels; report ratios and the bandwidth bound (--suite for more)."""
     from . import bench as bench_mod
@@ -183,6 +187,8 @@ def bench(suite, quick, cases, dtype, repeat, rounds, threads, environments, con
             raise ValueError(f"--control is for the models suite (--suite models), not --suite {suite}")
         if compiled and suite not in ("models", "all"):
             raise ValueError(f"--compile is for the models suite (--suite models), not --suite {suite}")
+        if compute_dtype != "float64" and not compiled:
+            raise ValueError("--compute-dtype is the arithmetic of the compiled norms: give --compile too")
         if processes < 1:
             raise ValueError(f"--processes must be >= 1, got {processes}")
         if processes > 1 and suite not in ("models", "all"):
@@ -192,7 +198,8 @@ def bench(suite, quick, cases, dtype, repeat, rounds, threads, environments, con
     try:
         bench_mod.main(cases=case_list, dtypes=dtypes, repeat=repeat, threads=threads, quick=quick, rounds=rounds,
                        json_path=json_path, markdown_path=markdown_path, suite=suite, sync_timeout_s=timeout,
-                       environments=env_list, control=control, processes=processes, compiled=compiled)
+                       environments=env_list, control=control, processes=processes, compiled=compiled,
+                       compute_dtype=compute_dtype)
     except ImportError as exc:  # the torch, sync and models suites need PyTorch
         raise click.ClickException(f"--suite {suite} needs PyTorch (pip install 'normlab[torch]'): {exc}") from exc
 

@@ -32,6 +32,7 @@ def _run_suite(suite, dtypes, log, timeout_s, environments, **options) -> dict:
     control = options.pop("control", False)  # the models suite's alone
     processes = options.pop("processes", 1)
     compiled = options.pop("compiled", False)
+    compute_dtype = options.pop("compute_dtype", "float64")
     if suite == "kernels":
         threads = options.pop("threads")
         if isinstance(threads, (tuple, list)) and len(threads) > 1:
@@ -45,7 +46,7 @@ def _run_suite(suite, dtypes, log, timeout_s, environments, **options) -> dict:
             raise ValueError("the models suite trains float32 models: leave out --dtype")
         models = options["cases"] or (MODELS_QUICK if options["quick"] else None)
         return run_models(models, options["repeat"], options["rounds"], environments, timeout_s, log,
-                          control=control, processes=processes, compiled=compiled)
+                          control=control, processes=processes, compiled=compiled, compute_dtype=compute_dtype)
     options["threads"] = _one_count(options["threads"])
     if suite == "torch":
         from .torch_suite import run_torch
@@ -68,7 +69,7 @@ REPORTS = {"kernels": markdown, "torch": markdown_torch, "sync": markdown_sync, 
 
 def main(cases=None, dtypes=None, repeat=7, threads=None, quick=False, rounds=3,
          json_path=None, markdown_path=None, command=None, suite="kernels", sync_timeout_s=600.0,
-         environments=("default",), control=False, processes=1, compiled=False) -> dict:
+         environments=("default",), control=False, processes=1, compiled=False, compute_dtype="float64") -> dict:
     """Run ``suite`` (kernels, torch, sync or all), print the Markdown report, write JSON/Markdown files
     when asked; returns the result (for ``all``: {"suite": "all", "kernels": ..., "torch": ..., "sync": ...}).
 
@@ -78,7 +79,8 @@ def main(cases=None, dtypes=None, repeat=7, threads=None, quick=False, rounds=3,
     environments: the models suite's environments (``models_suite.ENVIRONMENTS``), each a child process.
     control: the models suite also times each torch.nn model against a copy of itself (A/A).
     processes: the models suite runs each environment in that many fresh processes (ratios across them).
-    compiled: the models suite also times both models under torch.compile.
+    compiled: the models suite also times both models under torch.compile; compute_dtype: the arithmetic of
+    normlab's compiled norms there (``normlab.torch.set_compute_dtype``).
     """
     if suite not in (*SUITES, "all"):
         raise ValueError(f"suite must be one of {', '.join(SUITES)} or all, got {suite!r}")
@@ -91,7 +93,7 @@ def main(cases=None, dtypes=None, repeat=7, threads=None, quick=False, rounds=3,
     for name in (SUITES if suite == "all" else (suite,)):
         result = _run_suite(name, dtypes, log, sync_timeout_s, environments, cases=cases, repeat=repeat,
                             threads=threads, quick=quick, rounds=rounds, control=control, processes=processes,
-                            compiled=compiled)
+                            compiled=compiled, compute_dtype=compute_dtype)
         result["command"] = command
         results[name] = result
         text = (markdown_kernel_threads if "runs" in result else REPORTS[name])(result, command)

@@ -267,14 +267,17 @@ def _median_interval(values, seed: int, resamples: int = 2000) -> list:
 
 
 def run_here(models=None, repeat: int = 7, rounds: int = 3, log: Callable[[str], None] = print,
-             control: bool = False, compiled: bool = False) -> dict:
+             control: bool = False, compiled: bool = False, compute_dtype: str = "float64") -> dict:
     """The suite in this process and its environment (threads as they are: no variable is set).
 
     control: also time each torch.nn model against an identical copy of itself, the same way (an A/A
     run: the ratios a run gives with nothing changed; row["control"]). compiled: also both models under
-    torch.compile, in the same turns (row["compiled"], row["control"]["compiled"]).
+    torch.compile, in the same turns (row["compiled"], row["control"]["compiled"]). compute_dtype: the
+    arithmetic of normlab's compiled norms (``normlab.torch.set_compute_dtype``; the eager ones do not read it).
     """
     import torch
+
+    import normlab.torch as nt
 
     check_repeat(repeat)
     names = list(models or MODELS)
@@ -283,24 +286,33 @@ def run_here(models=None, repeat: int = 7, rounds: int = 3, log: Callable[[str],
         raise ValueError(f"unknown model(s) {', '.join(unknown)}; known: {', '.join(MODELS)}")
     info = machine_info(torch.get_num_threads())
     info["loadavg_start"] = os.getloadavg()
-    rows = []
-    for name in names:
-        row = time_model(MODELS[name], repeat, rounds, compiled=compiled)
-        rows.append(row)
-        for label, r in _variants(row):
-            log(f"{name:>14}: torch.nn{label} {r['torch_ms']:9.3f} ms  normlab.torch{label} {r['normlab_ms']:9.3f} "
-                f"ms  torch.nn/normlab x{r['ratio']:.3f} (95% {_interval(r)}, rounds {_spread(r)})"
-                + (f"; compiling {r['torch_compile_s']:.1f} s and {r['normlab_compile_s']:.1f} s" if label else ""))
-        if control:
-            same = time_model(MODELS[name], repeat, rounds, twin=copy.deepcopy, compiled=compiled)
-            row["control"] = _ratios(same)
-            if compiled:
-                row["control"]["compiled"] = _ratios(same["compiled"])
-            for label, r in _variants(row["control"]):
-                log(f"{'':>14}  torch.nn{label} against its own copy x{r['ratio']:.3f} (95% {_interval(r)}, "
-                    f"rounds {_spread(r)})")
+    if compute_dtype not in ("float64", "float32"):
+        raise ValueError(f"compute_dtype must be float64 or float32, got {compute_dtype!r}")
+    previous = nt.set_compute_dtype(getattr(torch, compute_dtype))
+    try:
+        rows = [_time_row(name, repeat, rounds, log, control, compiled) for name in names]
+    finally:
+        nt.set_compute_dtype(previous)
     info["loadavg_end"] = os.getloadavg()
     return {"machine": info, "rows": rows, **_summary(rows)}
+
+
+def _time_row(name: str, repeat: int, rounds: int, log, control: bool, compiled: bool) -> dict:
+    """One model's row of :func:`run_here`, logged as it comes."""
+    row = time_model(MODELS[name], repeat, rounds, compiled=compiled)
+    for label, r in _variants(row):
+        log(f"{name:>14}: torch.nn{label} {r['torch_ms']:9.3f} ms  normlab.torch{label} {r['normlab_ms']:9.3f} "
+            f"ms  torch.nn/normlab x{r['ratio']:.3f} (95% {_interval(r)}, rounds {_spread(r)})"
+            + (f"; compiling {r['torch_compile_s']:.1f} s and {r['normlab_compile_s']:.1f} s" if label else ""))
+    if control:
+        same = time_model(MODELS[name], repeat, rounds, twin=copy.deepcopy, compiled=compiled)
+        row["control"] = _ratios(same)
+        if compiled:
+            row["control"]["compiled"] = _ratios(same["compiled"])
+        for label, r in _variants(row["control"]):
+            log(f"{'':>14}  torch.nn{label} against its own copy x{r['ratio']:.3f} (95% {_interval(r)}, "
+                f"rounds {_spread(r)})")
+    return row
 
 
 def _ratios(row: dict) -> dict:
@@ -335,11 +347,11 @@ def _busy() -> subprocess.Popen:
 
 def run_models(models=None, repeat: int = 7, rounds: int = 3, environments=("default",), timeout_s: float = 1800.0,
                log: Callable[[str], None] = print, control: bool = False, processes: int = 1,
-               compiled: bool = False) -> dict:
+               compiled: bool = False, compute_dtype: str = "float64") -> dict:
     """The suite once per environment of ``ENVIRONMENTS``, each in a fresh child process; JSON-ready dict.
 
-    A fresh process per environment: OpenMP and Numba read their variables at start-up. control, compiled:
-    see :func:`run_here`. processes > 1: the suite in that many fresh processes per environment, one after
+    A fresh process per environment: OpenMP and Numba read their variables at start-up. control, compiled,
+    compute_dtype: see :func:`run_here`. processes > 1: the suite in that many fresh processes per environment, one after
     another, summed up by :func:`across_processes` (a process's allocator state moves its ratios by more
     than the norms do: docs/benchmarks.md). timeout_s holds for each process.
     """
@@ -360,7 +372,8 @@ def run_models(models=None, repeat: int = 7, rounds: int = 3, environments=("def
             for k in range(processes):
                 if processes > 1:
                     log(f"process {k + 1} of {processes}")
-                runs.append(_child_run(models, repeat, rounds, variables, timeout_s, log, control, compiled))
+                runs.append(_child_run(models, repeat, rounds, variables, timeout_s, log, control, compiled,
+                                       compute_dtype))
         finally:
             for p in busy:
                 p.kill()
@@ -368,7 +381,7 @@ def run_models(models=None, repeat: int = 7, rounds: int = 3, environments=("def
         results[env_name] = runs[0] if processes == 1 else across_processes(runs)
         results[env_name]["variables"], results[env_name]["busy_processes"] = variables, load
     return {"suite": "models", "repeat": repeat, "rounds": rounds, "control": control, "processes": processes,
-            "compiled": compiled, "environments": results}
+            "compiled": compiled, "compute_dtype": compute_dtype, "environments": results}
 
 
 def across_processes(runs: list) -> dict:
@@ -402,14 +415,15 @@ def across_processes(runs: list) -> dict:
     return {"machine": machine, "rows": out_rows, "processes": len(runs), **_summary(out_rows)}
 
 
-def _child_run(models, repeat, rounds, variables, timeout_s, log, control=False, compiled=False) -> dict:
+def _child_run(models, repeat, rounds, variables, timeout_s, log, control=False, compiled=False,
+               compute_dtype="float64") -> dict:
     env = {k: v for k, v in os.environ.items()
            if k not in ("OMP_WAIT_POLICY", "NUMBA_THREADING_LAYER", "NUMBA_NUM_THREADS")}
     env.update(variables)
     code = ("import json, sys; from normlab.bench.models_suite import run_here; "
             f"r = run_here({list(models) if models else None!r}, {repeat}, {rounds}, "
             f"log=lambda s: print(s, file=sys.stderr, flush=True), control={bool(control)}, "
-            f"compiled={bool(compiled)}); "
+            f"compiled={bool(compiled)}, compute_dtype={compute_dtype!r}); "
             "print(json.dumps(r))")
     proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
@@ -456,6 +470,13 @@ def _ratio_text(result: dict, processes: int) -> str:
                    "this run gives with nothing changed." if result.get("control") else "")
 
 
+def _arithmetic(result: dict) -> str:
+    """The compiled table's note on normlab's arithmetic (``normlab.torch.set_compute_dtype``)."""
+    dtype = result.get("compute_dtype", "float64")
+    return "; normlab's arithmetic " + (dtype if dtype == "float64" else
+                                        f"{dtype}, `normlab.torch.set_compute_dtype(torch.{dtype})`")
+
+
 def markdown_models(result: dict, command: str | None = None) -> str:
     lines = [f"Command: `{command}`", ""] if command else []
     control = bool(result.get("control"))
@@ -473,7 +494,8 @@ def markdown_models(result: dict, command: str | None = None) -> str:
         for label, key in (("eager", None), ("compiled", "compiled"))[:1 + compiled]:
             if compiled:
                 lines += [f"**{label.capitalize()}**" + (" (`torch.compile(model)`, inductor; compiling: the first "
-                                                         "step's seconds, torch.nn and normlab)" if key else ""), ""]
+                                                         "step's seconds, torch.nn and normlab"
+                                                         + _arithmetic(result) + ")" if key else ""), ""]
             lines += _table(res, key, control, "processes" if processes > 1 else "95%")
         lines.append("")
     return "\n".join(lines)

@@ -13,6 +13,8 @@ Requires the optional extra: ``pip install "normlab[torch]"`` (torch 2.13).
 
 - ``fold_batchnorm``: fold eval-mode batch norms into the preceding Linear/Conv.
 - ``update_bn_stats``: precise BN, running statistics set to the population statistics of data.
+- ``set_compute_dtype``: float64 (default) or float32 arithmetic for the norms in torch ops, torch.compile's
+  graphs among them: the README's numerics, or speed.
 
 Every module and functional goes through ``normlab.torch.route``: the call's
 arguments are checked once per signature (raising as torch.nn raises), and
@@ -31,6 +33,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
         "pip install \"normlab[torch]\" (or pip install \"torch==2.13.*\")"
     ) from exc
 
+from .closed_form import set_compute_dtype
 from .fold import fold_batchnorm
 from .functions import batch_norm, group_norm, instance_norm, layer_norm, rms_norm
 from .modules import (BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d, GroupNorm, InstanceNorm1d,
@@ -57,5 +60,6 @@ __all__ = [
     "instance_norm",
     "layer_norm",
     "rms_norm",
+    "set_compute_dtype",
     "update_bn_stats",
 ]

@@ -16,9 +16,10 @@ code (``normlab.torch.autograd``)::
                the statistics were given)
 
 Statistics and every per-element product run in float64 (float32 on MPS, which
-has no float64) and round once, to x's dtype, when an output element is
-written: float32 x = 10**6 + N(0, 1) normalizes to within the core's bound,
-[f32max, f32max, f32max, -f32max] to ±sqrt(3) patterns. Unlike the core, a
+has no float64, and for reduced-precision input after
+``set_compute_dtype(torch.float32)``) and round once, to x's dtype, when an
+output element is written: float32 x = 10**6 + N(0, 1) normalizes to within
+the core's bound, [f32max, f32max, f32max, -f32max] to ±sqrt(3) patterns. Unlike the core, a
 float64 x whose float64 sums overflow (|x| beyond about 1e154) is not rescaled,
 and NaN or inf in x propagate (README, "Numerics"). Everything is
 differentiable torch ops, which is what double backward uses: autograd
@@ -39,9 +40,35 @@ import torch
 from ..core import Layout
 
 
-def compute_dtype(device: torch.device) -> torch.dtype:
-    """float64 where the device has it, else float32 (MPS)."""
-    return torch.float32 if device.type == "mps" else torch.float64
+#: The arithmetic of reduced-precision inputs here (:func:`set_compute_dtype`). Read while dynamo traces, so a
+#: compiled graph is guarded on it: changing it recompiles rather than reusing a graph of the other precision.
+_COMPUTE_DTYPE = torch.float64
+
+
+def set_compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Set the arithmetic of the closed form in torch ops for float32/float16/bfloat16 input; returns the previous.
+
+    torch.float64 (the default) keeps the README's numerics (float32 x at 10**6 offsets within its bound,
+    [f32max, f32max, f32max, -f32max] to the ±sqrt(3) pattern). torch.float32 trades them for speed: statistics,
+    sums and per-element products in float32, as torch.nn computes; a compiled batch norm's backward then runs
+    on twice the vector lanes (docs/benchmarks.md, "Compiled training steps"). It serves every call in torch
+    ops: graphs under torch.compile (which recompile when this changes), devices other than CPU,
+    ``backend="torch"``, double backward. float64 input is always computed in float64, MPS always in float32
+    (it has no float64); the NumPy/Numba core and the native node do not read this.
+    """
+    global _COMPUTE_DTYPE
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype!r}")
+    previous, _COMPUTE_DTYPE = _COMPUTE_DTYPE, dtype
+    return previous
+
+
+def compute_dtype(device: torch.device, dtype: torch.dtype | None = None) -> torch.dtype:
+    """The arithmetic for input of ``dtype`` on ``device``: float32 on MPS (no float64), float64 for float64
+    input, else :func:`set_compute_dtype`'s choice (float64 by default)."""
+    if device.type == "mps":
+        return torch.float32
+    return torch.float64 if dtype == torch.float64 else _COMPUTE_DTYPE
 
 
 def _reduced_dims(layout: Layout) -> tuple[int, ...]:
@@ -74,7 +101,7 @@ def statistics(x: torch.Tensor, layout: Layout, eps: float, mean=None, var=None)
 
     var is biased and clamped at 0; without a centre (RMS norm) mean is 0 and var the mean square.
     """
-    dtype = compute_dtype(x.device)
+    dtype = compute_dtype(x.device, x.dtype)
     if mean is not None:  # copies (O(C)): returned statistics never alias the caller's buffers
         var = var.to(dtype, copy=True)
         return mean.to(dtype, copy=True), var, torch.rsqrt(var + eps)
@@ -182,4 +209,4 @@ def backward(dout, x, weight, mean, invstd, layout: Layout, stats_given: bool, s
     return dx4.reshape(x.shape).to(x.dtype), dweight, dbias
 
 
-__all__ = ["backward", "compute_dtype", "forward", "grad_sums", "statistics"]
+__all__ = ["backward", "compute_dtype", "forward", "grad_sums", "set_compute_dtype", "statistics"]

@@ -101,7 +101,7 @@ def _all_reduce(t: torch.Tensor, group) -> torch.Tensor:
 
 def _global_moments(x, layout, group):
     """(count, mean, biased var) of the global batch: ``distributed.merge_moments`` in torch ops, on x's device."""
-    c, dtype = x.shape[1], closed_form.compute_dtype(x.device)
+    c, dtype = x.shape[1], closed_form.compute_dtype(x.device, x.dtype)
     count = torch.full((c,), float(layout.count), dtype=dtype, device=x.device)
     if x.numel():
         mean, var, _ = closed_form.statistics(x, layout, 0.0)
