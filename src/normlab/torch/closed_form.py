@@ -152,7 +152,9 @@ def _sums(dy, xc, s4, w4, layout: Layout):
     dims, dtype = _reduced_dims(layout), s4.dtype
     if layout.view[2] == 1:
         sum_dy = dy.sum(dim=dims, keepdim=True, dtype=dtype)
-        sum_dy_xhat = (dy * xc * s4).sum(dim=dims, keepdim=True)  # (s4 inside: an empty x has NaN statistics)
+        # invstd applied to the sum, not to every product; an empty x (NaN statistics) has sums of 0, as torch's
+        sum_dy_xhat = (dy * xc).sum(dim=dims, keepdim=True) * s4 if layout.count else (dy * xc * s4).sum(
+            dim=dims, keepdim=True)
         per_param = (0, 2, 3) if layout.batch_stats else (0,)
         dweight, dbias = sum_dy_xhat.sum(dim=per_param), sum_dy.sum(dim=per_param)
         if w4 is not None:
