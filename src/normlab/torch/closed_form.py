@@ -53,8 +53,9 @@ def set_compute_dtype(dtype: torch.dtype) -> torch.dtype:
     sums and per-element products in float32, as torch.nn computes; a compiled batch norm's backward then runs
     on twice the vector lanes (docs/benchmarks.md, "Compiled training steps"). It serves every call in torch
     ops: graphs under torch.compile (which recompile when this changes), devices other than CPU,
-    ``backend="torch"``, double backward. float64 input is always computed in float64, MPS always in float32
-    (it has no float64); the NumPy/Numba core and the native node do not read this.
+    ``backend="torch"``, double backward, SyncBatchNorm's synchronized step. float64 input is always computed
+    in float64, MPS always in float32 (it has no float64); the NumPy/Numba core and the native node do not
+    read this.
     """
     global _COMPUTE_DTYPE
     if dtype not in (torch.float32, torch.float64):
