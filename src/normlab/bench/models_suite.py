@@ -351,9 +351,9 @@ def run_models(models=None, repeat: int = 7, rounds: int = 3, environments=("def
     """The suite once per environment of ``ENVIRONMENTS``, each in a fresh child process; JSON-ready dict.
 
     A fresh process per environment: OpenMP and Numba read their variables at start-up. control, compiled,
-    compute_dtype: see :func:`run_here`. processes > 1: the suite in that many fresh processes per environment, one after
-    another, summed up by :func:`across_processes` (a process's allocator state moves its ratios by more
-    than the norms do: docs/benchmarks.md). timeout_s holds for each process.
+    compute_dtype: see :func:`run_here`. processes > 1: the suite in that many fresh processes per environment,
+    one after another, summed up by :func:`across_processes` (a process's allocator state moves its ratios by
+    more than the norms do: docs/benchmarks.md). timeout_s holds for each process.
     """
     unknown = sorted(set(environments) - set(ENVIRONMENTS))
     if unknown:

@@ -19,11 +19,11 @@ Statistics and every per-element product run in float64 (float32 on MPS, which
 has no float64, and for reduced-precision input after
 ``set_compute_dtype(torch.float32)``) and round once, to x's dtype, when an
 output element is written: float32 x = 10**6 + N(0, 1) normalizes to within
-the core's bound, [f32max, f32max, f32max, -f32max] to ±sqrt(3) patterns. Unlike the core, a
-float64 x whose float64 sums overflow (|x| beyond about 1e154) is not rescaled,
-and NaN or inf in x propagate (README, "Numerics"). Everything is
-differentiable torch ops, which is what double backward uses: autograd
-differentiates this backward, with the statistics recomputed from x
+the core's bound, [f32max, f32max, f32max, -f32max] to ±sqrt(3) patterns.
+Unlike the core, a float64 x whose float64 sums overflow (|x| beyond about
+1e154) is not rescaled, and NaN or inf in x propagate (README, "Numerics").
+Everything is differentiable torch ops, which is what double backward uses:
+autograd differentiates this backward, with the statistics recomputed from x
 (``statistics``) so that their dependence on x is in the graph.
 
 Each pass is written so that inductor fuses it into one loop over x: the
