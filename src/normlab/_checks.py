@@ -8,6 +8,7 @@ layer. ValueError rather than assert: asserts vanish under ``python -O``.
 
 from __future__ import annotations
 
+import math
 import numbers
 import os
 
@@ -112,10 +113,11 @@ def check_allocation(nbytes: int, what: str) -> None:
 
 def check_eps(eps, *, training: bool) -> float:
     """eps must be a finite number >= 0, and > 0 whenever batch statistics are used."""
-    if not isinstance(eps, numbers.Real) or isinstance(eps, bool):
-        raise TypeError(f"eps must be a real number, got {type(eps).__name__}")
-    eps = float(eps)
-    if not np.isfinite(eps) or eps < 0:
+    if eps.__class__ is not float:  # (a float, the usual case, skips the ABC check: a call's fixed cost)
+        if not isinstance(eps, numbers.Real) or isinstance(eps, bool):
+            raise TypeError(f"eps must be a real number, got {type(eps).__name__}")
+        eps = float(eps)
+    if not math.isfinite(eps) or eps < 0:
         raise ValueError(f"eps must be finite and >= 0, got {eps}")
     if training and eps == 0:
         raise ValueError(
@@ -125,13 +127,15 @@ def check_eps(eps, *, training: bool) -> float:
     return eps
 
 
-def check_param(value, name: str, shape: tuple[int, ...], what: str) -> np.ndarray | None:
-    """gamma/beta: None, or a float array of exactly ``shape``."""
+def check_param(value, name: str, shape: tuple[int, ...], what) -> np.ndarray | None:
+    """gamma/beta: None, or a float array of exactly ``shape``. what: what the shape means, a string or a
+    function that makes it (built only for the error message)."""
     if value is None:
         return None
     array = as_float_array(value, name)
     if array.shape != tuple(shape):
-        raise ValueError(f"{name} must have shape {tuple(shape)} ({what}), got shape {array.shape}")
+        raise ValueError(f"{name} must have shape {tuple(shape)} ({what() if callable(what) else what}), got shape "
+                         f"{array.shape}")
     return array
 
 
@@ -140,8 +144,8 @@ def check_affine_pair(gamma, beta) -> None:
         raise ValueError("gamma and beta must both be given or both be None")
 
 
-def check_stats(mean, var, name_shape: tuple[int, ...], what: str):
-    """Given inference statistics: both or neither, right shape, finite, var >= 0."""
+def check_stats(mean, var, name_shape: tuple[int, ...], what):
+    """Given inference statistics: both or neither, right shape, finite, var >= 0 (what: as ``check_param``)."""
     if (mean is None) != (var is None):
         raise ValueError("mean and var must both be given (inference) or both be None (batch statistics)")
     if mean is None:

@@ -99,10 +99,13 @@ def normalize_forward(x, gamma, beta, layout: Layout, eps: float, *, mean=None, 
     Returns (out, NormCache); out has x's shape and dtype.
     """
     _checks.check_affine_pair(gamma, beta)
-    what = f"one per {'channel' if layout.batch_stats else 'statistic'} for input shape {x.shape}"
-    gamma = _checks.check_param(gamma, "gamma", layout.param_shape, f"one per channel for input shape {x.shape}")
-    beta = _checks.check_param(beta, "beta", layout.param_shape, f"one per channel for input shape {x.shape}")
-    mean, var = _checks.check_stats(mean, var, layout.stat_shape, what)
+    # (the messages are built only when a check fails: formatting them costs more than the checks)
+    per_channel = lambda: f"one per channel for input shape {x.shape}"  # noqa: E731
+    gamma = _checks.check_param(gamma, "gamma", layout.param_shape, per_channel)
+    beta = _checks.check_param(beta, "beta", layout.param_shape, per_channel)
+    mean, var = _checks.check_stats(
+        mean, var, layout.stat_shape,
+        lambda: f"one per {'channel' if layout.batch_stats else 'statistic'} for input shape {x.shape}")
     stats_given = mean is not None
     eps = _checks.check_eps(eps, training=not stats_given)
     # RMS norm's statistic (a mean square) is meaningful over one value; a variance is not.

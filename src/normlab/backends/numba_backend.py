@@ -286,14 +286,14 @@ class RowsPlan(NamedTuple):
         _, g, k, l = self.shape
         mode = _k.STATS_GIVEN if given else (_k.STATS_BATCH if self.center else _k.STATS_RMS)
         per_run = l >= ROWS_MIN_LENGTH
-        _pick(_k.fused_rows_forward, xv.size)(xv, _k.param_runs(gamma, g, k, l, per_run),
-                                               _k.param_runs(beta, g, k, l, per_run), float(eps), mode, stats[0],
+        _pick(_k.fused_rows_forward, xv.size)(xv, _param_runs(gamma, g, k, l, per_run),
+                                               _param_runs(beta, g, k, l, per_run), float(eps), mode, stats[0],
                                                stats[1], stats[2], out)
 
     def run_backward(self, xv, dyv, gamma, stats, given, dx):
         n, g, k, l = self.shape
         per_run = l >= ROWS_MIN_LENGTH
-        gam_runs = _k.param_runs(gamma, g, k, l, per_run)
+        gam_runs = _param_runs(gamma, g, k, l, per_run)
         blocks = _blocks(xv.size, n * g, ROW_BLOCKS_PER_THREAD)
         dgp, dbp = np.zeros((blocks, *gam_runs.shape)), np.zeros((blocks, *gam_runs.shape))
         kernels = _k.fused_rows_backward if per_run else _k.fused_rows_backward_elementwise
@@ -320,6 +320,14 @@ class RowsPlan(NamedTuple):
         return {"forward": forward, "backward": backward, "update_float": 0, "update_double": 0, "n": n,
                 "groups": g, "per_group": k, "length": length, "width": 0,
                 "row_blocks": _blocks(size, self.view[0], ROW_BLOCKS_PER_THREAD)}
+
+
+def _param_runs(param, g, k, length, per_run):
+    """``_k.param_runs``: where each parameter covers one value (length 1: layer and RMS norm) its runs are
+    the parameters themselves, as float64 (G, K), without a compiled call (whose dispatch costs more)."""
+    if length == 1:
+        return np.asarray(param, dtype=np.float64).reshape(g, k)
+    return _k.param_runs(param, g, k, length, per_run)
 
 
 def fused_plan(view4, batch_stats: bool = True, center: bool = True,
