@@ -127,3 +127,9 @@ def test_out_buffers_overlapping_x_are_rejected(backend):
         normlab.batchnorm_backward(ok((6, 3)), cache, out=x)
     with pytest.raises(ValueError, match=r"out must be an array with x's shape \(6, 3\)"):
         normlab.batchnorm_forward(x, None, None, backend=backend, out=np.empty((3, 6)))
+    buf = np.zeros((6, 3))  # gamma a row of the dx buffer: dx would be written over what the kernels still read
+    buf[0] = 1.5
+    _, cache = normlab.layernorm_forward(x, buf[0], np.zeros(3), backend=backend)
+    with pytest.raises(ValueError, match="out must not share memory with gamma"):
+        normlab.layernorm_backward(ok((6, 3)), cache, out=buf)
+    assert np.all(buf[0] == 1.5) and np.all(buf[1:] == 0)

@@ -193,7 +193,8 @@ def normalize_backward(dout, cache: NormCache, *, out: np.ndarray | None = None)
         raise TypeError(f"cache must be the NormCache returned by a forward, got {type(cache).__name__}")
     x, layout = cache.x, cache.layout
     dout = _checks.check_dout(dout, x.shape)
-    out = _checks.check_out(out, x, {"dout": dout})
+    # (gamma too: the kernels read it while they write dx)
+    out = _checks.check_out(out, x, {"dout": dout, "gamma": cache.gamma})
     return run_backward(dout, cache, out)
 
 
