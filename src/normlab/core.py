@@ -137,7 +137,7 @@ def run_forward(x, gamma, beta, layout: Layout, eps: float, mean, var, backend: 
     out4 = None if out is None else out.reshape(layout.view)
     out4, stat_mean, stat_var, invstd, saved = impl.forward(
         x4, g, b, eps, layout.batch_stats, given=given, out=out4, center=layout.center)
-    if not stats_given and not _all_finite(stat_mean, stat_var):
+    if not stats_given and not impl.all_finite(stat_mean, stat_var):
         # Statistics of finite x whose sums overflowed: computed again scaled, and the
         # output with them (backward still treats them as batch statistics).
         rescued = _rescaled_statistics(x, x4, layout, stat_mean, stat_var)
@@ -155,10 +155,6 @@ def run_forward(x, gamma, beta, layout: Layout, eps: float, mean, var, backend: 
         np.copyto(out, y)
         y = out
     return y, cache
-
-
-def _all_finite(mean, var) -> bool:
-    return bool(np.isfinite(mean).all()) and bool(np.isfinite(var).all())
 
 
 def _rescaled_statistics(x, x4, layout: Layout, mean, var):
@@ -235,8 +231,9 @@ def moments(x, layout: Layout, backend: str = "auto"):
     (var inf only where the variance itself is beyond float64's range).
     """
     x4 = x.reshape(layout.view)
-    mean, var = get_backend(backend).moments(x4, layout.batch_stats)
-    if not _all_finite(mean, var) and np.all(np.isfinite(x)):  # finite x whose sums overflowed
+    impl = get_backend(backend)
+    mean, var = impl.moments(x4, layout.batch_stats)
+    if not impl.all_finite(mean, var) and np.all(np.isfinite(x)):  # finite x whose sums overflowed
         mean, var = numpy_backend.scaled_moments(x4, layout.batch_stats)
     return mean.reshape(layout.stat_shape), var.reshape(layout.stat_shape)
 

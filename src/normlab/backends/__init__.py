@@ -23,6 +23,8 @@ the passes); grad_sums/grad_apply are for batch_stats=True (K == 1) only:
 ``grad_apply(dout4, x4, gamma, mean, invstd, sum_dy, sum_dy_xhat, count, batch_stats, out=None)``
     -> dx4 = gamma*invstd*(dy - sum_dy/count - xhat*sum_dy_xhat/count) in
     x's dtype, count being how many values the sums were taken over.
+``all_finite(mean, var)``
+    -> whether every statistic is finite (the core checks each forward's).
 ``update_running(running_mean, running_var, batch_mean, batch_var, count, factor)``
     folds a batch's float64 (C,) statistics into running (C,) arrays in place
     (``normlab.running_rule.blend_running_stats`` in float64, rounded once).

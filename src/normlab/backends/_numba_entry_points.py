@@ -4,7 +4,7 @@ normlab.torch's native autograd node (``normlab/torch/fused_node.cpp``) runs a
 BatchNorm's forward and backward without a Python frame in between; it calls
 the same compiled kernels as every other route, through these ``numba.cfunc``
 wrappers. Each wrapper views the pointers as arrays (``numba.carray``) and calls
-one kernel of ``_numba_batch_kernels`` (batch statistics), the fused-rows kernels
+one kernel of ``_numba_batch_kernels`` (batch statistics), the fused-rows calls
 of ``_numba_kernels`` (per-sample statistics), or the running-statistics rule.
 
 C signatures, T the input's type (float or double; weight and bias are T too)::
@@ -43,21 +43,13 @@ _N, _GROUPS, _PER_GROUP, _LENGTH, _WIDTH, _ROW_BLOCKS = (
 _TYPES = {np.dtype(np.float32): nt.float32, np.dtype(np.float64): nt.float64}
 
 
-@numba.njit(cache=_k.CACHE)
-def _finite(stats, c):
-    for j in range(c):  # mean and var; invstd follows from var
-        if not (np.isfinite(stats[0, j]) and np.isfinite(stats[1, j])):
-            return 0
-    return 1
-
-
 def _columns_forward(xp, gp, bp, eps, given, sp, op, pp):
     plan = carray(pp, (_FIELDS,))
     n, c = plan[_N], plan[_GROUPS]
     st = carray(sp, (3, c))
     FORWARD(carray(xp, (n, c)), carray(gp, (c,)), carray(bp, (c,)), eps, given != 0, st[0], st[1], st[2],
             carray(op, (n, c)), plan[_WIDTH], plan[_ROW_BLOCKS])
-    return 1 if given != 0 else _finite(st, c)
+    return 1 if given != 0 or _k.finite_stats(st[0], st[1]) else 0
 
 
 def _columns_backward(xp, dyp, gp, sp, given, dgp, dbp, dxp, pp):
@@ -77,7 +69,7 @@ def _channels_forward(xp, gp, bp, eps, given, sp, op, pp):
     st = carray(sp, (3, c))
     FORWARD(carray(xp, (n, c, length)), carray(gp, (c,)), carray(bp, (c,)), eps, given != 0, st[0], st[1], st[2],
             carray(op, (n, c, length)))
-    return 1 if given != 0 else _finite(st, c)
+    return 1 if given != 0 or _k.finite_stats(st[0], st[1]) else 0
 
 
 def _channels_backward(xp, dyp, gp, sp, given, dgp, dbp, dxp, pp):
@@ -96,11 +88,9 @@ def _rows_forward(xp, gp, bp, eps, given, sp, op, pp):
     n, g, k, length = plan[_N], plan[_GROUPS], plan[_PER_GROUP], plan[_LENGTH]
     rows, width = n * g, k * length
     st = carray(sp, (3, rows))
-    mode = _k.STATS_GIVEN if given != 0 else MODE
-    FORWARD(carray(xp, (rows, width)), _k.param_runs(carray(gp, (g * k,)), g, k, length, PER_RUN),
-            _k.param_runs(carray(bp, (g * k,)), g, k, length, PER_RUN), eps, mode, st[0], st[1], st[2],
-            carray(op, (rows, width)))
-    return 1 if given != 0 else _finite(st, rows)
+    FORWARD(carray(xp, (rows, width)), carray(gp, (g * k,)), carray(bp, (g * k,)), g, k, length, PER_RUN, eps,
+            _k.STATS_GIVEN if given != 0 else MODE, st, carray(op, (rows, width)))
+    return 1 if given != 0 or _k.finite_stats(st[0], st[1]) else 0
 
 
 def _rows_backward(xp, dyp, gp, sp, given, dgp, dbp, dxp, pp):
@@ -108,13 +98,10 @@ def _rows_backward(xp, dyp, gp, sp, given, dgp, dbp, dxp, pp):
     n, g, k, length = plan[_N], plan[_GROUPS], plan[_PER_GROUP], plan[_LENGTH]
     rows, width = n * g, k * length
     st = carray(sp, (3, rows))
-    gam = _k.param_runs(carray(gp, (g * k,)), g, k, length, PER_RUN)
-    blocks = plan[_ROW_BLOCKS]  # row blocks, a slab each (numba_backend._blocks when the plan was made)
-    dgamma, dbeta = np.zeros((blocks, g, gam.shape[1])), np.zeros((blocks, g, gam.shape[1]))
-    BACKWARD(carray(xp, (rows, width)), carray(dyp, (rows, width)), gam, st[0], st[2],
-             _k.STATS_GIVEN if given != 0 else MODE, dgamma, dbeta, np.empty((3, rows)), carray(dxp, (rows, width)))
-    _k.fold_param_grads(dgamma, k, carray(dgp, (g * k,)))
-    _k.fold_param_grads(dbeta, k, carray(dbp, (g * k,)))
+    # row_blocks: the backward's slabs (numba_backend._blocks when the plan was made)
+    BACKWARD(carray(xp, (rows, width)), carray(dyp, (rows, width)), carray(gp, (g * k,)), g, k, length, PER_RUN,
+             st, _k.STATS_GIVEN if given != 0 else MODE, plan[_ROW_BLOCKS], carray(dgp, (g * k,)),
+             carray(dbp, (g * k,)), carray(dxp, (rows, width)))
 
 
 def _update(rmp, rvp, sp, c, count, factor):
@@ -177,8 +164,8 @@ def rows_entry_points(kind: str, parallel: bool, center: bool, dtype) -> tuple[i
     t = _TYPES[np.dtype(dtype)]
     p, d, i = nt.CPointer(t), nt.CPointer(nt.float64), nt.CPointer(nt.int64)
     which = 0 if parallel else 1
-    backward = (_k.fused_rows_backward if kind == "rows" else _k.fused_rows_backward_elementwise)[which]
-    names = {"FORWARD": _k.fused_rows_forward[which], "BACKWARD": backward, "PER_RUN": kind == "rows",
+    names = {"FORWARD": _k.rows_forward_call[which], "BACKWARD": _k.rows_backward_call[kind][which],
+             "PER_RUN": kind == "rows",
              "MODE": _k.STATS_BATCH if center else _k.STATS_RMS}
     suffix = f"_{kind}_{'parallel' if parallel else 'serial'}_{'center' if center else 'rms'}_{t}"
     compiled_forward = numba.cfunc(nt.int64(p, p, p, nt.float64, nt.int64, d, p, i), cache=_k.CACHE)(

@@ -200,6 +200,16 @@ STATS_BATCH, STATS_GIVEN, STATS_RMS = 0, 1, 2
 
 
 @numba.njit(cache=CACHE)
+def finite_stats(mean, var):
+    """Whether every mean and var is finite (invstd follows from var): the check the core makes after each
+    forward, as one compiled loop (NumPy's isfinite/all pairs cost 15-25 us right after a kernel)."""
+    for j in range(mean.shape[0]):
+        if not (np.isfinite(mean[j]) and np.isfinite(var[j])):
+            return False
+    return True
+
+
+@numba.njit(cache=CACHE)
 def param_runs(param, g, k, length, per_run):
     """(G*K,) parameters as the (G, P) float64 runs the fused-rows kernels take: P = K, one per run of
     ``length`` values (``per_run``: _fused_rows_backward), or P = K*length, repeated per element
@@ -338,8 +348,8 @@ def _fused_rows_backward(x, dy, gam, mean, invstd, mode, dgp, dbp, kx, dx):
 def _fused_rows_backward_elementwise(x, dy, gam, mean, invstd, mode, dgp, dbp, kx, dx):
     """As _fused_rows_backward with parameters per element (layer norm; P = M): two rows per sweep (one
     group), so the dgamma/dbeta slab entries are loaded and stored once per two rows; then dx of those rows
-    while they are in L1, as s*(gam*dy + k2*(x - mean)) + k3, the closed form with invstd factored out
-    (k2*(x - mean) = -mean(dxhat*xhat)*xhat stays O(dy)): four float64 operations an element, 13-22%
+    while they are in L1, as s*(gam*dy) + ((s*k2)*(x - mean) + k3), the closed form with invstd factored
+    out (k2*(x - mean) = -mean(dxhat*xhat)*xhat stays O(dy)): four float64 operations an element, 13-22%
     faster than four rows per sweep with x-hat formed again (docs/benchmarks.md). The sums take
     dy*(x - mean) and scale by invstd once per row (and once per pair of values for dgamma): 3-5% faster
     at (2048, 256) float32 than x-hat per value."""
@@ -390,10 +400,11 @@ def _fused_rows_backward_elementwise(x, dy, gam, mean, invstd, mode, dgp, dbp, k
                     pg[j] += e
                 _row_coefficients(r, s, a, b, width, mode, kx)
             for rr in range(r, r + step):  # dx while the rows are still in L1
-                mu, s, k2, k3 = mean[rr], kx[0, rr], kx[1, rr], kx[2, rr]
+                mu, s, k3 = mean[rr], kx[0, rr], kx[2, rr]
+                sk2 = s * kx[1, rr]
                 xr, yr, out = x[rr], dy[rr], dx[rr]
-                for j in range(width):
-                    out[j] = s * (w[j] * np.float64(yr[j]) + k2 * (np.float64(xr[j]) - mu)) + k3
+                for j in range(width):  # two fused multiply-adds after w*dy (s*(w*dy + k2*d) + k3 took three ops)
+                    out[j] = s * (w[j] * np.float64(yr[j])) + (sk2 * (np.float64(xr[j]) - mu) + k3)
             r += step
 
 
@@ -425,3 +436,43 @@ col_grad_apply = twins(_col_grad_apply)
 fused_rows_forward = twins(_fused_rows_forward)
 fused_rows_backward = twins(_fused_rows_backward)
 fused_rows_backward_elementwise = twins(_fused_rows_backward_elementwise)
+
+
+# ----------------------------------------------------------------------------- fused rows, whole calls
+# One compiled call per direction from the caller's (G*K,) parameters, for every route into the fused-rows
+# kernels (numba_backend.RowsPlan and the native node's C entry points): the parameters' float64 runs, the
+# dgamma/dbeta slabs and their fold happen here, where each is a loop, instead of as NumPy calls and
+# compiled calls of their own around the kernel (at layer norm (2048, 256) float32 those cost 20-45 us per
+# backward, their caches cold after the kernel).
+
+def _rows_forward_call(x, gamma, beta, groups, k, length, per_run, eps, mode, stats, out):
+    """FORWARD (a fused_rows_forward twin) on x (R, M) with gamma/beta (G*K,) of any float dtype; stats (3, R)
+    float64 mean, var, invstd (mean and var read with STATS_GIVEN). One array of statistics, not three views:
+    each argument costs the dispatcher its typing."""
+    FORWARD(x, param_runs(gamma, groups, k, length, per_run), param_runs(beta, groups, k, length, per_run), eps,
+            mode, stats[0], stats[1], stats[2], out)
+
+
+def _rows_backward_call(x, dy, gamma, groups, k, length, per_run, stats, mode, blocks, dgamma, dbeta, dx):
+    """BACKWARD (a fused_rows_backward(_elementwise) twin) on x, dy (R, M) with gamma (G*K,) and stats (3, R) as
+    the forward left them: dx, and dgamma, dbeta (G*K,) from ``blocks`` slabs of row blocks, rounded once to
+    their dtype."""
+    gam = param_runs(gamma, groups, k, length, per_run)
+    dgp = np.zeros((blocks, groups, gam.shape[1]))
+    dbp = np.zeros((blocks, groups, gam.shape[1]))
+    BACKWARD(x, dy, gam, stats[0], stats[2], mode, dgp, dbp, np.empty((3, x.shape[0])), dx)
+    fold_param_grads(dgp, k, dgamma)
+    fold_param_grads(dbp, k, dbeta)
+
+
+def _calls(fn, name, kernels, suffix):
+    """fn compiled around each twin of ``kernels`` (bound as ``name``): (around parallel, around serial)."""
+    return tuple(numba.njit(cache=CACHE, nogil=True)(renamed(fn, f"_{suffix}_{which}_{SOURCES_KEY}", **{name: kernel}))
+                 for which, kernel in zip(("parallel", "serial"), kernels))
+
+
+rows_forward_call = _calls(_rows_forward_call, "FORWARD", fused_rows_forward, "rows")
+#: by backward kernel kind: "rows" (a parameter per run) or "rows_elementwise" (per element)
+rows_backward_call = {"rows": _calls(_rows_backward_call, "BACKWARD", fused_rows_backward, "rows"),
+                      "rows_elementwise": _calls(_rows_backward_call, "BACKWARD", fused_rows_backward_elementwise,
+                                                 "rows_elementwise")}

@@ -285,23 +285,16 @@ class RowsPlan(NamedTuple):
     def run_forward(self, xv, gamma, beta, eps, given, stats, out):
         _, g, k, l = self.shape
         mode = _k.STATS_GIVEN if given else (_k.STATS_BATCH if self.center else _k.STATS_RMS)
-        per_run = l >= ROWS_MIN_LENGTH
-        _pick(_k.fused_rows_forward, xv.size)(xv, _param_runs(gamma, g, k, l, per_run),
-                                               _param_runs(beta, g, k, l, per_run), float(eps), mode, stats[0],
-                                               stats[1], stats[2], out)
+        _pick(_k.rows_forward_call, xv.size)(xv, gamma, beta, g, k, l, l >= ROWS_MIN_LENGTH, float(eps), mode,
+                                             stats, out)
 
     def run_backward(self, xv, dyv, gamma, stats, given, dx):
         n, g, k, l = self.shape
-        per_run = l >= ROWS_MIN_LENGTH
-        gam_runs = _param_runs(gamma, g, k, l, per_run)
-        blocks = _blocks(xv.size, n * g, ROW_BLOCKS_PER_THREAD)
-        dgp, dbp = np.zeros((blocks, *gam_runs.shape)), np.zeros((blocks, *gam_runs.shape))
-        kernels = _k.fused_rows_backward if per_run else _k.fused_rows_backward_elementwise
         mode = _k.STATS_GIVEN if given else (_k.STATS_BATCH if self.center else _k.STATS_RMS)
-        _pick(kernels, xv.size)(xv, dyv, gam_runs, stats[0], stats[2], mode, dgp, dbp, np.empty((3, n * g)), dx)
         dgamma, dbeta = np.empty(g * k), np.empty(g * k)
-        _k.fold_param_grads(dgp, k, dgamma)
-        _k.fold_param_grads(dbp, k, dbeta)
+        _pick(_k.rows_backward_call[self.kernel_kind], xv.size)(
+            xv, dyv, gamma, g, k, l, l >= ROWS_MIN_LENGTH, stats, mode,
+            _blocks(xv.size, n * g, ROW_BLOCKS_PER_THREAD), dgamma, dbeta, dx)
         return dgamma, dbeta
 
     @property
@@ -320,14 +313,6 @@ class RowsPlan(NamedTuple):
         return {"forward": forward, "backward": backward, "update_float": 0, "update_double": 0, "n": n,
                 "groups": g, "per_group": k, "length": length, "width": 0,
                 "row_blocks": _blocks(size, self.view[0], ROW_BLOCKS_PER_THREAD)}
-
-
-def _param_runs(param, g, k, length, per_run):
-    """``_k.param_runs``: where each parameter covers one value (length 1: layer and RMS norm) its runs are
-    the parameters themselves, as float64 (G, K), without a compiled call (whose dispatch costs more)."""
-    if length == 1:
-        return np.asarray(param, dtype=np.float64).reshape(g, k)
-    return _k.param_runs(param, g, k, length, per_run)
 
 
 def fused_plan(view4, batch_stats: bool = True, center: bool = True,
@@ -559,3 +544,8 @@ def grad_apply(dout4, x4, gamma, mean, invstd, sum_dy, sum_dy_xhat, count, batch
 def update_running(running_mean, running_var, batch_mean, batch_var, count, factor):
     """Fold a batch's float64 (C,) statistics into running (C,) arrays in place (the NumPy backend's rule)."""
     _k.update_running(running_mean, running_var, _f64(batch_mean), _f64(batch_var), int(count), float(factor))
+
+
+def all_finite(mean, var) -> bool:
+    """Whether every statistic is finite: one compiled loop."""
+    return _k.finite_stats(mean.reshape(-1), var.reshape(-1))

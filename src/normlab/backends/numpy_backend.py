@@ -163,3 +163,8 @@ def update_running(running_mean, running_var, batch_mean, batch_var, count, fact
                                             batch_mean, batch_var, count, factor)
     running_mean[...] = new_mean
     running_var[...] = new_var
+
+
+def all_finite(mean, var) -> bool:
+    """Whether every statistic (float64 arrays, any shape) is finite."""
+    return bool(np.isfinite(mean).all()) and bool(np.isfinite(var).all())
