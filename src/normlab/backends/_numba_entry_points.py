@@ -100,7 +100,7 @@ def _rows_backward(xp, dyp, gp, sp, given, dgp, dbp, dxp, pp):
     st = carray(sp, (3, rows))
     # row_blocks: the backward's slabs (numba_backend._blocks when the plan was made)
     BACKWARD(carray(xp, (rows, width)), carray(dyp, (rows, width)), carray(gp, (g * k,)), g, k, length, PER_RUN,
-             st, _k.STATS_GIVEN if given != 0 else MODE, plan[_ROW_BLOCKS], carray(dgp, (g * k,)),
+             st[0], st[2], _k.STATS_GIVEN if given != 0 else MODE, plan[_ROW_BLOCKS], carray(dgp, (g * k,)),
              carray(dbp, (g * k,)), carray(dxp, (rows, width)))
 
 

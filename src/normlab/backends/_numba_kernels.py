@@ -453,14 +453,13 @@ def _rows_forward_call(x, gamma, beta, groups, k, length, per_run, eps, mode, st
             mode, stats[0], stats[1], stats[2], out)
 
 
-def _rows_backward_call(x, dy, gamma, groups, k, length, per_run, stats, mode, blocks, dgamma, dbeta, dx):
-    """BACKWARD (a fused_rows_backward(_elementwise) twin) on x, dy (R, M) with gamma (G*K,) and stats (3, R) as
-    the forward left them: dx, and dgamma, dbeta (G*K,) from ``blocks`` slabs of row blocks, rounded once to
-    their dtype."""
+def _rows_backward_call(x, dy, gamma, groups, k, length, per_run, mean, invstd, mode, blocks, dgamma, dbeta, dx):
+    """BACKWARD (a fused_rows_backward(_elementwise) twin) on x, dy (R, M) with gamma (G*K,) and float64 (R,)
+    mean, invstd: dx, and dgamma, dbeta (G*K,) from ``blocks`` slabs of row blocks, rounded once to their dtype."""
     gam = param_runs(gamma, groups, k, length, per_run)
     dgp = np.zeros((blocks, groups, gam.shape[1]))
     dbp = np.zeros((blocks, groups, gam.shape[1]))
-    BACKWARD(x, dy, gam, stats[0], stats[2], mode, dgp, dbp, np.empty((3, x.shape[0])), dx)
+    BACKWARD(x, dy, gam, mean, invstd, mode, dgp, dbp, np.empty((3, x.shape[0])), dx)
     fold_param_grads(dgp, k, dgamma)
     fold_param_grads(dbp, k, dbeta)
 

@@ -244,10 +244,11 @@ class FusedPlan(NamedTuple):
         """Statistics into stats (3, C) float64 (mean and var read from it when given) and out."""
         self.forward(xv, gamma, beta, float(eps), given, stats[0], stats[1], stats[2], out, *self.extra)
 
-    def run_backward(self, xv, dyv, gamma, stats, given, dx):
-        """dx into dx; returns (dgamma, dbeta), float64 (C,) arrays of their own."""
+    def run_backward(self, xv, dyv, gamma, mean, invstd, given, dx):
+        """dx into dx from float64 (C,) mean and invstd; returns (dgamma, dbeta), float64 (C,) arrays of their
+        own."""
         dgamma, dbeta = np.empty(xv.shape[1]), np.empty(xv.shape[1])
-        self.backward(xv, dyv, gamma, stats[0], stats[2], bool(given), dgamma, dbeta, dx, *self.extra)
+        self.backward(xv, dyv, gamma, mean, invstd, bool(given), dgamma, dbeta, dx, *self.extra)
         return dgamma, dbeta
 
     def entry_points(self, dtype) -> dict[str, int]:
@@ -270,7 +271,8 @@ class RowsPlan(NamedTuple):
 
     Layer, group, instance and RMS norm: each (n, g) row of K*L values is one
     statistic. The same interface as :class:`FusedPlan`, on arrays reshaped to
-    ``view`` (N*G, K*L), statistics (3, N*G) and parameters (G*K,).
+    ``view`` (N*G, K*L), statistics (3, N*G) (the backward's mean and invstd (N*G,))
+    and parameters (G*K,).
     """
 
     shape: tuple
@@ -288,12 +290,14 @@ class RowsPlan(NamedTuple):
         _pick(_k.rows_forward_call, xv.size)(xv, gamma, beta, g, k, l, l >= ROWS_MIN_LENGTH, float(eps), mode,
                                              stats, out)
 
-    def run_backward(self, xv, dyv, gamma, stats, given, dx):
+    def run_backward(self, xv, dyv, gamma, mean, invstd, given, dx):
+        """dx into dx from x, dy (R, M), gamma (G*K,) and float64 (R,) mean, invstd; returns (dgamma, dbeta),
+        float64 (G*K,) arrays of their own."""
         n, g, k, l = self.shape
         mode = _k.STATS_GIVEN if given else (_k.STATS_BATCH if self.center else _k.STATS_RMS)
         dgamma, dbeta = np.empty(g * k), np.empty(g * k)
         _pick(_k.rows_backward_call[self.kernel_kind], xv.size)(
-            xv, dyv, gamma, g, k, l, l >= ROWS_MIN_LENGTH, stats, mode,
+            xv, dyv, gamma, g, k, l, l >= ROWS_MIN_LENGTH, mean, invstd, mode,
             _blocks(xv.size, n * g, ROW_BLOCKS_PER_THREAD), dgamma, dbeta, dx)
         return dgamma, dbeta
 
@@ -364,10 +368,9 @@ def _fused_backward(plan, dout4, x4, gamma, mean, invstd, stats_given, out):
     dyw = dout4 if dout4.dtype == dt and dout4.flags.c_contiguous else np.ascontiguousarray(dout4, dtype=dt)
     direct = out is not None and out.dtype == dt and out.flags.c_contiguous
     dx = out if direct else output_pool.empty(x4.shape, dt)
-    stats = np.empty((3, g))
-    stats[0], stats[2] = mean, invstd
-    dgamma, dbeta = plan.run_backward(xw.reshape(plan.view), dyw.reshape(plan.view), _param(gamma, 1.0, g), stats,
-                                      stats_given, dx.reshape(plan.view))
+    dgamma, dbeta = plan.run_backward(xw.reshape(plan.view), dyw.reshape(plan.view), _param(gamma, 1.0, g),
+                                      _f64(mean).reshape(-1), _f64(invstd).reshape(-1), stats_given,
+                                      dx.reshape(plan.view))
     if out is not None and not direct:
         np.copyto(out, dx, casting="unsafe")
         dx = out
@@ -430,12 +433,32 @@ def _fused_rows_forward(x4, gamma, beta, eps, given, out, center):
     return _finish(y, out, direct, x4), stats[0].reshape(n, g), stats[1].reshape(n, g), stats[2].reshape(n, g), None
 
 
+def _fused_rows_backward(dout4, x4, gamma, mean, invstd, stats_given, out, center):
+    """Layer/group norm backward: one compiled call (RowsPlan.run_backward); mean, invstd (N, G) float64."""
+    n, g, k, l = x4.shape
+    dt = _work_dtype(x4, dout4)
+    xw = x4 if x4.dtype == dt and x4.flags.c_contiguous else np.ascontiguousarray(x4, dtype=dt)
+    dyw = dout4 if dout4.dtype == dt and dout4.flags.c_contiguous else np.ascontiguousarray(dout4, dtype=dt)
+    direct = out is not None and out.dtype == dt and out.flags.c_contiguous
+    dx = out if direct else output_pool.empty(x4.shape, dt)
+    plan = RowsPlan((n, g, k, l), center)
+    view = plan.view
+    dgamma, dbeta = plan.run_backward(xw.reshape(view), dyw.reshape(view), _param(gamma, 1.0, g * k),
+                                      _f64(mean).reshape(-1), _f64(invstd).reshape(-1), stats_given, dx.reshape(view))
+    if out is not None and not direct:
+        np.copyto(out, dx, casting="unsafe")
+        dx = out
+    return (dx, None, None) if gamma is None else (dx, dgamma, dbeta)
+
+
 @_serialized
 def backward(dout4, x4, gamma, mean, invstd, batch_stats, stats_given, saved, out=None, center=True):
     _require_centered(batch_stats, center)
     plan = fused_plan(x4.shape) if batch_stats else None
     if plan is not None:
         return _fused_backward(plan, dout4, x4, gamma, mean, invstd, stats_given, out)
+    if not batch_stats:
+        return _fused_rows_backward(dout4, x4, gamma, mean, invstd, stats_given, out, center)
     n, g, k, l = x4.shape
     dt = _work_dtype(x4, dout4)
     xw = np.ascontiguousarray(x4, dtype=dt)
@@ -443,23 +466,15 @@ def backward(dout4, x4, gamma, mean, invstd, batch_stats, stats_given, saved, ou
     mean, invstd = _f64(mean), _f64(invstd)
     direct = out is not None and out.dtype == dt and out.flags.c_contiguous
     dx = out if direct else output_pool.empty(x4.shape, dt)
-
-    if batch_stats:
-        gam, _ = _affine(gamma, None, g)
-        m = n * l
-        dbeta, dgamma = _batch_grad_sums(xw, dyw, mean, invstd, n, g, l)
-        k1 = gam * invstd
-        if stats_given:  # mean and var are constants: dx = dout * gamma * invstd
-            k2, k3 = np.zeros(g), np.zeros(g)
-        else:  # gamma*invstd*(dout - dbeta/m - xhat*dgamma/m)
-            k2, k3 = -k1 * (dgamma / m), -k1 * (dbeta / m)
-        _batch_grad_apply(xw, dyw, mean, invstd, k1, k2, k3, dx, n, g, l)
-    else:
-        plan = RowsPlan((n, g, k, l), center)
-        stats = np.empty((3, n * g))
-        stats[0], stats[2] = mean.reshape(-1), invstd.reshape(-1)
-        dgamma, dbeta = plan.run_backward(xw.reshape(plan.view), dyw.reshape(plan.view), _param(gamma, 1.0, g * k),
-                                          stats, stats_given, dx.reshape(plan.view))
+    gam, _ = _affine(gamma, None, g)
+    m = n * l
+    dbeta, dgamma = _batch_grad_sums(xw, dyw, mean, invstd, n, g, l)
+    k1 = gam * invstd
+    if stats_given:  # mean and var are constants: dx = dout * gamma * invstd
+        k2, k3 = np.zeros(g), np.zeros(g)
+    else:  # gamma*invstd*(dout - dbeta/m - xhat*dgamma/m)
+        k2, k3 = -k1 * (dgamma / m), -k1 * (dbeta / m)
+    _batch_grad_apply(xw, dyw, mean, invstd, k1, k2, k3, dx, n, g, l)
     if out is not None and not direct:
         np.copyto(out, dx, casting="unsafe")
         dx = out
