@@ -1,18 +1,39 @@
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
 import normlab
 
+_WARM_TIMEOUT_S = 900
+
 
 def pytest_sessionstart(session):
-    """Build normlab.torch's native node (~25 s, once per install) before any test or worker process needs it."""
+    """Before any test or worker process needs them: build normlab.torch's native node (~25 s, once per
+    install) and, where xdist will start workers, compile the Numba kernels once (``_warm.py``, two processes,
+    ~1 min on a fresh clone; seconds once cached), so the workers load them rather than all compiling them."""
+    config = session.config
+    warm = []
+    if not hasattr(config, "workerinput") and getattr(config.option, "numprocesses", None):
+        here = os.path.dirname(__file__)
+        warm = [subprocess.Popen([sys.executable, "_warm.py", dtype], cwd=here, stdout=subprocess.DEVNULL)
+                for dtype in ("float32", "float64")]
     try:
         import torch  # noqa: F401
     except ImportError:
-        return
-    from normlab.torch import fused_node
+        pass
+    else:
+        from normlab.torch import fused_node
 
-    fused_node.load()
+        fused_node.load()
+    for process in warm:  # a failed or slow warm-up only costs time: the tests compile what they need
+        try:
+            process.wait(timeout=_WARM_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 @pytest.fixture(params=normlab.available_backends())
