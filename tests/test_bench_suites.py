@@ -284,3 +284,22 @@ def test_models_suite_rejects_unknown_models_and_environments(tmp_path):
     assert result.exit_code == 2 and "--processes is for the models suite" in result.output
     result = CliRunner().invoke(main, ["bench", "--suite", "models", "--processes", "0"])
     assert result.exit_code == 2 and "--processes must be >= 1, got 0" in result.output
+
+
+def test_per_call_script_times_each_norm_of_both_twins():
+    """benchmarks/per_call.py: a row per norm and pass, with both twins' times, on the MLP's two BatchNorm1d."""
+    import pathlib
+    import re
+    import subprocess
+    import sys
+
+    script = pathlib.Path(__file__).resolve().parent.parent / "benchmarks" / "per_call.py"
+    done = subprocess.run([sys.executable, str(script), "mlp", "--steps", "3"], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    rows = [line for line in done.stdout.splitlines() if re.match(r"^\d+\s", line)]
+    assert [tuple(r.split()[:2]) for r in rows] == [(n, p) for n in ("1", "4") for p in ("forward", "backward")], \
+        done.stdout
+    for r in rows:  # torch.nn's median, its p10, normlab's median, its p10, the ratio: all positive numbers
+        numbers = [float(v) for v in re.findall(r"\d+\.\d+", r)]
+        assert len(numbers) == 5 and all(v > 0 for v in numbers), r
