@@ -1,4 +1,5 @@
-"""Smoke runs of ``normlab bench --suite torch`` and ``--suite sync`` on tiny shapes (no timing assertions)."""
+"""Smoke runs of ``normlab bench --suite torch`` and ``--suite sync`` on tiny shapes, and of
+benchmarks/per_call.py (no timing assertions)."""
 
 import json
 import math
