@@ -361,14 +361,14 @@ def _fused_forward(plan, x4, gamma, beta, eps, given, out):
 
 
 def _fused_backward(plan, dout4, x4, gamma, mean, invstd, stats_given, out):
-    """The closed form of batch statistics in one kernel launch."""
-    g = x4.shape[1]
+    """The closed form in one compiled call (a FusedPlan: batch statistics; a RowsPlan: per-sample ones)."""
+    params = x4.shape[1] * x4.shape[2]  # G*K (batch statistics: K = 1)
     dt = _work_dtype(x4, dout4)
     xw = x4 if x4.dtype == dt and x4.flags.c_contiguous else np.ascontiguousarray(x4, dtype=dt)
     dyw = dout4 if dout4.dtype == dt and dout4.flags.c_contiguous else np.ascontiguousarray(dout4, dtype=dt)
     direct = out is not None and out.dtype == dt and out.flags.c_contiguous
     dx = out if direct else output_pool.empty(x4.shape, dt)
-    dgamma, dbeta = plan.run_backward(xw.reshape(plan.view), dyw.reshape(plan.view), _param(gamma, 1.0, g),
+    dgamma, dbeta = plan.run_backward(xw.reshape(plan.view), dyw.reshape(plan.view), _param(gamma, 1.0, params),
                                       _f64(mean).reshape(-1), _f64(invstd).reshape(-1), stats_given,
                                       dx.reshape(plan.view))
     if out is not None and not direct:
@@ -433,32 +433,12 @@ def _fused_rows_forward(x4, gamma, beta, eps, given, out, center):
     return _finish(y, out, direct, x4), stats[0].reshape(n, g), stats[1].reshape(n, g), stats[2].reshape(n, g), None
 
 
-def _fused_rows_backward(dout4, x4, gamma, mean, invstd, stats_given, out, center):
-    """Layer/group norm backward: one compiled call (RowsPlan.run_backward); mean, invstd (N, G) float64."""
-    n, g, k, l = x4.shape
-    dt = _work_dtype(x4, dout4)
-    xw = x4 if x4.dtype == dt and x4.flags.c_contiguous else np.ascontiguousarray(x4, dtype=dt)
-    dyw = dout4 if dout4.dtype == dt and dout4.flags.c_contiguous else np.ascontiguousarray(dout4, dtype=dt)
-    direct = out is not None and out.dtype == dt and out.flags.c_contiguous
-    dx = out if direct else output_pool.empty(x4.shape, dt)
-    plan = RowsPlan((n, g, k, l), center)
-    view = plan.view
-    dgamma, dbeta = plan.run_backward(xw.reshape(view), dyw.reshape(view), _param(gamma, 1.0, g * k),
-                                      _f64(mean).reshape(-1), _f64(invstd).reshape(-1), stats_given, dx.reshape(view))
-    if out is not None and not direct:
-        np.copyto(out, dx, casting="unsafe")
-        dx = out
-    return (dx, None, None) if gamma is None else (dx, dgamma, dbeta)
-
-
 @_serialized
 def backward(dout4, x4, gamma, mean, invstd, batch_stats, stats_given, saved, out=None, center=True):
     _require_centered(batch_stats, center)
-    plan = fused_plan(x4.shape) if batch_stats else None
-    if plan is not None:
+    plan = fused_plan(x4.shape, batch_stats, center)
+    if plan is not None:  # (per-sample statistics always have one)
         return _fused_backward(plan, dout4, x4, gamma, mean, invstd, stats_given, out)
-    if not batch_stats:
-        return _fused_rows_backward(dout4, x4, gamma, mean, invstd, stats_given, out, center)
     n, g, k, l = x4.shape
     dt = _work_dtype(x4, dout4)
     xw = np.ascontiguousarray(x4, dtype=dt)
