@@ -161,10 +161,8 @@ def _require_centered(batch_stats, center):
 @_serialized
 def forward(x4, gamma, beta, eps, batch_stats, given=None, out=None, center=True):
     _require_centered(batch_stats, center)
-    if not batch_stats:  # per-sample statistics: one launch, no NumPy arithmetic to keep quiet
-        return _fused_rows_forward(x4, gamma, beta, eps, given, out, center)
-    plan = fused_plan(x4.shape, given=given is not None)
-    if plan is not None:  # no NumPy arithmetic to keep quiet: skip errstate's cost
+    plan = fused_plan(x4.shape, batch_stats, center, given is not None)
+    if plan is not None:  # (per-sample statistics always have one) no NumPy arithmetic: skip errstate's cost
         return _fused_forward(plan, x4, gamma, beta, eps, given, out)
     # NaN/inf in x must reach the statistics (the core reports them), quietly.
     with np.errstate(invalid="ignore", over="ignore"):
@@ -346,18 +344,21 @@ def fused_plan(view4, batch_stats: bool = True, center: bool = True,
 
 
 def _fused_forward(plan, x4, gamma, beta, eps, given, out):
-    """Batch statistics and the output in one kernel launch."""
-    g = x4.shape[1]
+    """Statistics and the output in one compiled call: a FusedPlan (batch statistics, float64 (G,) each) or a
+    RowsPlan (one (n, g) row per statistic, float64 (N, G) each)."""
+    n, g, k, _ = x4.shape
+    stat_shape = (n, g) if isinstance(plan, RowsPlan) else (g,)
     dt = _work_dtype(x4)
     xw = x4 if x4.dtype == dt and x4.flags.c_contiguous else np.ascontiguousarray(x4, dtype=dt)
     direct = out is not None and out.dtype == dt and out.flags.c_contiguous
     y = out if direct else output_pool.empty(x4.shape, dt)
-    stats = np.empty((3, g))  # mean, var, invstd
+    stats = np.empty((3, math.prod(stat_shape)))  # mean, var, invstd
     if given is not None:
-        stats[0], stats[1] = given
-    plan.run_forward(xw.reshape(plan.view), _param(gamma, 1.0, g), _param(beta, 0.0, g), eps, given is not None,
-                     stats, y.reshape(plan.view))
-    return _finish(y, out, direct, x4), stats[0], stats[1], stats[2], None
+        stats[0], stats[1] = given[0].reshape(-1), given[1].reshape(-1)
+    plan.run_forward(xw.reshape(plan.view), _param(gamma, 1.0, g * k), _param(beta, 0.0, g * k), eps,
+                     given is not None, stats, y.reshape(plan.view))
+    mean, var, invstd = (stats[i].reshape(stat_shape) for i in range(3))
+    return _finish(y, out, direct, x4), mean, var, invstd, None
 
 
 def _fused_backward(plan, dout4, x4, gamma, mean, invstd, stats_given, out):
@@ -415,22 +416,6 @@ def _finish(y, out, direct, x4):
         np.copyto(out, y, casting="unsafe")
         return out
     return y if y.dtype == x4.dtype else y.astype(x4.dtype)
-
-
-def _fused_rows_forward(x4, gamma, beta, eps, given, out, center):
-    """Layer/group norm forward: one (n, g) row per statistic, one kernel launch; float64 (N, G) stats."""
-    n, g, k, l = x4.shape
-    dt = _work_dtype(x4)
-    xw = x4 if x4.dtype == dt and x4.flags.c_contiguous else np.ascontiguousarray(x4, dtype=dt)
-    direct = out is not None and out.dtype == dt and out.flags.c_contiguous
-    y = out if direct else output_pool.empty(x4.shape, dt)
-    stats = np.empty((3, n * g))
-    if given is not None:
-        stats[0], stats[1] = _f64(given[0]).reshape(-1), _f64(given[1]).reshape(-1)
-    plan = RowsPlan((n, g, k, l), center)
-    plan.run_forward(xw.reshape(plan.view), _param(gamma, 1.0, g * k), _param(beta, 0.0, g * k), eps,
-                     given is not None, stats, y.reshape(plan.view))
-    return _finish(y, out, direct, x4), stats[0].reshape(n, g), stats[1].reshape(n, g), stats[2].reshape(n, g), None
 
 
 @_serialized
