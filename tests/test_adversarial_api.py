@@ -349,3 +349,36 @@ def test_layers_refuse_masked_and_read_matrices(backend, layer):
         layer.forward(np.ma.masked_array(data()))
     x = data()
     np.testing.assert_allclose(layer.forward(np.matrix(x)), layer.forward(x), rtol=1e-13)
+
+
+@pytest.mark.parametrize("name", FORWARDS)
+@pytest.mark.parametrize("which, size", [("gamma", -1), ("gamma", +1), ("beta", -1)])
+def test_parameters_of_the_wrong_length_are_refused_before_any_kernel(backend, name, which, size):
+    """Every norm, every backend: gamma or beta one value short or long is a ValueError naming it (the compiled
+    calls read G*K parameters; only the check stands between them and a short array)."""
+    forward, shape, c = FORWARDS[name]
+    gamma, beta = np.linspace(0.5, 2.0, c), np.linspace(-1.0, 1.0, c)
+    if which == "gamma":
+        gamma = np.linspace(0.5, 2.0, c + size)
+    else:
+        beta = np.linspace(-1.0, 1.0, c + size)
+    # (layer and RMS norm would otherwise take normalized_shape from gamma's shape)
+    kwargs = {"normalized_shape": (c,)} if name in ("layer", "rms") else {}
+    with pytest.raises(ValueError, match=rf"{which} must have shape"):
+        forward(data(shape), gamma, beta, backend=backend, **kwargs)
+
+
+@pytest.mark.parametrize("name", FORWARDS)
+def test_strided_and_float16_parameters_give_the_contiguous_result(backend, name):
+    """gamma/beta as every-other-element views and as float16: the values they hold, on every backend."""
+    forward, shape, c = FORWARDS[name]
+    x = data(shape)
+    gamma, beta = np.linspace(0.5, 2.0, c).astype(np.float16), np.linspace(-1.0, 1.0, c).astype(np.float16)
+    want = forward(x, gamma.astype(np.float64), beta.astype(np.float64), backend="numpy")[0]
+    wide_g, wide_b = np.zeros(2 * c), np.zeros(2 * c)
+    wide_g[::2], wide_b[::2] = gamma, beta
+    for g, b in ((gamma, beta), (wide_g[::2], wide_b[::2])):
+        out, cache = forward(x, g, b, backend=backend)
+        np.testing.assert_allclose(out, want, rtol=1e-12, atol=1e-12)
+        dx, dgamma, _ = normlab.normalize_backward(data(shape, seed=1), cache)
+        assert dgamma.shape == (c,) and np.all(np.isfinite(dx))
