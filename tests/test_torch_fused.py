@@ -456,3 +456,49 @@ def test_the_node_refuses_tensors_its_plan_was_not_made_for():
                           ((x, None, None, None, torch.tensor(0.0)), "one-element int64")]:
         with pytest.raises(RuntimeError, match=message):
             call(*args)
+
+
+NO_DX = [  # every backward kernel: columns (two task grids), channels, rows per element, rows per run
+    (lambda: nt.BatchNorm1d(512), (128, 512), "batch", ()),
+    (lambda: nt.BatchNorm1d(16), (8, 16), "batch", ()),
+    (lambda: nt.BatchNorm2d(5), (2, 5, 6, 7), "batch", ()),
+    (lambda: nt.LayerNorm(256), (64, 256), "layer", (256,)),
+    (lambda: nt.LayerNorm(40), (3, 40), "layer", (40,)),
+    (lambda: nt.GroupNorm(4, 8), (6, 8, 5, 5), "group", (4,)),
+    (lambda: nt.GroupNorm(2, 6), (3, 6, 8, 8), "group", (2,)),
+]
+
+
+@pytest.mark.parametrize("make,shape,kind,arg", NO_DX, ids=[f"{c[2]}-{c[1]}" for c in NO_DX])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_an_input_without_grad_gets_the_same_parameter_gradients_and_no_dx(make, shape, kind, arg, dtype, route,
+                                                                            calls):
+    """A norm on the model's input (its x needs no gradient): the native node asks the kernel for dgamma and dbeta
+    only, as torch's norms skip dx by their output mask; they are the ones a backward with dx gives."""
+    g = torch.Generator().manual_seed(7)
+    module = make().to(dtype)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.rand(p.shape, generator=g, dtype=dtype) + 0.5)
+    x = torch.randn(shape, generator=g, dtype=dtype) * 2 + 300
+    dout = torch.randn(shape, generator=g, dtype=dtype)
+    out = module(x)
+    out.backward(dout)
+    assert calls == _taken(route, out)
+    assert x.grad is None
+    ref_out, cache = ops.core_forward(x, module.weight.detach(), module.bias.detach(), None, None, kind, arg,
+                                      module.eps, "numba")
+    _, dw, db = ops.core_backward(dout, cache, x, kind, module.weight, True)
+    assert torch.equal(out, ref_out)
+    assert torch.equal(module.weight.grad, dw) and torch.equal(module.bias.grad, db)
+    if dtype != torch.float64:  # (torch.nn's float32 sums at this offset are off by far more than rounding)
+        return
+    torch_module = {"batch": lambda: getattr(torch.nn, type(module).__name__)(shape[1]),
+                    "layer": lambda: torch.nn.LayerNorm(arg), "group": lambda: torch.nn.GroupNorm(arg[0], shape[1])}
+    tm = torch_module[kind]().to(dtype)
+    with torch.no_grad():
+        tm.weight.copy_(module.weight)
+        tm.bias.copy_(module.bias)
+    tm(x).backward(dout)  # and torch.nn's, in float64
+    torch.testing.assert_close(module.weight.grad, tm.weight.grad, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(module.bias.grad, tm.bias.grad, rtol=1e-10, atol=1e-10)

@@ -150,7 +150,7 @@ def _backward_sums(x, dy, mean, invstd, r0, r1, c0, w, a, b, q):
 
 def _backward_write(x, dy, gam, mean, invstd, given, dgamma, dbeta, dx, part, first, r0, r1, c0, w):
     """Merge the row blocks' sums of channels c0:c0+w (first: also write dgamma, dbeta) and write rows r0:r1
-    of dx, as :func:`_forward_write`."""
+    of dx, as :func:`_forward_write` (dx with no rows: no dx wanted, the parameters' gradients only)."""
     n = x.shape[0]
     mu = mean[c0:c0 + w]
     s = invstd[c0:c0 + w]
@@ -179,6 +179,8 @@ def _backward_write(x, dy, gam, mean, invstd, given, dgamma, dbeta, dx, part, fi
         co = lanes.grad_coefficients(use_lanes, n, mu[j], s[j], bound, bound / np.sqrt(n), k1[j], k2[j], k3[j])
         use_lanes = co[0]
         coef[0, j], coef[1, j], coef[2, j], coef[3, j], coef[4, j], coef[5, j] = co[1], co[2], co[3], co[4], co[5], co[6]
+    if dx.shape[0] == 0:  # no dx wanted (the input does not require grad)
+        return
     if use_lanes:
         lanes.grad_rows(x, dy, dx, r0, r1, c0, coef)
         return
@@ -293,7 +295,7 @@ def _channels_backward(x, dy, gam, mean, invstd, given, dgamma, dbeta, dx):
         k3 = 0.0 if given else -k1 * (a / m)
         bound = abs(k1) * np.sqrt(q)
         co = lanes.grad_coefficients(x.itemsize == 4 and not given, m, mu, s, bound, bound / np.sqrt(m), k1, k2, k3)
-        for i in range(n):
+        for i in range(n if dx.shape[0] != 0 else 0):  # (dx with no rows: no dx wanted)
             lanes.write_grad(x[i, ch], dy[i, ch], dx[i, ch], co, mu, s, k1, k2, k3)
 
 

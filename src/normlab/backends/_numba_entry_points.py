@@ -10,11 +10,13 @@ of ``_numba_kernels`` (per-sample statistics), or the running-statistics rule.
 C signatures, T the input's type (float or double; weight and bias are T too)::
 
     int64 forward(T *x, T *gamma, T *beta, double eps, int64 given, double *stats, T *out, int64 *plan)
-    void backward(T *x, T *dy, T *gamma, double *stats, int64 given, T *dgamma, T *dbeta, T *dx, int64 *plan)
+    void backward(T *x, T *dy, T *gamma, double *stats, int64 flags, T *dgamma, T *dbeta, T *dx, int64 *plan)
     void update(R *running_mean, R *running_var, double *stats, int64 channels, int64 count, double factor)
 
 stats is the (3, S) float64 stack mean, var (biased), invstd per statistic; with
-``given`` the forward reads mean and var from it. plan is the plan record
+``given`` the forward reads mean and var from it. The backward's flags: :data:`GIVEN` (the statistics were
+given: constants) and :data:`NO_DX` (no dx wanted, the input does not require grad: only dgamma and dbeta are
+written; dx is not read or written and may be null), as torch's norms skip dx by their output mask. plan is the plan record
 (``plan_record``): the wrappers read the view (n, groups, per_group, length) and the
 task grid (width, row_blocks) from it by name, at the indices ``plan_record.INDEX``
 gives. forward returns 1 when the statistics it computed are finite (always 1
@@ -42,6 +44,15 @@ _N, _GROUPS, _PER_GROUP, _LENGTH, _WIDTH, _ROW_BLOCKS = (
 
 _TYPES = {np.dtype(np.float32): nt.float32, np.dtype(np.float64): nt.float64}
 
+#: the backward's flags (``fused_node.cpp`` passes the same values)
+GIVEN, NO_DX = 1, 2
+
+
+@numba.njit(cache=_k.CACHE, inline="always")
+def _dx_rows(flags, rows):
+    """Rows of the dx view: none when the caller wants no dx (the kernels then write only dgamma, dbeta)."""
+    return 0 if flags & NO_DX else rows
+
 
 def _columns_forward(xp, gp, bp, eps, given, sp, op, pp):
     plan = carray(pp, (_FIELDS,))
@@ -52,13 +63,13 @@ def _columns_forward(xp, gp, bp, eps, given, sp, op, pp):
     return 1 if given != 0 or _k.finite_stats(st[0], st[1]) else 0
 
 
-def _columns_backward(xp, dyp, gp, sp, given, dgp, dbp, dxp, pp):
+def _columns_backward(xp, dyp, gp, sp, flags, dgp, dbp, dxp, pp):
     plan = carray(pp, (_FIELDS,))
     n, c = plan[_N], plan[_GROUPS]
     st = carray(sp, (3, c))
     dgamma, dbeta = np.empty(c), np.empty(c)  # the kernel's float64 sums, rounded once into the caller's type
-    BACKWARD(carray(xp, (n, c)), carray(dyp, (n, c)), carray(gp, (c,)), st[0], st[2], given != 0, dgamma, dbeta,
-             carray(dxp, (n, c)), plan[_WIDTH], plan[_ROW_BLOCKS])
+    BACKWARD(carray(xp, (n, c)), carray(dyp, (n, c)), carray(gp, (c,)), st[0], st[2], (flags & GIVEN) != 0, dgamma,
+             dbeta, carray(dxp, (_dx_rows(flags, n), c)), plan[_WIDTH], plan[_ROW_BLOCKS])
     carray(dgp, (c,))[:] = dgamma
     carray(dbp, (c,))[:] = dbeta
 
@@ -72,13 +83,13 @@ def _channels_forward(xp, gp, bp, eps, given, sp, op, pp):
     return 1 if given != 0 or _k.finite_stats(st[0], st[1]) else 0
 
 
-def _channels_backward(xp, dyp, gp, sp, given, dgp, dbp, dxp, pp):
+def _channels_backward(xp, dyp, gp, sp, flags, dgp, dbp, dxp, pp):
     plan = carray(pp, (_FIELDS,))
     n, c, length = plan[_N], plan[_GROUPS], plan[_LENGTH]
     st = carray(sp, (3, c))
     dgamma, dbeta = np.empty(c), np.empty(c)
-    BACKWARD(carray(xp, (n, c, length)), carray(dyp, (n, c, length)), carray(gp, (c,)), st[0], st[2], given != 0,
-             dgamma, dbeta, carray(dxp, (n, c, length)))
+    BACKWARD(carray(xp, (n, c, length)), carray(dyp, (n, c, length)), carray(gp, (c,)), st[0], st[2],
+             (flags & GIVEN) != 0, dgamma, dbeta, carray(dxp, (_dx_rows(flags, n), c, length)))
     carray(dgp, (c,))[:] = dgamma
     carray(dbp, (c,))[:] = dbeta
 
@@ -93,15 +104,15 @@ def _rows_forward(xp, gp, bp, eps, given, sp, op, pp):
     return 1 if given != 0 or _k.finite_stats(st[0], st[1]) else 0
 
 
-def _rows_backward(xp, dyp, gp, sp, given, dgp, dbp, dxp, pp):
+def _rows_backward(xp, dyp, gp, sp, flags, dgp, dbp, dxp, pp):
     plan = carray(pp, (_FIELDS,))
     n, g, k, length = plan[_N], plan[_GROUPS], plan[_PER_GROUP], plan[_LENGTH]
     rows, width = n * g, k * length
     st = carray(sp, (3, rows))
     # row_blocks: the backward's slabs (numba_backend._blocks when the plan was made)
     BACKWARD(carray(xp, (rows, width)), carray(dyp, (rows, width)), carray(gp, (g * k,)), g, k, length, PER_RUN,
-             st[0], st[2], _k.STATS_GIVEN if given != 0 else MODE, plan[_ROW_BLOCKS], carray(dgp, (g * k,)),
-             carray(dbp, (g * k,)), carray(dxp, (rows, width)))
+             st[0], st[2], _k.STATS_GIVEN if flags & GIVEN else MODE, plan[_ROW_BLOCKS], carray(dgp, (g * k,)),
+             carray(dbp, (g * k,)), carray(dxp, (_dx_rows(flags, rows), width)))
 
 
 def _update(rmp, rvp, sp, c, count, factor):

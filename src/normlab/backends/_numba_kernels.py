@@ -301,7 +301,8 @@ def _fused_rows_backward(x, dy, gam, mean, invstd, mode, dgp, dbp, kx, dx):
     """Rows with parameters per run of length L > 1 (group norm): per row r, the closed
     form's two sums, then dx while the row is in cache; dbeta/dgamma partials per thread block.
 
-    gam: gamma (G, P) float64; dgp/dbp (T, G, P) float64 zeroed slabs; kx (3, R) float64 scratch.
+    gam: gamma (G, P) float64; dgp/dbp (T, G, P) float64 zeroed slabs; kx (3, R) float64 scratch; dx (R, M), or
+    (0, M) when no dx is wanted (the input does not require grad): then only the slabs are written.
     dx = invstd*gam*dy + k2*xhat + k3, xhat = (x - mean)*invstd, k2 = -invstd*mean(dxhat*xhat),
     k3 = -invstd*mean(dxhat) (both 0 when the statistics were given, k3 0 for RMS)."""
     rows, width = x.shape
@@ -335,6 +336,8 @@ def _fused_rows_backward(x, dy, gam, mean, invstd, mode, dgp, dbp, kx, dx):
                 dbp[t, g, q] += aq
                 dgp[t, g, q] += bq
             _row_coefficients(r, s, a, b, width, mode, kx)
+            if dx.shape[0] == 0:  # no dx wanted: the parameters' gradients only
+                continue
             k2, k3 = kx[1, r], kx[2, r]
             bound = s * np.sqrt(g2)
             for q in range(runs):
@@ -352,7 +355,7 @@ def _fused_rows_backward_elementwise(x, dy, gam, mean, invstd, mode, dgp, dbp, k
     out (k2*(x - mean) = -mean(dxhat*xhat)*xhat stays O(dy)): four float64 operations an element, 13-22%
     faster than four rows per sweep with x-hat formed again (docs/benchmarks.md). The sums take
     dy*(x - mean) and scale by invstd once per row (and once per pair of values for dgamma): 3-5% faster
-    at (2048, 256) float32 than x-hat per value."""
+    at (2048, 256) float32 than x-hat per value. dx (0, M): no dx, as there."""
     rows, width = x.shape
     groups = gam.shape[0]
     blocks = dgp.shape[0]
@@ -366,6 +369,17 @@ def _fused_rows_backward_elementwise(x, dy, gam, mean, invstd, mode, dgp, dbp, k
             pb = dbp[t, g]
             pg = dgp[t, g]
             w = gam[g]
+            if step == 2 and dx.shape[0] == 0:  # no dx: the slabs only (the rows' sums feed dx alone)
+                m0, m1 = mean[r], mean[r + 1]
+                s0, s1 = invstd[r], invstd[r + 1]
+                x0, x1, y0, y1 = x[r], x[r + 1], dy[r], dy[r + 1]
+                for j in range(width):
+                    d0 = np.float64(y0[j])
+                    d1 = np.float64(y1[j])
+                    pb[j] += d0 + d1
+                    pg[j] += (d0 * (np.float64(x0[j]) - m0)) * s0 + (d1 * (np.float64(x1[j]) - m1)) * s1
+                r += 2
+                continue
             if step == 2:
                 m0, m1 = mean[r], mean[r + 1]
                 s0, s1 = invstd[r], invstd[r + 1]
@@ -399,7 +413,7 @@ def _fused_rows_backward_elementwise(x, dy, gam, mean, invstd, mode, dgp, dbp, k
                     pb[j] += d
                     pg[j] += e
                 _row_coefficients(r, s, a, b, width, mode, kx)
-            for rr in range(r, r + step):  # dx while the rows are still in L1
+            for rr in range(r, r + step if dx.shape[0] != 0 else r):  # dx while the rows are still in L1
                 mu, s, k3 = mean[rr], kx[0, rr], kx[2, rr]
                 sk2 = s * kx[1, rr]
                 xr, yr, out = x[rr], dy[rr], dx[rr]
