@@ -15,8 +15,9 @@ C signatures, T the input's type (float or double; weight and bias are T too)::
 
 stats is the (3, S) float64 stack mean, var (biased), invstd per statistic; with
 ``given`` the forward reads mean and var from it. The backward's flags: :data:`GIVEN` (the statistics were
-given: constants) and :data:`NO_DX` (no dx wanted, the input does not require grad: only dgamma and dbeta are
-written; dx is not read or written and may be null), as torch's norms skip dx by their output mask. plan is the plan record
+given: constants), :data:`NO_DX` (no dx wanted, the input does not require grad: dx is not read or written and
+may be null) and :data:`NO_PARAMS` (no dgamma, dbeta wanted, frozen or absent parameters: those two are not
+written and may be null), as torch's norms skip their outputs by an output mask. plan is the plan record
 (``plan_record``): the wrappers read the view (n, groups, per_group, length) and the
 task grid (width, row_blocks) from it by name, at the indices ``plan_record.INDEX``
 gives. forward returns 1 when the statistics it computed are finite (always 1
@@ -45,13 +46,19 @@ _N, _GROUPS, _PER_GROUP, _LENGTH, _WIDTH, _ROW_BLOCKS = (
 _TYPES = {np.dtype(np.float32): nt.float32, np.dtype(np.float64): nt.float64}
 
 #: the backward's flags (``fused_node.cpp`` passes the same values)
-GIVEN, NO_DX = 1, 2
+GIVEN, NO_DX, NO_PARAMS = 1, 2, 4
 
 
 @numba.njit(cache=_k.CACHE, inline="always")
 def _dx_rows(flags, rows):
     """Rows of the dx view: none when the caller wants no dx (the kernels then write only dgamma, dbeta)."""
     return 0 if flags & NO_DX else rows
+
+
+@numba.njit(cache=_k.CACHE, inline="always")
+def _param_count(flags, params):
+    """Entries of the dgamma, dbeta views: none when the caller wants neither."""
+    return 0 if flags & NO_PARAMS else params
 
 
 def _columns_forward(xp, gp, bp, eps, given, sp, op, pp):
@@ -70,8 +77,8 @@ def _columns_backward(xp, dyp, gp, sp, flags, dgp, dbp, dxp, pp):
     dgamma, dbeta = np.empty(c), np.empty(c)  # the kernel's float64 sums, rounded once into the caller's type
     BACKWARD(carray(xp, (n, c)), carray(dyp, (n, c)), carray(gp, (c,)), st[0], st[2], (flags & GIVEN) != 0, dgamma,
              dbeta, carray(dxp, (_dx_rows(flags, n), c)), plan[_WIDTH], plan[_ROW_BLOCKS])
-    carray(dgp, (c,))[:] = dgamma
-    carray(dbp, (c,))[:] = dbeta
+    carray(dgp, (_param_count(flags, c),))[:] = dgamma[:_param_count(flags, c)]
+    carray(dbp, (_param_count(flags, c),))[:] = dbeta[:_param_count(flags, c)]
 
 
 def _channels_forward(xp, gp, bp, eps, given, sp, op, pp):
@@ -90,8 +97,8 @@ def _channels_backward(xp, dyp, gp, sp, flags, dgp, dbp, dxp, pp):
     dgamma, dbeta = np.empty(c), np.empty(c)
     BACKWARD(carray(xp, (n, c, length)), carray(dyp, (n, c, length)), carray(gp, (c,)), st[0], st[2],
              (flags & GIVEN) != 0, dgamma, dbeta, carray(dxp, (_dx_rows(flags, n), c, length)))
-    carray(dgp, (c,))[:] = dgamma
-    carray(dbp, (c,))[:] = dbeta
+    carray(dgp, (_param_count(flags, c),))[:] = dgamma[:_param_count(flags, c)]
+    carray(dbp, (_param_count(flags, c),))[:] = dbeta[:_param_count(flags, c)]
 
 
 def _rows_forward(xp, gp, bp, eps, given, sp, op, pp):
@@ -111,8 +118,9 @@ def _rows_backward(xp, dyp, gp, sp, flags, dgp, dbp, dxp, pp):
     st = carray(sp, (3, rows))
     # row_blocks: the backward's slabs (numba_backend._blocks when the plan was made)
     BACKWARD(carray(xp, (rows, width)), carray(dyp, (rows, width)), carray(gp, (g * k,)), g, k, length, PER_RUN,
-             st[0], st[2], _k.STATS_GIVEN if flags & GIVEN else MODE, plan[_ROW_BLOCKS], carray(dgp, (g * k,)),
-             carray(dbp, (g * k,)), carray(dxp, (_dx_rows(flags, rows), width)))
+             st[0], st[2], _k.STATS_GIVEN if flags & GIVEN else MODE, plan[_ROW_BLOCKS],
+             carray(dgp, (_param_count(flags, g * k),)), carray(dbp, (_param_count(flags, g * k),)),
+             carray(dxp, (_dx_rows(flags, rows), width)))
 
 
 def _update(rmp, rvp, sp, c, count, factor):

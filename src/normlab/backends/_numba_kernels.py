@@ -333,8 +333,9 @@ def _fused_rows_backward(x, dy, gam, mean, invstd, mode, dgp, dbp, kx, dx):
                 a += gam[g, q] * aq
                 b += gam[g, q] * bq
                 g2 += gam[g, q] * gam[g, q] * cq
-                dbp[t, g, q] += aq
-                dgp[t, g, q] += bq
+                if dgp.shape[2] != 0:  # (slabs of no width: no dgamma, dbeta wanted)
+                    dbp[t, g, q] += aq
+                    dgp[t, g, q] += bq
             _row_coefficients(r, s, a, b, width, mode, kx)
             if dx.shape[0] == 0:  # no dx wanted: the parameters' gradients only
                 continue
@@ -368,19 +369,35 @@ def _fused_rows_backward_elementwise(x, dy, gam, mean, invstd, mode, dgp, dbp, k
             g = r % groups
             pb = dbp[t, g]
             pg = dgp[t, g]
+            slabs = pg.shape[0] != 0  # slabs of no width: no dgamma, dbeta wanted
             w = gam[g]
             if step == 2 and dx.shape[0] == 0:  # no dx: the slabs only (the rows' sums feed dx alone)
                 m0, m1 = mean[r], mean[r + 1]
                 s0, s1 = invstd[r], invstd[r + 1]
                 x0, x1, y0, y1 = x[r], x[r + 1], dy[r], dy[r + 1]
-                for j in range(width):
+                for j in range(width if slabs else 0):
                     d0 = np.float64(y0[j])
                     d1 = np.float64(y1[j])
                     pb[j] += d0 + d1
                     pg[j] += (d0 * (np.float64(x0[j]) - m0)) * s0 + (d1 * (np.float64(x1[j]) - m1)) * s1
                 r += 2
                 continue
-            if step == 2:
+            if step == 2 and not slabs:  # no dgamma, dbeta: the rows' sums only (the loop below less pb, pg)
+                m0, m1 = mean[r], mean[r + 1]
+                s0, s1 = invstd[r], invstd[r + 1]
+                a0 = a1 = b0 = b1 = 0.0
+                x0, x1, y0, y1 = x[r], x[r + 1], dy[r], dy[r + 1]
+                for j in range(width):
+                    d0 = np.float64(y0[j])
+                    d1 = np.float64(y1[j])
+                    wj = w[j]
+                    a0 += wj * d0
+                    a1 += wj * d1
+                    b0 += wj * (d0 * (np.float64(x0[j]) - m0))
+                    b1 += wj * (d1 * (np.float64(x1[j]) - m1))
+                _row_coefficients(r, s0, a0, b0 * s0, width, mode, kx)
+                _row_coefficients(r + 1, s1, a1, b1 * s1, width, mode, kx)
+            elif step == 2:
                 m0, m1 = mean[r], mean[r + 1]
                 s0, s1 = invstd[r], invstd[r + 1]
                 a0 = a1 = b0 = b1 = 0.0
@@ -410,8 +427,9 @@ def _fused_rows_backward_elementwise(x, dy, gam, mean, invstd, mode, dgp, dbp, k
                     e = d * ((np.float64(xr[j]) - mu) * s)
                     a += w[j] * d
                     b += w[j] * e
-                    pb[j] += d
-                    pg[j] += e
+                    if slabs:
+                        pb[j] += d
+                        pg[j] += e
                 _row_coefficients(r, s, a, b, width, mode, kx)
             for rr in range(r, r + step if dx.shape[0] != 0 else r):  # dx while the rows are still in L1
                 mu, s, k3 = mean[rr], kx[0, rr], kx[2, rr]
@@ -469,13 +487,16 @@ def _rows_forward_call(x, gamma, beta, groups, k, length, per_run, eps, mode, st
 
 def _rows_backward_call(x, dy, gamma, groups, k, length, per_run, mean, invstd, mode, blocks, dgamma, dbeta, dx):
     """BACKWARD (a fused_rows_backward(_elementwise) twin) on x, dy (R, M) with gamma (G*K,) and float64 (R,)
-    mean, invstd: dx, and dgamma, dbeta (G*K,) from ``blocks`` slabs of row blocks, rounded once to their dtype."""
+    mean, invstd: dx, and dgamma, dbeta (G*K,) from ``blocks`` slabs of row blocks, rounded once to their dtype.
+    dx (0, M): no dx; dgamma and dbeta (0,): none (the node's NO_DX and NO_PARAMS)."""
     gam = param_runs(gamma, groups, k, length, per_run)
-    dgp = np.zeros((blocks, groups, gam.shape[1]))
-    dbp = np.zeros((blocks, groups, gam.shape[1]))
+    wanted = dgamma.shape[0] != 0  # dgamma, dbeta of no entries: not wanted, the slabs take no width
+    dgp = np.zeros((blocks, groups, gam.shape[1] if wanted else 0))
+    dbp = np.zeros((blocks, groups, gam.shape[1] if wanted else 0))
     BACKWARD(x, dy, gam, mean, invstd, mode, dgp, dbp, np.empty((3, x.shape[0])), dx)
-    fold_param_grads(dgp, k, dgamma)
-    fold_param_grads(dbp, k, dbeta)
+    if wanted:
+        fold_param_grads(dgp, k, dgamma)
+        fold_param_grads(dbp, k, dbeta)
 
 
 def _calls(fn, name, kernels, suffix):

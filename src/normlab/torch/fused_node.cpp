@@ -67,8 +67,8 @@ using OptTensor = std::optional<at::Tensor>;
 using ForwardFn = int64_t (*)(void*, void*, void*, double, int64_t, double*, void*, const int64_t*);
 using BackwardFn = void (*)(void*, void*, void*, double*, int64_t, void*, void*, void*, const int64_t*);
 using UpdateFn = void (*)(void*, void*, double*, int64_t, int64_t, double);
-// The backward's flags (normlab/backends/_numba_entry_points.py: GIVEN, NO_DX).
-constexpr int64_t kGiven = 1, kNoDx = 2;
+// The backward's flags (normlab/backends/_numba_entry_points.py: GIVEN, NO_DX, NO_PARAMS).
+constexpr int64_t kGiven = 1, kNoDx = 2, kNoParams = 4;
 
 // The plan record's fields, in the order of normlab/backends/plan_record.py: k_forward, k_backward, ...
 #define NORMLAB_FIELD_ENUM(name) k_##name,
@@ -192,17 +192,24 @@ struct FusedNormBackward : public torch::autograd::Node {
       if (dout.scalar_type() != x_.scalar_type() || !dout.is_contiguous()) {
         dout = dout.to(x_.scalar_type()).contiguous();
       }
-      // An input that does not require grad (a norm on the model's input) gets no dx: the kernel then only sums
-      // (torch's norms skip dx by their output mask the same way).
+      // Only what the graph wants, as torch's norms skip outputs by their output mask: no dx for an input that
+      // does not require grad (a norm on the model's input), no dgamma, dbeta for frozen or absent parameters
+      // (fine-tuning, elementwise_affine=False); the kernels then skip that work.
       const bool want_dx = task_should_compute_output(0);
+      const bool want_params = task_should_compute_output(1) || task_should_compute_output(2);
+      if (!want_dx && !want_params) return result;
       if (want_dx) dx = fresh_like(x_, p[k_huge_page_bytes]);
-      dweight = fresh(param_shape, x_.scalar_type());
-      dbias = fresh(param_shape, x_.scalar_type());
+      if (want_params) {
+        dweight = fresh(param_shape, x_.scalar_type());
+        dbias = fresh(param_shape, x_.scalar_type());
+      }
       LaunchGuard launching;
-      const int64_t flags = (mean_.defined() ? kGiven : 0) | (want_dx ? 0 : kNoDx);
+      const int64_t flags = (mean_.defined() ? kGiven : 0) | (want_dx ? 0 : kNoDx) | (want_params ? 0 : kNoParams);
       reinterpret_cast<BackwardFn>(p[k_backward])(x_.data_ptr(), dout.data_ptr(), gamma_.data_ptr(),
-                                                  stats_.data_ptr<double>(), flags, dweight.data_ptr(),
-                                                  dbias.data_ptr(), want_dx ? dx.data_ptr() : nullptr, p.data());
+                                                  stats_.data_ptr<double>(), flags,
+                                                  want_params ? dweight.data_ptr() : nullptr,
+                                                  want_params ? dbias.data_ptr() : nullptr,
+                                                  want_dx ? dx.data_ptr() : nullptr, p.data());
     }
     if (task_should_compute_output(0)) result[0] = dx;
     if (task_should_compute_output(1)) result[1] = dweight;
