@@ -349,6 +349,56 @@ def _fused_rows_backward(x, dy, gam, mean, invstd, mode, dgp, dbp, kx, dx):
                                  dx[r, q * length:(q + 1) * length], co, mu, s, aq, k2, k3)
 
 
+def _pair_sums(x0, x1, y0, y1, m0, m1, s0, s1, w, pb, pg, slabs):
+    """Two rows' sums for their dx, (sum of w*dy, sum of w*dy*(x - mean)) each as (a0, a1, b0, b1), and with
+    ``slabs`` their terms of the dbeta/dgamma slabs pb, pg. e = dy*(x - mean): invstd applied once per row to b
+    (by the caller), per pair to pg."""
+    a0 = a1 = b0 = b1 = 0.0
+    if slabs:
+        for j in range(x0.shape[0]):
+            d0 = np.float64(y0[j])
+            d1 = np.float64(y1[j])
+            e0 = d0 * (np.float64(x0[j]) - m0)
+            e1 = d1 * (np.float64(x1[j]) - m1)
+            pb[j] += d0 + d1
+            pg[j] += e0 * s0 + e1 * s1
+            wj = w[j]
+            a0 += wj * d0
+            a1 += wj * d1
+            b0 += wj * e0
+            b1 += wj * e1
+    else:  # (the loop above less pb, pg: no dgamma, dbeta wanted)
+        for j in range(x0.shape[0]):
+            d0 = np.float64(y0[j])
+            d1 = np.float64(y1[j])
+            wj = w[j]
+            a0 += wj * d0
+            a1 += wj * d1
+            b0 += wj * (d0 * (np.float64(x0[j]) - m0))
+            b1 += wj * (d1 * (np.float64(x1[j]) - m1))
+    return a0, a1, b0, b1
+
+
+def _pair_slabs(x0, x1, y0, y1, m0, m1, s0, s1, pb, pg):
+    """Two rows' terms of the dbeta/dgamma slabs alone (no dx wanted)."""
+    for j in range(x0.shape[0]):
+        d0 = np.float64(y0[j])
+        d1 = np.float64(y1[j])
+        pb[j] += d0 + d1
+        pg[j] += (d0 * (np.float64(x0[j]) - m0)) * s0 + (d1 * (np.float64(x1[j]) - m1)) * s1
+
+
+def _row_dx(xr, yr, w, mu, s, sk2, k3, out):
+    """One row's dx = s*(w*dy) + ((s*k2)*(x - mean) + k3): two fused multiply-adds after w*dy (s*(w*dy + k2*d)
+    + k3 took three operations)."""
+    for j in range(xr.shape[0]):
+        out[j] = s * (w[j] * np.float64(yr[j])) + (sk2 * (np.float64(xr[j]) - mu) + k3)
+
+
+_pair_sums, _pair_slabs, _row_dx = (numba.njit(cache=CACHE, inline="always")(f)
+                                    for f in (_pair_sums, _pair_slabs, _row_dx))
+
+
 def _fused_rows_backward_elementwise(x, dy, gam, mean, invstd, mode, dgp, dbp, kx, dx):
     """As _fused_rows_backward with parameters per element (layer norm; P = M): two rows per sweep (one
     group), so the dgamma/dbeta slab entries are loaded and stored once per two rows; then dx of those rows
@@ -371,49 +421,16 @@ def _fused_rows_backward_elementwise(x, dy, gam, mean, invstd, mode, dgp, dbp, k
             pg = dgp[t, g]
             slabs = pg.shape[0] != 0  # slabs of no width: no dgamma, dbeta wanted
             w = gam[g]
-            if step == 2 and dx.shape[0] == 0:  # no dx: the slabs only (the rows' sums feed dx alone)
+            if step == 2:
                 m0, m1 = mean[r], mean[r + 1]
                 s0, s1 = invstd[r], invstd[r + 1]
-                x0, x1, y0, y1 = x[r], x[r + 1], dy[r], dy[r + 1]
-                for j in range(width if slabs else 0):
-                    d0 = np.float64(y0[j])
-                    d1 = np.float64(y1[j])
-                    pb[j] += d0 + d1
-                    pg[j] += (d0 * (np.float64(x0[j]) - m0)) * s0 + (d1 * (np.float64(x1[j]) - m1)) * s1
-                r += 2
-                continue
-            if step == 2 and not slabs:  # no dgamma, dbeta: the rows' sums only (the loop below less pb, pg)
-                m0, m1 = mean[r], mean[r + 1]
-                s0, s1 = invstd[r], invstd[r + 1]
-                a0 = a1 = b0 = b1 = 0.0
-                x0, x1, y0, y1 = x[r], x[r + 1], dy[r], dy[r + 1]
-                for j in range(width):
-                    d0 = np.float64(y0[j])
-                    d1 = np.float64(y1[j])
-                    wj = w[j]
-                    a0 += wj * d0
-                    a1 += wj * d1
-                    b0 += wj * (d0 * (np.float64(x0[j]) - m0))
-                    b1 += wj * (d1 * (np.float64(x1[j]) - m1))
-                _row_coefficients(r, s0, a0, b0 * s0, width, mode, kx)
-                _row_coefficients(r + 1, s1, a1, b1 * s1, width, mode, kx)
-            elif step == 2:
-                m0, m1 = mean[r], mean[r + 1]
-                s0, s1 = invstd[r], invstd[r + 1]
-                a0 = a1 = b0 = b1 = 0.0
                 x0, x1, y0, y1 = x[r], x[r + 1], dy[r], dy[r + 1]  # row views: indices from 0 vectorize
-                for j in range(width):  # e = dy*(x - mean): invstd applied once per row to b, per pair to pg
-                    d0 = np.float64(y0[j])
-                    d1 = np.float64(y1[j])
-                    e0 = d0 * (np.float64(x0[j]) - m0)
-                    e1 = d1 * (np.float64(x1[j]) - m1)
-                    pb[j] += d0 + d1
-                    pg[j] += e0 * s0 + e1 * s1
-                    wj = w[j]
-                    a0 += wj * d0
-                    a1 += wj * d1
-                    b0 += wj * e0
-                    b1 += wj * e1
+                if dx.shape[0] == 0:  # no dx: the slabs only (the rows' sums feed dx alone)
+                    if slabs:
+                        _pair_slabs(x0, x1, y0, y1, m0, m1, s0, s1, pb, pg)
+                    r += 2
+                    continue
+                a0, a1, b0, b1 = _pair_sums(x0, x1, y0, y1, m0, m1, s0, s1, w, pb, pg, slabs)
                 _row_coefficients(r, s0, a0, b0 * s0, width, mode, kx)
                 _row_coefficients(r + 1, s1, a1, b1 * s1, width, mode, kx)
             else:
@@ -432,11 +449,8 @@ def _fused_rows_backward_elementwise(x, dy, gam, mean, invstd, mode, dgp, dbp, k
                         pg[j] += e
                 _row_coefficients(r, s, a, b, width, mode, kx)
             for rr in range(r, r + step if dx.shape[0] != 0 else r):  # dx while the rows are still in L1
-                mu, s, k3 = mean[rr], kx[0, rr], kx[2, rr]
-                sk2 = s * kx[1, rr]
-                xr, yr, out = x[rr], dy[rr], dx[rr]
-                for j in range(width):  # two fused multiply-adds after w*dy (s*(w*dy + k2*d) + k3 took three ops)
-                    out[j] = s * (w[j] * np.float64(yr[j])) + (sk2 * (np.float64(xr[j]) - mu) + k3)
+                s = kx[0, rr]
+                _row_dx(x[rr], dy[rr], w, mean[rr], s, s * kx[1, rr], kx[2, rr], dx[rr])
             r += step
 
 
