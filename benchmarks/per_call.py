@@ -1,6 +1,6 @@
 """Each norm's forward and backward per call inside a training step: torch.nn's against normlab.torch's.
 
-    python benchmarks/per_call.py transformer [--steps 200]
+    python benchmarks/per_call.py transformer [--steps 200] [--control]
 
 Builds a model of the models suite (``normlab.bench.models_suite.MODELS``) and its normlab twin, and runs
 their training steps alternating, one of each per turn, the first alternating. Clocks: a forward pre-hook and
@@ -8,9 +8,14 @@ hook around each norm module's call, and a pre-hook and hook on the autograd nod
 backward (the node's own work, with whatever the engine does between the two hooks). Prints, per norm in
 model order, the median and the 10th percentile of each twin's times, in microseconds, and their ratio
 (torch.nn / normlab: > 1 means normlab's call is faster). The hooks cost the same on both twins.
+
+``--control`` runs the same steps with the twin's norms left torch.nn's (an identical copy of the model): the
+ratios it prints are what the measurement gives with nothing changed (an A/A run), the band to read the real
+run's ratios against (the two twins' calls differ in cache state and in what ran before them).
 """
 
 import argparse
+import copy
 import os
 import statistics
 import sys
@@ -57,10 +62,12 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("model", choices=sorted(MODELS))
     ap.add_argument("--steps", type=int, default=200, help="timed steps of each twin (after 5 warm-up steps)")
+    ap.add_argument("--control", action="store_true",
+                    help="A/A: the twin keeps torch.nn's norms (an identical copy), so the ratios show the noise")
     args = ap.parse_args()
     torch.manual_seed(0)
     model, x, y = MODELS[args.model].build()
-    twin = normlab_twin(model)
+    twin = copy.deepcopy(model) if args.control else normlab_twin(model)
     clocks = {"torch.nn": clock_norms(model), "normlab": clock_norms(twin)}
     steps = {"torch.nn": _stepper(model, x, y, "train"), "normlab": _stepper(twin, x, y, "train")}
     for _ in range(5):
@@ -76,7 +83,10 @@ def main():
             steps[name]()
         order.reverse()
     print(f"{args.model}: {args.steps} steps of each twin, alternating; torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.2f}")
+          f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.2f}"
+          + ("; CONTROL (A/A): the second twin is an identical torch.nn copy" if args.control else ""))
+    kinds = sorted({name.split(" (")[1].split()[0] for name, _ in clocks["normlab"]})
+    print(f"the second column's norms: {', '.join(kinds)}")
     print(f"{'norm':40s} {'pass':8s} {'torch.nn us (p10)':>18s} {'normlab us (p10)':>18s} {'nn/normlab':>10s}")
     for (ref_name, ref), (_, ours) in zip(clocks["torch.nn"], clocks["normlab"]):
         for phase in ("forward", "backward"):

@@ -298,9 +298,16 @@ def test_per_call_script_times_each_norm_of_both_twins():
     done = subprocess.run([sys.executable, str(script), "mlp", "--steps", "3"], capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr
+    assert "the second column's norms: normlab" in done.stdout
     rows = [line for line in done.stdout.splitlines() if re.match(r"^\d+\s", line)]
     assert [tuple(r.split()[:2]) for r in rows] == [(n, p) for n in ("1", "4") for p in ("forward", "backward")], \
         done.stdout
     for r in rows:  # torch.nn's median, its p10, normlab's median, its p10, the ratio: all positive numbers
         numbers = [float(v) for v in re.findall(r"\d+\.\d+", r)]
         assert len(numbers) == 5 and all(v > 0 for v in numbers), r
+    # --control: the same table with torch.nn's norms in both twins, and the header says so
+    done = subprocess.run([sys.executable, str(script), "mlp", "--steps", "3", "--control"], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "CONTROL (A/A)" in done.stdout and "the second column's norms: torch" in done.stdout
+    assert len([line for line in done.stdout.splitlines() if re.match(r"^\d+\s", line)]) == 4, done.stdout
