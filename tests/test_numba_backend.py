@@ -526,3 +526,40 @@ def test_bench_kernel_suite_at_several_thread_counts(tmp_path):
     assert "| bn:64x8 | float32 | 2.0 KiB |" in text
     bad = CliRunner().invoke(main, ["bench", "--suite", "torch", "--threads", "1,2"])
     assert bad.exit_code != 0 and "kernel suite only" in bad.output
+
+
+# ----------------------------------------------------------------------------- parameters' gradients alone
+
+WITHOUT_DX = [  # every backward path: columns (one and several row blocks), channels, the two-kernel batch
+    # path (above the fused sizes), rows per element (layer norm), rows per run (group norm), RMS
+    ("bn", normlab.batchnorm_forward, {}, (37, 11)),
+    ("bn-blocks", normlab.batchnorm_forward, {}, (4096, 64)),
+    ("sbn-channels", normlab.spatial_batchnorm_forward, {}, (4, 3, 8, 8)),
+    ("sbn-two-kernel", normlab.spatial_batchnorm_forward, {}, (64, 8, 32, 64)),
+    ("ln", normlab.layernorm_forward, {}, (300, 64)),
+    ("gn", normlab.groupnorm_forward, {"groups": 2}, (6, 8, 8, 8)),
+    ("rms", normlab.rmsnorm_forward, {}, (300, 64)),
+]
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+@pytest.mark.parametrize("name,forward,kw,shape", WITHOUT_DX, ids=[c[0] for c in WITHOUT_DX])
+def test_parameter_gradients_without_dx_match_the_full_backward(backend, name, forward, kw, shape):
+    """core.run_backward(want_dx=False), what the PyTorch bridge's core route asks for an input that needs no
+    gradient: no dx, and dgamma, dbeta as the backward with dx gives them (to rounding: other loops)."""
+    from normlab import core
+
+    rng = np.random.default_rng(11)
+    x = (3 + 2 * rng.standard_normal(shape)).astype(np.float32)
+    c = shape[1] if name != "ln" and name != "rms" else shape[-1]
+    g, b = rng.uniform(0.5, 1.5, c).astype(np.float32), rng.standard_normal(c).astype(np.float32)
+    dout = rng.standard_normal(shape).astype(np.float32)
+    if name == "rms":
+        _, cache = forward(x, g, backend=backend)
+    else:
+        _, cache = forward(x, g, b, backend=backend, **kw)
+    dx, dg, db = core.run_backward(dout, cache, None)
+    none, dg0, db0 = core.run_backward(dout, cache, None, want_dx=False)
+    assert none is None and dx is not None
+    np.testing.assert_allclose(dg0, dg, rtol=1e-6, atol=1e-5)
+    np.testing.assert_allclose(db0, db, rtol=1e-6, atol=1e-5)

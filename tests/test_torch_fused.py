@@ -475,9 +475,9 @@ NO_DX = [  # every backward kernel: columns (two task grids), channels, rows per
 @pytest.mark.parametrize("make,shape,kind,arg", NO_DX, ids=[f"{c[2]}-{c[1]}" for c in NO_DX])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_an_input_without_grad_gets_the_same_parameter_gradients_and_no_dx(make, shape, kind, arg, dtype, route,
-                                                                            calls):
-    """A norm on the model's input (its x needs no gradient): the native node asks the kernel for dgamma and dbeta
-    only, as torch's norms skip dx by their output mask; they are the ones a backward with dx gives (to rounding:
+                                                                            calls, monkeypatch):
+    """A norm on the model's input (its x needs no gradient): the native node, and the core's route, ask the kernels
+    for dgamma and dbeta only, as torch's norms skip dx by their output mask; they are the ones a backward with dx gives (to rounding:
     the kernels' loops differ, and their fast-math reductions may be ordered differently)."""
     g = torch.Generator().manual_seed(7)
     module = make().to(dtype)
@@ -486,10 +486,15 @@ def test_an_input_without_grad_gets_the_same_parameter_gradients_and_no_dx(make,
             p.copy_(torch.rand(p.shape, generator=g, dtype=dtype) + 0.5)
     x = torch.randn(shape, generator=g, dtype=dtype) * 2 + 300
     dout = torch.randn(shape, generator=g, dtype=dtype)
+    asked = []  # the core's route: what its backward was asked for
+    real_backward = ops.core_backward
+    monkeypatch.setattr(ops, "core_backward", lambda *a, **k: asked.append(a[-1]) or real_backward(*a, **k))
     out = module(x)
     out.backward(dout)
+    monkeypatch.setattr(ops, "core_backward", real_backward)
     assert calls == _taken(route, out)
     assert x.grad is None
+    assert asked == ([] if route == "native" else [False])
     ref_out, cache = ops.core_forward(x, module.weight.detach(), module.bias.detach(), None, None, kind, arg,
                                       module.eps, "numba")
     _, dw, db = ops.core_backward(dout, cache, x, kind, module.weight, True)

@@ -194,8 +194,9 @@ def normalize_backward(dout, cache: NormCache, *, out: np.ndarray | None = None)
     return run_backward(dout, cache, out)
 
 
-def run_backward(dout, cache: NormCache, out):
-    """:func:`normalize_backward` after its checks: dout and out are trusted."""
+def run_backward(dout, cache: NormCache, out, want_dx: bool = True):
+    """:func:`normalize_backward` after its checks: dout and out are trusted. want_dx False: only the parameters'
+    gradients are wanted (the PyTorch bridge, for an input that needs no gradient); dx is returned as None."""
     x, layout = cache.x, cache.layout
     impl = get_backend(cache.backend)
     shape_int = layout.internal_stat_shape
@@ -205,10 +206,14 @@ def run_backward(dout, cache: NormCache, out):
         cache.mean.reshape(shape_int), cache.invstd.reshape(shape_int),
         layout.batch_stats, cache.stats_given, cache.saved, center=layout.center,
         # passed only when given, so a backend without a dx buffer still works
-        **({} if out is None else {"out": out.reshape(layout.view)}),
+        **({} if out is None or not want_dx else {"out": out.reshape(layout.view)}),
+        **({} if want_dx else {"want_dx": False}),
     )
-    dx = dx4.reshape(x.shape).astype(x.dtype, copy=False)
-    if out is not None and not out.flags.c_contiguous and not np.may_share_memory(dx, out):
+    if not want_dx:
+        dx = None
+    else:
+        dx = dx4.reshape(x.shape).astype(x.dtype, copy=False)
+    if dx is not None and out is not None and not out.flags.c_contiguous and not np.may_share_memory(dx, out):
         # reshape copied a non-contiguous out: fill the caller's buffer.
         np.copyto(out, dx)
         dx = out

@@ -361,18 +361,22 @@ def _fused_forward(plan, x4, gamma, beta, eps, given, out):
     return _finish(y, out, direct, x4), mean, var, invstd, None
 
 
-def _fused_backward(plan, dout4, x4, gamma, mean, invstd, stats_given, out):
-    """The closed form in one compiled call (a FusedPlan: batch statistics; a RowsPlan: per-sample ones)."""
+def _fused_backward(plan, dout4, x4, gamma, mean, invstd, stats_given, out, want_dx=True):
+    """The closed form in one compiled call (a FusedPlan: batch statistics; a RowsPlan: per-sample ones).
+    want_dx False: the kernels get a dx of no rows and write only dgamma, dbeta (dx returned as None)."""
     params = x4.shape[1] * x4.shape[2]  # G*K (batch statistics: K = 1)
     dt = _work_dtype(x4, dout4)
     xw = x4 if x4.dtype == dt and x4.flags.c_contiguous else np.ascontiguousarray(x4, dtype=dt)
     dyw = dout4 if dout4.dtype == dt and dout4.flags.c_contiguous else np.ascontiguousarray(dout4, dtype=dt)
     direct = out is not None and out.dtype == dt and out.flags.c_contiguous
-    dx = out if direct else output_pool.empty(x4.shape, dt)
+    if want_dx:
+        dx = out if direct else output_pool.empty(x4.shape, dt)
+        dx_view = dx.reshape(plan.view)
+    else:
+        dx, dx_view = None, np.empty((0, *plan.view[1:]), dt)
     dgamma, dbeta = plan.run_backward(xw.reshape(plan.view), dyw.reshape(plan.view), _param(gamma, 1.0, params),
-                                      _f64(mean).reshape(-1), _f64(invstd).reshape(-1), stats_given,
-                                      dx.reshape(plan.view))
-    if out is not None and not direct:
+                                      _f64(mean).reshape(-1), _f64(invstd).reshape(-1), stats_given, dx_view)
+    if want_dx and out is not None and not direct:
         np.copyto(out, dx, casting="unsafe")
         dx = out
     return (dx, None, None) if gamma is None else (dx, dgamma, dbeta)
@@ -419,11 +423,11 @@ def _finish(y, out, direct, x4):
 
 
 @_serialized
-def backward(dout4, x4, gamma, mean, invstd, batch_stats, stats_given, saved, out=None, center=True):
+def backward(dout4, x4, gamma, mean, invstd, batch_stats, stats_given, saved, out=None, center=True, want_dx=True):
     _require_centered(batch_stats, center)
     plan = fused_plan(x4.shape, batch_stats, center)
     if plan is not None:  # (per-sample statistics always have one)
-        return _fused_backward(plan, dout4, x4, gamma, mean, invstd, stats_given, out)
+        return _fused_backward(plan, dout4, x4, gamma, mean, invstd, stats_given, out, want_dx)
     n, g, k, l = x4.shape
     dt = _work_dtype(x4, dout4)
     xw = np.ascontiguousarray(x4, dtype=dt)
@@ -439,6 +443,8 @@ def backward(dout4, x4, gamma, mean, invstd, batch_stats, stats_given, saved, ou
         k2, k3 = np.zeros(g), np.zeros(g)
     else:  # gamma*invstd*(dout - dbeta/m - xhat*dgamma/m)
         k2, k3 = -k1 * (dgamma / m), -k1 * (dbeta / m)
+    if not want_dx:
+        return None, dgamma, dbeta
     _batch_grad_apply(xw, dyw, mean, invstd, k1, k2, k3, dx, n, g, l)
     if out is not None and not direct:
         np.copyto(out, dx, casting="unsafe")

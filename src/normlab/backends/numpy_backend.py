@@ -57,7 +57,7 @@ def forward(x4, gamma, beta, eps, batch_stats, given=None, out=None, center=True
     return out, mean.reshape(shape), var.reshape(shape), invstd.reshape(shape), xhat
 
 
-def backward(dout4, x4, gamma, mean, invstd, batch_stats, stats_given, saved, out=None, center=True):
+def backward(dout4, x4, gamma, mean, invstd, batch_stats, stats_given, saved, out=None, center=True, want_dx=True):
     n, g, k, l = x4.shape
     invstd4 = _as_4d(invstd, batch_stats)
     xhat = saved if saved is not None else (x4.astype(np.float64) - _as_4d(mean, batch_stats)) * invstd4
@@ -67,6 +67,8 @@ def backward(dout4, x4, gamma, mean, invstd, batch_stats, stats_given, saved, ou
     # Parameter gradients: sums over everything but the channel (g, k).
     dbeta = dout.sum(axis=(0, 3))
     dgamma = (dout * xhat).sum(axis=(0, 3))
+    if not want_dx:  # (the caller needs the parameters' gradients only)
+        return (None, None, None) if gamma is None else (None, dgamma.reshape(-1), dbeta.reshape(-1))
 
     if stats_given:
         # mean and var are constants: only the direct path xhat = (x - mean)*invstd remains.

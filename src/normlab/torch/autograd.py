@@ -54,8 +54,8 @@ def _grads(ctx, dout, x, weight, mean, invstd, given_mean, given_var, core_cache
     if torch.is_grad_enabled():  # create_graph=True: a backward autograd can differentiate
         dx, dw, db = _closed_form_grads(dout, x, weight, mean, invstd, spec, stats_given,
                                         given=(given_mean, given_var))
-    elif core_cache is not None:  # the core's route, first backward: the forward's cache
-        dx, dw, db = ops.core_backward(dout, core_cache, x, spec.kind, weight, ctx.affine)
+    elif core_cache is not None:  # the core's route, first backward: the forward's cache (dx only if wanted)
+        dx, dw, db = ops.core_backward(dout, core_cache, x, spec.kind, weight, ctx.affine, ctx.needs_input_grad[0])
     elif _core(x, spec):  # the core's route again (a retained graph), or transformed: the operator
         dx, dw, db = ops.normalize_backward(dout, x, weight, mean, invstd, spec.kind, list(spec.arg),
                                             stats_given, ctx.affine, spec.backend)

@@ -155,16 +155,21 @@ def core_forward(x: torch.Tensor, weight, bias, mean, var, kind: str, arg, eps: 
     return out, cache
 
 
-def core_backward(dout: torch.Tensor, cache: NormCache, x: torch.Tensor, kind: str, weight, affine: bool):
+def core_backward(dout: torch.Tensor, cache: NormCache, x: torch.Tensor, kind: str, weight, affine: bool,
+                  want_dx: bool = True):
     """-> (dx tensor, dweight, dbias): the core's closed form for a cache of :func:`core_forward`
-    (dweight/dbias empty (0,) tensors unless ``affine``)."""
+    (dweight/dbias empty (0,) tensors unless ``affine``; dx None unless ``want_dx``: the kernels then skip it)."""
     rows = channels_last_rows(x, kind)
     dtype = _compute_dtype(x)
     dout_np = _numpy(canonical(dout, rows), dtype)
-    dx = _fresh_output(x, kind)
-    view, direct = _result_view(dx, rows, dtype)
-    dx_np, dgamma, dbeta = run_backward(dout_np, cache, direct)
-    _land(view, direct, dx_np)
+    if want_dx:
+        dx = _fresh_output(x, kind)
+        view, direct = _result_view(dx, rows, dtype)
+        dx_np, dgamma, dbeta = run_backward(dout_np, cache, direct)
+        _land(view, direct, dx_np)
+    else:
+        dx = None
+        _, dgamma, dbeta = run_backward(dout_np, cache, None, want_dx=False)
     if not affine:
         return dx, x.new_empty(0), x.new_empty(0)
     pdtype = (weight if weight is not None else x).dtype
