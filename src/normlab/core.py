@@ -209,10 +209,7 @@ def run_backward(dout, cache: NormCache, out, want_dx: bool = True):
         **({} if out is None or not want_dx else {"out": out.reshape(layout.view)}),
         **({} if want_dx else {"want_dx": False}),
     )
-    if not want_dx:
-        dx = None
-    else:
-        dx = dx4.reshape(x.shape).astype(x.dtype, copy=False)
+    dx = dx4.reshape(x.shape).astype(x.dtype, copy=False) if want_dx else None
     if dx is not None and out is not None and not out.flags.c_contiguous and not np.may_share_memory(dx, out):
         # reshape copied a non-contiguous out: fill the caller's buffer.
         np.copyto(out, dx)

@@ -61,6 +61,14 @@ def _param_count(flags, params):
     return 0 if flags & NO_PARAMS else params
 
 
+@numba.njit(cache=_k.CACHE, inline="always")
+def _copy_out(flags, dgamma, dbeta, dgp, dbp):
+    """The kernel's float64 dgamma, dbeta (C,) rounded once into the caller's buffers, unless it wants neither."""
+    c = _param_count(flags, dgamma.shape[0])
+    carray(dgp, (c,))[:] = dgamma[:c]
+    carray(dbp, (c,))[:] = dbeta[:c]
+
+
 def _columns_forward(xp, gp, bp, eps, given, sp, op, pp):
     plan = carray(pp, (_FIELDS,))
     n, c = plan[_N], plan[_GROUPS]
@@ -77,8 +85,7 @@ def _columns_backward(xp, dyp, gp, sp, flags, dgp, dbp, dxp, pp):
     dgamma, dbeta = np.empty(c), np.empty(c)  # the kernel's float64 sums, rounded once into the caller's type
     BACKWARD(carray(xp, (n, c)), carray(dyp, (n, c)), carray(gp, (c,)), st[0], st[2], (flags & GIVEN) != 0, dgamma,
              dbeta, carray(dxp, (_dx_rows(flags, n), c)), plan[_WIDTH], plan[_ROW_BLOCKS])
-    carray(dgp, (_param_count(flags, c),))[:] = dgamma[:_param_count(flags, c)]
-    carray(dbp, (_param_count(flags, c),))[:] = dbeta[:_param_count(flags, c)]
+    _copy_out(flags, dgamma, dbeta, dgp, dbp)
 
 
 def _channels_forward(xp, gp, bp, eps, given, sp, op, pp):
@@ -97,8 +104,7 @@ def _channels_backward(xp, dyp, gp, sp, flags, dgp, dbp, dxp, pp):
     dgamma, dbeta = np.empty(c), np.empty(c)
     BACKWARD(carray(xp, (n, c, length)), carray(dyp, (n, c, length)), carray(gp, (c,)), st[0], st[2],
              (flags & GIVEN) != 0, dgamma, dbeta, carray(dxp, (_dx_rows(flags, n), c, length)))
-    carray(dgp, (_param_count(flags, c),))[:] = dgamma[:_param_count(flags, c)]
-    carray(dbp, (_param_count(flags, c),))[:] = dbeta[:_param_count(flags, c)]
+    _copy_out(flags, dgamma, dbeta, dgp, dbp)
 
 
 def _rows_forward(xp, gp, bp, eps, given, sp, op, pp):

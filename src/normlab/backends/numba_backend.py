@@ -433,18 +433,18 @@ def backward(dout4, x4, gamma, mean, invstd, batch_stats, stats_given, saved, ou
     xw = np.ascontiguousarray(x4, dtype=dt)
     dyw = np.ascontiguousarray(dout4, dtype=dt)
     mean, invstd = _f64(mean), _f64(invstd)
+    dbeta, dgamma = _batch_grad_sums(xw, dyw, mean, invstd, n, g, l)
+    if not want_dx:  # the sums are the parameters' gradients: nothing more to do
+        return (None, None, None) if gamma is None else (None, dgamma, dbeta)
     direct = out is not None and out.dtype == dt and out.flags.c_contiguous
     dx = out if direct else output_pool.empty(x4.shape, dt)
     gam, _ = _affine(gamma, None, g)
     m = n * l
-    dbeta, dgamma = _batch_grad_sums(xw, dyw, mean, invstd, n, g, l)
     k1 = gam * invstd
     if stats_given:  # mean and var are constants: dx = dout * gamma * invstd
         k2, k3 = np.zeros(g), np.zeros(g)
     else:  # gamma*invstd*(dout - dbeta/m - xhat*dgamma/m)
         k2, k3 = -k1 * (dgamma / m), -k1 * (dbeta / m)
-    if not want_dx:
-        return None, dgamma, dbeta
     _batch_grad_apply(xw, dyw, mean, invstd, k1, k2, k3, dx, n, g, l)
     if out is not None and not direct:
         np.copyto(out, dx, casting="unsafe")
