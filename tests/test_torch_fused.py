@@ -541,3 +541,21 @@ def test_frozen_or_absent_parameters_get_the_same_dx_and_no_parameter_gradients(
     assert torch.equal(out, ref_out)
     torch.testing.assert_close(x.grad, dx, **_ROUNDING[dtype])
     assert params == "absent" or (module.weight.grad is None and module.bias.grad is None)
+
+
+@pytest.mark.parametrize("make,shape,kind,arg", NO_DX, ids=[f"{c[2]}-{c[1]}" for c in NO_DX])
+def test_gradients_asked_one_at_a_time_match_all_at_once(make, shape, kind, arg, route):
+    """torch.autograd.grad for the weight alone, then x alone, on one retained graph (each backward skips what
+    is not asked), against all three at once; and asking for nothing that needs grad fails as in torch."""
+    g = torch.Generator().manual_seed(9)
+    module = make()
+    x = (torch.randn(shape, generator=g) * 2 + 3).requires_grad_()
+    dout = torch.randn(shape, generator=g)
+    out = module(x)
+    (gw,) = torch.autograd.grad(out, [module.weight], dout, retain_graph=True)
+    (gx,) = torch.autograd.grad(out, [x], dout, retain_graph=True)
+    ax, aw, ab = torch.autograd.grad(out, [x, module.weight, module.bias], dout)
+    torch.testing.assert_close(gw, aw, **_ROUNDING[torch.float32])
+    torch.testing.assert_close(gx, ax, **_ROUNDING[torch.float32])
+    with pytest.raises(RuntimeError, match="does not require grad"):
+        torch.autograd.grad(module(x.detach()).sum(), [x.detach()])
