@@ -115,7 +115,8 @@ def normalize_forward(x, gamma, beta, layout: Layout, eps: float, *, mean=None, 
             f"{x.shape} (each statistic reduces over {layout.count} value): normalizing a single value "
             f"always gives 0; use a larger batch, or given statistics (eval mode)"
         )
-    out = _checks.check_out(out, x, {"gamma": gamma, "beta": beta})
+    if out is not None:
+        out = _checks.check_out(out, x, {"gamma": gamma, "beta": beta})
     if stats_given and var is not None and eps == 0 and np.any(var == 0):
         raise ValueError("eps == 0 with a given var that is 0 somewhere would divide by zero")
 
@@ -132,8 +133,7 @@ def run_forward(x, gamma, beta, layout: Layout, eps: float, mean, var, backend: 
     if stats_given:
         shape_int = layout.internal_stat_shape
         given = (np.asarray(mean, np.float64).reshape(shape_int), np.asarray(var, np.float64).reshape(shape_int))
-    g = None if gamma is None else gamma.reshape(-1)
-    b = None if beta is None else beta.reshape(-1)
+    g, b = _flat(gamma), _flat(beta)
     out4 = None if out is None else out.reshape(layout.view)
     out4, stat_mean, stat_var, invstd, saved = impl.forward(
         x4, g, b, eps, layout.batch_stats, given=given, out=out4, center=layout.center)
@@ -143,18 +143,31 @@ def run_forward(x, gamma, beta, layout: Layout, eps: float, mean, var, backend: 
         rescued = _rescaled_statistics(x, x4, layout, stat_mean, stat_var)
         out4, stat_mean, stat_var, invstd, saved = impl.forward(
             x4, g, b, eps, layout.batch_stats, given=rescued, out=out4, center=layout.center)
-    cache = NormCache(
-        x=x, layout=layout, gamma=gamma,
-        mean=stat_mean.reshape(layout.stat_shape), var=stat_var.reshape(layout.stat_shape),
-        invstd=invstd.reshape(layout.stat_shape), eps=eps, stats_given=stats_given,
-        backend=impl.NAME, saved=saved,
-    )
-    y = out4.reshape(x.shape)
+    shape = layout.stat_shape
+    cache = NormCache(x, layout, gamma, _shaped(stat_mean, shape), _shaped(stat_var, shape),
+                      _shaped(invstd, shape), eps, stats_given, impl.NAME, saved)
+    y = _shaped(out4, x.shape)
     if out is not None and not out.flags.c_contiguous and not np.may_share_memory(y, out):
         # reshape copied a non-contiguous out: fill the caller's buffer.
         np.copyto(out, y)
         y = out
     return y, cache
+
+
+def _shaped(a, shape):
+    """a.reshape(shape), or a itself when it has that shape already (a reshape costs a call's fixed time)."""
+    return a if a.shape == shape else a.reshape(shape)
+
+
+def _as(a, dtype):
+    """a in dtype, a itself when it is (astype(copy=False) costs a call's fixed time to find that out)."""
+    return a if a.dtype == dtype else a.astype(dtype)
+
+
+def _flat(param):
+    """gamma or beta as backends take it, (G*K,) or None (a 1-d array as it is: a reshape costs a call's
+    fixed time)."""
+    return param if param is None or param.ndim == 1 else param.reshape(-1)
 
 
 def _rescaled_statistics(x, x4, layout: Layout, mean, var):
@@ -200,16 +213,16 @@ def run_backward(dout, cache: NormCache, out, want_dx: bool = True):
     x, layout = cache.x, cache.layout
     impl = get_backend(cache.backend)
     shape_int = layout.internal_stat_shape
-    g = None if cache.gamma is None else cache.gamma.reshape(-1)
+    g = _flat(cache.gamma)
     dx4, dgamma, dbeta = impl.backward(
-        dout.reshape(layout.view), x.reshape(layout.view), g,
-        cache.mean.reshape(shape_int), cache.invstd.reshape(shape_int),
+        _shaped(dout, layout.view), _shaped(x, layout.view), g,
+        _shaped(cache.mean, shape_int), _shaped(cache.invstd, shape_int),
         layout.batch_stats, cache.stats_given, cache.saved, center=layout.center,
         # passed only when given, so a backend without a dx buffer still works
         **({} if out is None or not want_dx else {"out": out.reshape(layout.view)}),
         **({} if want_dx else {"want_dx": False}),
     )
-    dx = dx4.reshape(x.shape).astype(x.dtype, copy=False) if want_dx else None
+    dx = _as(_shaped(dx4, x.shape), x.dtype) if want_dx else None
     if dx is not None and out is not None and not out.flags.c_contiguous and not np.may_share_memory(dx, out):
         # reshape copied a non-contiguous out: fill the caller's buffer.
         np.copyto(out, dx)
@@ -217,8 +230,7 @@ def run_backward(dout, cache: NormCache, out, want_dx: bool = True):
     if cache.gamma is None:
         return dx, None, None
     pdtype = cache.gamma.dtype
-    return (dx, dgamma.reshape(layout.param_shape).astype(pdtype, copy=False),
-            dbeta.reshape(layout.param_shape).astype(pdtype, copy=False))
+    return dx, _as(_shaped(dgamma, layout.param_shape), pdtype), _as(_shaped(dbeta, layout.param_shape), pdtype)
 
 
 # ----------------------------------------------------------------------------- pieces

@@ -8,6 +8,7 @@ node, the baseline the closed form is derived from and measured against.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -17,9 +18,20 @@ from .core import Layout, NormCache, normalize_backward, normalize_forward
 
 
 # ----------------------------------------------------------------------------- layouts
+# A layout depends only on shapes and is immutable: each is computed once per shape (a forward's fixed cost
+# is mostly Python of this kind; a cache hit costs a fifth of building the tuple again). The public functions
+# turn their arguments into tuples first, so any sequence of ints keys the same entry.
+
+_layouts = functools.lru_cache(maxsize=256)
+
 
 def batch_layout(shape: tuple[int, ...]) -> Layout:
     """(N, C, *spatial): statistics per channel over N and every spatial position."""
+    return _batch_layout(tuple(shape))
+
+
+@_layouts
+def _batch_layout(shape):
     n, c = shape[0], shape[1]
     l = math.prod(shape[2:])
     return Layout((n, c, 1, l), True, (c,), (c,))
@@ -27,25 +39,33 @@ def batch_layout(shape: tuple[int, ...]) -> Layout:
 
 def layer_layout(shape: tuple[int, ...], normalized_shape: tuple[int, ...]) -> Layout:
     """(*leading, *normalized_shape): statistics per leading index, gamma elementwise."""
+    return _layer_layout(tuple(shape), tuple(normalized_shape))
+
+
+@_layouts
+def _layer_layout(shape, normalized_shape):
     nd = len(normalized_shape)
-    if tuple(shape[len(shape) - nd:]) != tuple(normalized_shape) or len(shape) <= nd:
+    if shape[len(shape) - nd:] != normalized_shape or len(shape) <= nd:
         raise ValueError(
-            f"x's trailing dimensions must equal normalized_shape {tuple(normalized_shape)} "
-            f"after at least one leading dimension, got x shape {tuple(shape)}"
+            f"x's trailing dimensions must equal normalized_shape {normalized_shape} "
+            f"after at least one leading dimension, got x shape {shape}"
         )
-    lead = tuple(shape[: len(shape) - nd])
-    return Layout((math.prod(lead), 1, math.prod(normalized_shape), 1), False,
-                  tuple(normalized_shape), lead)
+    lead = shape[: len(shape) - nd]
+    return Layout((math.prod(lead), 1, math.prod(normalized_shape), 1), False, normalized_shape, lead)
 
 
 def group_layout(shape: tuple[int, ...], groups: int) -> Layout:
     """(N, C, *spatial) in `groups` groups of C/groups channels: statistics per (n, group)."""
-    groups = _checks.check_positive_int(groups, "groups")
+    return _group_layout(tuple(shape), _checks.check_positive_int(groups, "groups"))
+
+
+@_layouts
+def _group_layout(shape, groups):
     n, c = shape[0], shape[1]
     if c % groups:
         raise ValueError(
             f"groups ({groups}) must divide the number of channels C = {c} of x with shape "
-            f"{tuple(shape)}: group norm splits the channels into equal groups"
+            f"{shape}: group norm splits the channels into equal groups"
         )
     return Layout((n, groups, c // groups, math.prod(shape[2:])), False, (c,), (n, groups))
 
@@ -76,6 +96,8 @@ def _normalized_shape(normalized_shape, gamma, x) -> tuple[int, ...]:
     dimension; a scalar gamma is then reported against x's last axis), else x's last axis."""
     if normalized_shape is not None:
         return _checks.check_normalized_shape(normalized_shape)
+    if isinstance(gamma, np.ndarray):  # (np.shape and np.ndim cost a microsecond each: every call asks)
+        return gamma.shape if gamma.ndim > 0 else x.shape[-1:]
     return tuple(np.shape(gamma)) if gamma is not None and np.ndim(gamma) > 0 else x.shape[-1:]
 
 

@@ -130,6 +130,14 @@ def _f64(a):
     return np.ascontiguousarray(a, dtype=np.float64)
 
 
+def _f64_flat(a):
+    """a as a contiguous 1-d float64 array: itself when it is one (statistics the forward made: a call's
+    fixed cost otherwise)."""
+    if a.ndim == 1 and a.dtype == _F64 and a.flags.c_contiguous:
+        return a
+    return _f64(a).reshape(-1)
+
+
 def _affine(gamma, beta, channels):
     gam = np.ones(channels) if gamma is None else _f64(gamma)
     bet = np.zeros(channels) if beta is None else _f64(beta)
@@ -348,16 +356,17 @@ def _fused_forward(plan, x4, gamma, beta, eps, given, out):
     RowsPlan (one (n, g) row per statistic, float64 (N, G) each)."""
     n, g, k, _ = x4.shape
     stat_shape = (n, g) if isinstance(plan, RowsPlan) else (g,)
-    dt = _work_dtype(x4)
+    dt = _F64 if x4.dtype == _F64 else _F32  # (_work_dtype of one array)
     xw = x4 if x4.dtype == dt and x4.flags.c_contiguous else np.ascontiguousarray(x4, dtype=dt)
     direct = out is not None and out.dtype == dt and out.flags.c_contiguous
     y = out if direct else output_pool.empty(x4.shape, dt)
-    stats = np.empty((3, math.prod(stat_shape)))  # mean, var, invstd
+    stats = np.empty((3, *stat_shape))  # mean, var, invstd
+    flat = stats.reshape(3, -1)
     if given is not None:
-        stats[0], stats[1] = given[0].reshape(-1), given[1].reshape(-1)
+        flat[0], flat[1] = given[0].reshape(-1), given[1].reshape(-1)
     plan.run_forward(xw.reshape(plan.view), _param(gamma, 1.0, g * k), _param(beta, 0.0, g * k), eps,
-                     given is not None, stats, y.reshape(plan.view))
-    mean, var, invstd = (stats[i].reshape(stat_shape) for i in range(3))
+                     given is not None, flat, y.reshape(plan.view))
+    mean, var, invstd = stats  # (views of one array: unpacking costs less than three reshapes)
     return _finish(y, out, direct, x4), mean, var, invstd, None
 
 
@@ -365,7 +374,7 @@ def _fused_backward(plan, dout4, x4, gamma, mean, invstd, stats_given, out, want
     """The closed form in one compiled call (a FusedPlan: batch statistics; a RowsPlan: per-sample ones).
     want_dx False: the kernels get a dx of no rows and write only dgamma, dbeta (dx returned as None)."""
     params = x4.shape[1] * x4.shape[2]  # G*K (batch statistics: K = 1)
-    dt = _work_dtype(x4, dout4)
+    dt = _F64 if x4.dtype == _F64 or dout4.dtype == _F64 else _F32  # (_work_dtype of the two)
     xw = x4 if x4.dtype == dt and x4.flags.c_contiguous else np.ascontiguousarray(x4, dtype=dt)
     dyw = dout4 if dout4.dtype == dt and dout4.flags.c_contiguous else np.ascontiguousarray(dout4, dtype=dt)
     direct = out is not None and out.dtype == dt and out.flags.c_contiguous
@@ -375,7 +384,7 @@ def _fused_backward(plan, dout4, x4, gamma, mean, invstd, stats_given, out, want
     else:
         dx, dx_view = None, np.empty((0, *plan.view[1:]), dt)
     dgamma, dbeta = plan.run_backward(xw.reshape(plan.view), dyw.reshape(plan.view), _param(gamma, 1.0, params),
-                                      _f64(mean).reshape(-1), _f64(invstd).reshape(-1), stats_given, dx_view)
+                                      _f64_flat(mean), _f64_flat(invstd), stats_given, dx_view)
     if want_dx and out is not None and not direct:
         np.copyto(out, dx, casting="unsafe")
         dx = out
@@ -534,4 +543,4 @@ def update_running(running_mean, running_var, batch_mean, batch_var, count, fact
 
 def all_finite(mean, var) -> bool:
     """Whether every statistic is finite: one compiled loop."""
-    return _k.finite_stats(mean.reshape(-1), var.reshape(-1))
+    return _k.finite_stats(mean, var)

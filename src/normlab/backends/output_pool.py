@@ -132,10 +132,10 @@ def _give_back(block: np.ndarray) -> None:
 def empty(shape: tuple, dtype) -> np.ndarray:
     """``np.empty(shape, dtype)``, on a recycled block when it is :data:`MIN_BYTES` or larger."""
     dtype = np.dtype(dtype)
-    shape = tuple(map(int, shape))
     nbytes = dtype.itemsize * math.prod(shape)  # (np.prod costs 5 us a call: this runs on every output)
     if nbytes < MIN_BYTES or limit() == 0:
         return np.empty(shape, dtype)
+    shape = tuple(map(int, shape))
     block = None
     with _lock:
         # the most recently idle block of this size (a few blocks at most: a linear scan)
