@@ -397,63 +397,85 @@ def _row_dx(xr, yr, w, mu, s, sk2, k3, out):
         out[j] = s * (w[j] * np.float64(yr[j])) + (sk2 * (np.float64(xr[j]) - mu) + k3)
 
 
-_pair_sums, _pair_slabs, _row_dx = (numba.njit(cache=CACHE, inline="always")(f)
-                                    for f in (_pair_sums, _pair_slabs, _row_dx))
+def _one_row(xr, yr, w, mu, s, pb, pg, slabs, r, width, mode, kx, dx):
+    """One row's sums (and slab terms), then its dx unless dx has no rows."""
+    a = 0.0
+    b = 0.0
+    for j in range(width):
+        d = np.float64(yr[j])
+        e = d * ((np.float64(xr[j]) - mu) * s)
+        a += w[j] * d
+        b += w[j] * e
+        if slabs:
+            pb[j] += d
+            pg[j] += e
+    _row_coefficients(r, s, a, b, width, mode, kx)
+    if dx.shape[0] != 0:
+        _row_dx(xr, yr, w, mu, s, s * kx[1, r], kx[2, r], dx[r])
+
+
+def _pair_rows(x, dy, w, mean, invstd, mode, pb, pg, kx, dx, lo, hi, slabs):
+    """Rows lo:hi of one group, two per sweep: their sums (with ``slabs``, a literal at every call site, the
+    slab terms), then the pair's dx while the rows are in L1; an odd last row alone. ``slabs`` is passed as
+    a constant so each call site compiles one loop: with the flag read at run time the same loops ran 8-18%
+    slower at (2048, 256) float32 (docs/benchmarks.md)."""
+    width = x.shape[1]
+    r = lo
+    while r + 2 <= hi:
+        m0, m1 = mean[r], mean[r + 1]
+        s0, s1 = invstd[r], invstd[r + 1]
+        x0, x1, y0, y1 = x[r], x[r + 1], dy[r], dy[r + 1]  # row views: indices from 0 vectorize
+        a0, a1, b0, b1 = _pair_sums(x0, x1, y0, y1, m0, m1, s0, s1, w, pb, pg, slabs)
+        _row_coefficients(r, s0, a0, b0 * s0, width, mode, kx)
+        _row_coefficients(r + 1, s1, a1, b1 * s1, width, mode, kx)
+        for rr in range(r, r + 2):  # dx while the rows are still in L1
+            s = kx[0, rr]
+            _row_dx(x[rr], dy[rr], w, mean[rr], s, s * kx[1, rr], kx[2, rr], dx[rr])
+        r += 2
+    if r < hi:
+        _one_row(x[r], dy[r], w, mean[r], invstd[r], pb, pg, slabs, r, width, mode, kx, dx)
+
+
+_pair_sums, _pair_slabs, _row_dx, _one_row, _pair_rows = (
+    numba.njit(cache=CACHE, inline="always")(f) for f in (_pair_sums, _pair_slabs, _row_dx, _one_row, _pair_rows))
 
 
 def _fused_rows_backward_elementwise(x, dy, gam, mean, invstd, mode, dgp, dbp, kx, dx):
-    """As _fused_rows_backward with parameters per element (layer norm; P = M): two rows per sweep (one
-    group), so the dgamma/dbeta slab entries are loaded and stored once per two rows; then dx of those rows
-    while they are in L1, as s*(gam*dy) + ((s*k2)*(x - mean) + k3), the closed form with invstd factored
-    out (k2*(x - mean) = -mean(dxhat*xhat)*xhat stays O(dy)): four float64 operations an element, 13-22%
-    faster than four rows per sweep with x-hat formed again (docs/benchmarks.md). The sums take
-    dy*(x - mean) and scale by invstd once per row (and once per pair of values for dgamma): 3-5% faster
-    at (2048, 256) float32 than x-hat per value. dx (0, M): no dx, as there."""
+    """As _fused_rows_backward with parameters per element (layer norm; P = M). One group (layer norm): two
+    rows per sweep (``_pair_rows``), so the dgamma/dbeta slab entries are loaded and stored once per two
+    rows; then dx of those rows while they are in L1, as s*(gam*dy) + ((s*k2)*(x - mean) + k3), the closed
+    form with invstd factored out (k2*(x - mean) = -mean(dxhat*xhat)*xhat stays O(dy)): four float64
+    operations an element, 13-22% faster than four rows per sweep with x-hat formed again
+    (docs/benchmarks.md). The sums take dy*(x - mean) and scale by invstd once per row (and once per pair of
+    values for dgamma): 3-5% faster at (2048, 256) float32 than x-hat per value. Several groups (group norm
+    with short runs): row by row, each with its group's parameters. dx (0, M): no dx, as there."""
     rows, width = x.shape
     groups = gam.shape[0]
     blocks = dgp.shape[0]
     for t in prange(blocks):
         lo = t * rows // blocks
         hi = (t + 1) * rows // blocks
-        r = lo
-        while r < hi:
-            step = 2 if r + 2 <= hi and groups == 1 else 1
-            g = r % groups
-            pb = dbp[t, g]
-            pg = dgp[t, g]
-            slabs = pg.shape[0] != 0  # slabs of no width: no dgamma, dbeta wanted
-            w = gam[g]
-            if step == 2:
-                m0, m1 = mean[r], mean[r + 1]
-                s0, s1 = invstd[r], invstd[r + 1]
-                x0, x1, y0, y1 = x[r], x[r + 1], dy[r], dy[r + 1]  # row views: indices from 0 vectorize
-                if dx.shape[0] == 0:  # no dx: the slabs only (the rows' sums feed dx alone)
-                    if slabs:
-                        _pair_slabs(x0, x1, y0, y1, m0, m1, s0, s1, pb, pg)
+        if groups != 1:
+            for r in range(lo, hi):
+                g = r % groups
+                pg = dgp[t, g]
+                _one_row(x[r], dy[r], gam[g], mean[r], invstd[r], dbp[t, g], pg, pg.shape[0] != 0, r, width,
+                         mode, kx, dx)
+            continue
+        pb, pg, w = dbp[t, 0], dgp[t, 0], gam[0]  # (one group: the views once per block)
+        if dx.shape[0] == 0:  # no dx: the slabs only (the rows' sums feed dx alone)
+            if pg.shape[0] != 0:
+                r = lo
+                while r + 2 <= hi:
+                    _pair_slabs(x[r], x[r + 1], dy[r], dy[r + 1], mean[r], mean[r + 1], invstd[r],
+                                invstd[r + 1], pb, pg)
                     r += 2
-                    continue
-                a0, a1, b0, b1 = _pair_sums(x0, x1, y0, y1, m0, m1, s0, s1, w, pb, pg, slabs)
-                _row_coefficients(r, s0, a0, b0 * s0, width, mode, kx)
-                _row_coefficients(r + 1, s1, a1, b1 * s1, width, mode, kx)
-            else:
-                mu = mean[r]
-                s = invstd[r]
-                a = 0.0
-                b = 0.0
-                xr, yr = x[r], dy[r]
-                for j in range(width):
-                    d = np.float64(yr[j])
-                    e = d * ((np.float64(xr[j]) - mu) * s)
-                    a += w[j] * d
-                    b += w[j] * e
-                    if slabs:
-                        pb[j] += d
-                        pg[j] += e
-                _row_coefficients(r, s, a, b, width, mode, kx)
-            for rr in range(r, r + step if dx.shape[0] != 0 else r):  # dx while the rows are still in L1
-                s = kx[0, rr]
-                _row_dx(x[rr], dy[rr], w, mean[rr], s, s * kx[1, rr], kx[2, rr], dx[rr])
-            r += step
+                if r < hi:
+                    _one_row(x[r], dy[r], w, mean[r], invstd[r], pb, pg, True, r, width, mode, kx, dx)
+        elif pg.shape[0] != 0:
+            _pair_rows(x, dy, w, mean, invstd, mode, pb, pg, kx, dx, lo, hi, True)
+        else:  # no dgamma, dbeta wanted: slabs of no width
+            _pair_rows(x, dy, w, mean, invstd, mode, pb, pg, kx, dx, lo, hi, False)
 
 
 # The running-statistics rule compiled from its one definition, applied per channel on scalars: no
