@@ -12,7 +12,7 @@ times, same process, alternating, medians over ``--runs``:
   written in float32 lanes (those add exact products and sums on top, ``_numba_lanes``), and itself short of
   the README's bound (its per-term rounding is about 20× the allowed slack, docs/benchmarks.md);
 * ``kernel``: the whole backward kernel (serial twin) as the library calls it;
-* ``ATen``: ``aten.native_layer_norm_backward`` on the same tensors, the same threads.
+* ``ATen``: ``aten.native_layer_norm_backward`` on the same tensors, on ``--threads`` threads (default 1).
 
 ``sums + dx float32`` is the floor for a backward that keeps float64 sums, whatever its dx pass does.
 """
@@ -60,7 +60,7 @@ def dx32_pass(x, dy, w, mean, s, sk2, k3, dx):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shape", default="2048x256", help="rows x width (default 2048x256, the transformer's)")
-    ap.add_argument("--threads", type=int, default=1, help="threads for ATen and the kernel (the passes: 1)")
+    ap.add_argument("--threads", type=int, default=1, help="threads for ATen (the passes and the kernel, its serial twin: 1)")
     ap.add_argument("--runs", type=int, default=400)
     args = ap.parse_args()
     rows, width = (int(v) for v in args.shape.lower().split("x"))
@@ -76,12 +76,20 @@ def main():
     w = gamma.astype(np.float64)
     mean = x.astype(np.float64).mean(axis=1)
     invstd = 1.0 / np.sqrt(x.astype(np.float64).var(axis=1) + 1e-5)
-    k2, k3 = rng.standard_normal(rows) * 0.1, rng.standard_normal(rows) * 0.1
-    sk2 = invstd * k2
-    f32 = [a.astype(np.float32) for a in (w, mean, invstd, sk2, k3)]
     pb, pg, sums, dx = np.zeros(width), np.zeros(width), np.empty((rows, 2)), np.empty_like(x)
-    dgamma, dbeta = np.empty(width), np.empty(width)
+    dgamma, dbeta, kernel_dx = np.empty(width), np.empty(width), np.empty_like(x)
     backward = K.rows_backward_call["rows_elementwise"][1]
+    # The dx pass's coefficients from the sums pass, as the kernel forms them (_row_coefficients): the passes
+    # timed below compute what the kernel computes, checked against its dx.
+    sums_pass(x, dy, w, mean, invstd, pb, pg, sums)
+    k3 = -invstd * (sums[:, 0] / width)
+    sk2 = invstd * (-invstd * (sums[:, 1] * invstd / width))
+    dx64_pass(x, dy, w, mean, invstd, sk2, k3, dx)
+    backward(x, dy, gamma, 1, width, 1, False, mean, invstd, K.STATS_BATCH, 1, dgamma, dbeta, kernel_dx)
+    scale = float(np.max(np.abs(kernel_dx)))
+    if not np.allclose(dx, kernel_dx, rtol=1e-6, atol=1e-6 * scale):
+        raise SystemExit("the dx pass does not reproduce the kernel's dx: the passes timed are not the kernel's")
+    f32 = [a.astype(np.float32) for a in (w, mean, invstd, sk2, k3)]
     tx, tdy, tg = (torch.from_numpy(a) for a in (x, dy, gamma))
     _, tmean, trstd = torch.ops.aten.native_layer_norm(tx, [width], tg, None, 1e-5)
 
@@ -90,7 +98,7 @@ def main():
         "dx float64": lambda: dx64_pass(x, dy, w, mean, invstd, sk2, k3, dx),
         "dx float32": lambda: dx32_pass(x, dy, f32[0], f32[1], f32[2], f32[3], f32[4], dx),
         "kernel": lambda: backward(x, dy, gamma, 1, width, 1, False, mean, invstd, K.STATS_BATCH, 1, dgamma, dbeta,
-                                   dx),
+                                   kernel_dx),
         "ATen": lambda: torch.ops.aten.native_layer_norm_backward(tdy, tx, [width], tmean, trstd, tg, None,
                                                                   [True, True, False]),
     }

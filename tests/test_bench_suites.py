@@ -311,3 +311,24 @@ def test_per_call_script_times_each_norm_of_both_twins():
     assert done.returncode == 0, done.stderr
     assert "CONTROL (A/A)" in done.stdout and "the second column's norms: torch" in done.stdout
     assert len([line for line in done.stdout.splitlines() if re.match(r"^\d+\s", line)]) == 4, done.stdout
+
+
+def test_layer_norm_floor_script_times_the_kernels_own_passes():
+    """benchmarks/layer_norm_floor.py: every pass timed, the dx pass checked against the kernel's dx; an odd
+    row count is refused with a message."""
+    import pathlib
+    import re
+    import subprocess
+    import sys
+
+    script = pathlib.Path(__file__).resolve().parent.parent / "benchmarks" / "layer_norm_floor.py"
+    done = subprocess.run([sys.executable, str(script), "--shape", "6x40", "--runs", "3"], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    times = dict(re.findall(r"^\s+(\S.*?\S)\s+(\d+\.\d) us", done.stdout, flags=re.M))
+    assert set(times) == {"sums", "dx float64", "dx float32", "kernel", "ATen", "sums + dx float64",
+                          "sums + dx float32 (floor)"}, done.stdout
+    assert all(float(v) > 0 for v in times.values()), done.stdout
+    done = subprocess.run([sys.executable, str(script), "--shape", "5x40", "--runs", "3"], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode != 0 and "even number of rows" in done.stderr
