@@ -60,7 +60,8 @@ def dx32_pass(x, dy, w, mean, s, sk2, k3, dx):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shape", default="2048x256", help="rows x width (default 2048x256, the transformer's)")
-    ap.add_argument("--threads", type=int, default=1, help="threads for ATen (the passes and the kernel, its serial twin: 1)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="threads for ATen (the passes and the kernel, its serial twin: 1)")
     ap.add_argument("--runs", type=int, default=400)
     args = ap.parse_args()
     rows, width = (int(v) for v in args.shape.lower().split("x"))
