@@ -314,8 +314,8 @@ def test_per_call_script_times_each_norm_of_both_twins():
 
 
 def test_layer_norm_floor_script_times_the_kernels_own_passes():
-    """benchmarks/layer_norm_floor.py: every pass timed, the dx pass checked against the kernel's dx; an odd
-    row count is refused with a message."""
+    """benchmarks/layer_norm_floor.py: every pass timed (the script itself refuses to time passes whose dx
+    differs from the kernel's)."""
     import pathlib
     import re
     import subprocess
@@ -329,6 +329,3 @@ def test_layer_norm_floor_script_times_the_kernels_own_passes():
     assert set(times) == {"sums", "dx float64", "dx float32", "kernel", "ATen", "sums + dx float64",
                           "sums + dx float32 (floor)"}, done.stdout
     assert all(float(v) > 0 for v in times.values()), done.stdout
-    done = subprocess.run([sys.executable, str(script), "--shape", "5x40", "--runs", "3"], capture_output=True,
-                          text=True, timeout=300)
-    assert done.returncode != 0 and "even number of rows" in done.stderr
