@@ -133,8 +133,8 @@ def _f64(a):
 def _f64_flat(a):
     """a as a contiguous 1-d float64 array: itself when it is one (statistics the forward made: a call's
     fixed cost otherwise)."""
-    if a.ndim == 1 and a.dtype == _F64 and a.flags.c_contiguous:
-        return a
+    if a.dtype == _F64 and a.flags.c_contiguous:
+        return a if a.ndim == 1 else a.reshape(-1)
     return _f64(a).reshape(-1)
 
 
