@@ -417,8 +417,8 @@ def _one_row(xr, yr, w, mu, s, pb, pg, slabs, r, width, mode, kx, dx):
 def _pair_rows(x, dy, w, mean, invstd, mode, pb, pg, kx, dx, lo, hi, slabs):
     """Rows lo:hi of one group, two per sweep: their sums (with ``slabs``, a literal at every call site, the
     slab terms), then the pair's dx while the rows are in L1; an odd last row alone. ``slabs`` is passed as
-    a constant so each call site compiles one loop: with the flag read at run time the same loops ran 8-18%
-    slower at (2048, 256) float32 (docs/benchmarks.md)."""
+    a constant so each call site compiles one loop: with the flag read at run time the same loops ran 10-12%
+    slower at (2048, 256) float32, and 5% more with the group's views taken per pair (docs/benchmarks.md)."""
     width = x.shape[1]
     r = lo
     while r + 2 <= hi:
