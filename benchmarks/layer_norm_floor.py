@@ -28,16 +28,20 @@ import torch
 
 from normlab.backends import _numba_kernels as K
 
-_pair_sums, _row_dx = K._pair_sums, K._row_dx
+_pair_sums, _row_dx, _row_coefficients = K._pair_sums, K._row_dx, K._row_coefficients
 
 
 @numba.njit(fastmath=K.FASTMATH)
-def sums_pass(x, dy, w, mean, invstd, pb, pg, out):
-    """Every pair of rows through the kernel's sums helper, slabs included; the rows' sums into out (R, 2)."""
+def sums_pass(x, dy, w, mean, invstd, pb, pg, kx):
+    """Every pair of rows through the kernel's sums helper, slabs included; each row's dx coefficients into
+    kx (3, R) as the kernel forms them."""
+    width = x.shape[1]
     for r in range(0, x.shape[0] - 1, 2):
-        a0, a1, b0, b1 = _pair_sums(x[r], x[r + 1], dy[r], dy[r + 1], mean[r], mean[r + 1], invstd[r],
-                                    invstd[r + 1], w, pb, pg, True)
-        out[r, 0], out[r, 1], out[r + 1, 0], out[r + 1, 1] = a0, b0, a1, b1
+        s0, s1 = invstd[r], invstd[r + 1]
+        a0, a1, b0, b1 = _pair_sums(x[r], x[r + 1], dy[r], dy[r + 1], mean[r], mean[r + 1], s0, s1, w, pb, pg,
+                                    True)
+        _row_coefficients(r, s0, a0, b0 * s0, width, K.STATS_BATCH, kx)
+        _row_coefficients(r + 1, s1, a1, b1 * s1, width, K.STATS_BATCH, kx)
 
 
 @numba.njit(fastmath=K.FASTMATH)
@@ -77,14 +81,13 @@ def main():
     w = gamma.astype(np.float64)
     mean = x.astype(np.float64).mean(axis=1)
     invstd = 1.0 / np.sqrt(x.astype(np.float64).var(axis=1) + 1e-5)
-    pb, pg, sums, dx = np.zeros(width), np.zeros(width), np.empty((rows, 2)), np.empty_like(x)
+    pb, pg, sums, dx = np.zeros(width), np.zeros(width), np.empty((3, rows)), np.empty_like(x)
     dgamma, dbeta, kernel_dx = np.empty(width), np.empty(width), np.empty_like(x)
     backward = K.rows_backward_call["rows_elementwise"][1]
-    # The dx pass's coefficients from the sums pass, as the kernel forms them (_row_coefficients): the passes
-    # timed below compute what the kernel computes, checked against its dx.
+    # The dx pass's coefficients from the sums pass (the kernel's own _row_coefficients): the passes timed
+    # below compute what the kernel computes, checked against its dx.
     sums_pass(x, dy, w, mean, invstd, pb, pg, sums)
-    k3 = -invstd * (sums[:, 0] / width)
-    sk2 = invstd * (-invstd * (sums[:, 1] * invstd / width))
+    k3, sk2 = sums[2].copy(), sums[0] * sums[1]
     dx64_pass(x, dy, w, mean, invstd, sk2, k3, dx)
     backward(x, dy, gamma, 1, width, 1, False, mean, invstd, K.STATS_BATCH, 1, dgamma, dbeta, kernel_dx)
     scale = float(np.max(np.abs(kernel_dx)))
