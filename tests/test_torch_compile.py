@@ -193,3 +193,48 @@ def test_float32_arithmetic_is_an_explicit_option_and_recompiles(restore_compute
     assert counter.frame_count == 3  # (the float64 input's graph; the float32 one's float64 graph is reused)
     with pytest.raises(ValueError, match="dtype must be torch.float32 or torch.float64"):
         nt.set_compute_dtype(torch.float16)
+
+
+def _guard_names(net, x) -> list[str]:
+    """The names of the guards dynamo installs for net compiled (aot_eager) and called on x."""
+    names = []
+
+    def keep_all(entries):
+        names.extend(e.name for e in entries)
+        return [True] * len(entries)
+
+    torch.compile(net, backend="aot_eager", options={"guard_filter_fn": keep_all})(x)
+    return names
+
+
+def test_dynamo_guards_nothing_behind_the_route():
+    """Under torch.compile a norm is one nonstrict-traced call (``normlab.torch.compiled``): dynamo guards none of
+    the modules behind it, the checks, layouts, autograd Function and closed form, whose every global it would
+    otherwise check again on each call of the compiled model (about 200 guards a norm)."""
+    torch._dynamo.reset()
+    net = torch.nn.Sequential(torch.nn.Linear(4, 6), nt.BatchNorm1d(6), torch.nn.ReLU(), nt.LayerNorm(6),
+                              nt.GroupNorm(2, 6))
+    names = _guard_names(net, torch.randn(8, 4))
+    behind = [n for n in names if any(f"normlab_dot_{m}" in n for m in
+                                      ("torch_dot_checks", "torch_dot_ops", "torch_dot_autograd", "norms", "core"))]
+    assert names and not behind, behind[:10]
+
+
+def test_bad_input_under_compile_raises_the_check_and_changes_nothing():
+    """The checks run while the graph is built: the caller gets the check's error (as the cause of dynamo's own
+    with fullgraph=True) and the running statistics and count are as they were."""
+    torch._dynamo.reset()
+    bn = nt.BatchNorm1d(3)
+    before = {k: v.clone() for k, v in bn.state_dict().items()}
+    with pytest.raises(ValueError, match=r"weight must have shape \(5,\)"):
+        torch.compile(bn, backend="aot_eager")(torch.randn(4, 5))
+    torch._dynamo.reset()  # (else the frame that failed above runs eagerly from now on)
+    with pytest.raises(RuntimeError) as info:
+        torch.compile(bn, backend="aot_eager", fullgraph=True)(torch.randn(4, 5))
+    chain, error = [], info.value
+    while error is not None:
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    assert any(isinstance(e, ValueError) and "weight must have shape (5,)" in str(e) for e in chain), chain
+    for key, value in bn.state_dict().items():
+        assert torch.equal(value, before[key]), key

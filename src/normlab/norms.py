@@ -22,7 +22,19 @@ from .core import Layout, NormCache, normalize_backward, normalize_forward
 # is mostly Python of this kind; a cache hit costs a fifth of building the tuple again). The public functions
 # turn their arguments into tuples first, so any sequence of ints keys the same entry.
 
-_layouts = functools.lru_cache(maxsize=256)
+
+def _layouts(build):
+    """build, cached per argument tuple; sizes that cannot be hashed (torch.compile's symbolic sizes) build the
+    layout each time."""
+    cached = functools.lru_cache(maxsize=256)(build)
+
+    @functools.wraps(build)
+    def layout(*args):
+        try:
+            return cached(*args)
+        except TypeError:  # (unhashable; a TypeError of build's own is raised again by the call below)
+            return build(*args)
+    return layout
 
 
 def batch_layout(shape: tuple[int, ...]) -> Layout:

@@ -42,7 +42,7 @@ def _closed_form_grads(dout, x, weight, mean, invstd, spec: Spec, stats_given: b
     xc = ops.canonical(x, rows)
     layout = ops.layout_of(spec.kind, x, spec.arg, rows)
     if given is not None:  # create_graph: statistics as functions of x, so autograd sees through them
-        mean, _, invstd = closed_form.statistics(xc, layout, spec.eps, *given)
+        mean, _, invstd = closed_form.statistics(xc, layout, spec.eps, *given, spec.dtype)
     dx, dw, db = closed_form.backward(ops.canonical(dout, rows), xc, weight, mean, invstd, layout, stats_given)
     return _restore(dx, x, rows, spec.kind), dw, db
 
@@ -89,7 +89,8 @@ class NormFunction(torch.autograd.Function):
             return ops.normalize(x, weight, bias, mean, var, spec.kind, list(spec.arg), spec.eps, spec.backend)
         rows = ops.channels_last_rows(x, spec.kind)
         layout = ops.layout_of(spec.kind, x, spec.arg, rows)
-        out, *stats = closed_form.forward(ops.canonical(x, rows), weight, bias, layout, spec.eps, mean, var)
+        out, *stats = closed_form.forward(ops.canonical(x, rows), weight, bias, layout, spec.eps, mean, var,
+                                          spec.dtype)
         out = _restore(out, x, rows, spec.kind)
         # A view of an intermediate (a reshape) as a Function's output could not be edited in place later.
         return (out.clone(memory_format=torch.preserve_format) if out._base is not None else out, *stats)

@@ -30,12 +30,14 @@ NAMES = ("weight", "bias", "running_mean", "running_var")
 
 
 class Spec(NamedTuple):
-    """Which norm (a key of ``ops.LAYOUTS``), its argument (normalized_shape or (groups,)), eps, backend."""
+    """Which norm (a key of ``ops.LAYOUTS``), its argument (normalized_shape or (groups,)), eps, backend; dtype:
+    the closed form's arithmetic in torch ops (None: ``closed_form.compute_dtype``'s choice when it runs)."""
 
     kind: str
     arg: tuple[int, ...]
     eps: float
     backend: str
+    dtype: torch.dtype | None = None
 
 
 def check_backend(backend: str) -> str:

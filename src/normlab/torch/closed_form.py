@@ -97,12 +97,13 @@ def _pivot(x4: torch.Tensor, layout: Layout) -> torch.Tensor:
     return first[0:1] if layout.batch_stats else first
 
 
-def statistics(x: torch.Tensor, layout: Layout, eps: float, mean=None, var=None):
-    """(mean, var, invstd) of ``layout.stat_shape`` in the compute dtype: from x, or the given mean/var.
+def statistics(x: torch.Tensor, layout: Layout, eps: float, mean=None, var=None, dtype=None):
+    """(mean, var, invstd) of ``layout.stat_shape`` in ``dtype`` (None: the compute dtype): from x, or the given
+    mean/var.
 
     var is biased and clamped at 0; without a centre (RMS norm) mean is 0 and var the mean square.
     """
-    dtype = compute_dtype(x.device, x.dtype)
+    dtype = dtype or compute_dtype(x.device, x.dtype)
     if mean is not None:  # copies (O(C)): returned statistics never alias the caller's buffers
         var = var.to(dtype, copy=True)
         return mean.to(dtype, copy=True), var, torch.rsqrt(var + eps)
@@ -121,9 +122,10 @@ def statistics(x: torch.Tensor, layout: Layout, eps: float, mean=None, var=None)
     return mean4.reshape(shape), var4.reshape(shape), torch.rsqrt(var4 + eps).reshape(shape)
 
 
-def forward(x, weight, bias, layout: Layout, eps: float, mean=None, var=None):
-    """-> (out of x's shape and dtype, mean, var, invstd); mean/var given means inference statistics."""
-    mean, var, invstd = statistics(x, layout, eps, mean, var)
+def forward(x, weight, bias, layout: Layout, eps: float, mean=None, var=None, dtype=None):
+    """-> (out of x's shape and dtype, mean, var, invstd); mean/var given means inference statistics; dtype: the
+    arithmetic (None: the compute dtype)."""
+    mean, var, invstd = statistics(x, layout, eps, mean, var, dtype)
     dtype = mean.dtype
     scale = _stat4(invstd, layout)
     if weight is not None:

@@ -62,12 +62,14 @@ def layout_of(kind: str, x: torch.Tensor, arg, rows: bool = False):
     int(): under torch.compile(dynamic=True) sizes arrive as symbols; the layout
     fixes the channel count and a group count (what a module's parameters fix
     anyway) with a guard, while the batch, spatial and a layer norm's leading
-    (e.g. sequence) sizes stay symbolic. In eager mode layouts are cached per
+    (e.g. sequence) sizes stay symbolic. Layouts of int sizes are cached per
     shape: a training loop asks for the same few every step.
     """
-    if not torch.compiler.is_compiling():
-        return _cached_layout(kind, tuple(x.shape), tuple(arg), rows)
-    return layout_of_shape(kind, tuple(x.shape), arg, rows)
+    shape = tuple(x.shape)
+    try:
+        return _cached_layout(kind, shape, tuple(arg), rows)
+    except TypeError:  # symbolic sizes cannot be hashed (a TypeError of the layout's own is raised again below)
+        return layout_of_shape(kind, shape, arg, rows)
 
 
 def layout_of_shape(kind: str, shape: tuple, arg, rows: bool = False):

@@ -16,10 +16,11 @@ before any route runs, on every route. Three routes remain::
                                not built (NORMLAB_NATIVE=0), float16/bfloat16, strided or channels_last
                                input, mixed dtypes, sizes the fused kernels do not serve, statistics
                                that come out non-finite (the core rescales or reports them)
-      otherwise  `-- "ops"     NormFunction: other devices, backend="torch", empty input, and every call
-                               under torch.compile (the closed form in torch ops, which inductor fuses),
-                               torch.func or tracing (custom operators on CPU, the closed form in torch
-                               ops elsewhere; double backward everywhere)
+      otherwise  `-- "ops"     NormFunction: other devices, backend="torch", empty input, torch.func or
+                               tracing (custom operators on CPU, the closed form in torch ops elsewhere;
+                               double backward everywhere)
+      compiled   --> ``compiled.traced_norm``: the checks and NormFunction's closed form in torch ops as one
+                     node to dynamo (no guards on what it reads), which inductor fuses
 
 Batch norm's state (running statistics, num_batches_tracked) changes only after
 the checks and the forward have passed: in the node on the native route, in
@@ -36,7 +37,7 @@ import torch
 
 from ..backends import get_backend
 from ..running_rule import blend_running_stats
-from . import fused, fused_node
+from . import closed_form, compiled, fused, fused_node
 from .autograd import EagerNormFunction, NormFunction
 from .checks import Spec, check_call, check_tensor
 
@@ -101,6 +102,9 @@ def normalize(kind: str, arg: tuple, eps, backend: str, x, weight, bias, running
     """
     if isinstance(eps, torch.Tensor):
         eps = eps.item() if eps.dim() == 0 and not eps.requires_grad else eps  # torch takes a 0-d tensor
+    if torch.compiler.is_compiling():  # (a constant to dynamo: only this branch is traced)
+        return _compiled(kind, arg, eps, backend, x, weight, bias, running_mean, running_var, batch_stats,
+                         num_batches_tracked, momentum, stats)
     try:
         plain = eager(x)
     except AttributeError:  # not a tensor
@@ -124,6 +128,24 @@ def normalize(kind: str, arg: tuple, eps, backend: str, x, weight, bias, running
                     _PLANS.clear()
                 _PLANS[key] = plan
     return _run(plan, x, weight, bias, running_mean, running_var, batch_stats, num_batches_tracked, momentum, stats)
+
+
+def _compiled(kind, arg, eps, backend, x, weight, bias, running_mean, running_var, batch_stats, num_batches_tracked,
+              momentum, with_stats):
+    """:func:`normalize` under torch.compile: the call as one node (``compiled.traced_norm``), then the state."""
+    if not isinstance(x, torch.Tensor):
+        check_tensor(x, "input")
+    four = (weight, bias, running_mean, running_var)
+    float64 = closed_form.compute_dtype(x.device, x.dtype) == torch.float64  # (read here: dynamo guards it)
+    out, mean, var, invstd = compiled.traced_norm(x, [t for t in four if t is not None],
+                                                  tuple(t is not None for t in four), kind, tuple(arg), eps, backend,
+                                                  batch_stats, torch.is_grad_enabled(), float64)
+    if num_batches_tracked is not None or (batch_stats and running_mean is not None):
+        # values per statistic: x's over the statistics' count (0 for an empty batch, which leaves them)
+        count = x.numel() // mean.numel() if x.numel() else 0
+        update_batch_state(kind, count, running_mean if batch_stats else None, running_var if batch_stats else None,
+                           num_batches_tracked, momentum, mean, var)
+    return (out, mean, var, invstd) if with_stats else out
 
 
 def _make_plan(kind, arg, eps, backend, x, weight, bias, running_mean, running_var, batch_stats,
