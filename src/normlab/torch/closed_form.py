@@ -200,12 +200,16 @@ def backward(dout, x, weight, mean, invstd, layout: Layout, stats_given: bool, s
             sum_dxhat, sum_dxhat_xhat = sum_dxhat * w4, sum_dxhat_xhat * w4
     # dx = invstd*(dxhat - xhat*sum(dxhat*xhat)/m - sum(dxhat)/m) = dxhat*scale - (x - mean)*a - b, the
     # factors per statistic made once, in one small tensor: inductor stores it rather than recomputing
-    # them for every element (and 1/m taken once: no division in the loop over x)
+    # them for every element (and 1/m taken once: no division in the loop over x). Not for batch norm on
+    # (N, C), whose factors change along x's rows anyway: there recomputing them costs a few vector products
+    # a row, and storing them four more buffers and views a norm in the compiled graph's Python (an MLP's
+    # compiled step 11-51 us faster without, docs/benchmarks.md)
     inv_m = 1.0 / m if m else float("nan")  # (m = 0: an empty x, whose dx is empty too)
     factors = [s4 * s4 * sum_dxhat_xhat * inv_m] + ([s4 * sum_dxhat * inv_m] if layout.center else [])
     if per_stat:
         factors.append(scale)
-    factors = torch.stack(torch.broadcast_tensors(*factors)).unbind(0)
+    if not (per_stat and layout.view[3] == 1):
+        factors = torch.stack(torch.broadcast_tensors(*factors)).unbind(0)
     if per_stat:
         scale = factors[-1]
     dx4 = dxhat * scale - xc * factors[0]
