@@ -3,7 +3,7 @@
 Dynamo guards every global a traced function reads (each function's code, each constant, each module reached
 through another module) and checks those guards again on every call of the compiled model. Traced through
 ``route``'s checks, plan and ``NormFunction``, a norm brought about 200 guards with it; in an MLP with two
-BatchNorm1d, compiled, they made the forward 57-75 us slower a step than torch.nn's, all of it gone with
+BatchNorm1d, compiled, they made the forward 55-99 us slower a step than torch.nn's, all of it gone with
 dynamo's guards on globals dropped (docs/benchmarks.md, "Compiled training steps"). Under
 ``torch._dynamo.nonstrict_trace`` dynamo records :func:`traced_norm` as one node and guards only its arguments;
 AOTAutograd then runs its body (the checks, ``NormFunction`` and its closed-form backward) on fake tensors and
@@ -23,8 +23,12 @@ import torch
 from .autograd import NormFunction
 from .checks import check_call
 
+# (torch 2.13, which normlab's torch extra pins, has it; without it dynamo traces the body itself: the same
+# graph, with the guards)
+_nonstrict_trace = getattr(torch._dynamo, "nonstrict_trace", lambda fn: fn)
 
-@torch._dynamo.nonstrict_trace
+
+@_nonstrict_trace
 def traced_norm(x, tensors: list, present: tuple, kind: str, arg: tuple, eps, backend: str, batch_stats: bool,
                 grad: bool, float64: bool):
     """(out, mean, var, invstd) of norm ``kind`` on x in torch ops, as ``route.normalize`` computes them.

@@ -6,7 +6,7 @@ and num_batches_tracked (class, shape, dtype, device, layout, contiguity,
 requires_grad), the norm and its argument, eps and its type, the backend — and
 looks up the :class:`Plan` for it; a new signature is checked first
 (``checks.check_call``: everything any kernel will touch), so bad input raises
-before any route runs, on every route. Three routes remain::
+before any route runs, on every route. Three routes remain, and one call under torch.compile::
 
     module / functional --> normalize --> Plan (cached per signature)
       eager CPU  |-- "native"  fused_node.fused_norm: the whole call in C++ (forward, batch norm's
