@@ -222,7 +222,8 @@ def test_dynamo_guards_nothing_behind_the_route():
 
 def test_bad_input_under_compile_raises_the_check_and_changes_nothing():
     """The checks run while the graph is built: the caller gets the check's error (as the cause of dynamo's own
-    with fullgraph=True) and the running statistics and count are as they were."""
+    with fullgraph=True) for a weight of the wrong length and an integer input, and the running statistics and
+    count are as they were."""
     torch._dynamo.reset()
     bn = nt.BatchNorm1d(3)
     before = {k: v.clone() for k, v in bn.state_dict().items()}
@@ -236,5 +237,8 @@ def test_bad_input_under_compile_raises_the_check_and_changes_nothing():
         chain.append(error)
         error = error.__cause__ or error.__context__
     assert any(isinstance(e, ValueError) and "weight must have shape (5,)" in str(e) for e in chain), chain
+    torch._dynamo.reset()
+    with pytest.raises(TypeError, match="input must be float16, bfloat16, float32 or float64, got torch.int64"):
+        torch.compile(bn, backend="aot_eager")(torch.ones(4, 3, dtype=torch.long))
     for key, value in bn.state_dict().items():
         assert torch.equal(value, before[key]), key

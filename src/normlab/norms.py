@@ -23,18 +23,23 @@ from .core import Layout, NormCache, normalize_backward, normalize_forward
 # turn their arguments into tuples first, so any sequence of ints keys the same entry.
 
 
-def _layouts(build):
-    """build, cached per argument tuple; sizes that cannot be hashed (torch.compile's symbolic sizes) build the
-    layout each time."""
-    cached = functools.lru_cache(maxsize=256)(build)
+def cached_layouts(maxsize: int):
+    """Decorator: a layout function cached per argument tuple; sizes that cannot be hashed (torch.compile's
+    symbolic sizes) build the layout each time."""
+    def wrap(build):
+        cached = functools.lru_cache(maxsize=maxsize)(build)
 
-    @functools.wraps(build)
-    def layout(*args):
-        try:
-            return cached(*args)
-        except TypeError:  # (unhashable; a TypeError of build's own is raised again by the call below)
-            return build(*args)
-    return layout
+        @functools.wraps(build)
+        def layout(*args):
+            try:
+                return cached(*args)
+            except TypeError:  # (unhashable; a TypeError of build's own is raised again by the call below)
+                return build(*args)
+        return layout
+    return wrap
+
+
+_layouts = cached_layouts(256)
 
 
 def batch_layout(shape: tuple[int, ...]) -> Layout:

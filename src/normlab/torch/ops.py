@@ -19,14 +19,13 @@ need nothing else.
 
 from __future__ import annotations
 
-import functools
 import math
 
 import numpy as np
 import torch
 
 from ..core import NormCache, run_backward, run_forward
-from ..norms import batch_layout, group_layout, instance_layout, layer_layout, rms_layout
+from ..norms import batch_layout, cached_layouts, group_layout, instance_layout, layer_layout, rms_layout
 from . import memory
 
 LAYOUTS = {
@@ -65,11 +64,7 @@ def layout_of(kind: str, x: torch.Tensor, arg, rows: bool = False):
     (e.g. sequence) sizes stay symbolic. Layouts of int sizes are cached per
     shape: a training loop asks for the same few every step.
     """
-    shape = tuple(x.shape)
-    try:
-        return _cached_layout(kind, shape, tuple(arg), rows)
-    except TypeError:  # symbolic sizes cannot be hashed (a TypeError of the layout's own is raised again below)
-        return layout_of_shape(kind, shape, arg, rows)
+    return _cached_layout(kind, tuple(x.shape), tuple(arg), rows)
 
 
 def layout_of_shape(kind: str, shape: tuple, arg, rows: bool = False):
@@ -83,7 +78,7 @@ def layout_of_shape(kind: str, shape: tuple, arg, rows: bool = False):
     return LAYOUTS[kind](tuple(shape), arg)
 
 
-_cached_layout = functools.lru_cache(maxsize=1024)(layout_of_shape)
+_cached_layout = cached_layouts(1024)(layout_of_shape)  # (symbolic sizes: built each time)
 
 
 def empty_like_output(x: torch.Tensor, kind: str) -> torch.Tensor:
